@@ -1,0 +1,76 @@
+"""A background writer whose errors are never lost.
+
+One worker thread runs submitted jobs in order. A job's exception is stored
+and re-raised (as AsyncSaveError, with the original as its cause) on the next
+``submit`` or on ``wait``/``close``; an atexit hook waits for pending work so
+an interpreter exit does not drop a checkpoint.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from torchresume.errors import AsyncSaveError
+
+
+class AsyncWriter:
+    """Runs write jobs one at a time in a background thread."""
+
+    def __init__(self, name: str = "torchresume-writer") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+        atexit.register(self._at_exit)
+
+    def submit(self, job: Callable[[], None], what: str) -> None:
+        """Queue ``job``; first re-raise any failure of an earlier job."""
+        self.raise_if_failed()
+        future = self._pool.submit(job)
+        future.what = what  # type: ignore[attr-defined]
+        with self._lock:
+            self._pending.append(future)
+
+    def raise_if_failed(self) -> None:
+        with self._lock:
+            done = [f for f in self._pending if f.done()]
+            self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            _raise(f)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every queued job ran; re-raise the first failure."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for f in pending:
+            f.exception(timeout=timeout)
+        for f in pending:
+            _raise(f)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(not f.done() for f in self._pending)
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        try:
+            self.wait()
+        except AsyncSaveError as exc:
+            import sys
+            print(f"torchresume: {exc}", file=sys.stderr)
+
+
+def _raise(f: Future[None]) -> None:
+    exc = f.exception()
+    if exc is not None:
+        what = getattr(f, "what", "a checkpoint")
+        raise AsyncSaveError(f"background save of {what} failed: {exc}") from exc

@@ -1,0 +1,86 @@
+"""The checkpoints in a directory: names, ordering (newest first) and validity.
+
+Names follow MindSpore: ``{prefix}-{epoch}_{step}.ckpt`` with
+``_breakpoint`` before the suffix for exception saves. Newest means the highest
+global step recorded in the file, then the name's (epoch, step), then mtime.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torchresume import inspection
+from torchresume.errors import TorchResumeError
+from torchresume.storage import resolve
+
+NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)(?P<bp>_breakpoint)?\.ckpt$")
+
+
+@dataclass
+class Entry:
+    """One checkpoint file and what its name and header say."""
+
+    path: str
+    name: str
+    size: int
+    mtime: float
+    prefix: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    global_step: int | None = None
+    breakpoint: bool = False
+    valid: bool = True
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def order_key(self) -> tuple[int, int, int, float]:
+        return (self.global_step if self.global_step is not None else -1,
+                self.epoch or 0, self.step or 0, self.mtime)
+
+
+def parse_name(name: str) -> tuple[str, int, int, bool] | None:
+    m = NAME.match(name)
+    if not m:
+        return None
+    return m["prefix"], int(m["epoch"]), int(m["step"]), bool(m["bp"])
+
+
+def list_checkpoints(directory: str, *, verify: bool = True,
+                     prefix: str | None = None) -> list[Entry]:
+    """Checkpoint files in ``directory``, newest first, each with its validity."""
+    storage, where = resolve(directory)
+    out = []
+    for info in storage.list(where):
+        if not info.name.endswith(inspection.CHECKPOINT_SUFFIXES):
+            continue
+        entry = Entry(info.path, info.name, info.size, info.mtime)
+        parsed = parse_name(info.name)
+        if parsed:
+            entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
+        if prefix is not None and entry.prefix != prefix:
+            continue
+        _read_header_facts(entry)
+        if verify and entry.valid:
+            verdict = inspection.verify(entry.path)
+            entry.valid, entry.reason = verdict.valid, verdict.reason
+        out.append(entry)
+    return sorted(out, key=Entry.order_key, reverse=True)
+
+
+def _read_header_facts(entry: Entry) -> None:
+    try:
+        desc = inspection.describe(entry.path)
+    except (TorchResumeError, OSError, ValueError) as exc:
+        entry.valid, entry.reason = False, str(exc)
+        return
+    info = desc.info
+    if isinstance(info.get("global_step"), int):
+        entry.global_step = info["global_step"]
+    if isinstance(info.get("epoch"), int):
+        entry.epoch = info["epoch"]
+    if isinstance(info.get("step"), int):
+        entry.step = info["step"]

@@ -1,0 +1,110 @@
+"""Commands on checkpoint files: inspect, verify, diff, ls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from torchresume import inspection
+from torchresume.catalog import list_checkpoints
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="describe a checkpoint without model code")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="check a file (or every checkpoint in a directory)")
+    p.add_argument("path")
+    p.add_argument("--dec-key-hex", help="key of an encrypted checkpoint, as hex")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("diff", help="tensors added, removed or changed between two checkpoints")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("ls", help="checkpoints in a directory, newest first")
+    p.add_argument("directory")
+    p.add_argument("--quick", action="store_true", help="check headers only, not checksums")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    d = inspection.describe(args.path)
+    if args.json:
+        print(json.dumps(d.to_json(), default=str))
+        return 0
+    print(f"file:    {d.path} ({inspection.human_bytes(d.size)})")
+    print(f"format:  {d.format}" + ("  (encrypted: pass the key to load it)" if d.encrypted else ""))
+    print(f"kind:    {d.kind}")
+    for key, value in {**d.info, **d.append}.items():
+        print(f"{key + ':':<9}{value}")
+    if d.tensors:
+        total = sum(t["bytes"] for t in d.tensors)
+        print(f"tensors: {len(d.tensors)} ({inspection.human_bytes(total)})")
+        width = max(len(t["name"]) for t in d.tensors)
+        for t in d.tensors:
+            print(f"  {t['name']:<{width}}  {t['dtype']:<8} {t['shape']!s:<18} "
+                  f"{inspection.human_bytes(t['bytes'])}")
+    if d.values:
+        print("values:")
+        for key, value in d.values.items():
+            print(f"  {key} = {value!r}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    key = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
+    if inspection.is_directory(args.path):
+        paths = inspection.checkpoint_files(args.path)
+        if not paths:
+            print(f"torchresume: error: {args.path}: no checkpoint files", file=sys.stderr)
+            return 1
+    else:
+        paths = [args.path]
+    bad = 0
+    for path in paths:
+        verdict = inspection.verify(path, key)
+        if verdict.valid:
+            print(f"OK       {path}")
+        else:
+            bad += 1
+            print(f"INVALID  {verdict.reason}")
+    return 1 if bad else 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    changes = inspection.diff(args.a, args.b)
+    if not changes:
+        print("identical: same tensors, values and metadata")
+    for c in changes:
+        mark = {"added": "+", "removed": "-", "changed": "~"}[c.change]
+        extra = f"  max|a-b|={c.max_abs_diff:.6g}" if c.max_abs_diff is not None else ""
+        detail = f"  {c.detail}" if c.detail and c.detail != "values" else ""
+        print(f"{mark} {c.name}{detail}{extra}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    entries = list_checkpoints(args.directory, verify=not args.quick)
+    if args.json:
+        print(json.dumps([e.to_json() for e in entries]))
+        return 0
+    if not entries:
+        print(f"{args.directory}: no checkpoints")
+        return 0
+    print(f"{'name':<32} {'epoch':>5} {'step':>6} {'size':>10}  status")
+    for e in entries:
+        status = "valid" if e.valid else f"INVALID: {e.reason}"
+        print(f"{e.name:<32} {_dash(e.epoch):>5} {_dash(e.step):>6} "
+              f"{inspection.human_bytes(e.size):>10}  {status}")
+    return 0
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,48 @@
+"""The error types torchresume raises.
+
+Each subclasses the builtin a caller would already catch, so
+``except FileNotFoundError`` keeps working, and each message names the file,
+the fault and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class TorchResumeError(Exception):
+    """Base of every error torchresume raises on purpose."""
+
+
+class CheckpointNotFoundError(TorchResumeError, FileNotFoundError):
+    """The checkpoint file or directory does not exist."""
+
+
+class CorruptCheckpointError(TorchResumeError, ValueError):
+    """The file exists but is damaged: truncated, bit-flipped or malformed."""
+
+
+class UnsupportedFormatError(TorchResumeError, ValueError):
+    """The file is not a checkpoint format torchresume can read."""
+
+
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """The file asks to run code (a pickle payload) and was refused."""
+
+
+class DecryptionError(TorchResumeError, ValueError):
+    """The file is encrypted and the key is missing, wrong, or the file was tampered with."""
+
+
+class StateMismatchError(TorchResumeError, RuntimeError):
+    """Strict loading found parameters that do not match the network."""
+
+
+class CheckpointConfigError(TorchResumeError, ValueError):
+    """A CheckpointConfig / ModelCheckpoint argument is out of range."""
+
+
+class StorageError(TorchResumeError, OSError):
+    """Object storage failed permanently (after retries)."""
+
+
+class AsyncSaveError(TorchResumeError, RuntimeError):
+    """A background save failed; raised on the next save or at close."""

@@ -1,0 +1,1 @@
+"""Bytes of one checkpoint: the native format, encryption, foreign formats, detection."""

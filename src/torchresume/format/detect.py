@@ -1,0 +1,31 @@
+"""Which format a file is in, decided from its first bytes, never from its name."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from torchresume.format import crypto, native
+
+
+class Kind(str, Enum):
+    EMPTY = "empty"
+    ENCRYPTED = "encrypted"
+    SAFETENSORS = "safetensors"  # native files are safetensors files too
+    TORCH_ZIP = "torch-zip"
+    TORCH_PICKLE = "torch-pickle"
+    UNKNOWN = "unknown"
+
+
+def detect(first: bytes, size: int) -> Kind:
+    """Classify a file by its first (up to 8) bytes and its size."""
+    if size == 0:
+        return Kind.EMPTY
+    if first.startswith(crypto.MAGIC):
+        return Kind.ENCRYPTED
+    if first.startswith(b"PK\x03\x04"):
+        return Kind.TORCH_ZIP
+    if len(first) >= 2 and first[0] == 0x80 and 2 <= first[1] <= 5:
+        return Kind.TORCH_PICKLE
+    if native.looks_like_safetensors(first, size):
+        return Kind.SAFETENSORS
+    return Kind.UNKNOWN

@@ -1,0 +1,270 @@
+"""The native checkpoint file: a safetensors file whose metadata holds the rest.
+
+Layout (docs/FORMAT.md is the exact spec):
+
+    u64 little-endian N | N bytes of JSON header (space padded to 8) | tensor bytes
+
+The header maps tensor names to dtype/shape/data_offsets, as safetensors does,
+plus ``__metadata__`` = {"format": "pt", "torchresume": <JSON string>,
+"torchresume_check": <xxh3 of the header>}. The torchresume JSON holds the
+format version, the kind of state, the skeleton that rebuilds nested state,
+user info (epoch, step, append_dict) and an xxh3-64 digest of every tensor.
+
+This module turns tensors + metadata into bytes and back; it never touches
+the filesystem beyond the file object it is handed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import torch
+
+from torchresume.errors import CorruptCheckpointError, UnsupportedFormatError
+from torchresume.format import checksum
+from torchresume.format.dtypes import FROM_SAFETENSORS, TO_SAFETENSORS, itemsize
+
+FORMAT_NAME = "torchresume"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+_READ_CHUNK = 64 * 1024 * 1024
+
+
+@dataclass
+class Entry:
+    """One tensor's place in the file."""
+
+    name: str
+    dtype: torch.dtype
+    shape: list[int]
+    begin: int
+    end: int
+
+
+@dataclass
+class Header:
+    """A parsed, validated header. ``meta`` is the torchresume JSON, or None for plain safetensors."""
+
+    entries: list[Entry]
+    data_start: int
+    data_size: int
+    meta: dict[str, Any] | None
+    raw_metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", "tensors")) if self.meta else "safetensors"
+
+
+@dataclass
+class Encoded:
+    """A checkpoint ready to write: the header bytes, then each tensor's bytes in order."""
+
+    header: bytes
+    chunks: list[memoryview]
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + sum(c.nbytes for c in self.chunks)
+
+    def parts(self) -> list[memoryview]:
+        return [memoryview(self.header), *self.chunks]
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A zero-copy byte view of a contiguous CPU tensor."""
+    flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def prepare(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Detach, move to CPU and make contiguous; reject dtypes the format cannot hold."""
+    if tensor.dtype not in TO_SAFETENSORS:
+        raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which the checkpoint "
+                        f"format cannot store; convert it to one of "
+                        f"{sorted(str(d) for d in TO_SAFETENSORS)}")
+    if tensor.is_sparse or tensor.layout != torch.strided:
+        raise TypeError(f"tensor {name!r} is {tensor.layout}; call .to_dense() before saving")
+    out = tensor.detach()
+    if out.device.type != "cpu":
+        out = out.cpu()
+    return out.contiguous()
+
+
+def encode(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None) -> Encoded:
+    """Lay out ``tensors`` (already prepared) and their checksums into an Encoded file."""
+    # Largest element size first keeps every tensor aligned to its own itemsize,
+    # so loading can view the data as the right dtype without copying.
+    order = sorted(tensors, key=lambda n: -tensors[n].element_size())
+    index: dict[str, Any] = {}
+    chunks: list[memoryview] = []
+    digests: dict[str, str] = {}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        data = tensor_bytes(t)
+        index[name] = {"dtype": TO_SAFETENSORS[t.dtype], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + data.nbytes]}
+        digests[name] = checksum.digest(data)
+        offset += data.nbytes
+        chunks.append(data)
+    metadata: dict[str, str] = {"format": "pt"}
+    if meta is not None:
+        full = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta,
+                "checksums": {"algorithm": checksum.ALGORITHM, "tensors": digests}}
+        metadata[FORMAT_NAME] = json.dumps(full, separators=(",", ":"), allow_nan=False)
+        metadata["torchresume_check"] = _header_check(index, metadata[FORMAT_NAME])
+    header = json.dumps({"__metadata__": metadata, **index}, separators=(",", ":")).encode()
+    header += b" " * (-(len(header) + 8) % 8)
+    return Encoded(struct.pack("<Q", len(header)) + header, chunks)
+
+
+def _header_check(index: dict[str, Any], meta_json: str) -> str:
+    canonical = json.dumps(index, sort_keys=True, separators=(",", ":"))
+    return checksum.digest((canonical + "\n" + meta_json).encode())
+
+
+def looks_like_safetensors(first8: bytes, size: int) -> bool:
+    if len(first8) < 8:
+        return False
+    (n,) = struct.unpack("<Q", first8)
+    return 2 <= n <= min(MAX_HEADER_BYTES, size - 8)
+
+
+def read_header(f: BinaryIO, size: int, where: str) -> Header:
+    """Read and validate the header of a file of ``size`` bytes; ``where`` names it in errors."""
+    first = f.read(8)
+    if len(first) < 8:
+        raise CorruptCheckpointError(f"{where}: truncated: the file has {size} bytes, "
+                                     "too few for a checkpoint header")
+    (n,) = struct.unpack("<Q", first)
+    if n > MAX_HEADER_BYTES:
+        raise CorruptCheckpointError(f"{where}: header claims {n} bytes (limit "
+                                     f"{MAX_HEADER_BYTES}); the file is damaged or not a checkpoint")
+    if n + 8 > size:
+        raise CorruptCheckpointError(f"{where}: truncated: header claims {n} bytes but the "
+                                     f"file has only {size}")
+    raw = f.read(n)
+    if len(raw) < n:
+        raise CorruptCheckpointError(f"{where}: truncated while reading the header")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpointError(f"{where}: header is not valid JSON ({exc}); "
+                                     "the file is damaged or not a checkpoint") from None
+    if not isinstance(doc, dict):
+        raise CorruptCheckpointError(f"{where}: header is JSON but not an object")
+    return _validate(doc, n, size, where)
+
+
+def _validate(doc: dict[str, Any], n: int, size: int, where: str) -> Header:
+    raw_meta = doc.pop("__metadata__", None) or {}
+    if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
+        raise CorruptCheckpointError(f"{where}: __metadata__ must map strings to strings")
+    entries = [_entry(name, spec, where) for name, spec in doc.items()]
+    data_size = size - 8 - n
+    _check_offsets(entries, data_size, where)
+    meta = _parse_meta(raw_meta, doc, entries, where)
+    return Header(entries, 8 + n, data_size, meta, raw_meta)
+
+
+def _entry(name: str, spec: Any, where: str) -> Entry:
+    bad = CorruptCheckpointError(f"{where}: tensor {name!r} has a malformed header entry")
+    if not isinstance(spec, dict):
+        raise bad
+    dtype = FROM_SAFETENSORS.get(spec.get("dtype"))  # type: ignore[arg-type]
+    shape, offsets = spec.get("shape"), spec.get("data_offsets")
+    if dtype is None:
+        raise CorruptCheckpointError(f"{where}: tensor {name!r} has unknown dtype {spec.get('dtype')!r}")
+    if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
+            or not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+        raise bad
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * itemsize(dtype) != offsets[1] - offsets[0]:
+        raise CorruptCheckpointError(f"{where}: tensor {name!r} shape {shape} needs "
+                                     f"{numel * itemsize(dtype)} bytes but its offsets span "
+                                     f"{offsets[1] - offsets[0]}")
+    return Entry(name, dtype, shape, offsets[0], offsets[1])
+
+
+def _check_offsets(entries: list[Entry], data_size: int, where: str) -> None:
+    end = 0
+    for e in sorted(entries, key=lambda e: (e.begin, e.end)):
+        if e.begin != end:
+            raise CorruptCheckpointError(f"{where}: tensor {e.name!r} starts at byte {e.begin} "
+                                         f"but the previous data ends at {end} (overlap or gap)")
+        end = e.end
+    if end > data_size:
+        raise CorruptCheckpointError(f"{where}: truncated: tensor data needs {end} bytes but "
+                                     f"the file holds {data_size}")
+    if end < data_size:
+        raise CorruptCheckpointError(f"{where}: {data_size - end} unexpected trailing bytes "
+                                     "after the tensor data")
+
+
+def _parse_meta(raw_meta: dict[str, str], index: dict[str, Any], entries: list[Entry],
+                where: str) -> dict[str, Any] | None:
+    text = raw_meta.get(FORMAT_NAME)
+    if text is None:
+        return None
+    if raw_meta.get("torchresume_check") != _header_check(index, text):
+        raise CorruptCheckpointError(f"{where}: header checksum mismatch; the header was "
+                                     "modified or damaged")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError:
+        raise CorruptCheckpointError(f"{where}: torchresume metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CorruptCheckpointError(f"{where}: torchresume metadata is malformed")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UnsupportedFormatError(f"{where}: written by format version {version}; this "
+                                     f"torchresume reads up to {FORMAT_VERSION}: upgrade torchresume")
+    digests = meta.get("checksums", {}).get("tensors")
+    if not isinstance(digests, dict) or set(digests) != {e.name for e in entries}:
+        raise CorruptCheckpointError(f"{where}: checksum table does not match the tensors")
+    return meta
+
+
+def read_tensors(f: BinaryIO, header: Header, where: str, *, verify: bool = True,
+                 names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read the tensor data after the header into one buffer and return views of it.
+
+    With ``names``, only those tensors are returned (the file is still read whole).
+    """
+    buf = torch.empty(header.data_size, dtype=torch.uint8)
+    view = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())
+    f.seek(header.data_start)
+    got = 0
+    while got < header.data_size:
+        n = f.readinto(view[got:got + _READ_CHUNK])  # type: ignore[attr-defined]
+        if not n:
+            raise CorruptCheckpointError(f"{where}: truncated: file ended after {got} of "
+                                         f"{header.data_size} data bytes")
+        got += n
+    digests = header.meta["checksums"]["tensors"] if (verify and header.meta) else None
+    out: dict[str, torch.Tensor] = {}
+    for e in header.entries:
+        if names is not None and e.name not in names:
+            continue
+        if digests is not None and checksum.digest(view[e.begin:e.end]) != digests[e.name]:
+            raise CorruptCheckpointError(f"{where}: checksum mismatch in tensor {e.name!r}; "
+                                         "the data is damaged (bit flip or partial write)")
+        out[e.name] = _view(buf, e)
+    return out
+
+
+def _view(buf: torch.Tensor, e: Entry) -> torch.Tensor:
+    raw = buf[e.begin:e.end]
+    size = itemsize(e.dtype)
+    if e.begin % size:  # foreign files may not be aligned: copy instead of viewing
+        raw = raw.clone()
+    return raw.view(e.dtype).view(e.shape)

@@ -1,0 +1,1 @@
+"""What a checkpoint holds: nested state <-> flat tensors + JSON skeleton, RNG state."""
