@@ -242,7 +242,9 @@ def _compatible(dst: torch.dtype, src: torch.dtype) -> bool:
 def _load_into_module(net: nn.Module, params: dict[str, Any],
                       strict: bool) -> tuple[list[str], list[str]]:
     own = net.state_dict(keep_vars=True)
-    missing, mismatched, plan = [], [], []
+    missing: list[str] = []
+    mismatched: list[str] = []
+    plan: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     for name, target in own.items():
         value = params.get(name)
         if not isinstance(value, torch.Tensor):
@@ -252,13 +254,13 @@ def _load_into_module(net: nn.Module, params: dict[str, Any],
         elif not _compatible(target.dtype, value.dtype) or (strict and target.dtype != value.dtype):
             mismatched.append(f"{name}: checkpoint {value.dtype} vs net {target.dtype}")
         else:
-            plan.append((target, value))
-    used = {name for name in own if isinstance(params.get(name), torch.Tensor)}
+            plan.append((name, target, value))
+    used = {name for name, _, _ in plan}
     unexpected = [k for k, v in params.items() if isinstance(v, torch.Tensor) and k not in used]
     if strict and (missing or mismatched or unexpected):
         raise StateMismatchError(_mismatch_message(missing, unexpected, mismatched))
     with torch.no_grad():
-        for target, value in plan:
+        for _, target, value in plan:
             target.copy_(value)
     if mismatched:
         import warnings

@@ -81,7 +81,7 @@ def _scalars(skeleton: Any) -> dict[str, Any]:
     """Non-tensor leaves of a skeleton, under their dotted names (no tensor data needed)."""
     from torchresume.state.tree import unflatten
 
-    class _Placeholder(dict):  # type: ignore[type-arg]
+    class _Placeholder(dict[str, torch.Tensor]):
         def __missing__(self, key: str) -> torch.Tensor:
             return torch.empty(0)
 

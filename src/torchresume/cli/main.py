@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     files.register(sub)
     try:
-        from torchresume.cli import training
+        from torchresume.cli import training  # type: ignore[attr-defined,unused-ignore]
     except ImportError:  # pragma: no cover - the harness is optional during bootstrapping
         pass
     else:

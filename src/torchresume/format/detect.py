@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from enum import Enum
 
-from torchresume.format import crypto, native
+from torchresume.format import crypto
 
 
 class Kind(str, Enum):
     EMPTY = "empty"
+    TINY = "tiny"
     ENCRYPTED = "encrypted"
     SAFETENSORS = "safetensors"  # native files are safetensors files too
     TORCH_ZIP = "torch-zip"
@@ -16,8 +17,11 @@ class Kind(str, Enum):
     UNKNOWN = "unknown"
 
 
+HEAD_BYTES = 9
+
+
 def detect(first: bytes, size: int) -> Kind:
-    """Classify a file by its first (up to 8) bytes and its size."""
+    """Classify a file by its first ``HEAD_BYTES`` bytes and its size."""
     if size == 0:
         return Kind.EMPTY
     if first.startswith(crypto.MAGIC):
@@ -26,6 +30,8 @@ def detect(first: bytes, size: int) -> Kind:
         return Kind.TORCH_ZIP
     if len(first) >= 2 and first[0] == 0x80 and 2 <= first[1] <= 5:
         return Kind.TORCH_PICKLE
-    if native.looks_like_safetensors(first, size):
+    if len(first) >= 9 and first[8:9] == b"{":  # u64 header length, then the JSON header
         return Kind.SAFETENSORS
+    if size < HEAD_BYTES:
+        return Kind.TINY
     return Kind.UNKNOWN

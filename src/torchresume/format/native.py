@@ -79,7 +79,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
 
 
 def prepare(tensor: torch.Tensor, name: str) -> torch.Tensor:
@@ -127,13 +127,6 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None) -> Enc
 def _header_check(index: dict[str, Any], meta_json: str) -> str:
     canonical = json.dumps(index, sort_keys=True, separators=(",", ":"))
     return checksum.digest((canonical + "\n" + meta_json).encode())
-
-
-def looks_like_safetensors(first8: bytes, size: int) -> bool:
-    if len(first8) < 8:
-        return False
-    (n,) = struct.unpack("<Q", first8)
-    return 2 <= n <= min(MAX_HEADER_BYTES, size - 8)
 
 
 def read_header(f: BinaryIO, size: int, where: str) -> Header:
@@ -213,8 +206,11 @@ def _check_offsets(entries: list[Entry], data_size: int, where: str) -> None:
 def _parse_meta(raw_meta: dict[str, str], index: dict[str, Any], entries: list[Entry],
                 where: str) -> dict[str, Any] | None:
     text = raw_meta.get(FORMAT_NAME)
+    if text is None and "torchresume_check" not in raw_meta:
+        return None  # a plain safetensors file
     if text is None:
-        return None
+        raise CorruptCheckpointError(f"{where}: torchresume metadata is missing though its "
+                                     "checksum is present; the header is damaged")
     if raw_meta.get("torchresume_check") != _header_check(index, text):
         raise CorruptCheckpointError(f"{where}: header checksum mismatch; the header was "
                                      "modified or damaged")
@@ -241,7 +237,7 @@ def read_tensors(f: BinaryIO, header: Header, where: str, *, verify: bool = True
     With ``names``, only those tensors are returned (the file is still read whole).
     """
     buf = torch.empty(header.data_size, dtype=torch.uint8)
-    view = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())
+    view = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())  # type: ignore[arg-type]
     f.seek(header.data_start)
     got = 0
     while got < header.data_size:

@@ -23,7 +23,7 @@ from torchresume.errors import (
     UnsupportedFormatError,
 )
 from torchresume.format import crypto, native
-from torchresume.format.detect import Kind, detect
+from torchresume.format.detect import HEAD_BYTES, Kind, detect
 from torchresume.state.tree import unflatten
 
 
@@ -49,9 +49,12 @@ class Checkpoint:
 def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
          verify: bool = True) -> Checkpoint:
     """Load the whole checkpoint in ``f`` (``size`` bytes long)."""
-    first = f.read(8)
+    first = f.read(HEAD_BYTES)
     f.seek(0)
     kind = detect(first, size)
+    if kind is Kind.TINY:
+        raise CorruptCheckpointError(f"{where}: truncated: the file has only {size} bytes, "
+                                     "too few for any checkpoint")
     if kind is Kind.EMPTY:
         raise CorruptCheckpointError(f"{where}: the file is empty (0 bytes): a write was "
                                      "interrupted; delete it and use an older checkpoint")
@@ -83,9 +86,12 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[str, native.Header 
 
     Costs one small read for native and safetensors files, whatever their size.
     """
-    first = f.read(8)
+    first = f.read(HEAD_BYTES)
     f.seek(0)
     kind = detect(first, size)
+    if kind is Kind.TINY:
+        raise CorruptCheckpointError(f"{where}: truncated: the file has only {size} bytes, "
+                                     "too few for any checkpoint")
     if kind is Kind.EMPTY:
         raise CorruptCheckpointError(f"{where}: the file is empty (0 bytes)")
     if kind is Kind.ENCRYPTED:

@@ -49,7 +49,9 @@ def load_into_optimizer(opt: torch.optim.Optimizer, params: dict[str, Any], stri
         return [f"state.{i}" for i in range(_param_count(opt))], []
     current = opt.state_dict()
     flat_params = [p for g in opt.param_groups for p in g["params"]]
-    problems, new_state, used = [], {}, set()
+    problems: list[str] = []
+    new_state: dict[int, dict[str, Any]] = {}
+    used: set[str] = set()
     for idx, entries in sorted(state.items()):
         if idx >= len(flat_params):
             problems.append(f"state.{idx}: the optimizer has only {len(flat_params)} parameters")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torchresume.storage.base import FileInfo, Storage
 from torchresume.storage.local import LocalStorage
 
-__all__ = ["FileInfo", "Storage", "LocalStorage", "resolve"]
+__all__ = ["FileInfo", "LocalStorage", "Storage", "resolve"]
 
 _LOCAL = LocalStorage()
 

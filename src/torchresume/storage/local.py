@@ -103,7 +103,7 @@ class LocalStorage:
 
 def clean_stale_temps(directory: str) -> list[str]:
     """Remove temporaries whose writing process is gone; returns what was removed."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

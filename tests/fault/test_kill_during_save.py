@@ -1,0 +1,69 @@
+"""SIGKILL a process in the middle of saves: the final name always holds a valid file."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+import torchresume as tr
+from torchresume.inspection import verify
+from torchresume.storage.local import clean_stale_temps
+
+WRITER = """
+import sys, torch, torchresume as tr
+path = sys.argv[1]
+state = {f"t{i}": torch.full((1 << 20,), float(i)) for i in range(48)}  # 192 MiB
+n = 0
+while True:
+    n += 1
+    for t in state.values():
+        t.fill_(float(n))
+    tr.save_checkpoint(state, path, append_dict={"n": n})
+    print(n, flush=True)
+"""
+
+
+def test_sigkill_mid_save_never_leaves_a_bad_file(tmp_path) -> None:
+    path = str(tmp_path / "ckpt" / "state.ckpt")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    rng = random.Random(1234)
+    directory = os.path.dirname(path)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, str(script), path], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # one save committed; the next ones are in flight
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        assert verify(path).valid, verify(path).reason
+        d = tr.load_checkpoint(path)
+        assert torch.all(d["t7"] == float(d["n"]))  # every tensor from the same save
+        assert torch.all(d["t40"] == float(d["n"]))
+        clean_stale_temps(directory)
+        assert os.listdir(directory) == ["state.ckpt"]
+
+
+def test_failed_write_leaves_previous_file(tmp_path, monkeypatch) -> None:
+    path = str(tmp_path / "a.ckpt")
+    tr.save_checkpoint({"w": torch.ones(4)}, path)
+    from torchresume.storage import local
+
+    def broken_write(fd: int, data: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(local, "_write_all", broken_write)
+    try:
+        tr.save_checkpoint({"w": torch.zeros(4)}, path)
+    except OSError as exc:
+        assert "No space left" in str(exc)
+    assert torch.equal(tr.load_checkpoint(path)["w"], torch.ones(4))
+    assert os.listdir(tmp_path) == ["a.ckpt"]
