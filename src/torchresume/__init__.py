@@ -16,17 +16,49 @@ from torchresume.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
+from torchresume.manager import CheckpointManager
+from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast
+from torchresume.state.stateful import Stateful
+from torchresume.train import (
+    Callback,
+    CheckpointConfig,
+    EarlyStopping,
+    History,
+    LambdaCallback,
+    LossMonitor,
+    Model,
+    ModelCheckpoint,
+    RunContext,
+    SummaryCollector,
+    TimeMonitor,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncSaveError",
+    "Callback",
+    "CheckpointConfig",
     "CheckpointConfigError",
+    "CheckpointManager",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
     "DecryptionError",
+    "EarlyStopping",
+    "History",
+    "KeepBest",
+    "KeepEveryNMinutes",
+    "KeepLast",
+    "LambdaCallback",
+    "LossMonitor",
+    "Model",
+    "ModelCheckpoint",
+    "RunContext",
     "StateMismatchError",
+    "Stateful",
     "StorageError",
+    "SummaryCollector",
+    "TimeMonitor",
     "TorchResumeError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",

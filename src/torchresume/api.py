@@ -18,6 +18,7 @@ from torch import nn
 from torchresume.async_writer import AsyncWriter
 from torchresume.errors import StateMismatchError
 from torchresume.format import crypto, native, reader
+from torchresume.state.train_state import is_training_part
 from torchresume.state.tree import flat_view, flatten
 from torchresume.storage import resolve
 
@@ -256,7 +257,8 @@ def _load_into_module(net: nn.Module, params: dict[str, Any],
         else:
             plan.append((name, target, value))
     used = {name for name, _, _ in plan}
-    unexpected = [k for k, v in params.items() if isinstance(v, torch.Tensor) and k not in used]
+    unexpected = [k for k, v in params.items()
+                  if isinstance(v, torch.Tensor) and k not in used and not is_training_part(k)]
     if strict and (missing or mismatched or unexpected):
         raise StateMismatchError(_mismatch_message(missing, unexpected, mismatched))
     with torch.no_grad():

@@ -2,13 +2,13 @@
 
 Names follow MindSpore: ``{prefix}-{epoch}_{step}.ckpt`` with
 ``_breakpoint`` before the suffix for exception saves. Newest means the highest
-global step recorded in the file, then the name's (epoch, step), then mtime.
+written (mtime), ties broken by the global step and the name's (epoch, step).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torchresume import inspection
@@ -33,13 +33,15 @@ class Entry:
     breakpoint: bool = False
     valid: bool = True
     reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def order_key(self) -> tuple[int, int, int, float]:
-        return (self.global_step if self.global_step is not None else -1,
-                self.epoch or 0, self.step or 0, self.mtime)
+    def order_key(self) -> tuple[float, int, int, int]:
+        """Newest = most recently written; ties broken by progress."""
+        return (self.mtime, self.global_step if self.global_step is not None else -1,
+                self.epoch or 0, self.step or 0)
 
 
 def parse_name(name: str) -> tuple[str, int, int, bool] | None:
@@ -50,7 +52,7 @@ def parse_name(name: str) -> tuple[str, int, int, bool] | None:
 
 
 def list_checkpoints(directory: str, *, verify: bool = True,
-                     prefix: str | None = None) -> list[Entry]:
+                     prefix: str | None = None, read_headers: bool = True) -> list[Entry]:
     """Checkpoint files in ``directory``, newest first, each with its validity."""
     storage, where = resolve(directory)
     out = []
@@ -63,7 +65,8 @@ def list_checkpoints(directory: str, *, verify: bool = True,
             entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
         if prefix is not None and entry.prefix != prefix:
             continue
-        _read_header_facts(entry)
+        if read_headers:
+            _read_header_facts(entry)
         if verify and entry.valid:
             verdict = inspection.verify(entry.path)
             entry.valid, entry.reason = verdict.valid, verdict.reason
@@ -84,3 +87,5 @@ def _read_header_facts(entry: Entry) -> None:
         entry.epoch = info["epoch"]
     if isinstance(info.get("step"), int):
         entry.step = info["step"]
+    if isinstance(info.get("metrics"), dict):
+        entry.metrics = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float))}

@@ -16,8 +16,11 @@ the filesystem beyond the file object it is handed.
 
 from __future__ import annotations
 
+import io
 import json
+import mmap
 import struct
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -236,16 +239,10 @@ def read_tensors(f: BinaryIO, header: Header, where: str, *, verify: bool = True
 
     With ``names``, only those tensors are returned (the file is still read whole).
     """
-    buf = torch.empty(header.data_size, dtype=torch.uint8)
+    buf = _map(f, header) if header.data_size else None
+    if buf is None:
+        buf = _read_into_memory(f, header, where)
     view = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())  # type: ignore[arg-type]
-    f.seek(header.data_start)
-    got = 0
-    while got < header.data_size:
-        n = f.readinto(view[got:got + _READ_CHUNK])  # type: ignore[attr-defined]
-        if not n:
-            raise CorruptCheckpointError(f"{where}: truncated: file ended after {got} of "
-                                         f"{header.data_size} data bytes")
-        got += n
     digests = header.meta["checksums"]["tensors"] if (verify and header.meta) else None
     out: dict[str, torch.Tensor] = {}
     for e in header.entries:
@@ -256,6 +253,43 @@ def read_tensors(f: BinaryIO, header: Header, where: str, *, verify: bool = True
                                          "the data is damaged (bit flip or partial write)")
         out[e.name] = _view(buf, e)
     return out
+
+
+def _map(f: BinaryIO, header: Header) -> torch.Tensor | None:
+    """Map a local file copy-on-write: pages come straight from the page cache.
+
+    Checkpoint files are replaced by rename, never rewritten in place, so the
+    mapping cannot change under us. Returns None where mapping is impossible.
+    """
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    try:
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
+    if len(mm) != header.data_start + header.data_size:
+        mm.close()
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = torch.frombuffer(mm, dtype=torch.uint8)  # keeps ``mm`` alive
+    return whole[header.data_start:]
+
+
+def _read_into_memory(f: BinaryIO, header: Header, where: str) -> torch.Tensor:
+    buf = torch.empty(header.data_size, dtype=torch.uint8)
+    view = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())  # type: ignore[arg-type]
+    f.seek(header.data_start)
+    got = 0
+    while got < header.data_size:
+        n = f.readinto(view[got:got + _READ_CHUNK])  # type: ignore[attr-defined]
+        if not n:
+            raise CorruptCheckpointError(f"{where}: truncated: file ended after {got} of "
+                                         f"{header.data_size} data bytes")
+        got += n
+    return buf
 
 
 def _view(buf: torch.Tensor, e: Entry) -> torch.Tensor:

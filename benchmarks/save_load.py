@@ -1,0 +1,134 @@
+"""Save/load throughput of torchresume vs torch.save and safetensors, fsync included.
+
+Run: .venv/bin/python benchmarks/save_load.py [--sizes-mib 512 1024] [--runs 5]
+
+Each method saves the same state (many 4 MiB float32 tensors, allocated once
+and reused) to the same disk and fsyncs it; loads read those files back. The
+disk's direct write bandwidth (one preallocated buffer, os.write + fsync) is
+measured in the same run. Medians over --runs; ratios printed side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+from safetensors.torch import load_file as st_load
+from safetensors.torch import save_file as st_save
+
+import torchresume as tr
+from torchresume.inspection import describe
+
+TENSOR_ELEMS = 1 << 20  # 4 MiB of float32
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def direct_write(path: str, buf: torch.Tensor) -> None:
+    view = memoryview(buf.numpy())  # type: ignore[arg-type]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        pos = 0
+        while pos < len(view):
+            pos += os.write(fd, view[pos:pos + (256 << 20)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def torch_save(state: dict[str, torch.Tensor], path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def safetensors_save(state: dict[str, torch.Tensor], path: str) -> None:
+    st_save(state, path)
+    fsync_path(path)
+
+
+def timed(fn: Callable[[], object], runs: int, before: Callable[[], None] | None = None) -> float:
+    times = []
+    for _ in range(runs):
+        if before:
+            before()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench(size_mib: int, runs: int, workdir: str) -> None:
+    n = size_mib * (1 << 20) // (TENSOR_ELEMS * 4)
+    torch.manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(TENSOR_ELEMS) for i in range(n)}
+    nbytes = n * TENSOR_ELEMS * 4
+    flat = torch.empty(nbytes, dtype=torch.uint8).fill_(1)
+    paths = {k: os.path.join(workdir, k) for k in ("direct", "tr.ckpt", "pt", "st")}
+
+    def unlink(key: str) -> Callable[[], None]:
+        def go() -> None:
+            if os.path.exists(paths[key]):
+                os.chmod(paths[key], 0o600)
+                os.remove(paths[key])
+        return go
+
+    save = {
+        "direct write": timed(lambda: direct_write(paths["direct"], flat), runs, unlink("direct")),
+        "torchresume": timed(lambda: tr.save_checkpoint(state, paths["tr.ckpt"]), runs, unlink("tr.ckpt")),
+        "torch.save": timed(lambda: torch_save(state, paths["pt"]), runs, unlink("pt")),
+        "safetensors": timed(lambda: safetensors_save(state, paths["st"]), runs, unlink("st")),
+    }
+    load = {
+        "torchresume": timed(lambda: tr.load_checkpoint(paths["tr.ckpt"]), runs),
+        "torch.load": timed(lambda: torch.load(paths["pt"], weights_only=True), runs),
+        "safetensors": timed(lambda: {k: v.clone() for k, v in st_load(paths["st"]).items()}, runs),
+    }
+    meta = timed(lambda: describe(paths["tr.ckpt"]), max(runs, 5))
+    gbs = {k: nbytes / v / 1e9 for k, v in save.items()}
+    print(f"\n== {size_mib} MiB state, {n} tensors, median of {runs} runs ==")
+    print(f"{'save (fsync)':<14}{'s':>8}{'GB/s':>8}")
+    for k, v in save.items():
+        print(f"{k:<14}{v:>8.3f}{gbs[k]:>8.2f}")
+    best_other = max(gbs["torch.save"], gbs["safetensors"])
+    print(f"torchresume / torch.save      = {gbs['torchresume'] / gbs['torch.save']:.2f}x")
+    print(f"torchresume / best other      = {gbs['torchresume'] / best_other:.2f}x")
+    print(f"torchresume / direct write    = {gbs['torchresume'] / gbs['direct write']:.2f}x")
+    print(f"{'load':<14}{'s':>8}{'GB/s':>8}")
+    for k, v in load.items():
+        print(f"{k:<14}{v:>8.3f}{nbytes / v / 1e9:>8.2f}")
+    print(f"torchresume load / torch.load = {load['torch.load'] / load['torchresume']:.2f}x speed")
+    print(f"torchresume load / safetensors= {load['safetensors'] / load['torchresume']:.2f}x speed")
+    print(f"metadata only (inspect header): {meta * 1000:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir in ./)")
+    args = parser.parse_args()
+    workdir = args.dir or tempfile.mkdtemp(prefix=".bench-", dir=".")
+    try:
+        for size in args.sizes_mib:
+            bench(size, args.runs, workdir)
+    finally:
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

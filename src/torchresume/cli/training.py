@@ -1,0 +1,142 @@
+"""Commands that run models: train, eval, infer, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchresume.api import load_checkpoint, load_param_into_net
+from torchresume.data import create_dataset, default_mnist_dir
+from torchresume.models import MODELS
+from torchresume.state.rng import make_deterministic, seed_everything
+from torchresume.train import (
+    CheckpointConfig,
+    LossMonitor,
+    Model,
+    ModelCheckpoint,
+    SummaryCollector,
+    TimeMonitor,
+)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train", help="train on MNIST with checkpoints; the same command resumes")
+    _common(p)
+    p.add_argument("--train-url", "--train_url", dest="train_url", default="ckpt",
+                   help="directory for checkpoints (default ./ckpt)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--save-steps", type=int, default=None, help="default: once per epoch")
+    group.add_argument("--save-seconds", type=int, default=None)
+    p.add_argument("--keep-max", type=int, default=5)
+    p.add_argument("--prefix", default=None, help="checkpoint name prefix (default: the model name)")
+    p.add_argument("--resume", default="auto", help="auto (default) | none | PATH")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true", help="bitwise-repeatable run")
+    p.add_argument("--async-save", action="store_true")
+    p.add_argument("--print-every", type=int, default=None, help="loss print period in steps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the MNIST test set (one JSON line)")
+    _common(p)
+    p.add_argument("--ckpt", required=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("infer", help="predict test digits and draw them like the seed")
+    _common(p)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", default="predictions.png")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("demo", help="the seed 003 experiment end to end")
+    p.add_argument("--workdir", default="demo-out")
+    p.add_argument("--data-url", "--data_url", dest="data_url", default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="shorten the demo (testing)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
+    p.add_argument("--data-url", "--data_url", dest="data_url", default=None,
+                   help="directory with the MNIST idx files (default: the bundled copy)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def _resize(model: str) -> int:
+    return 32 if model == "lenet5" else 28
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.epochs < 1 or args.batch_size < 1:
+        raise ValueError("--epochs and --batch-size must be positive")
+    if args.deterministic:
+        make_deterministic(args.seed)
+    else:
+        seed_everything(args.seed)
+    data = args.data_url or default_mnist_dir()
+    ds = create_dataset(data, True, args.batch_size, resize=_resize(args.model), seed=args.seed,
+                        steps_per_epoch=args.steps_per_epoch)
+    net = MODELS[args.model]()
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
+    steps = len(ds)
+    cfg = CheckpointConfig(
+        save_checkpoint_steps=args.save_steps if args.save_seconds is None else 0,
+        save_checkpoint_seconds=args.save_seconds or 0, keep_checkpoint_max=args.keep_max,
+        async_save=args.async_save, exception_save=True)
+    if args.save_steps is None and args.save_seconds is None:
+        cfg.save_checkpoint_steps = steps
+    prefix = args.prefix or ("lenet" if args.model == "lenet5" else args.model)
+    callbacks = [ModelCheckpoint(prefix, args.train_url, cfg),
+                 LossMonitor(args.print_every or steps), TimeMonitor(),
+                 SummaryCollector(args.train_url, collect_freq=1)]
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    model = Model(net, nn.CrossEntropyLoss(), opt, {"acc", "loss"}, device=args.device)
+    summary = model.train(args.epochs, ds, callbacks, resume=args.resume, config=config)
+    if not summary["already_finished"]:
+        print(f"done: {summary['global_step']} steps; latest checkpoint "
+              f"{callbacks[0].latest_ckpt_file_name}", flush=True)  # type: ignore[attr-defined]
+    return 0
+
+
+def _load_model(args: argparse.Namespace) -> Model:
+    net = MODELS[args.model]()
+    load_checkpoint(args.ckpt, net=net, strict_load=False)
+    return Model(net, nn.CrossEntropyLoss(), metrics={"acc", "loss"}, device=args.device)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    ds = create_dataset(args.data_url or default_mnist_dir(), False, args.batch_size,
+                        resize=_resize(args.model))
+    print(json.dumps({"ckpt": args.ckpt, **model.eval(ds)}))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from torchresume.plots import prediction_grid
+    model = _load_model(args)
+    ds = create_dataset(args.data_url or default_mnist_dir(), False, args.batch_size,
+                        resize=_resize(args.model), shuffle=False)
+    images, labels = ds.images[:8], ds.labels[:8]
+    preds = model.predict(images).argmax(1)
+    prediction_grid(images, labels, preds, args.out)
+    right = int((preds == labels).sum())
+    print(f"wrote {args.out}: {right}/{len(labels)} right")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from torchresume.demo import run_demo
+    run_demo(args.workdir, args.data_url or default_mnist_dir(), args.steps_per_epoch)
+    return 0
+
+
+__all__ = ["register"]

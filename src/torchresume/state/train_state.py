@@ -1,0 +1,8 @@
+"""Names of the sub-trees a training-state checkpoint holds beside the model's weights."""
+
+RESERVED = ("optimizer", "scheduler", "scaler", "sampler", "rng", "callbacks", "extra")
+
+
+def is_training_part(name: str) -> bool:
+    """True for flat names that belong to the training state, not to the network."""
+    return name.split(".", 1)[0] in RESERVED

@@ -1,0 +1,132 @@
+"""The Callback base (no-op hooks plus on_exception), the RunContext, and dispatch.
+
+Hooks are called only on callbacks that override them, so an unused hook
+costs nothing per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+HOOKS = ("on_train_begin", "on_train_end", "on_train_epoch_begin", "on_train_epoch_end",
+         "on_train_step_begin", "on_train_step_end", "on_eval_begin", "on_eval_end")
+
+
+@dataclass
+class RunContext:
+    """What callbacks see: the model, progress counters, the last loss and metrics.
+
+    ``epoch`` is 1-based; ``step`` counts completed steps in the current epoch;
+    ``global_step`` counts completed steps of the run.
+    """
+
+    model: Any
+    network: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    epoch_num: int = 0
+    steps_per_epoch: int = 0
+    epoch: int = 0
+    step: int = 0
+    start_epoch: int = 0
+    global_step: int = 0
+    loss: torch.Tensor | None = None
+    outputs: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataset: Any = None
+    resumed_from: str | None = None
+    resumed_prefix: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    stop_requested: bool = False
+    stop_signal: int | None = None
+    step_rng: dict[str, Any] | None = None  # RNG after the last completed step
+    in_step: bool = False  # between a step's start and its completion
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def original_args(self) -> RunContext:
+        """MindSpore's accessor for cb_params; here the context itself."""
+        return self
+
+    @property
+    def cur_epoch_num(self) -> int:
+        return self.epoch
+
+    @property
+    def cur_step_num(self) -> int:
+        return self.global_step
+
+
+class Callback:
+    """Base class: override the hooks you need. Stateful callbacks also define
+    ``state_dict`` / ``load_state_dict`` and are saved in every checkpoint."""
+
+    def on_train_begin(self, ctx: RunContext) -> None: ...
+    def on_train_end(self, ctx: RunContext) -> None: ...
+    def on_train_epoch_begin(self, ctx: RunContext) -> None: ...
+    def on_train_epoch_end(self, ctx: RunContext) -> None: ...
+    def on_train_step_begin(self, ctx: RunContext) -> None: ...
+    def on_train_step_end(self, ctx: RunContext) -> None: ...
+    def on_eval_begin(self, ctx: RunContext) -> None: ...
+    def on_eval_end(self, ctx: RunContext) -> None: ...
+
+    def on_exception(self, ctx: RunContext, exc: BaseException) -> None:
+        """Called when training raises; the exception is re-raised afterwards."""
+
+    def overrides(self, hook: str) -> bool:
+        """Whether this callback implements ``hook`` (only those are called)."""
+        return getattr(type(self), hook) is not getattr(Callback, hook)
+
+    @property
+    def state_key(self) -> str:
+        """The name this callback's state is saved under."""
+        return type(self).__name__
+
+
+class CallbackList:
+    """Dispatches each hook to the callbacks that override it."""
+
+    def __init__(self, callbacks: Sequence[Callback] | Callback | None) -> None:
+        if callbacks is None:
+            items: list[Callback] = []
+        elif isinstance(callbacks, Callback):
+            items = [callbacks]
+        else:
+            items = list(callbacks)
+        for cb in items:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+        self.callbacks = items
+        self._by_hook = {h: [getattr(cb, h) for cb in items if cb.overrides(h)]
+                         for h in (*HOOKS, "on_exception")}
+
+    def call(self, hook: str, ctx: RunContext) -> None:
+        for fn in self._by_hook[hook]:
+            fn(ctx)
+
+    def has(self, hook: str) -> bool:
+        return bool(self._by_hook[hook])
+
+    def on_exception(self, ctx: RunContext, exc: BaseException) -> None:
+        for fn in self._by_hook["on_exception"]:
+            fn(ctx, exc)
+
+    def stateful(self) -> dict[str, Any]:
+        """Callbacks that carry state, by a unique key."""
+        out: dict[str, Any] = {}
+        for cb in self.callbacks:
+            if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict"):
+                key, n = cb.state_key, 1
+                while key in out:
+                    n += 1
+                    key = f"{cb.state_key}#{n}"
+                out[key] = cb
+        return out
+
+    def find(self, kind: type) -> list[Any]:
+        return [cb for cb in self.callbacks if isinstance(cb, kind)]

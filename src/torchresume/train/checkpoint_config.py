@@ -1,0 +1,121 @@
+"""CheckpointConfig: every MindSpore argument with MindSpore's validation rules, plus best-keeping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from torchresume.errors import CheckpointConfigError
+from torchresume.format import crypto
+
+_APPEND_KEYS = ("epoch_num", "step_num")
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a non-negative int or None, got "
+                        f"{type(value).__name__} {value!r}")
+    if value < 0:
+        raise CheckpointConfigError(f"{name} must be a non-negative int or None, got {value}")
+    return value
+
+
+def _check_append_info(append_info: Any) -> tuple[list[str], dict[str, Any]]:
+    if append_info is None:
+        return [], {}
+    if not isinstance(append_info, list):
+        raise TypeError(f"append_info must be a list, got {type(append_info).__name__}")
+    names: list[str] = []
+    extra: dict[str, Any] = {}
+    for item in append_info:
+        if isinstance(item, str):
+            if item not in _APPEND_KEYS:
+                raise CheckpointConfigError(f"append_info may name only {_APPEND_KEYS}, got {item!r}")
+            names.append(item)
+        elif isinstance(item, dict):
+            if extra:
+                raise CheckpointConfigError("append_info may hold at most one dict")
+            for k, v in item.items():
+                if not isinstance(k, str) or isinstance(v, (list, dict, tuple)) or not isinstance(
+                        v, (bool, int, float, str)):
+                    raise TypeError(f"append_info dict must map str to int/float/bool/str, got "
+                                    f"{k!r}: {type(v).__name__}")
+            extra = dict(item)
+        else:
+            raise TypeError(f"append_info items must be 'epoch_num', 'step_num' or a dict, got "
+                            f"{type(item).__name__}")
+    return names, extra
+
+
+class CheckpointConfig:
+    """When to save, what to keep, and how to write (MindSpore's CheckpointConfig).
+
+    - ``save_checkpoint_steps`` > 0 wins over ``save_checkpoint_seconds``;
+      ``keep_checkpoint_max`` > 0 wins over ``keep_checkpoint_per_n_minutes``;
+      if both keep values are 0, one checkpoint is kept.
+    - All four being 0/None is an error.
+    - ``monitor`` / ``mode`` / ``keep_best_max``: also keep the best checkpoints
+      by a validation metric (``Model.fit``), as ``{prefix}-best-{epoch}_{step}.ckpt``.
+    """
+
+    def __init__(self, save_checkpoint_steps: int | None = 1, save_checkpoint_seconds: int | None = 0,
+                 keep_checkpoint_max: int | None = 5, keep_checkpoint_per_n_minutes: int | None = 0,
+                 integrated_save: bool = True, async_save: bool = False,
+                 saved_network: nn.Module | None = None, append_info: list[Any] | None = None,
+                 enc_key: bytes | None = None, enc_mode: str = "AES-GCM",
+                 exception_save: bool = False, crc_check: bool = False,
+                 remove_redundancy: bool = False, format: str = "ckpt",
+                 monitor: str | None = None, mode: str = "max", keep_best_max: int = 1) -> None:
+        steps = _non_negative_int("save_checkpoint_steps", save_checkpoint_steps)
+        seconds = _non_negative_int("save_checkpoint_seconds", save_checkpoint_seconds)
+        keep_max = _non_negative_int("keep_checkpoint_max", keep_checkpoint_max)
+        per_minutes = _non_negative_int("keep_checkpoint_per_n_minutes", keep_checkpoint_per_n_minutes)
+        if not (steps or seconds or keep_max or per_minutes):
+            raise CheckpointConfigError(
+                "save_checkpoint_steps, save_checkpoint_seconds, keep_checkpoint_max and "
+                "keep_checkpoint_per_n_minutes are all 0 or None; set at least one (e.g. "
+                "save_checkpoint_steps=1875)")
+        if steps:
+            seconds = 0
+        if keep_max:
+            per_minutes = 0
+        elif not per_minutes:
+            keep_max = 1
+        for name, flag in (("integrated_save", integrated_save), ("async_save", async_save),
+                           ("exception_save", exception_save), ("crc_check", crc_check),
+                           ("remove_redundancy", remove_redundancy)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+        if saved_network is not None and not isinstance(saved_network, nn.Module):
+            raise TypeError(f"saved_network must be an nn.Module, got {type(saved_network).__name__}")
+        if format not in ("ckpt", "safetensors"):
+            raise CheckpointConfigError(f"format must be 'ckpt' or 'safetensors', got {format!r}")
+        if enc_key is not None:
+            crypto.check_key(enc_key, enc_mode, "enc_key")
+        if mode not in ("max", "min"):
+            raise CheckpointConfigError(f"mode must be 'max' or 'min', got {mode!r}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"monitor must be a metric name (str), got {type(monitor).__name__}")
+        if isinstance(keep_best_max, bool) or not isinstance(keep_best_max, int) or keep_best_max < 1:
+            raise CheckpointConfigError(f"keep_best_max must be a positive int, got {keep_best_max!r}")
+        self.save_checkpoint_steps = steps
+        self.save_checkpoint_seconds = seconds
+        self.keep_checkpoint_max = keep_max
+        self.keep_checkpoint_per_n_minutes = per_minutes
+        self.integrated_save, self.async_save = integrated_save, async_save
+        self.saved_network = saved_network
+        self.append_names, self.append_dict = _check_append_info(append_info)
+        self.append_info = append_info
+        self.enc_key, self.enc_mode = enc_key, enc_mode
+        self.exception_save, self.crc_check = exception_save, crc_check
+        self.remove_redundancy, self.format = remove_redundancy, format
+        self.monitor, self.mode, self.keep_best_max = monitor, mode, keep_best_max
+
+    def __repr__(self) -> str:
+        return (f"CheckpointConfig(save_checkpoint_steps={self.save_checkpoint_steps}, "
+                f"save_checkpoint_seconds={self.save_checkpoint_seconds}, "
+                f"keep_checkpoint_max={self.keep_checkpoint_max}, "
+                f"keep_checkpoint_per_n_minutes={self.keep_checkpoint_per_n_minutes})")

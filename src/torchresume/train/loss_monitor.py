@@ -1,0 +1,23 @@
+"""LossMonitor: prints the loss every N steps; a NaN or Inf loss stops training with a clear error."""
+
+from __future__ import annotations
+
+import math
+
+from torchresume.train.callback import Callback, RunContext
+
+
+class LossMonitor(Callback):
+    def __init__(self, per_print_times: int = 1) -> None:
+        if isinstance(per_print_times, bool) or not isinstance(per_print_times, int) or per_print_times < 0:
+            raise ValueError(f"per_print_times must be a non-negative int, got {per_print_times!r}")
+        self.per_print_times = per_print_times
+
+    def on_train_step_end(self, ctx: RunContext) -> None:
+        if not self.per_print_times or ctx.global_step % self.per_print_times:
+            return
+        loss = float(ctx.loss) if ctx.loss is not None else math.nan
+        if not math.isfinite(loss):
+            raise ValueError(f"loss is {loss} at epoch {ctx.epoch} step {ctx.step}: training "
+                             "diverged; lower the learning rate or check the data")
+        print(f"epoch: {ctx.epoch} step: {ctx.step}, loss is {loss:.6f}", flush=True)

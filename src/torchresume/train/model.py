@@ -1,0 +1,329 @@
+"""Model: train / fit / eval / predict around a network, with callbacks and exact resume.
+
+The step loop is the hand-written PyTorch loop plus counters; hooks run only
+for callbacks that override them. A run's full state (weights, optimizer,
+scheduler, data position, RNG, callback state) is what ModelCheckpoint saves
+and what ``resume`` restores, so a restarted run continues at the next batch.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchresume.state import rng
+from torchresume.train.callback import Callback, CallbackList, RunContext
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+_METRICS = {"acc", "accuracy", "loss"}
+
+
+def select_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None -> CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+class Model:
+    """MindSpore's Model harness on PyTorch."""
+
+    def __init__(self, network: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 metrics: Iterable[str] | dict[str, Any] | None = None, *,
+                 scheduler: Any = None, device: str | torch.device | None = None) -> None:
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
+        names = set(metrics or ())
+        unknown = names - _METRICS
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}; supported: {sorted(_METRICS)}")
+        self.device = select_device(device)
+        self.network = network.to(self.device)
+        self.loss_fn, self.optimizer, self.scheduler = loss_fn, optimizer, scheduler
+        self.metrics = names
+        self._callbacks = CallbackList(None)
+        self._dataset: Any = None
+
+    # -- training -------------------------------------------------------------------------
+    def train(self, epoch: int, train_dataset: Any, callbacks: Sequence[Callback] | Callback | None = None,
+              dataset_sink_mode: bool = False, sink_size: int = -1, initial_epoch: int = 0, *,
+              resume: str | None = None, handle_signals: bool = True,
+              config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train for ``epoch`` epochs (counting from 0, or ``initial_epoch``).
+
+        ``resume``: None/"none" starts fresh; "auto" restores the newest valid
+        checkpoint in the ModelCheckpoint directory, if any; a path restores that
+        file. Returns a summary: {"resumed_from", "global_step", "finished", ...}.
+        """
+        return self._run(epoch, train_dataset, None, 1, callbacks, initial_epoch, resume,
+                         handle_signals, config or {})
+
+    def fit(self, epoch: int, train_dataset: Any, valid_dataset: Any = None, valid_frequency: int = 1,
+            callbacks: Sequence[Callback] | Callback | None = None, dataset_sink_mode: bool = False,
+            valid_dataset_sink_mode: bool = False, initial_epoch: int = 0, *,
+            resume: str | None = None, handle_signals: bool = True,
+            config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train, evaluating ``valid_dataset`` every ``valid_frequency`` epochs."""
+        if not isinstance(valid_frequency, int) or valid_frequency < 1:
+            raise ValueError(f"valid_frequency must be a positive int, got {valid_frequency!r}")
+        return self._run(epoch, train_dataset, valid_dataset, valid_frequency, callbacks,
+                         initial_epoch, resume, handle_signals, config or {})
+
+    def _check_ready(self) -> None:
+        if self.loss_fn is None or self.optimizer is None:
+            raise ValueError("Model needs loss_fn and optimizer to train: "
+                             "Model(net, loss_fn=..., optimizer=...)")
+
+    def _run(self, epochs: int, dataset: Any, valid: Any, valid_frequency: int,
+             callbacks: Sequence[Callback] | Callback | None, initial_epoch: int,
+             resume: str | None, handle_signals: bool, config: dict[str, Any]) -> dict[str, Any]:
+        self._check_ready()
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epoch must be a positive int, got {epochs!r}")
+        cbs = CallbackList(callbacks)
+        self._callbacks, self._dataset = cbs, dataset
+        ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
+                         steps_per_epoch=len(dataset), dataset=dataset, config=config)
+        ctx.start_epoch, ctx.step = initial_epoch, 0
+        if resume not in (None, "none"):
+            self._resume(resume, cbs, ctx)
+        elif hasattr(dataset, "sampler") and hasattr(dataset.sampler, "set_epoch"):
+            dataset.sampler.set_epoch(initial_epoch)
+        ctx.global_step = ctx.global_step or initial_epoch * ctx.steps_per_epoch
+        total = epochs * ctx.steps_per_epoch
+        if ctx.resumed_from and ctx.global_step >= total:
+            print(f"torchresume: training already finished ({ctx.global_step}/{total} steps, "
+                  f"{ctx.resumed_from}); nothing to do", flush=True)
+            return self._summary(ctx, finished=True, already=True)
+        needs_rng = any(getattr(getattr(cb, "config", None), "exception_save", False)
+                        for cb in cbs.callbacks)
+        if needs_rng:
+            ctx.step_rng = rng.capture()
+        self.network.train()
+        with _SignalCatcher(ctx, handle_signals):
+            try:
+                cbs.call("on_train_begin", ctx)  # may restore state too (BackupAndRestore)
+                for epoch_index in range(ctx.start_epoch, epochs):
+                    ctx.epoch = epoch_index + 1
+                    if ctx.step == 0:
+                        cbs.call("on_train_epoch_begin", ctx)
+                    self._epoch(ctx, cbs, needs_rng)
+                    if ctx.stop_signal is not None:
+                        self._stop_for_signal(ctx, cbs)
+                    cbs.call("on_train_epoch_end", ctx)
+                    if valid is not None and (epoch_index + 1) % valid_frequency == 0:
+                        ctx.metrics = self._evaluate(valid, cbs, ctx)
+                        self.network.train()
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    ctx.step = 0
+                    if ctx.stop_requested:
+                        break
+                cbs.call("on_train_end", ctx)
+            except BaseException as exc:
+                cbs.on_exception(ctx, exc)
+                raise
+        return self._summary(ctx, finished=ctx.global_step >= total)
+
+    def _epoch(self, ctx: RunContext, cbs: CallbackList, needs_rng: bool) -> None:
+        net, opt, loss_fn, device = self.network, self.optimizer, self.loss_fn, self.device
+        assert opt is not None and loss_fn is not None
+        step_begin, step_end = cbs.has("on_train_step_begin"), cbs.has("on_train_step_end")
+        on_cpu = device.type == "cpu"
+        for x, y in _remaining(ctx.dataset, ctx.step):
+            ctx.in_step = True
+            if step_begin:
+                cbs.call("on_train_step_begin", ctx)
+            if not on_cpu:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            out = net(x)
+            loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+            ctx.step += 1
+            ctx.global_step += 1
+            ctx.loss, ctx.outputs = loss.detach(), out
+            ctx.in_step = False
+            if needs_rng:
+                ctx.step_rng = rng.capture()
+            if step_end:
+                cbs.call("on_train_step_end", ctx)
+            if ctx.stop_signal is not None or ctx.stop_requested:
+                return
+
+    def _stop_for_signal(self, ctx: RunContext, cbs: CallbackList) -> None:
+        from torchresume.train.model_checkpoint import ModelCheckpoint
+        sig = ctx.stop_signal
+        assert sig is not None
+        saved = []
+        for cb in cbs.find(ModelCheckpoint):
+            if cb.manager is not None:
+                if cb._last_saved_step != ctx.global_step:
+                    saved.append(cb.save(ctx))
+                cb.manager.wait()
+                saved.append(cb.latest_ckpt_file_name)
+        where = f"; checkpoint {saved[-1]}" if saved else " (no ModelCheckpoint: nothing saved)"
+        print(f"torchresume: {signal.Signals(sig).name} at epoch {ctx.epoch} step {ctx.step}"
+              f"{where}; exiting with {128 + sig}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + sig)
+
+    # -- state ----------------------------------------------------------------------------
+    def training_state(self, ctx: RunContext) -> dict[str, Any]:
+        """The non-weight parts a checkpoint of this run needs, consistent with ctx's counters."""
+        callbacks = {k: cb.state_dict() for k, cb in self._callbacks.stateful().items()}
+        dataset = ctx.dataset
+        sampler = None
+        if hasattr(dataset, "state_dict"):
+            sampler = dict(dataset.state_dict())
+            sampler.update(epoch=ctx.epoch - 1, consumed=ctx.step)  # the last *completed* step
+        info = {"steps_per_epoch": ctx.steps_per_epoch, "epoch_num": ctx.epoch_num,
+                "metrics": dict(ctx.metrics), "config": ctx.config,
+                "finished": ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch}
+        return {"callbacks": callbacks, "sampler": sampler, "info": info,
+                "rng": ctx.step_rng if ctx.step_rng is not None else rng.capture()}
+
+    def _resume(self, resume: str, cbs: CallbackList, ctx: RunContext) -> None:
+        from torchresume.manager import CheckpointManager
+        from torchresume.train.model_checkpoint import ModelCheckpoint
+        ckpt_cbs = cbs.find(ModelCheckpoint)
+        if resume == "auto":
+            if not ckpt_cbs:
+                raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
+                                 "checkpoints live; pass resume=<path> instead")
+            finder = CheckpointManager(ckpt_cbs[0].directory, keep=None)
+            entry = finder.latest_valid()
+            if entry is None:
+                return
+            path = entry.path
+        else:
+            path = resume
+        self.restore(path, ctx)
+
+    def restore(self, path: str, ctx: RunContext) -> None:
+        """Restore the run state in ``path`` and set ctx's position to continue from it."""
+        from torchresume.manager import CheckpointManager
+        sampler = ctx.dataset if hasattr(ctx.dataset, "load_state_dict") else None
+        manager = CheckpointManager(".", model=self.network, optimizer=self.optimizer,
+                                    scheduler=self.scheduler, sampler=sampler, keep=None)
+        info = manager.restore(path, callbacks=self._callbacks.stateful())
+        ctx.resumed_from = path
+        ctx.resumed_prefix = info.get("prefix")
+        steps = info.get("steps_per_epoch") or ctx.steps_per_epoch
+        global_step = int(info.get("global_step") or 0)
+        if steps != ctx.steps_per_epoch:
+            raise ValueError(f"{path}: saved with {steps} steps per epoch, this run has "
+                             f"{ctx.steps_per_epoch}; resume with the same data and batch size")
+        ctx.global_step = global_step
+        epoch_index, ctx.step = divmod(global_step, steps)
+        if ctx.step == 0 and epoch_index > 0:
+            # Saved at an epoch's last step, before its epoch-end hooks: run those first.
+            epoch_index, ctx.step = epoch_index - 1, steps
+        if hasattr(ctx.dataset, "sampler") and "sampler" in info.get("lacking", []):
+            ctx.dataset.sampler.epoch, ctx.dataset.sampler.consumed = epoch_index, ctx.step
+        ctx.start_epoch = epoch_index
+        print(f"torchresume: resumed from {path} at epoch {epoch_index + 1}, step {ctx.step} "
+              f"(global step {global_step})", flush=True)
+
+    def _summary(self, ctx: RunContext, *, finished: bool, already: bool = False) -> dict[str, Any]:
+        return {"resumed_from": ctx.resumed_from, "global_step": ctx.global_step,
+                "epoch": ctx.epoch, "finished": finished, "already_finished": already,
+                "metrics": dict(ctx.metrics)}
+
+    # -- evaluation -----------------------------------------------------------------------
+    def eval(self, valid_dataset: Any, callbacks: Sequence[Callback] | Callback | None = None,
+             dataset_sink_mode: bool = False) -> dict[str, float]:
+        """Mean loss and accuracy over ``valid_dataset`` (the metrics given to Model)."""
+        cbs = CallbackList(callbacks)
+        ctx = RunContext(self, self.network, self.optimizer)
+        return self._evaluate(valid_dataset, cbs, ctx)
+
+    def _evaluate(self, dataset: Any, cbs: CallbackList, ctx: RunContext) -> dict[str, float]:
+        cbs.call("on_eval_begin", ctx)
+        self.network.eval()
+        total, correct, loss_sum, batches = 0, 0, 0.0, 0
+        with torch.no_grad():
+            for x, y in _iterate_eval(dataset):
+                x, y = x.to(self.device), y.to(self.device)
+                out = self.network(x)
+                if self.loss_fn is not None:
+                    loss_sum += float(self.loss_fn(out, y))
+                correct += int((out.argmax(1) == y).sum())
+                total += len(y)
+                batches += 1
+        if total == 0:
+            raise ValueError("the evaluation dataset yielded no batches")
+        metrics: dict[str, float] = {}
+        for name in sorted(self.metrics or {"acc"}):
+            if name in ("acc", "accuracy"):
+                metrics[name] = correct / total
+            elif name == "loss" and self.loss_fn is not None:
+                metrics["loss"] = loss_sum / batches
+        ctx.metrics = metrics
+        cbs.call("on_eval_end", ctx)
+        return metrics
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output for ``x`` (no grad, eval mode), on the CPU."""
+        self.network.eval()
+        with torch.no_grad():
+            return self.network(x.to(self.device)).cpu()
+
+
+def _remaining(dataset: Any, done: int) -> Iterable[Any]:
+    """The batches of the current epoch not yet trained on."""
+    if hasattr(dataset, "sampler") and hasattr(dataset, "state_dict"):
+        return dataset  # a resumable dataset continues from its own position
+    if done:
+        import itertools
+        print(f"torchresume: this dataset cannot seek; skipping {done} batches by iterating",
+              file=sys.stderr)
+        return itertools.islice(iter(dataset), done, None)
+    return dataset
+
+
+def _iterate_eval(dataset: Any) -> Iterable[Any]:
+    if hasattr(dataset, "sampler") and hasattr(dataset.sampler, "order"):
+        s = dataset.sampler
+        order = torch.arange(s.length)
+        for i in range(len(dataset)):
+            idx = order[i * s.batch_size:(i + 1) * s.batch_size]
+            yield dataset.images[idx], dataset.labels[idx]
+        return
+    yield from dataset
+
+
+class _SignalCatcher:
+    """Turns SIGTERM/SIGINT/SIGUSR1 into a stop at the next step boundary."""
+
+    def __init__(self, ctx: RunContext, enabled: bool) -> None:
+        self.ctx = ctx
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.ctx.stop_signal == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: abort now
+        self.ctx.stop_signal = signum
+        print(f"\ntorchresume: {signal.Signals(signum).name} received; stopping after this step "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _SignalCatcher:
+        if self.enabled:
+            for sig in STOP_SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

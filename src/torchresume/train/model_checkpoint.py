@@ -1,0 +1,154 @@
+"""ModelCheckpoint: decides when to save; the CheckpointManager keeps the books.
+
+Files are ``{prefix}-{epoch}_{step}.ckpt`` (step within the epoch), a fresh
+run into a directory that already has the prefix uses ``{prefix}_N``, a
+resumed run keeps its prefix, and ``{prefix}-graph.json`` records the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from torch import nn
+
+from torchresume.errors import CheckpointConfigError
+from torchresume.manager import CheckpointManager, unique_prefix
+from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast, RetentionPolicy
+from torchresume.storage import resolve
+from torchresume.train.callback import Callback, RunContext
+from torchresume.train.checkpoint_config import CheckpointConfig
+
+
+def graph_description(network: nn.Module) -> dict[str, Any]:
+    """The module tree and every parameter's name, shape and dtype."""
+    return {
+        "class": type(network).__name__,
+        "repr": repr(network),
+        "modules": [{"name": n or "<root>", "type": type(m).__name__}
+                    for n, m in network.named_modules()],
+        "parameters": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype)}
+                       for n, t in network.state_dict().items()],
+    }
+
+
+class ModelCheckpoint(Callback):
+    """Saves the full training state on MindSpore's schedule (see CheckpointConfig)."""
+
+    def __init__(self, prefix: str = "CKP", directory: str | None = None,
+                 config: CheckpointConfig | None = None) -> None:
+        if not isinstance(prefix, str) or not prefix or "/" in prefix or "-" in prefix:
+            raise CheckpointConfigError(f"prefix must be a non-empty str without '/' or '-', got "
+                                        f"{prefix!r}")
+        if config is not None and not isinstance(config, CheckpointConfig):
+            raise TypeError(f"config must be a CheckpointConfig, got {type(config).__name__}")
+        self.base_prefix = prefix
+        self.prefix = prefix
+        self.directory = str(directory) if directory is not None else os.getcwd()
+        self.config = config or CheckpointConfig()
+        self.manager: CheckpointManager | None = None
+        self.best_manager: CheckpointManager | None = None
+        self.latest_ckpt_file_name: str | None = None
+        self.best: float | None = None
+        self._last_saved_step = -1
+        self._last_save_time = 0.0
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "last_saved_step": self._last_saved_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+        self._last_saved_step = state.get("last_saved_step", -1)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _policies(self) -> list[RetentionPolicy]:
+        if self.config.keep_checkpoint_max:
+            return [KeepLast(self.config.keep_checkpoint_max)]
+        return [KeepEveryNMinutes(self.config.keep_checkpoint_per_n_minutes)]
+
+    def on_train_begin(self, ctx: RunContext) -> None:
+        self.prefix = ctx.resumed_prefix or unique_prefix(self.directory, self.base_prefix)
+        cfg = self.config
+        common: dict[str, Any] = dict(model=ctx.network, optimizer=ctx.optimizer,
+                                      scheduler=getattr(ctx.model, "scheduler", None),
+                                      async_save=cfg.async_save, enc_key=cfg.enc_key,
+                                      enc_mode=cfg.enc_mode, saved_network=cfg.saved_network)
+        self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
+                                         **common)
+        if cfg.monitor:
+            self.best_manager = CheckpointManager(
+                self.directory, prefix=f"{self.prefix}-best",
+                keep=[KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)], **common)
+        self._last_save_time = time.monotonic()
+        self._write_graph(ctx.network)
+
+    def _write_graph(self, network: nn.Module) -> None:
+        storage, where = resolve(self.directory)
+        path = storage.join(where, f"{self.prefix}-graph.json")
+        if not storage.exists(path):
+            storage.write_atomic(path, [json.dumps(graph_description(network), indent=1).encode()],
+                                 read_only=False)
+
+    def on_train_step_end(self, ctx: RunContext) -> None:
+        cfg = self.config
+        if cfg.save_checkpoint_steps:
+            due = ctx.global_step % cfg.save_checkpoint_steps == 0
+        else:
+            due = time.monotonic() - self._last_save_time >= cfg.save_checkpoint_seconds
+        if due:
+            self.save(ctx)
+
+    def on_train_end(self, ctx: RunContext) -> None:
+        if self.manager is None:
+            return
+        if self._last_saved_step != ctx.global_step and ctx.global_step > 0:
+            self.save(ctx)
+        self.manager.wait()
+        if self.best_manager is not None:
+            self.best_manager.wait()
+
+    def on_eval_end(self, ctx: RunContext) -> None:
+        monitor = self.config.monitor
+        if not monitor or self.best_manager is None:
+            return
+        value = ctx.metrics.get(monitor)
+        if value is None:
+            raise KeyError(f"ModelCheckpoint monitors {monitor!r} but eval returned "
+                           f"{sorted(ctx.metrics)}; set monitor to one of them")
+        better = self.best is None or (value > self.best if self.config.mode == "max"
+                                       else value < self.best)
+        if better:
+            self.best = float(value)
+            self.save(ctx, manager=self.best_manager)
+
+    def on_exception(self, ctx: RunContext, exc: BaseException) -> None:
+        if self.config.exception_save and self.manager is not None and not isinstance(
+                exc, SystemExit):
+            path = self.save(ctx, breakpoint=True)
+            self.manager.wait()
+            print(f"torchresume: {type(exc).__name__} during epoch {ctx.epoch}; breakpoint "
+                  f"saved to {path}", flush=True)
+
+    # -- saving ---------------------------------------------------------------------------
+    def save(self, ctx: RunContext, *, breakpoint: bool = False,
+             manager: CheckpointManager | None = None) -> str:
+        manager = manager or self.manager
+        assert manager is not None, "save() before on_train_begin()"
+        cfg = self.config
+        names = {"epoch_num": ctx.epoch, "step_num": ctx.global_step}
+        append = {k: names[k] for k in cfg.append_names}
+        append.update(cfg.append_dict)
+        step = ctx.step + 1 if breakpoint and ctx.in_step else ctx.step
+        if manager is self.manager and not breakpoint:
+            self._last_saved_step = ctx.global_step
+            self._last_save_time = time.monotonic()
+        parts = ctx.model.training_state(ctx)
+        path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint,
+                            info=parts["info"], append=append, callbacks=parts["callbacks"],
+                            rng_state=parts["rng"], sampler_state=parts["sampler"])
+        if manager is self.manager:
+            self.latest_ckpt_file_name = path
+        return path

@@ -1,0 +1,27 @@
+"""TimeMonitor: epoch time and mean per-step time."""
+
+from __future__ import annotations
+
+import time
+
+from torchresume.train.callback import Callback, RunContext
+
+
+class TimeMonitor(Callback):
+    def __init__(self, data_size: int | None = None) -> None:
+        self.data_size = data_size
+        self.epoch_times: list[float] = []
+        self._start = 0.0
+        self._first_step = 0
+
+    def on_train_epoch_begin(self, ctx: RunContext) -> None:
+        self._start, self._first_step = time.perf_counter(), ctx.step
+
+    def on_train_epoch_end(self, ctx: RunContext) -> None:
+        if not self._start:
+            return
+        elapsed = time.perf_counter() - self._start
+        steps = max(1, (self.data_size or ctx.step) - self._first_step)
+        self.epoch_times.append(elapsed)
+        print(f"epoch {ctx.epoch} time: {elapsed:.3f} s, per step time: {1000 * elapsed / steps:.3f} ms",
+              flush=True)
