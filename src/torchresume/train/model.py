@@ -114,6 +114,8 @@ class Model:
             try:
                 cbs.call("on_train_begin", ctx)  # may restore state too (BackupAndRestore)
                 for epoch_index in range(ctx.start_epoch, epochs):
+                    if epoch_index != ctx.start_epoch:
+                        ctx.step = 0
                     ctx.epoch = epoch_index + 1
                     if ctx.step == 0:
                         cbs.call("on_train_epoch_begin", ctx)
@@ -126,7 +128,6 @@ class Model:
                         self.network.train()
                     if self.scheduler is not None:
                         self.scheduler.step()
-                    ctx.step = 0
                     if ctx.stop_requested:
                         break
                 cbs.call("on_train_end", ctx)

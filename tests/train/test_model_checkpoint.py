@@ -1,0 +1,105 @@
+"""Naming, the _N rule, retention, train-end save, append_info, exception_save, async, best."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import torchresume as tr
+from tests.train.helpers import toy_data, toy_model
+from torchresume import CheckpointConfig, LambdaCallback, ModelCheckpoint
+
+
+def _ckpts(d) -> list[str]:
+    return sorted(f for f in os.listdir(d) if f.endswith(".ckpt"))
+
+
+def test_naming_and_graph_file(tmp_path) -> None:
+    cb = ModelCheckpoint("toy", str(tmp_path), CheckpointConfig(save_checkpoint_steps=8, keep_checkpoint_max=10))
+    toy_model().train(2, toy_data(), [cb])  # 8 steps per epoch
+    assert _ckpts(tmp_path) == ["toy-1_8.ckpt", "toy-2_8.ckpt"]
+    graph = json.loads((tmp_path / "toy-graph.json").read_text())
+    assert {"name": "0.weight", "shape": [16, 4], "dtype": "torch.float32"} in graph["parameters"]
+    assert cb.latest_ckpt_file_name == str(tmp_path / "toy-2_8.ckpt")
+
+
+def test_second_fresh_run_gets_prefix_1_then_2(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=8)
+    for _ in range(3):
+        toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="none")
+    assert _ckpts(tmp_path) == ["toy-1_8.ckpt", "toy_1-1_8.ckpt", "toy_2-1_8.ckpt"]
+    assert (tmp_path / "toy_2-graph.json").exists()
+
+
+def test_keep_checkpoint_max_deletes_oldest_after_commit(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=3)
+    toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    assert _ckpts(tmp_path) == ["toy-2_4.ckpt", "toy-2_6.ckpt", "toy-2_8.ckpt"]
+
+
+def test_retention_never_touches_other_prefixes(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=4, keep_checkpoint_max=1)
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="none")
+    assert _ckpts(tmp_path) == ["toy-1_8.ckpt", "toy_1-1_8.ckpt"]
+
+
+def test_train_end_forces_a_save_of_the_last_step(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=5, keep_checkpoint_max=10)
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    assert _ckpts(tmp_path) == ["toy-1_5.ckpt", "toy-1_8.ckpt"]
+
+
+def test_append_info_in_file(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=8, append_info=["epoch_num", "step_num", {"tag": "v1"}])
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    d = tr.load_checkpoint(str(tmp_path / "toy-1_8.ckpt"))
+    assert (d["epoch_num"], d["step_num"], d["tag"]) == (1, 8, "v1")
+
+
+def test_saved_network_saves_only_that_network(tmp_path) -> None:
+    model = toy_model()
+    cfg = CheckpointConfig(save_checkpoint_steps=8, saved_network=model.network[0])
+    model.train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    assert set(tr.load_checkpoint(str(tmp_path / "toy-1_8.ckpt"))) == {"weight", "bias"}
+
+
+def test_exception_save_writes_breakpoint_and_reraises(tmp_path) -> None:
+    def boom(ctx) -> None:
+        if ctx.global_step == 11:
+            raise RuntimeError("user bug")
+
+    cfg = CheckpointConfig(save_checkpoint_steps=8, exception_save=True)
+    with pytest.raises(RuntimeError, match="user bug"):
+        toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg),
+                                          LambdaCallback(on_train_step_end=boom)])
+    assert _ckpts(tmp_path) == ["toy-1_8.ckpt", "toy-2_3_breakpoint.ckpt"]
+    info = tr.load_checkpoint(str(tmp_path / "toy-2_3_breakpoint.ckpt"))
+    assert "optimizer.state.0.momentum_buffer" in info
+
+
+def test_async_save_files_are_complete(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=2, async_save=True)
+    model = toy_model()
+    model.train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    assert _ckpts(tmp_path) == ["toy-2_6.ckpt", "toy-2_8.ckpt"]
+    d = tr.load_checkpoint(str(tmp_path / "toy-2_8.ckpt"))
+    assert torch.equal(d["0.weight"], model.network[0].weight)
+
+
+def test_keep_best_by_validation_metric(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=8, monitor="loss", mode="min", keep_best_max=1)
+    toy_model().fit(3, toy_data(), toy_data(), callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)])
+    best = [f for f in _ckpts(tmp_path) if "-best-" in f]
+    assert len(best) == 1
+    info = tr.inspection.describe(str(tmp_path / best[0])).info
+    assert "loss" in info["metrics"]
+
+
+def test_monitor_missing_metric_is_clear(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=8, monitor="f1")
+    with pytest.raises(KeyError, match="ModelCheckpoint monitors 'f1' but eval returned"):
+        toy_model().fit(1, toy_data(), toy_data(), callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)])
