@@ -25,7 +25,8 @@ def restore(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    # Loaded tensors may be views into a mapped file; the RNG wants its own storage.
+    torch.set_rng_state(state["torch"].clone())
     if "cuda" in state and torch.cuda.is_available():
         saved = state["cuda"]
         if len(saved) != torch.cuda.device_count():
@@ -33,7 +34,7 @@ def restore(state: dict[str, Any]) -> None:
             warnings.warn(f"checkpoint has RNG state for {len(saved)} CUDA devices, this machine "
                           f"has {torch.cuda.device_count()}; restoring the common ones", stacklevel=2)
         for i, s in enumerate(saved[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
+            torch.cuda.set_rng_state(s.clone(), i)
 
 
 def seed_everything(seed: int) -> None:

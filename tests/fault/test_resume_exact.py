@@ -1,0 +1,142 @@
+"""Real processes, real signals: a killed and restarted run ends bitwise where an uninterrupted one ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchresume as tr
+from torchresume.inspection import verify
+
+EPOCHS, STEPS = 3, 20
+TOTAL = EPOCHS * STEPS
+
+
+def _cmd(run_dir: Path, save_steps: int = 5) -> list[str]:
+    return [sys.executable, "-m", "torchresume", "train", "--deterministic", "--epochs", str(EPOCHS),
+            "--steps-per-epoch", str(STEPS), "--save-steps", str(save_steps), "--keep-max", "3",
+            "--train-url", str(run_dir), "--print-every", "1000"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    path = run_dir / "summary.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by SIGKILL
+        if r.get("kind") == "step":
+            out.append((r["global_step"], r["loss"]))
+    return out
+
+
+def _final(run_dir: Path) -> dict[str, torch.Tensor]:
+    d = tr.load_checkpoint(str(run_dir / f"lenet-{EPOCHS}_{STEPS}.ckpt"))
+    return {k: v for k, v in d.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
+    run = tmp_path_factory.mktemp("reference")
+    subprocess.run(_cmd(run), check=True, env=_env(), capture_output=True)
+    losses = dict(_losses(run))
+    assert sorted(losses) == list(range(1, TOTAL + 1))
+    return _final(run), losses
+
+
+def _run_until(run_dir: Path, cmd: list[str], min_step: int, delay: float, sig: int) -> int:
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        done = _losses(run_dir)
+        if done and done[-1][0] >= min_step:
+            time.sleep(delay)
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert "Traceback" not in err or sig == signal.SIGKILL, err
+    return proc.returncode
+
+
+def _finish(run_dir: Path, cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _assert_same(run_dir: Path, reference) -> None:
+    ref_final, ref_losses = reference
+    final = _final(run_dir)
+    assert set(final) == set(ref_final)
+    for name, t in ref_final.items():
+        if name.startswith("rng."):
+            continue
+        assert torch.equal(final[name], t), name
+    for step, loss in _losses(run_dir):
+        assert loss == ref_losses[step], f"loss at global step {step} differs after resume"
+
+
+@pytest.mark.parametrize(("where", "min_step"), [("before first checkpoint", 2), ("mid-epoch", 12),
+                                                 ("epoch boundary", 20), ("late", 47)])
+def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, min_step) -> None:
+    cmd = _cmd(tmp_path)
+    _run_until(tmp_path, cmd, min_step, 0.0, signal.SIGKILL)
+    out = _finish(tmp_path, cmd)
+    if min_step >= 5:
+        assert "resumed from" in out
+    _assert_same(tmp_path, reference)
+
+
+def test_twenty_random_kills(tmp_path, reference) -> None:
+    cmd = _cmd(tmp_path, save_steps=2)
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(20):
+        rc = _run_until(tmp_path, cmd, rng.randint(0, TOTAL - 5), rng.uniform(0, 0.05), signal.SIGKILL)
+        if rc == 0:
+            break
+        kills += 1
+        for path in tmp_path.glob("*.ckpt"):
+            assert verify(str(path)).valid, path  # committed files always verify
+    assert kills >= 10
+    _finish(tmp_path, cmd)
+    _assert_same(tmp_path, reference)
+
+
+def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, reference) -> None:
+    cmd = _cmd(tmp_path, save_steps=100)  # no periodic save before the signal
+    rc = _run_until(tmp_path, cmd, 7, 0.0, signal.SIGTERM)
+    assert rc == 128 + signal.SIGTERM
+    saved = [p for p in tmp_path.glob("lenet-*.ckpt")]
+    assert len(saved) == 1 and verify(str(saved[0])).valid
+    step = tr.inspection.describe(str(saved[0])).info["global_step"]
+    assert 7 <= step < TOTAL
+    out = _finish(tmp_path, cmd)
+    assert f"global step {step})" in out
+    _assert_same(tmp_path, reference)
+
+
+def test_finished_run_says_so(tmp_path, reference) -> None:
+    cmd = _cmd(tmp_path)
+    _finish(tmp_path, cmd)
+    assert "training already finished" in _finish(tmp_path, cmd)
