@@ -95,7 +95,7 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
     load = {
         "torchresume": timed(lambda: tr.load_checkpoint(paths["tr.ckpt"]), runs),
         "torch.load": timed(lambda: torch.load(paths["pt"], weights_only=True), runs),
-        "safetensors": timed(lambda: {k: v.clone() for k, v in st_load(paths["st"]).items()}, runs),
+        "safetensors": timed(lambda: st_load(paths["st"]), runs),
     }
     meta = timed(lambda: describe(paths["tr.ckpt"]), max(runs, 5))
     gbs = {k: nbytes / v / 1e9 for k, v in save.items()}

@@ -32,6 +32,7 @@ from torchresume.train import (
     SummaryCollector,
     TimeMonitor,
 )
+from torchresume.train.exception_save import save_on_exception
 
 __version__ = "0.1.0"
 
@@ -65,5 +66,6 @@ __all__ = [
     "load_checkpoint",
     "load_param_into_net",
     "save_checkpoint",
+    "save_on_exception",
     "wait_async_saves",
 ]

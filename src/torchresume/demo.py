@@ -51,7 +51,7 @@ def _listing(ckpt_dir: str) -> list[str]:
 
 
 def _phase(title: str, lr: float, data: str, ckpt_dir: str, steps_per_epoch: int | None,
-           trace: _LossTrace, init_from: str | None) -> tuple[dict[str, float], float, nn.Module]:
+           trace: _LossTrace, init_from: str | None) -> tuple[dict[str, float], float]:
     print(f"\n== {title} ==", flush=True)
     ds_train = create_dataset(data, True, 32, steps_per_epoch=steps_per_epoch)
     ds_eval = create_dataset(data, False, 32)
@@ -76,7 +76,7 @@ def _phase(title: str, lr: float, data: str, ckpt_dir: str, steps_per_epoch: int
     metrics = model.eval(ds_eval)
     print(f"Metrics: {metrics}", flush=True)
     trace.offset += 2 * steps
-    return metrics, seconds, net
+    return metrics, seconds
 
 
 def run_demo(workdir: str, data: str, steps_per_epoch: int | None = None) -> dict[str, Any]:
@@ -87,13 +87,13 @@ def run_demo(workdir: str, data: str, steps_per_epoch: int | None = None) -> dic
     os.makedirs(ckpt_dir)
     seed_everything(1)
     trace = _LossTrace()
-    m1, t1, _ = _phase("train LeNet5, 2 epochs, lr 0.01", 0.01, data, ckpt_dir, steps_per_epoch,
+    m1, t1 = _phase("train LeNet5, 2 epochs, lr 0.01", 0.01, data, ckpt_dir, steps_per_epoch,
                        trace, None)
     listing1 = _listing(ckpt_dir)
     print("Checkpoints after first training:\n  " + "\n  ".join(listing1), flush=True)
     last = os.path.join(ckpt_dir, sorted(f for f in listing1 if f.endswith(".ckpt"))[-1])
     resume_step = trace.offset
-    m2, t2, net = _phase("resume from lenet-2 for 2 more epochs, lr 0.001", 0.001, data, ckpt_dir,
+    m2, t2 = _phase("resume from lenet-2 for 2 more epochs, lr 0.001", 0.001, data, ckpt_dir,
                          steps_per_epoch, trace, last)
     listing2 = _listing(ckpt_dir)
     print("Checkpoints after resuming training:\n  " + "\n  ".join(listing2), flush=True)

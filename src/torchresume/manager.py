@@ -33,7 +33,6 @@ from torchresume.storage import resolve
 from torchresume.storage.local import LocalStorage, clean_stale_temps
 
 
-
 def unique_prefix(directory: str, prefix: str) -> str:
     """MindSpore's rule: a fresh run into a directory that has ``prefix`` files gets ``prefix_N``."""
     storage, where = resolve(directory)

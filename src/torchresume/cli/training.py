@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchresume.api import load_checkpoint, load_param_into_net
+from torchresume.api import load_checkpoint
 from torchresume.data import create_dataset, default_mnist_dir
 from torchresume.models import MODELS
 from torchresume.state.rng import make_deterministic, seed_everything

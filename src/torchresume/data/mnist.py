@@ -55,6 +55,7 @@ def _read_idx(path: str, what: str) -> np.ndarray:
     if magic != _MAGIC[what]:
         raise DataError(f"{path}: bad magic 0x{magic:08x}, expected 0x{_MAGIC[what]:08x} "
                         f"for MNIST {what}")
+    shape: tuple[int, ...]
     if what == "labels":
         body, shape = data[8:], (count,)
     else:

@@ -20,7 +20,7 @@ class LambdaCallback(Callback):
         for name, fn in hooks.items():
             setattr(self, name, fn)
         if on_exception is not None:
-            self.on_exception = on_exception  # type: ignore[method-assign]
+            self.on_exception = on_exception  # type: ignore[method-assign,assignment]
         self._given = set(hooks) | ({"on_exception"} if on_exception else set())
 
     def overrides(self, hook: str) -> bool:

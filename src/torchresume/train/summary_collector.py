@@ -21,7 +21,7 @@ class SummaryCollector(Callback):
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             os.makedirs(self.summary_dir, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file = open(self.path, "a", encoding="utf-8")
         record["time"] = time.time()
         self._file.write(json.dumps(record) + "\n")
 

@@ -1,0 +1,93 @@
+"""Exact resume inside one process: breakpoints, signals in custom loops, weights-only files."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+import torchresume as tr
+from tests.train.helpers import toy_data, toy_model
+from torchresume import CheckpointConfig, CheckpointManager, History, LambdaCallback, ModelCheckpoint
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.network.state_dict().items()}
+
+
+def test_exception_breakpoint_resumes_exactly(tmp_path) -> None:
+    ref = toy_model()
+    h_ref = History()
+    ref.train(3, toy_data(), [h_ref])
+    expected = _weights(ref)
+
+    cfg = CheckpointConfig(save_checkpoint_steps=100, exception_save=True)
+
+    def boom(ctx) -> None:
+        if ctx.global_step == 12:  # step 13 (epoch 2, step 5) is starting
+            raise RuntimeError("bug at step 13")
+
+    with pytest.raises(RuntimeError, match="bug at step 13"):
+        toy_model().train(3, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg),
+                                          LambdaCallback(on_train_step_begin=boom), History()])
+    bp = tmp_path / "toy-2_5_breakpoint.ckpt"
+    assert bp.exists()
+    assert tr.inspection.describe(str(bp)).info["global_step"] == 12
+    resumed, h = toy_model(), History()
+    summary = resumed.train(3, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg), h], resume="auto")
+    assert summary["resumed_from"] == str(bp)
+    for k, v in expected.items():
+        assert torch.equal(resumed.network.state_dict()[k], v), k
+    assert h.state_dict() == h_ref.state_dict()
+
+
+def test_resume_path_and_finished(tmp_path, capsys) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=4)
+    toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    summary = toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="auto")
+    assert summary["already_finished"]
+    assert "training already finished (16/16 steps" in capsys.readouterr().out
+
+
+def test_weights_only_checkpoint_resumes_what_it_holds(tmp_path, capsys) -> None:
+    src = toy_model()
+    path = str(tmp_path / "w.ckpt")
+    tr.save_checkpoint(src.network, path)
+    model = toy_model()
+    model.train(1, toy_data(), resume=path)
+    assert "holds no optimizer, sampler, rng state" in capsys.readouterr().err
+
+
+def test_invalid_newest_is_skipped_and_reported(tmp_path, capsys) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=4, keep_checkpoint_max=10)
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    newest = tmp_path / "toy-1_8.ckpt"
+    data = bytearray(newest.read_bytes())
+    data[-3] ^= 0xFF
+    os.chmod(newest, 0o600)
+    newest.write_bytes(bytes(data))
+    summary = toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="auto")
+    assert summary["resumed_from"] == str(tmp_path / "toy-1_4.ckpt")
+    assert "skipping invalid checkpoint" in capsys.readouterr().err
+
+
+def test_manager_guard_saves_on_signal_and_exception(tmp_path) -> None:
+    model = toy_model()
+    mgr = CheckpointManager(str(tmp_path), model=model.network, optimizer=model.optimizer, prefix="run")
+    with pytest.raises(SystemExit) as exit_info, mgr.guard() as guard:
+        for step in range(1, 100):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            guard.step_done(epoch=1, step=step)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert (tmp_path / "run-1_3.ckpt").exists()
+    with pytest.raises(ZeroDivisionError), mgr.guard() as guard:
+        guard.step_done(epoch=2, step=7)
+        _ = 1 / 0
+    assert (tmp_path / "run-2_7_breakpoint.ckpt").exists()
+    fresh = toy_model()
+    mgr2 = CheckpointManager(str(tmp_path), model=fresh.network, optimizer=fresh.optimizer, prefix="run")
+    info = mgr2.restore_latest()
+    assert info is not None and info["breakpoint"] and info["epoch"] == 2
