@@ -20,6 +20,7 @@ from torchresume.manager import CheckpointManager
 from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast
 from torchresume.state.stateful import Stateful
 from torchresume.train import (
+    BackupAndRestore,
     Callback,
     CheckpointConfig,
     EarlyStopping,
@@ -28,6 +29,7 @@ from torchresume.train import (
     LossMonitor,
     Model,
     ModelCheckpoint,
+    OnRequestExit,
     RunContext,
     SummaryCollector,
     TimeMonitor,
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncSaveError",
+    "BackupAndRestore",
     "Callback",
     "CheckpointConfig",
     "CheckpointConfigError",
@@ -54,6 +57,7 @@ __all__ = [
     "LossMonitor",
     "Model",
     "ModelCheckpoint",
+    "OnRequestExit",
     "RunContext",
     "StateMismatchError",
     "Stateful",

@@ -194,6 +194,21 @@ class Model:
         return {"callbacks": callbacks, "sampler": sampler, "info": info,
                 "rng": ctx.step_rng if ctx.step_rng is not None else rng.capture()}
 
+    def save_state(self, path: str, ctx: RunContext, *, epoch_end_done: bool = False) -> None:
+        """Write this run's full state to ``path`` (a fixed name; for backup-style callbacks)."""
+        from torchresume.api import encode_state, write_encoded
+        from torchresume.manager import CheckpointManager
+        parts = self.training_state(ctx)
+        manager = CheckpointManager(".", model=self.network, optimizer=self.optimizer,
+                                    scheduler=self.scheduler, keep=None)
+        tree = manager.capture(callbacks=parts["callbacks"], rng_state=parts["rng"],
+                               sampler_state=parts["sampler"])
+        if epoch_end_done and tree.get("sampler"):
+            tree["sampler"].update(epoch=ctx.epoch, consumed=0)
+        info = {"epoch": ctx.epoch, "step": ctx.step, "global_step": ctx.global_step,
+                "epoch_end_done": epoch_end_done, **parts["info"]}
+        write_encoded(encode_state("train_state", tree, info=info), path, None)
+
     def _resume(self, resume: str, cbs: CallbackList, ctx: RunContext) -> None:
         from torchresume.manager import CheckpointManager
         from torchresume.train.model_checkpoint import ModelCheckpoint
@@ -227,7 +242,7 @@ class Model:
                              f"{ctx.steps_per_epoch}; resume with the same data and batch size")
         ctx.global_step = global_step
         epoch_index, ctx.step = divmod(global_step, steps)
-        if ctx.step == 0 and epoch_index > 0:
+        if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):
             # Saved at an epoch's last step, before its epoch-end hooks: run those first.
             epoch_index, ctx.step = epoch_index - 1, steps
         if hasattr(ctx.dataset, "sampler") and "sampler" in info.get("lacking", []):

@@ -1,0 +1,48 @@
+"""OnRequestExit: on a signal, stop after the current step and save the full state.
+
+As in MindSpore, the state goes to ``{directory}/{file_name}.ckpt`` and is
+loaded when training starts again; unlike MindSpore, the epoch, step, data
+position and RNG come back too, so the run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from torchresume.train.callback import Callback, RunContext
+
+
+class OnRequestExit(Callback):
+    def __init__(self, save_ckpt: bool = True, save_mindir: bool = False, file_name: str = "Net",
+                 directory: str = "./", sig: int = signal.SIGTERM) -> None:
+        if not isinstance(file_name, str) or not file_name or "/" in file_name:
+            raise ValueError(f"file_name must be a plain file name, got {file_name!r}")
+        self.save_ckpt, self.sig = save_ckpt, sig
+        self.path = os.path.join(directory, f"{file_name}.ckpt")
+        self.directory = directory
+        self._requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._requested = True
+
+    def on_train_begin(self, ctx: RunContext) -> None:
+        self._previous = signal.signal(self.sig, self._handle)
+        if os.path.exists(self.path) and not ctx.resumed_from:
+            ctx.model.restore(self.path, ctx)
+
+    def on_train_step_end(self, ctx: RunContext) -> None:
+        if not self._requested:
+            return
+        if self.save_ckpt:
+            os.makedirs(self.directory, exist_ok=True)
+            ctx.model.save_state(self.path, ctx)
+            print(f"OnRequestExit: signal {self.sig}: saved {self.path}; stopping", flush=True)
+        ctx.request_stop()
+
+    def on_train_end(self, ctx: RunContext) -> None:
+        if self._previous is not None:
+            signal.signal(self.sig, self._previous)
+            self._previous = None
