@@ -90,7 +90,7 @@ class Model:
         self._check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
-        cbs = CallbackList(callbacks)
+        cbs = CallbackList(_with_progress(callbacks))
         self._callbacks, self._dataset = cbs, dataset
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
                          steps_per_epoch=len(dataset), dataset=dataset, config=config)
@@ -294,6 +294,15 @@ class Model:
         self.network.eval()
         with torch.no_grad():
             return self.network(x.to(self.device)).cpu()
+
+
+def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Callback]:
+    """The user's callbacks, plus a progress bar when a person is watching (a terminal)."""
+    items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+    if sys.stderr.isatty():
+        from torchresume.train.progress_bar import ProgressBar
+        items.append(ProgressBar())
+    return items
 
 
 def _remaining(dataset: Any, done: int) -> Iterable[Any]:

@@ -1,0 +1,28 @@
+"""ProgressBar: a tqdm bar per epoch, added by Model only when stderr is a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchresume.train.callback import Callback, RunContext
+
+
+class ProgressBar(Callback):
+    def __init__(self, refresh_every: int = 20) -> None:
+        self.refresh_every = refresh_every
+        self._bar: Any = None
+
+    def on_train_epoch_begin(self, ctx: RunContext) -> None:
+        from tqdm import tqdm
+        self._bar = tqdm(total=ctx.steps_per_epoch, initial=ctx.step, desc=f"epoch {ctx.epoch}",
+                         leave=False, dynamic_ncols=True)
+
+    def on_train_step_end(self, ctx: RunContext) -> None:
+        if self._bar is not None and ctx.step % self.refresh_every == 0:
+            self._bar.update(ctx.step - self._bar.n)
+            self._bar.set_postfix(loss=f"{float(ctx.loss):.4f}", refresh=False)  # type: ignore[arg-type]
+
+    def on_train_epoch_end(self, ctx: RunContext) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
