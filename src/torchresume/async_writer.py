@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -41,11 +42,19 @@ class AsyncWriter:
             _raise(f)
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every queued job ran; re-raise the first failure."""
+        """Block until every queued job ran; re-raise the first failure.
+
+        With ``timeout`` (seconds, for all jobs together) a TimeoutError is raised
+        if work is still running then; that work stays queued.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending = list(self._pending)
         for f in pending:
-            f.exception(timeout=timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            f.exception(timeout=left)
+        with self._lock:
+            self._pending = [f for f in self._pending if f not in pending]
         for f in pending:
             _raise(f)
 

@@ -9,6 +9,7 @@ sub-trees, and an info block (epoch, step, global step, metrics, run config).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -29,7 +30,7 @@ from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.state import rng
 from torchresume.state.stateful import Stateful
 from torchresume.state.train_state import RESERVED
-from torchresume.storage import resolve
+from torchresume.storage import is_remote, resolve, staging_dir
 from torchresume.storage.local import LocalStorage, clean_stale_temps
 
 
@@ -45,6 +46,20 @@ def unique_prefix(directory: str, prefix: str) -> str:
         elif name_prefix.startswith(prefix + "_") and name_prefix[len(prefix) + 1:].isdigit():
             taken = max(taken, int(name_prefix[len(prefix) + 1:]))
     return prefix if taken < 0 else f"{prefix}_{taken + 1}"
+
+
+def prune(directory: str, keep: int) -> list[str]:
+    """Keep the newest ``keep`` checkpoints of every prefix in ``directory``; returns what was deleted."""
+    storage, _ = resolve(directory)
+    deleted: list[str] = []
+    entries = catalog.list_checkpoints(directory, verify=False)
+    for prefix in {e.prefix for e in entries if e.prefix is not None}:
+        family = sorted((e for e in entries if e.prefix == prefix and not e.breakpoint),
+                        key=lambda e: e.order_key())
+        for e in family[:-keep]:
+            storage.delete(e.path)
+            deleted.append(e.path)
+    return deleted
 
 
 def _clone_tensors(node: Any) -> Any:
@@ -78,8 +93,12 @@ class CheckpointManager:
         self.enc_key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key else None
         self._writer = AsyncWriter() if async_save else None
         self.last_saved: str | None = None
-        if isinstance(self.storage, LocalStorage):
-            clean_stale_temps(self._where)
+        # Remote directories: write locally (durably) first, upload in the background.
+        self.staging = staging_dir(self.directory) if is_remote(self.directory) else None
+        self._uploader = AsyncWriter("torchresume-upload") if self.staging else None
+        for local_dir in (self._where if isinstance(self.storage, LocalStorage) else None, self.staging):
+            if local_dir:
+                clean_stale_temps(local_dir)
 
     # -- saving ---------------------------------------------------------------------------
     def file_name(self, epoch: int, step: int, breakpoint: bool = False) -> str:
@@ -116,8 +135,9 @@ class CheckpointManager:
              rng_state: dict[str, Any] | None = None,
              sampler_state: dict[str, Any] | None = None) -> str:
         """Write a checkpoint of the current state; retention runs after it is committed."""
-        if self._writer is not None:
-            self._writer.raise_if_failed()
+        for writer in (self._writer, self._uploader):
+            if writer is not None:
+                writer.raise_if_failed()
         path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
         full_info = {"epoch": epoch, "step": step,
@@ -135,8 +155,23 @@ class CheckpointManager:
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str) -> None:
-        write_encoded(encode_state(kind, tree, info=info, append=append), path, self.enc_key)
+        encoded = encode_state(kind, tree, info=info, append=append)
+        if self.staging is None or self._uploader is None:
+            write_encoded(encoded, path, self.enc_key)
+            self.apply_retention(protect=path)
+            return
+        local = os.path.join(self.staging, path.rsplit("/", 1)[-1])
+        write_encoded(encoded, local, self.enc_key)
+        self._uploader.submit(lambda: self._upload(local, path), path)
+
+    def _upload(self, local: str, path: str) -> None:
+        self.storage.upload_file(local, path)  # type: ignore[attr-defined]
         self.apply_retention(protect=path)
+        assert self.staging is not None
+        staged = sorted((e for e in os.scandir(self.staging) if e.name.endswith(".ckpt")),
+                        key=lambda e: e.stat().st_mtime)
+        for old in staged[:-2]:  # uploaded copies stay as a small local cache
+            os.unlink(old.path)
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""
@@ -154,14 +189,24 @@ class CheckpointManager:
             self.storage.delete(path)
         return doomed
 
-    def wait(self) -> None:
-        """Wait for background saves; re-raise the first failure."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for background saves and uploads; re-raise the first failure.
+
+        With ``timeout``, raises TimeoutError if uploads are still running then.
+        """
         if self._writer is not None:
-            self._writer.wait()
+            self._writer.wait(timeout)
+        if self._uploader is not None:
+            self._uploader.wait(timeout)
+
+    @property
+    def pending_uploads(self) -> bool:
+        return self._uploader is not None and self._uploader.busy
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        for writer in (self._writer, self._uploader):
+            if writer is not None:
+                writer.close()
 
     # -- finding --------------------------------------------------------------------------
     def checkpoints(self, *, all_prefixes: bool = False, verify: bool = False) -> list[Entry]:

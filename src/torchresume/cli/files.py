@@ -11,23 +11,34 @@ from torchresume import inspection
 from torchresume.catalog import list_checkpoints
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser("inspect", help="describe a checkpoint without model code")
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("inspect", parents=parents, help="describe a checkpoint without model code")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("verify", help="check a file (or every checkpoint in a directory)")
+    p = sub.add_parser("verify", parents=parents, help="check a file (or every checkpoint in a directory)")
     p.add_argument("path")
     p.add_argument("--dec-key-hex", help="key of an encrypted checkpoint, as hex")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("diff", help="tensors added, removed or changed between two checkpoints")
+    p = sub.add_parser("diff", parents=parents, help="tensors added, removed or changed between two checkpoints")
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("ls", help="checkpoints in a directory, newest first")
+    p = sub.add_parser("copy", parents=parents, help="parallel, resumable copy between local disk and object storage")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--workers", type=int, default=8)
+    p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser("prune", parents=parents, help="delete all but the newest K checkpoints of each prefix")
+    p.add_argument("directory")
+    p.add_argument("--keep", type=int, required=True)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("ls", parents=parents, help="checkpoints in a directory, newest first")
     p.add_argument("directory")
     p.add_argument("--quick", action="store_true", help="check headers only, not checksums")
     p.add_argument("--json", action="store_true")
@@ -103,6 +114,30 @@ def cmd_ls(args: argparse.Namespace) -> int:
         status = "valid" if e.valid else f"INVALID: {e.reason}"
         print(f"{e.name:<32} {_dash(e.epoch):>5} {_dash(e.step):>6} "
               f"{inspection.human_bytes(e.size):>10}  {status}")
+    return 0
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    import time
+
+    from torchresume.transfer import copy
+    start = time.perf_counter()
+    report = copy(args.src, args.dst, workers=args.workers)
+    seconds = time.perf_counter() - start
+    rate = report.bytes / seconds / 1e6 if seconds > 0 else 0.0
+    print(f"copied {len(report.copied)} files ({inspection.human_bytes(report.bytes)}, {rate:.1f} MB/s), "
+          f"skipped {len(report.skipped)} already present")
+    for name, reason in sorted(report.failed.items()):
+        print(f"torchresume: error: failed to copy {name}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from torchresume.manager import prune
+    if args.keep < 1:
+        raise ValueError(f"--keep must be at least 1, got {args.keep}")
+    for path in prune(args.directory, args.keep):
+        print(f"deleted {path}")
     return 0
 
 

@@ -19,13 +19,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="torchresume",
         description="Checkpoints that survive interruptions: train, resume, inspect.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    files.register(sub)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec option for s3:// URLs, e.g. endpoint_url=https://obs.example.com")
+    files.register(sub, [common])
     try:
         from torchresume.cli import training  # type: ignore[attr-defined,unused-ignore]
     except ImportError:  # pragma: no cover - the harness is optional during bootstrapping
         pass
     else:
-        training.register(sub)
+        training.register(sub, [common])
     return parser
 
 
@@ -33,14 +36,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _configure_storage(args.storage_option)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("torchresume: interrupted", file=sys.stderr)
         return 130
-    except (TorchResumeError, OSError, ValueError, TypeError) as exc:
+    except (TorchResumeError, OSError, ValueError, TypeError, ImportError) as exc:
         message = str(exc).replace("\n", " | ") or type(exc).__name__
         print(f"torchresume: error: {message}", file=sys.stderr)
         return 1
+
+
+def _configure_storage(options: list[str]) -> None:
+    if not options:
+        return
+    from torchresume.storage import configure
+    parsed = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option must be KEY=VALUE, got {item!r}")
+        parsed[key] = value
+    configure(**parsed)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from torchresume.train import (
 )
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="train on MNIST with checkpoints; the same command resumes")
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", parents=parents, help="train on MNIST with checkpoints; the same command resumes")
     _common(p)
     p.add_argument("--train-url", "--train_url", dest="train_url", default="ckpt",
                    help="directory for checkpoints (default ./ckpt)")
@@ -44,18 +44,18 @@ def register(sub: Any) -> None:
     p.add_argument("--print-every", type=int, default=None, help="loss print period in steps")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the MNIST test set (one JSON line)")
+    p = sub.add_parser("eval", parents=parents, help="evaluate a checkpoint on the MNIST test set (one JSON line)")
     _common(p)
     p.add_argument("--ckpt", required=True)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("infer", help="predict test digits and draw them like the seed")
+    p = sub.add_parser("infer", parents=parents, help="predict test digits and draw them like the seed")
     _common(p)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", default="predictions.png")
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("demo", help="the seed 003 experiment end to end")
+    p = sub.add_parser("demo", parents=parents, help="the seed 003 experiment end to end")
     p.add_argument("--workdir", default="demo-out")
     p.add_argument("--data-url", "--data_url", dest="data_url", default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="shorten the demo (testing)")
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     prefix = args.prefix or ("lenet" if args.model == "lenet5" else args.model)
     callbacks = [ModelCheckpoint(prefix, args.train_url, cfg),
                  LossMonitor(args.print_every or steps), TimeMonitor(),
-                 SummaryCollector(args.train_url, collect_freq=1)]
+                 SummaryCollector(_summary_dir(args.train_url), collect_freq=1)]
     config = {k: v for k, v in vars(args).items() if k != "func"}
     model = Model(net, nn.CrossEntropyLoss(), opt, {"acc", "loss"}, device=args.device)
     summary = model.train(args.epochs, ds, callbacks, resume=args.resume, config=config)
@@ -104,6 +104,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"done: {summary['global_step']} steps; latest checkpoint "
               f"{callbacks[0].latest_ckpt_file_name}", flush=True)  # type: ignore[attr-defined]
     return 0
+
+
+def _summary_dir(train_url: str) -> str:
+    """Where the per-step JSONL log goes: the run directory, or its local staging for URLs."""
+    from torchresume.storage import is_remote, staging_dir
+    return staging_dir(train_url) if is_remote(train_url) else train_url
 
 
 def _load_model(args: argparse.Namespace) -> Model:

@@ -57,7 +57,8 @@ def create_dataset(data_dir: str, training: bool = True, batch_size: int = 32, *
                    resize: int = 32, seed: int = 0, shuffle: bool | None = None,
                    steps_per_epoch: int | None = None) -> ArrayDataset:
     """The seed's create_dataset: resize, rescale/normalise, CHW, shuffle, batch, drop remainder."""
-    images, labels = read_mnist(data_dir, "train" if training else "test")
+    from torchresume.data.remote import fetch_mnist
+    images, labels = read_mnist(fetch_mnist(data_dir), "train" if training else "test")
     return ArrayDataset(preprocess(images, resize), torch.from_numpy(labels.astype(np.int64)),
                         batch_size, shuffle=training if shuffle is None else shuffle, seed=seed,
                         drop_remainder=True, steps_per_epoch=steps_per_epoch)

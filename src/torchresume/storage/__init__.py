@@ -1,23 +1,61 @@
-"""Where bytes live: a path or URL -> a Storage with atomic put/get/list/delete."""
+"""Where bytes live: a path or URL -> a Storage with atomic put/get/list/delete.
+
+Local paths and ``file://`` go to the local disk; ``s3://`` (and ``obs://``)
+go to object storage through fsspec/s3fs. Options for remote stores come from
+the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)
+and from ``configure(key=value, ...)`` (the CLI's ``--storage-option``).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from torchresume.errors import UnsupportedFormatError
 from torchresume.storage.base import FileInfo, Storage
 from torchresume.storage.local import LocalStorage
 
-__all__ = ["FileInfo", "LocalStorage", "Storage", "resolve"]
+__all__ = ["FileInfo", "LocalStorage", "Storage", "configure", "is_remote", "resolve", "staging_dir"]
 
 _LOCAL = LocalStorage()
+_REMOTE_PROTOCOLS = ("s3", "s3a", "obs", "memory")
+_options: dict[str, Any] = {}
+_remotes: dict[str, Any] = {}
+
+
+def configure(**options: Any) -> None:
+    """Set fsspec options (endpoint_url, key, secret, ...) for remote stores."""
+    _options.update(options)
+    _remotes.clear()
+
+
+def is_remote(url: str) -> bool:
+    return "://" in str(url) and not str(url).startswith("file://")
 
 
 def resolve(url: str) -> tuple[Storage, str]:
-    """The storage that holds ``url`` and the path within it."""
+    """The storage that holds ``url`` and the path to hand it."""
     url = str(url)
     if url.startswith("file://"):
         return _LOCAL, url[len("file://"):]
-    if "://" in url:
-        from torchresume.errors import UnsupportedFormatError
-        scheme = url.split("://", 1)[0]
-        raise UnsupportedFormatError(f"{url}: storage scheme {scheme!r} is not supported yet; "
-                                     "use a local path")
-    return _LOCAL, url
+    if "://" not in url:
+        return _LOCAL, url
+    protocol = url.split("://", 1)[0]
+    if protocol not in _REMOTE_PROTOCOLS:
+        raise UnsupportedFormatError(f"{url}: storage scheme {protocol!r} is not supported; use a "
+                                     "local path, file://, s3:// or obs://")
+    if protocol not in _remotes:
+        from torchresume.storage.remote import RemoteStorage
+        _remotes[protocol] = RemoteStorage(protocol, _options)
+    return _remotes[protocol], url
+
+
+def staging_dir(url: str) -> str:
+    """Local directory where checkpoints for remote ``url`` are written before upload.
+
+    $TORCHRESUME_STAGING/<hash> or ~/.cache/torchresume/staging/<hash>.
+    """
+    import hashlib
+    import os
+    root = os.environ.get("TORCHRESUME_STAGING") or os.path.join(
+        os.path.expanduser("~"), ".cache", "torchresume", "staging")
+    return os.path.join(root, hashlib.sha1(str(url).encode()).hexdigest()[:16])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -172,7 +173,7 @@ class Model:
             if cb.manager is not None:
                 if cb._last_saved_step != ctx.global_step:
                     saved.append(cb.save(ctx))
-                cb.manager.wait()
+                _wait_bounded(cb.manager)
                 saved.append(cb.latest_ckpt_file_name)
         where = f"; checkpoint {saved[-1]}" if saved else " (no ModelCheckpoint: nothing saved)"
         print(f"torchresume: {signal.Signals(sig).name} at epoch {ctx.epoch} step {ctx.step}"
@@ -294,6 +295,23 @@ class Model:
         self.network.eval()
         with torch.no_grad():
             return self.network(x.to(self.device)).cpu()
+
+
+UPLOAD_WAIT_S = 120.0
+
+
+def _wait_bounded(manager: Any) -> None:
+    """On a stop signal, wait for pending writes/uploads, but not forever (schedulers kill)."""
+    start = time.monotonic()
+    try:
+        manager.wait(timeout=UPLOAD_WAIT_S)
+    except TimeoutError:
+        print(f"torchresume: uploads still pending after {UPLOAD_WAIT_S:.0f} s; the local copies "
+              f"stay in {manager.staging}", file=sys.stderr, flush=True)
+        return
+    if manager.staging:
+        print(f"torchresume: pending uploads finished in {time.monotonic() - start:.1f} s",
+              file=sys.stderr, flush=True)
 
 
 def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Callback]:

@@ -1,0 +1,64 @@
+"""One suite, every backend: the same guarantees on local disk and on S3."""
+
+from __future__ import annotations
+
+import torch
+
+import torchresume as tr
+from torchresume import CheckpointManager, KeepLast
+from torchresume.catalog import list_checkpoints
+from torchresume.cli.main import main
+from torchresume.storage import resolve
+
+
+def test_write_list_read_delete(root) -> None:
+    store, where = resolve(root)
+    path = store.join(where, "a.bin")
+    store.write_atomic(path, [b"hello ", memoryview(b"world")])
+    assert [(i.name, i.size) for i in store.list(where)] == [("a.bin", 11)]
+    f, size = store.open_read(path)
+    with f:
+        assert (f.read(), size) == (b"hello world", 11)
+    store.delete(path)
+    assert store.list(where) == []
+    store.delete(path)  # absent is fine
+
+
+def test_missing_file_is_typed(root) -> None:
+    store, where = resolve(root)
+    try:
+        store.open_read(store.join(where, "nope.ckpt"))
+    except tr.CheckpointNotFoundError as exc:
+        assert "nope.ckpt: no such checkpoint" in str(exc)
+    else:
+        raise AssertionError("expected CheckpointNotFoundError")
+
+
+def test_save_load_by_url(root, net) -> None:
+    path = root.rstrip("/") + "/m.ckpt"
+    tr.save_checkpoint(net, path, append_dict={"epoch_num": 1})
+    d = tr.load_checkpoint(path)
+    assert torch.equal(d["fc1.weight"], net.fc1.weight) and d["epoch_num"] == 1
+
+
+def test_manager_retention_and_restore(root, trained) -> None:
+    net, opt = trained
+    mgr = CheckpointManager(root, model=net, optimizer=opt, prefix="run", keep=[KeepLast(2)])
+    for step in (1, 2, 3):
+        mgr.save(1, step, step)
+    mgr.wait()
+    names = [e.name for e in list_checkpoints(root, verify=True)]
+    assert names == ["run-1_3.ckpt", "run-1_2.ckpt"]
+    from tests.conftest import TinyNet
+    fresh = TinyNet()
+    info = CheckpointManager(root, model=fresh, prefix="run").restore_latest()
+    assert info is not None and info["global_step"] == 3
+    assert torch.equal(fresh.fc1.weight, net.fc1.weight)
+
+
+def test_cli_ls_and_verify(root, net, capsys) -> None:
+    tr.save_checkpoint(net, root.rstrip("/") + "/lenet-1_5.ckpt")
+    assert main(["ls", root]) == 0
+    out = capsys.readouterr().out
+    assert "lenet-1_5.ckpt" in out and "valid" in out
+    assert main(["verify", root]) == 0
