@@ -96,6 +96,7 @@ class CheckpointManager:
         # Remote directories: write locally (durably) first, upload in the background.
         self.staging = staging_dir(self.directory) if is_remote(self.directory) else None
         self._uploader = AsyncWriter("torchresume-upload") if self.staging else None
+        self._last_uploaded: str | None = None
         for local_dir in (self._where if isinstance(self.storage, LocalStorage) else None, self.staging):
             if local_dir:
                 clean_stale_temps(local_dir)
@@ -167,11 +168,10 @@ class CheckpointManager:
     def _upload(self, local: str, path: str) -> None:
         self.storage.upload_file(local, path)  # type: ignore[attr-defined]
         self.apply_retention(protect=path)
-        assert self.staging is not None
-        staged = sorted((e for e in os.scandir(self.staging) if e.name.endswith(".ckpt")),
-                        key=lambda e: e.stat().st_mtime)
-        for old in staged[:-2]:  # uploaded copies stay as a small local cache
-            os.unlink(old.path)
+        # Only files already uploaded may go; the newest uploaded one stays as a local cache.
+        if self._last_uploaded and self._last_uploaded != local and os.path.exists(self._last_uploaded):
+            os.unlink(self._last_uploaded)
+        self._last_uploaded = local
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""

@@ -1,0 +1,107 @@
+"""Training into s3:// against a real S3-protocol server: kill, lose the local disk, resume exactly."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import torchresume as tr
+from tests.storage.conftest import bucket, s3_server  # noqa: F401  (fixtures)
+from torchresume.catalog import list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+MNIST = ROOT / "data" / "mnist"
+
+
+def _env(staging: Path, cache: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+            "TORCHRESUME_STAGING": str(staging), "TORCHRESUME_CACHE": str(cache)}
+
+
+def _cmd(train_url: str, data_url: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "torchresume", "train", "--deterministic", "--epochs", "2",
+           "--steps-per-epoch", "15", "--save-steps", "3", "--train-url", train_url]
+    return cmd + (["--data-url", data_url] if data_url else [])
+
+
+def _tensors(url: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tr.load_checkpoint(url).items()
+            if isinstance(v, torch.Tensor) and not k.startswith("rng.")}
+
+
+def test_sigkill_delete_local_files_resume_from_remote(bucket, tmp_path) -> None:  # noqa: F811
+    staging, cache = tmp_path / "staging", tmp_path / "cache"
+    env = _env(staging, cache)
+    ref = str(tmp_path / "ref")
+    subprocess.run(_cmd(ref), check=True, env=env, capture_output=True, timeout=600)
+    run = f"{bucket}/run"
+    proc = subprocess.Popen(_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [e for e in list_checkpoints(run, verify=False)
+                                          if e.global_step and e.global_step >= 9]:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    shutil.rmtree(staging)  # the machine's local files are gone
+    done = subprocess.run(_cmd(run), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from s3://" in done.stdout
+    final, expected = _tensors(f"{run}/lenet-2_15.ckpt"), _tensors(f"{ref}/lenet-2_15.ckpt")
+    assert set(final) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(final[name], tensor), name
+    ls = subprocess.run([sys.executable, "-m", "torchresume", "ls", run], env=env, capture_output=True,
+                        text=True, timeout=300)
+    assert ls.returncode == 0 and "lenet-2_15.ckpt" in ls.stdout and "INVALID" not in ls.stdout
+
+
+def test_copy_mnist_to_bucket_and_back(bucket, tmp_path) -> None:  # noqa: F811
+    env = _env(tmp_path / "staging", tmp_path / "cache")
+    up = subprocess.run([sys.executable, "-m", "torchresume", "copy", str(MNIST), f"{bucket}/MNIST"],
+                        env=env, capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr
+    assert "copied 5 files" in up.stdout
+    print(up.stdout)  # the throughput to the local test server (pytest -s shows it)
+    again = subprocess.run([sys.executable, "-m", "torchresume", "copy", str(MNIST), f"{bucket}/MNIST"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert "copied 0 files" in again.stdout and "skipped 5 already present" in again.stdout
+    back = tmp_path / "back"
+    down = subprocess.run([sys.executable, "-m", "torchresume", "copy", f"{bucket}/MNIST", str(back)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert down.returncode == 0, down.stderr
+    names = sorted(os.listdir(MNIST))
+    assert sorted(os.listdir(back)) == names
+    match, mismatch, errors = filecmp.cmpfiles(MNIST, back, names, shallow=False)
+    assert (match, mismatch, errors) == (names, [], [])
+
+
+def test_copy_names_failed_files(tmp_path) -> None:
+    env = _env(tmp_path / "s", tmp_path / "c")
+    proc = subprocess.run([sys.executable, "-m", "torchresume", "copy", str(tmp_path / "absent"),
+                           str(tmp_path / "dst")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "absent: no such file or directory" in proc.stderr
+
+
+def test_data_url_from_bucket_is_cached_once(bucket, tmp_path) -> None:  # noqa: F811
+    from torchresume.data import create_dataset
+    from torchresume.data.remote import cache_dir
+    from torchresume.transfer import copy
+    copy(str(MNIST), f"{bucket}/mn", progress=False)
+    os.environ["TORCHRESUME_CACHE"] = str(tmp_path / "cache")
+    try:
+        ds = create_dataset(f"{bucket}/mn", training=False)
+        assert len(ds) == 312
+        cached = cache_dir(f"{bucket}/mn")
+        first = {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)}
+        create_dataset(f"{bucket}/mn", training=False)
+        assert {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)} == first
+    finally:
+        del os.environ["TORCHRESUME_CACHE"]
