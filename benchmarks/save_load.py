@@ -23,6 +23,8 @@ from safetensors.torch import load_file as st_load
 from safetensors.torch import save_file as st_save
 
 import torchresume as tr
+from torchresume.format import checksum
+from torchresume.format.native import tensor_bytes
 from torchresume.inspection import describe
 
 TENSOR_ELEMS = 1 << 20  # 4 MiB of float32
@@ -98,6 +100,7 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
         "safetensors": timed(lambda: st_load(paths["st"]), runs),
     }
     meta = timed(lambda: describe(paths["tr.ckpt"]), max(runs, 5))
+    hashing = timed(lambda: [checksum.digest(tensor_bytes(t)) for t in state.values()], runs)
     gbs = {k: nbytes / v / 1e9 for k, v in save.items()}
     print(f"\n== {size_mib} MiB state, {n} tensors, median of {runs} runs ==")
     print(f"{'save (fsync)':<14}{'s':>8}{'GB/s':>8}")
@@ -107,6 +110,7 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
     print(f"torchresume / torch.save      = {gbs['torchresume'] / gbs['torch.save']:.2f}x")
     print(f"torchresume / best other      = {gbs['torchresume'] / best_other:.2f}x")
     print(f"torchresume / direct write    = {gbs['torchresume'] / gbs['direct write']:.2f}x")
+    print(f"checksums (xxh3) = {100 * hashing / save['torchresume']:.1f}% of the torchresume save")
     print(f"{'load':<14}{'s':>8}{'GB/s':>8}")
     for k, v in load.items():
         print(f"{k:<14}{v:>8.3f}{nbytes / v / 1e9:>8.2f}")

@@ -103,3 +103,17 @@ def test_monitor_missing_metric_is_clear(tmp_path) -> None:
     cfg = CheckpointConfig(save_checkpoint_steps=8, monitor="f1")
     with pytest.raises(KeyError, match="ModelCheckpoint monitors 'f1' but eval returned"):
         toy_model().fit(1, toy_data(), toy_data(), callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)])
+
+
+def test_save_every_n_seconds(tmp_path, monkeypatch) -> None:
+    from torchresume.train import model_checkpoint
+    clock = {"t": 0.0}
+
+    def fake_monotonic() -> float:
+        clock["t"] += 1.0  # one second per call: each step ends a second later
+        return clock["t"]
+
+    monkeypatch.setattr(model_checkpoint.time, "monotonic", fake_monotonic)
+    cfg = CheckpointConfig(save_checkpoint_steps=0, save_checkpoint_seconds=3, keep_checkpoint_max=20)
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    assert _ckpts(tmp_path) == ["toy-1_3.ckpt", "toy-1_6.ckpt", "toy-1_8.ckpt"]

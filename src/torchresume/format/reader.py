@@ -49,15 +49,7 @@ class Checkpoint:
 def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
          verify: bool = True) -> Checkpoint:
     """Load the whole checkpoint in ``f`` (``size`` bytes long)."""
-    first = f.read(HEAD_BYTES)
-    f.seek(0)
-    kind = detect(first, size)
-    if kind is Kind.TINY:
-        raise CorruptCheckpointError(f"{where}: truncated: the file has only {size} bytes, "
-                                     "too few for any checkpoint")
-    if kind is Kind.EMPTY:
-        raise CorruptCheckpointError(f"{where}: the file is empty (0 bytes): a write was "
-                                     "interrupted; delete it and use an older checkpoint")
+    first, kind = _detect(f, size, where)
     if kind is Kind.ENCRYPTED:
         plain = crypto.decrypt(f.read(), dec_key, where)
         inner = read(io.BytesIO(plain), len(plain), where, verify=verify)
@@ -86,14 +78,7 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[str, native.Header 
 
     Costs one small read for native and safetensors files, whatever their size.
     """
-    first = f.read(HEAD_BYTES)
-    f.seek(0)
-    kind = detect(first, size)
-    if kind is Kind.TINY:
-        raise CorruptCheckpointError(f"{where}: truncated: the file has only {size} bytes, "
-                                     "too few for any checkpoint")
-    if kind is Kind.EMPTY:
-        raise CorruptCheckpointError(f"{where}: the file is empty (0 bytes)")
+    first, kind = _detect(f, size, where)
     if kind is Kind.ENCRYPTED:
         meta = crypto.parse_header(f.read(4096), where)
         return "encrypted", None, {"encrypted": True, "mode": meta["mode"],
@@ -105,6 +90,20 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[str, native.Header 
         return kind.value, None, {}
     raise UnsupportedFormatError(f"{where}: not a checkpoint torchresume can read "
                                  f"(starts with {first[:8].hex()})")
+
+
+def _detect(f: BinaryIO, size: int, where: str) -> tuple[bytes, Kind]:
+    """The first bytes and the format; empty and tiny files are errors here."""
+    first = f.read(HEAD_BYTES)
+    f.seek(0)
+    kind = detect(first, size)
+    if kind is Kind.EMPTY:
+        raise CorruptCheckpointError(f"{where}: the file is empty (0 bytes): a write was "
+                                     "interrupted; delete it and use an older checkpoint")
+    if kind is Kind.TINY:
+        raise CorruptCheckpointError(f"{where}: truncated: the file has only {size} bytes, "
+                                     "too few for any checkpoint")
+    return first, kind
 
 
 def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Any:
