@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/save_load.py [--sizes-mib 512 1024] [--runs 5]
 
-Each method saves the same state (many 4 MiB float32 tensors, allocated once
+Each method saves the same state, in turn, run after run, (many 4 MiB float32 tensors, allocated once
 and reused) to the same disk and fsyncs it; loads read those files back. The
 disk's direct write bandwidth (one preallocated buffer, os.write + fsync) is
 measured in the same run. Medians over --runs; ratios printed side by side.
@@ -73,6 +73,19 @@ def timed(fn: Callable[[], object], runs: int, before: Callable[[], None] | None
     return statistics.median(times)
 
 
+def round_robin(jobs: dict[str, tuple[Callable[[], object], Callable[[], None]]],
+                runs: int) -> dict[str, float]:
+    """Median seconds of each job, run in turn (A B C D, A B C D, ...) so disk drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(runs):
+        for name, (fn, before) in jobs.items():
+            before()
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def bench(size_mib: int, runs: int, workdir: str) -> None:
     n = size_mib * (1 << 20) // (TENSOR_ELEMS * 4)
     torch.manual_seed(0)
@@ -88,12 +101,13 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
                 os.remove(paths[key])
         return go
 
-    save = {
-        "direct write": timed(lambda: direct_write(paths["direct"], flat), runs, unlink("direct")),
-        "torchresume": timed(lambda: tr.save_checkpoint(state, paths["tr.ckpt"]), runs, unlink("tr.ckpt")),
-        "torch.save": timed(lambda: torch_save(state, paths["pt"]), runs, unlink("pt")),
-        "safetensors": timed(lambda: safetensors_save(state, paths["st"]), runs, unlink("st")),
+    savers: dict[str, tuple[Callable[[], object], Callable[[], None]]] = {
+        "direct write": (lambda: direct_write(paths["direct"], flat), unlink("direct")),
+        "torchresume": (lambda: tr.save_checkpoint(state, paths["tr.ckpt"]), unlink("tr.ckpt")),
+        "torch.save": (lambda: torch_save(state, paths["pt"]), unlink("pt")),
+        "safetensors": (lambda: safetensors_save(state, paths["st"]), unlink("st")),
     }
+    save = round_robin(savers, runs)
     load = {
         "torchresume": timed(lambda: tr.load_checkpoint(paths["tr.ckpt"]), runs),
         "torch.load": timed(lambda: torch.load(paths["pt"], weights_only=True), runs),
