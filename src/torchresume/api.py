@@ -19,7 +19,7 @@ from torchresume.async_writer import AsyncWriter
 from torchresume.errors import StateMismatchError
 from torchresume.format import crypto, native, reader
 from torchresume.state.train_state import is_training_part
-from torchresume.state.tree import flat_view, flatten
+from torchresume.state.tree import flat_view, flatten, map_tensors
 from torchresume.storage import resolve
 
 _APPEND_TYPES = (bool, int, float, str)
@@ -78,28 +78,18 @@ def encode_state(kind: str, tree: Any, *, info: dict[str, Any] | None = None,
     """Flatten ``tree`` and lay it out as a native checkpoint (tensors moved to CPU)."""
     tensors, skeleton = flatten(tree)
     if choice_func is not None:
-        keep = {n for n in tensors if choice_func(n)}
-        tree = _filter_tree(tree, keep, tensors)
+        tree = _choose(tree, choice_func)
         tensors, skeleton = flatten(tree)
     prepared = {n: native.prepare(t, n) for n, t in tensors.items()}
     meta = {"kind": kind, "skeleton": skeleton, "info": info or {}, "append": append or {}}
     return native.encode(prepared, meta)
 
 
-def _filter_tree(tree: Any, keep: set[str], tensors: dict[str, torch.Tensor]) -> Any:
+def _choose(tree: Any, choice_func: Callable[[str], bool]) -> Any:
     if isinstance(tree, dict) and all(isinstance(v, torch.Tensor) for v in tree.values()):
-        return {k: v for k, v in tree.items() if k in keep}
-    ids = {id(tensors[n]) for n in keep}
-    return _drop_tensors(tree, ids)
-
-
-def _drop_tensors(node: Any, keep_ids: set[int]) -> Any:
-    if isinstance(node, dict):
-        return {k: _drop_tensors(v, keep_ids) for k, v in node.items()
-                if not (isinstance(v, torch.Tensor) and id(v) not in keep_ids)}
-    if isinstance(node, (list, tuple)):
-        return type(node)(_drop_tensors(v, keep_ids) for v in node)
-    return node
+        return {k: v for k, v in tree.items() if choice_func(k)}
+    raise ValueError("choice_func applies to flat tensor dicts and modules; for nested state, "
+                     "filter the dict before saving")
 
 
 def write_encoded(encoded: native.Encoded, path: str, enc_key: bytes | None) -> None:
@@ -136,9 +126,7 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     kind, tree = state_of(save_obj)
     if async_save:
         # Snapshot now: training goes on mutating the parameters while we write.
-        tensors, _ = flatten(tree)
-        snapshot = {id(t): native.prepare(t, n).clone() for n, t in tensors.items()}
-        tree = _replace_tensors(tree, snapshot)
+        tree = map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
         encoded = encode_state(kind, tree, append=append, choice_func=choice_func)
         _async_writer().submit(lambda: write_encoded(encoded, ckpt_file_name, key),
                                ckpt_file_name)
@@ -147,16 +135,6 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
         _writer.raise_if_failed()
     write_encoded(encode_state(kind, tree, append=append, choice_func=choice_func),
                   ckpt_file_name, key)
-
-
-def _replace_tensors(node: Any, by_id: dict[int, torch.Tensor]) -> Any:
-    if isinstance(node, torch.Tensor):
-        return by_id.get(id(node), node)
-    if isinstance(node, dict):
-        return {k: _replace_tensors(v, by_id) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return type(node)(_replace_tensors(v, by_id) for v in node)
-    return node
 
 
 def read_checkpoint(path: str, *, dec_key: bytes | None = None, dec_mode: str = "AES-GCM",

@@ -30,6 +30,7 @@ from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.state import rng
 from torchresume.state.stateful import Stateful
 from torchresume.state.train_state import RESERVED
+from torchresume.state.tree import map_tensors
 from torchresume.storage import is_remote, resolve, staging_dir
 from torchresume.storage.local import LocalStorage, clean_stale_temps
 
@@ -62,14 +63,9 @@ def prune(directory: str, keep: int) -> list[str]:
     return deleted
 
 
-def _clone_tensors(node: Any) -> Any:
-    if isinstance(node, torch.Tensor):
-        return node.detach().to("cpu", copy=True)
-    if isinstance(node, dict):
-        return {k: _clone_tensors(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return type(node)(_clone_tensors(v) for v in node)
-    return node
+def snapshot(tree: Any) -> Any:
+    """A CPU copy of every tensor: what a background writer may use while training goes on."""
+    return map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
 
 
 class CheckpointManager:
@@ -149,8 +145,8 @@ class CheckpointManager:
         if self._writer is None:
             self._commit(kind, tree, full_info, append, path)
         else:  # snapshot now; the live tensors keep changing while the writer works
-            snapshot = _clone_tensors(tree)
-            self._writer.submit(lambda: self._commit(kind, snapshot, full_info, append, path), path)
+            copy = snapshot(tree)
+            self._writer.submit(lambda: self._commit(kind, copy, full_info, append, path), path)
         self.last_saved = path
         return path
 

@@ -38,6 +38,12 @@ class ArrayDataset:
         for idx in self.sampler.iterate(self.steps_per_epoch):
             yield self.images[idx], self.labels[idx]
 
+    def ordered_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every batch in file order, leaving the training position untouched (for evaluation)."""
+        size = self.sampler.batch_size
+        for i in range(len(self)):
+            yield self.images[i * size:(i + 1) * size], self.labels[i * size:(i + 1) * size]
+
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
 

@@ -78,6 +78,17 @@ def _flatten(node: Any, path: str, tensors: dict[str, torch.Tensor]) -> Skeleton
                     "None/bool/int/float/str; convert it or give it a state_dict()")
 
 
+def map_tensors(node: Any, fn: Any) -> Any:
+    """A copy of the tree's containers with every tensor replaced by ``fn(tensor)``."""
+    if isinstance(node, torch.Tensor):
+        return fn(node)
+    if isinstance(node, dict):
+        return {k: map_tensors(v, fn) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(map_tensors(v, fn) for v in node)
+    return node
+
+
 def unflatten(skeleton: Skeleton, tensors: dict[str, torch.Tensor]) -> Any:
     """Rebuild the tree that ``flatten`` split. Raises KeyError/ValueError on bad skeletons."""
     if isinstance(skeleton, dict):

@@ -336,14 +336,8 @@ def _remaining(dataset: Any, done: int) -> Iterable[Any]:
 
 
 def _iterate_eval(dataset: Any) -> Iterable[Any]:
-    if hasattr(dataset, "sampler") and hasattr(dataset.sampler, "order"):
-        s = dataset.sampler
-        order = torch.arange(s.length)
-        for i in range(len(dataset)):
-            idx = order[i * s.batch_size:(i + 1) * s.batch_size]
-            yield dataset.images[idx], dataset.labels[idx]
-        return
-    yield from dataset
+    ordered = getattr(dataset, "ordered_batches", None)
+    return ordered() if ordered is not None else dataset
 
 
 class _SignalCatcher:
