@@ -32,3 +32,10 @@ def trained(net: TinyNet) -> tuple[TinyNet, torch.optim.Optimizer]:
         net(torch.randn(16, 4)).pow(2).mean().backward()
         opt.step()
     return net, opt
+
+
+@pytest.fixture(autouse=True)
+def _local_dirs_in_tmp(tmp_path, monkeypatch) -> None:
+    """Staging and cache directories of remote runs go under the test's tmp dir, not ~/.cache."""
+    monkeypatch.setenv("TORCHRESUME_STAGING", str(tmp_path / ".staging"))
+    monkeypatch.setenv("TORCHRESUME_CACHE", str(tmp_path / ".cache"))

@@ -95,13 +95,10 @@ def test_data_url_from_bucket_is_cached_once(bucket, tmp_path) -> None:  # noqa:
     from torchresume.data.remote import cache_dir
     from torchresume.transfer import copy
     copy(str(MNIST), f"{bucket}/mn", progress=False)
-    os.environ["TORCHRESUME_CACHE"] = str(tmp_path / "cache")
-    try:
-        ds = create_dataset(f"{bucket}/mn", training=False)
-        assert len(ds) == 312
-        cached = cache_dir(f"{bucket}/mn")
-        first = {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)}
-        create_dataset(f"{bucket}/mn", training=False)
-        assert {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)} == first
-    finally:
-        del os.environ["TORCHRESUME_CACHE"]
+    ds = create_dataset(f"{bucket}/mn", training=False)  # TORCHRESUME_CACHE is the test's tmp dir
+    assert len(ds) == 312
+    cached = cache_dir(f"{bucket}/mn")
+    assert cached.startswith(str(tmp_path))
+    first = {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)}
+    create_dataset(f"{bucket}/mn", training=False)
+    assert {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)} == first
