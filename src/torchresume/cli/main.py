@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from torchresume.cli import files
+from torchresume.cli import files, training
 from torchresume.errors import TorchResumeError
 
 
@@ -23,12 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                         help="fsspec option for s3:// URLs, e.g. endpoint_url=https://obs.example.com")
     files.register(sub, [common])
-    try:
-        from torchresume.cli import training  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # pragma: no cover - the harness is optional during bootstrapping
-        pass
-    else:
-        training.register(sub, [common])
+    training.register(sub, [common])
     return parser
 
 

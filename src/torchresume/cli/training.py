@@ -94,15 +94,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.save_steps is None and args.save_seconds is None:
         cfg.save_checkpoint_steps = steps
     prefix = args.prefix or ("lenet" if args.model == "lenet5" else args.model)
-    callbacks = [ModelCheckpoint(prefix, args.train_url, cfg),
-                 LossMonitor(args.print_every or steps), TimeMonitor(),
+    checkpoints = ModelCheckpoint(prefix, args.train_url, cfg)
+    callbacks = [checkpoints, LossMonitor(args.print_every or steps), TimeMonitor(),
                  SummaryCollector(_summary_dir(args.train_url), collect_freq=1)]
     config = {k: v for k, v in vars(args).items() if k != "func"}
     model = Model(net, nn.CrossEntropyLoss(), opt, {"acc", "loss"}, device=args.device)
     summary = model.train(args.epochs, ds, callbacks, resume=args.resume, config=config)
     if not summary["already_finished"]:
         print(f"done: {summary['global_step']} steps; latest checkpoint "
-              f"{callbacks[0].latest_ckpt_file_name}", flush=True)  # type: ignore[attr-defined]
+              f"{checkpoints.latest_ckpt_file_name}", flush=True)
     return 0
 
 

@@ -171,10 +171,8 @@ class Model:
         saved = []
         for cb in cbs.find(ModelCheckpoint):
             if cb.manager is not None:
-                if cb._last_saved_step != ctx.global_step:
-                    saved.append(cb.save(ctx))
+                saved.append(cb.save_if_unsaved(ctx))
                 _wait_bounded(cb.manager)
-                saved.append(cb.latest_ckpt_file_name)
         where = f"; checkpoint {saved[-1]}" if saved else " (no ModelCheckpoint: nothing saved)"
         print(f"torchresume: {signal.Signals(sig).name} at epoch {ctx.epoch} step {ctx.step}"
               f"{where}; exiting with {128 + sig}", file=sys.stderr, flush=True)

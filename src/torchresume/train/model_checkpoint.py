@@ -101,11 +101,16 @@ class ModelCheckpoint(Callback):
         if due:
             self.save(ctx)
 
+    def save_if_unsaved(self, ctx: RunContext) -> str | None:
+        """Save the current step unless it was just saved; the newest checkpoint's path."""
+        if self.manager is not None and self._last_saved_step != ctx.global_step and ctx.global_step > 0:
+            self.save(ctx)
+        return self.latest_ckpt_file_name
+
     def on_train_end(self, ctx: RunContext) -> None:
         if self.manager is None:
             return
-        if self._last_saved_step != ctx.global_step and ctx.global_step > 0:
-            self.save(ctx)
+        self.save_if_unsaved(ctx)
         self.manager.wait()
         if self.best_manager is not None:
             self.best_manager.wait()
