@@ -24,8 +24,9 @@ from torchresume import catalog
 from torchresume.api import encode_state, read_checkpoint, write_encoded
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import StateMismatchError
+from torchresume.errors import CorruptCheckpointError, StateMismatchError, TorchResumeError
 from torchresume.format import crypto
+from torchresume.format.reader import Checkpoint
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.state import rng
 from torchresume.state.stateful import Stateful
@@ -210,28 +211,28 @@ class CheckpointManager:
         return catalog.list_checkpoints(self.directory, verify=verify,
                                         prefix=None if all_prefixes else self.prefix)
 
-    def latest_valid(self, *, all_prefixes: bool = True, report: bool = True) -> Entry | None:
-        """The newest checkpoint that verifies; invalid ones are skipped and reported."""
-        from torchresume.inspection import verify
-        for entry in self.checkpoints(all_prefixes=all_prefixes):
+    def newest_readable(self) -> tuple[Entry, Checkpoint] | None:
+        """The newest resumable checkpoint, read and verified once; bad ones are skipped and named."""
+        for entry in self.checkpoints(all_prefixes=True):
             if entry.prefix is not None and entry.prefix.endswith("-best"):
                 continue  # best-model copies are for evaluation, not for resuming
-            verdict = verify(entry.path, self.enc_key) if entry.valid else None
-            if verdict is not None and verdict.valid:
-                return entry
-            if report:
-                reason = verdict.reason if verdict else entry.reason
-                print(f"torchresume: skipping invalid checkpoint {reason}", file=sys.stderr)
+            try:
+                if not entry.valid:
+                    raise CorruptCheckpointError(entry.reason)
+                return entry, read_checkpoint(entry.path, dec_key=self.enc_key)
+            except (TorchResumeError, OSError) as exc:
+                print(f"torchresume: skipping invalid checkpoint {exc}", file=sys.stderr)
         return None
 
     # -- restoring ------------------------------------------------------------------------
     def restore(self, path: str, *, callbacks: dict[str, Stateful] | None = None,
-                restore_rng: bool = True) -> dict[str, Any]:
-        """Load everything ``path`` holds into the live objects; returns its info.
+                restore_rng: bool = True, ckpt: Checkpoint | None = None) -> dict[str, Any]:
+        """Load everything ``path`` holds (or the already read ``ckpt``) into the live objects.
 
-        A weights-only file restores the model and says what it lacked.
+        Returns the file's info. A weights-only file restores the model and says what it lacked.
         """
-        ckpt = read_checkpoint(path, dec_key=self.enc_key)
+        if ckpt is None:
+            ckpt = read_checkpoint(path, dec_key=self.enc_key)
         tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
         model_state = {k: v for k, v in tree.items() if k.split(".", 1)[0] not in RESERVED}
         if self.model is not None:
@@ -270,10 +271,11 @@ class CheckpointManager:
 
     def restore_latest(self, *, callbacks: dict[str, Stateful] | None = None) -> dict[str, Any] | None:
         """Restore the newest valid checkpoint in the directory; None if there is none."""
-        entry = self.latest_valid()
-        if entry is None:
+        found = self.newest_readable()
+        if found is None:
             return None
-        info = self.restore(entry.path, callbacks=callbacks)
+        entry, ckpt = found
+        info = self.restore(entry.path, callbacks=callbacks, ckpt=ckpt)
         info["path"] = entry.path
         return info
 

@@ -216,22 +216,20 @@ class Model:
             if not ckpt_cbs:
                 raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
                                  "checkpoints live; pass resume=<path> instead")
-            finder = CheckpointManager(ckpt_cbs[0].directory, keep=None)
-            entry = finder.latest_valid()
-            if entry is None:
+            found = CheckpointManager(ckpt_cbs[0].directory, keep=None).newest_readable()
+            if found is None:
                 return
-            path = entry.path
+            self.restore(found[0].path, ctx, ckpt=found[1])
         else:
-            path = resume
-        self.restore(path, ctx)
+            self.restore(resume, ctx)
 
-    def restore(self, path: str, ctx: RunContext) -> None:
-        """Restore the run state in ``path`` and set ctx's position to continue from it."""
+    def restore(self, path: str, ctx: RunContext, ckpt: Any = None) -> None:
+        """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position."""
         from torchresume.manager import CheckpointManager
         sampler = ctx.dataset if hasattr(ctx.dataset, "load_state_dict") else None
         manager = CheckpointManager(".", model=self.network, optimizer=self.optimizer,
                                     scheduler=self.scheduler, sampler=sampler, keep=None)
-        info = manager.restore(path, callbacks=self._callbacks.stateful())
+        info = manager.restore(path, callbacks=self._callbacks.stateful(), ckpt=ckpt)
         ctx.resumed_from = path
         ctx.resumed_prefix = info.get("prefix")
         steps = info.get("steps_per_epoch") or ctx.steps_per_epoch
