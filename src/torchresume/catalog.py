@@ -2,7 +2,9 @@
 
 Names follow MindSpore: ``{prefix}-{epoch}_{step}.ckpt`` with
 ``_breakpoint`` before the suffix for exception saves. Newest means the highest
-written (mtime), ties broken by the global step and the name's (epoch, step).
+saved: the save time recorded in the file's header (the same clock for a local
+copy and its upload, and finer than S3's one-second LastModified), else the
+file's mtime; ties broken by the global step and the name's (epoch, step).
 """
 
 from __future__ import annotations
@@ -34,13 +36,19 @@ class Entry:
     valid: bool = True
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    saved_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def when(self) -> float:
+        """When it was saved (the header's record, else the file's mtime), epoch seconds."""
+        return self.saved_at if self.saved_at is not None else self.mtime
+
     def order_key(self) -> tuple[float, int, int, int]:
-        """Newest = most recently written; ties broken by progress."""
-        return (self.mtime, self.global_step if self.global_step is not None else -1,
+        """Newest = most recently saved; ties broken by progress."""
+        return (self.when, self.global_step if self.global_step is not None else -1,
                 self.epoch or 0, self.step or 0)
 
 
@@ -87,5 +95,7 @@ def _read_header_facts(entry: Entry) -> None:
         entry.epoch = info["epoch"]
     if isinstance(info.get("step"), int):
         entry.step = info["step"]
+    if isinstance(info.get("time"), (int, float)):
+        entry.saved_at = float(info["time"])
     if isinstance(info.get("metrics"), dict):
         entry.metrics = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float))}

@@ -211,9 +211,34 @@ class CheckpointManager:
         return catalog.list_checkpoints(self.directory, verify=verify,
                                         prefix=None if all_prefixes else self.prefix)
 
+    def _resume_candidates(self) -> list[Entry]:
+        """Every checkpoint in the directory and, for a remote one, staged files not uploaded yet."""
+        entries = self.checkpoints(all_prefixes=True)
+        if self.staging:
+            uploaded = {e.name for e in entries}
+            entries += [e for e in catalog.list_checkpoints(self.staging, verify=False)
+                        if e.name not in uploaded]
+            entries.sort(key=Entry.order_key, reverse=True)
+        return entries
+
+    def upload_pending(self) -> list[str]:
+        """Queue uploads of staged checkpoints the remote lacks (a kill came before their upload)."""
+        if not self.staging or self._uploader is None:
+            return []
+        uploaded = {e.name for e in self.checkpoints(all_prefixes=True)}
+        queued = []
+        for entry in catalog.list_checkpoints(self.staging, verify=True):
+            if entry.name not in uploaded and entry.valid:
+                remote = self.storage.join(self.directory, entry.name)
+                print(f"torchresume: uploading {remote}, saved locally before the last run stopped",
+                      flush=True)
+                self._uploader.submit(lambda e=entry, r=remote: self._upload(e.path, r), remote)  # type: ignore[misc]
+                queued.append(remote)
+        return queued
+
     def newest_readable(self) -> tuple[Entry, Checkpoint] | None:
         """The newest resumable checkpoint, read and verified once; bad ones are skipped and named."""
-        for entry in self.checkpoints(all_prefixes=True):
+        for entry in self._resume_candidates():
             if entry.prefix is not None and entry.prefix.endswith("-best"):
                 continue  # best-model copies are for evaluation, not for resuming
             try:
@@ -271,6 +296,7 @@ class CheckpointManager:
 
     def restore_latest(self, *, callbacks: dict[str, Stateful] | None = None) -> dict[str, Any] | None:
         """Restore the newest valid checkpoint in the directory; None if there is none."""
+        self.upload_pending()
         found = self.newest_readable()
         if found is None:
             return None

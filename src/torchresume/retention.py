@@ -38,9 +38,9 @@ class KeepEveryNMinutes:
         kept: set[str] = set()
         last = None
         for e in entries:
-            if last is None or e.mtime - last >= self.minutes * 60:
+            if last is None or e.when - last >= self.minutes * 60:
                 kept.add(e.path)
-                last = e.mtime
+                last = e.when
         if entries:
             kept.add(entries[-1].path)
         return kept

@@ -102,3 +102,47 @@ def test_data_url_from_bucket_is_cached_once(bucket, tmp_path) -> None:  # noqa:
     first = {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)}
     create_dataset(f"{bucket}/mn", training=False)
     assert {n: os.path.getmtime(os.path.join(cached, n)) for n in os.listdir(cached)} == first
+
+
+def test_staged_but_not_uploaded_checkpoint_is_resumed_and_uploaded(bucket, tmp_path) -> None:  # noqa: F811
+    """A kill between a checkpoint's local write and its upload: the next run uploads it and goes on."""
+    staging, cache = tmp_path / "staging", tmp_path / "cache"
+    env = _env(staging, cache)
+    ref = str(tmp_path / "ref")
+    subprocess.run(_cmd(ref), check=True, env=env, capture_output=True, timeout=600)
+    run = f"{bucket}/run"
+    one_epoch = [*_cmd(run)]
+    one_epoch[one_epoch.index("--epochs") + 1] = "1"
+    subprocess.run(one_epoch, check=True, env=env, capture_output=True, timeout=600)
+    newest = list_checkpoints(run, verify=False)[0]
+    assert newest.name == "lenet-1_15.ckpt" and list(staging.rglob(newest.name))
+    from torchresume.storage import resolve
+    store, _ = resolve(run)
+    store.delete(newest.path)  # the remote never got it; the local copy is all there is
+    done = subprocess.run(_cmd(run), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"uploading {newest.path}, saved locally before the last run stopped" in done.stdout
+    assert f"resumed from {newest.path}" in done.stdout
+    final, expected = _tensors(f"{run}/lenet-2_15.ckpt"), _tensors(f"{ref}/lenet-2_15.ckpt")
+    for name, tensor in expected.items():
+        assert torch.equal(final[name], tensor), name
+
+
+def test_sigterm_saves_uploads_and_exits_143(bucket, tmp_path) -> None:  # noqa: F811
+    from torchresume.storage import staging_dir
+    env = _env(tmp_path / "staging", tmp_path / "cache")
+    run = f"{bucket}/run"
+    cmd = _cmd(run)
+    cmd[cmd.index("--save-steps") + 1] = "1000"  # no periodic save: only the signal's
+    summary = Path(env["TORCHRESUME_STAGING"]) / Path(staging_dir(run)).name / "summary.jsonl"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not summary.exists() or len(summary.read_text().splitlines()) < 6):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "pending uploads finished in" in err
+    entries = list_checkpoints(run, verify=True)
+    assert len(entries) == 1 and entries[0].valid
+    assert entries[0].global_step is not None and 6 <= entries[0].global_step < 30

@@ -216,7 +216,10 @@ class Model:
             if not ckpt_cbs:
                 raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
                                  "checkpoints live; pass resume=<path> instead")
-            found = CheckpointManager(ckpt_cbs[0].directory, keep=None).newest_readable()
+            finder = CheckpointManager(ckpt_cbs[0].directory, keep=None)
+            finder.upload_pending()  # a kill may have come between a local save and its upload
+            finder.wait()
+            found = finder.newest_readable()
             if found is None:
                 return
             self.restore(found[0].path, ctx, ckpt=found[1])

@@ -78,6 +78,7 @@ class ModelCheckpoint(Callback):
                                       enc_mode=cfg.enc_mode, saved_network=cfg.saved_network)
         self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
                                          **common)
+        self.manager.upload_pending()
         if cfg.monitor:
             self.best_manager = CheckpointManager(
                 self.directory, prefix=f"{self.prefix}-best",
