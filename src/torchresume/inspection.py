@@ -50,7 +50,7 @@ class Description:
 def describe(path: str) -> Description:
     """Header-level description; reads only the header of native/safetensors files."""
     storage, where = resolve(path)
-    f, size = storage.open_read(where)
+    f, size = storage.open_header(where)
     with f:
         fmt, header, extra = reader.read_header(f, size, path)
     desc = Description(path, size, fmt, encrypted=bool(extra.get("encrypted")))

@@ -62,3 +62,21 @@ def test_cli_ls_and_verify(root, net, capsys) -> None:
     out = capsys.readouterr().out
     assert "lenet-1_5.ckpt" in out and "valid" in out
     assert main(["verify", root]) == 0
+
+
+def test_inspect_reads_only_the_header(root) -> None:
+    big = {"w": torch.zeros(4 << 20)}  # 16 MiB of data, a header of a few hundred bytes
+    path = root.rstrip("/") + "/big.ckpt"
+    tr.save_checkpoint(big, path, append_dict={"tag": "x"})
+    from torchresume.format import reader
+    from torchresume.inspection import describe
+    store, where = resolve(path)
+    f, size = store.open_header(where)
+    with f:
+        fmt, header, _ = reader.read_header(f, size, path)
+        fetched = getattr(getattr(f, "cache", None), "total_requested_bytes", None)
+    assert fmt == "torchresume" and header is not None and size > 16 << 20
+    if fetched is not None:  # object storage: ranged reads only
+        assert fetched < 1 << 20
+    d = describe(path)
+    assert d.append == {"tag": "x"} and d.tensors[0]["shape"] == [4 << 20] and d.size == size

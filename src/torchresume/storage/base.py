@@ -31,6 +31,9 @@ class Storage(Protocol):
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
         """An open binary file and its size; CheckpointNotFoundError if absent."""
 
+    def open_header(self, path: str) -> tuple[BinaryIO, int]:
+        """Like open_read, but cheap when only the first bytes will be read (ranged reads)."""
+
     def list(self, directory: str) -> list[FileInfo]:
         """Committed files directly in ``directory`` (temporaries excluded)."""
 

@@ -72,6 +72,9 @@ class LocalStorage:
             raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint file") from None
         return f, os.fstat(f.fileno()).st_size
 
+    def open_header(self, path: str) -> tuple[BinaryIO, int]:
+        return self.open_read(path)
+
     def list(self, directory: str) -> list[FileInfo]:
         try:
             entries = list(os.scandir(directory))

@@ -130,6 +130,17 @@ class RemoteStorage:
             raise CheckpointNotFoundError(f"{path}: no such checkpoint object") from None
         return io.BytesIO(data), len(data)
 
+    def open_header(self, path: str) -> tuple[BinaryIO, int]:
+        """A lazily reading object handle: inspecting a header fetches a few KiB, not the object."""
+        key = self._key(path)
+        try:
+            info = with_retries(f"stat of {path}", lambda: self.fs.info(key))
+            handle = with_retries(f"open of {path}",
+                                  lambda: self.fs.open(key, "rb", block_size=1 << 16, cache_type="readahead"))
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"{path}: no such checkpoint object") from None
+        return handle, int(info["size"])
+
     def list(self, directory: str) -> list[FileInfo]:
         """Committed objects directly under ``directory``: those whose marker matches their size."""
         key = self._key(directory).rstrip("/")
