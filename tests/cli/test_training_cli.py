@@ -34,3 +34,13 @@ def test_bad_usage_is_exit_2(capsys) -> None:
 def test_bad_storage_option(tmp_path, capsys) -> None:
     assert main(["ls", str(tmp_path), "--storage-option", "novalue"]) == 1
     assert "--storage-option must be KEY=VALUE, got 'novalue'" in capsys.readouterr().err
+
+
+def test_resume_with_changed_settings_says_so(tmp_path, capsys) -> None:
+    run = str(tmp_path / "run")
+    base = ["train", "--train-url", run, "--epochs", "2", "--steps-per-epoch", "20", "--save-steps", "10"]
+    assert main([*base[:3], "--epochs", "1", *base[5:]]) == 0
+    capsys.readouterr()
+    assert main([*base, "--lr", "0.001"]) == 0
+    err = capsys.readouterr().err
+    assert "was saved with epochs=1 (now 2), lr=0.01 (now 0.001); the resumed state" in err

@@ -248,6 +248,7 @@ class Model:
         if hasattr(ctx.dataset, "sampler") and "sampler" in info.get("lacking", []):
             ctx.dataset.sampler.epoch, ctx.dataset.sampler.consumed = epoch_index, ctx.step
         ctx.start_epoch = epoch_index
+        _warn_config_changes(info.get("config"), ctx.config, path)
         print(f"torchresume: resumed from {path} at epoch {epoch_index + 1}, step {ctx.step} "
               f"(global step {global_step})", flush=True)
 
@@ -294,6 +295,21 @@ class Model:
         self.network.eval()
         with torch.no_grad():
             return self.network(x.to(self.device)).cpu()
+
+
+_NOT_RUN_SETTINGS = ("resume", "storage_option", "print_every", "async_save", "device")
+
+
+def _warn_config_changes(saved: Any, now: dict[str, Any], path: str) -> None:
+    """Say which settings differ from the resumed run's: the checkpoint's state wins for those."""
+    if not isinstance(saved, dict) or not now:
+        return
+    changed = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in sorted(now)
+               if k in saved and k not in _NOT_RUN_SETTINGS and saved[k] != now[k]]
+    if changed:
+        print(f"torchresume: {path} was saved with {', '.join(changed)}; the resumed state "
+              "(optimizer, data order) follows the checkpoint; use --resume none to start over",
+              file=sys.stderr, flush=True)
 
 
 UPLOAD_WAIT_S = 120.0
