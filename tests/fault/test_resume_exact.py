@@ -140,3 +140,11 @@ def test_finished_run_says_so(tmp_path, reference) -> None:
     cmd = _cmd(tmp_path)
     _finish(tmp_path, cmd)
     assert "training already finished" in _finish(tmp_path, cmd)
+
+
+def test_async_save_killed_mid_run_resumes_exactly(tmp_path, reference) -> None:
+    cmd = [*_cmd(tmp_path, save_steps=2), "--async-save"]
+    _run_until(tmp_path, cmd, 23, 0.0, signal.SIGKILL)
+    out = _finish(tmp_path, cmd)
+    assert "resumed from" in out
+    _assert_same(tmp_path, reference)
