@@ -77,3 +77,18 @@ def test_errors_are_one_line_without_traceback(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "torchresume", "bogus"], capture_output=True,
                           text=True, env=env)
     assert proc.returncode == 2
+
+
+def test_convert_torch_file_to_native_and_encrypted(tmp_path, net, capsys) -> None:
+    pt, native, enc = str(tmp_path / "w.pth"), str(tmp_path / "w.ckpt"), str(tmp_path / "e.ckpt")
+    torch.save(net.state_dict(), pt)
+    assert main(["convert", pt, native]) == 0
+    assert f"wrote {native} (state, from torch-zip)" in capsys.readouterr().out
+    from safetensors import safe_open
+    with safe_open(native, "pt") as f:
+        assert torch.equal(f.get_tensor("fc1.weight"), net.fc1.weight.detach())
+    key = "00" * 16
+    assert main(["convert", native, enc, "--enc-key-hex", key]) == 0
+    assert main(["verify", enc, "--dec-key-hex", key]) == 0
+    d = tr.load_checkpoint(enc, dec_key=bytes(16))
+    assert torch.equal(d["fc2.bias"], net.fc2.bias)

@@ -27,6 +27,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("b")
     p.set_defaults(func=cmd_diff)
 
+    p = sub.add_parser("convert", parents=parents,
+                       help="rewrite any readable checkpoint (.pt/.pth, safetensors, encrypted) as a native one")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--dec-key-hex", help="key of an encrypted source, as hex")
+    p.add_argument("--enc-key-hex", help="encrypt the result with this key (hex, 16/24/32 bytes)")
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("copy", parents=parents, help="parallel, resumable copy between local disk and object storage")
     p.add_argument("src")
     p.add_argument("dst")
@@ -114,6 +122,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
         status = "valid" if e.valid else f"INVALID: {e.reason}"
         print(f"{e.name:<32} {_dash(e.epoch):>5} {_dash(e.step):>6} "
               f"{inspection.human_bytes(e.size):>10}  {status}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from torchresume.api import encode_state, read_checkpoint, write_encoded
+    from torchresume.format import crypto
+    dec = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
+    enc = crypto.check_key(bytes.fromhex(args.enc_key_hex), "AES-GCM", "enc_key") if args.enc_key_hex else None
+    ckpt = read_checkpoint(args.src, dec_key=dec)
+    kind = ckpt.kind if ckpt.format == "torchresume" else "tensors" if ckpt.kind == "tensors" else "state"
+    write_encoded(encode_state(kind, ckpt.tree, info=ckpt.info, append=ckpt.append), args.dst, enc)
+    print(f"wrote {args.dst} ({kind}, from {ckpt.format}{', encrypted' if enc else ''})")
     return 0
 
 
