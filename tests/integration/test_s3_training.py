@@ -37,11 +37,24 @@ def _tensors(url: str) -> dict[str, torch.Tensor]:
             if isinstance(v, torch.Tensor) and not k.startswith("rng.")}
 
 
-def test_sigkill_delete_local_files_resume_from_remote(bucket, tmp_path) -> None:  # noqa: F811
-    staging, cache = tmp_path / "staging", tmp_path / "cache"
-    env = _env(staging, cache)
+def _reference_run(tmp_path: Path, env: dict[str, str]) -> str:
+    """An uninterrupted run of the same command into a local directory."""
     ref = str(tmp_path / "ref")
     subprocess.run(_cmd(ref), check=True, env=env, capture_output=True, timeout=600)
+    return ref
+
+
+def _assert_final_equal(run: str, ref: str) -> None:
+    final, expected = _tensors(f"{run}/lenet-2_15.ckpt"), _tensors(f"{ref}/lenet-2_15.ckpt")
+    assert set(final) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(final[name], tensor), name
+
+
+def test_sigkill_delete_local_files_resume_from_remote(bucket, tmp_path) -> None:  # noqa: F811
+    staging = tmp_path / "staging"
+    env = _env(staging, tmp_path / "cache")
+    ref = _reference_run(tmp_path, env)
     run = f"{bucket}/run"
     proc = subprocess.Popen(_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -54,10 +67,7 @@ def test_sigkill_delete_local_files_resume_from_remote(bucket, tmp_path) -> None
     done = subprocess.run(_cmd(run), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "resumed from s3://" in done.stdout
-    final, expected = _tensors(f"{run}/lenet-2_15.ckpt"), _tensors(f"{ref}/lenet-2_15.ckpt")
-    assert set(final) == set(expected)
-    for name, tensor in expected.items():
-        assert torch.equal(final[name], tensor), name
+    _assert_final_equal(run, ref)
     ls = subprocess.run([sys.executable, "-m", "torchresume", "ls", run], env=env, capture_output=True,
                         text=True, timeout=300)
     assert ls.returncode == 0 and "lenet-2_15.ckpt" in ls.stdout and "INVALID" not in ls.stdout
@@ -106,10 +116,9 @@ def test_data_url_from_bucket_is_cached_once(bucket, tmp_path) -> None:  # noqa:
 
 def test_staged_but_not_uploaded_checkpoint_is_resumed_and_uploaded(bucket, tmp_path) -> None:  # noqa: F811
     """A kill between a checkpoint's local write and its upload: the next run uploads it and goes on."""
-    staging, cache = tmp_path / "staging", tmp_path / "cache"
-    env = _env(staging, cache)
-    ref = str(tmp_path / "ref")
-    subprocess.run(_cmd(ref), check=True, env=env, capture_output=True, timeout=600)
+    staging = tmp_path / "staging"
+    env = _env(staging, tmp_path / "cache")
+    ref = _reference_run(tmp_path, env)
     run = f"{bucket}/run"
     one_epoch = [*_cmd(run)]
     one_epoch[one_epoch.index("--epochs") + 1] = "1"
@@ -123,9 +132,7 @@ def test_staged_but_not_uploaded_checkpoint_is_resumed_and_uploaded(bucket, tmp_
     assert done.returncode == 0, done.stderr
     assert f"uploading {newest.path}, saved locally before the last run stopped" in done.stdout
     assert f"resumed from {newest.path}" in done.stdout
-    final, expected = _tensors(f"{run}/lenet-2_15.ckpt"), _tensors(f"{ref}/lenet-2_15.ckpt")
-    for name, tensor in expected.items():
-        assert torch.equal(final[name], tensor), name
+    _assert_final_equal(run, ref)
 
 
 def test_sigterm_saves_uploads_and_exits_143(bucket, tmp_path) -> None:  # noqa: F811
