@@ -73,13 +73,9 @@ def check_append_dict(append_dict: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def encode_state(kind: str, tree: Any, *, info: dict[str, Any] | None = None,
-                 append: dict[str, Any] | None = None,
-                 choice_func: Callable[[str], bool] | None = None) -> native.Encoded:
+                 append: dict[str, Any] | None = None) -> native.Encoded:
     """Flatten ``tree`` and lay it out as a native checkpoint (tensors moved to CPU)."""
     tensors, skeleton = flatten(tree)
-    if choice_func is not None:
-        tree = _choose(tree, choice_func)
-        tensors, skeleton = flatten(tree)
     prepared = {n: native.prepare(t, n) for n, t in tensors.items()}
     meta = {"kind": kind, "skeleton": skeleton, "info": info or {}, "append": append or {}}
     return native.encode(prepared, meta)
@@ -124,16 +120,18 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key is not None else None
     append = check_append_dict(append_dict)
     kind, tree = state_of(save_obj)
+    if choice_func is not None:
+        tree = _choose(tree, choice_func)
     if async_save:
         # Snapshot now: training goes on mutating the parameters while we write.
         tree = map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
-        encoded = encode_state(kind, tree, append=append, choice_func=choice_func)
+        encoded = encode_state(kind, tree, append=append)
         _async_writer().submit(lambda: write_encoded(encoded, ckpt_file_name, key),
                                ckpt_file_name)
         return
     if _writer is not None:
         _writer.raise_if_failed()
-    write_encoded(encode_state(kind, tree, append=append, choice_func=choice_func),
+    write_encoded(encode_state(kind, tree, append=append),
                   ckpt_file_name, key)
 
 

@@ -58,11 +58,6 @@ class AsyncWriter:
         for f in pending:
             _raise(f)
 
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return any(not f.done() for f in self._pending)
-
     def close(self) -> None:
         try:
             self.wait()

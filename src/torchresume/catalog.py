@@ -60,7 +60,7 @@ def parse_name(name: str) -> tuple[str, int, int, bool] | None:
 
 
 def list_checkpoints(directory: str, *, verify: bool = True,
-                     prefix: str | None = None, read_headers: bool = True) -> list[Entry]:
+                     prefix: str | None = None) -> list[Entry]:
     """Checkpoint files in ``directory``, newest first, each with its validity."""
     storage, where = resolve(directory)
     out = []
@@ -73,8 +73,7 @@ def list_checkpoints(directory: str, *, verify: bool = True,
             entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
         if prefix is not None and entry.prefix != prefix:
             continue
-        if read_headers:
-            _read_header_facts(entry)
+        _read_header_facts(entry)
         if verify and entry.valid:
             verdict = inspection.verify(entry.path)
             entry.valid, entry.reason = verdict.valid, verdict.reason

@@ -5,7 +5,6 @@ The command line's inspect, verify, diff and ls stand on these functions.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,7 +153,3 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
-
-
-def basename(path: str) -> str:
-    return os.path.basename(path.rstrip("/"))

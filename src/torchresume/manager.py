@@ -196,10 +196,6 @@ class CheckpointManager:
         if self._uploader is not None:
             self._uploader.wait(timeout)
 
-    @property
-    def pending_uploads(self) -> bool:
-        return self._uploader is not None and self._uploader.busy
-
     def close(self) -> None:
         for writer in (self._writer, self._uploader):
             if writer is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchresume.errors import CorruptCheckpointError, TorchResumeError
+from torchresume.errors import TorchResumeError
 
 FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -75,6 +75,3 @@ def read_mnist(directory: str, split: str = "train") -> tuple[np.ndarray, np.nda
     if len(images) != len(labels):
         raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
     return images, labels
-
-
-__all__ = ["CorruptCheckpointError", "DataError", "default_mnist_dir", "read_mnist"]

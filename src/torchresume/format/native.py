@@ -21,7 +21,7 @@ import json
 import mmap
 import struct
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import torch
@@ -55,7 +55,6 @@ class Header:
     data_start: int
     data_size: int
     meta: dict[str, Any] | None
-    raw_metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -166,7 +165,7 @@ def _validate(doc: dict[str, Any], n: int, size: int, where: str) -> Header:
     data_size = size - 8 - n
     _check_offsets(entries, data_size, where)
     meta = _parse_meta(raw_meta, doc, entries, where)
-    return Header(entries, 8 + n, data_size, meta, raw_meta)
+    return Header(entries, 8 + n, data_size, meta)
 
 
 def _entry(name: str, spec: Any, where: str) -> Entry:
@@ -233,12 +232,9 @@ def _parse_meta(raw_meta: dict[str, str], index: dict[str, Any], entries: list[E
     return meta
 
 
-def read_tensors(f: BinaryIO, header: Header, where: str, *, verify: bool = True,
-                 names: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """Read the tensor data after the header into one buffer and return views of it.
-
-    With ``names``, only those tensors are returned (the file is still read whole).
-    """
+def read_tensors(f: BinaryIO, header: Header, where: str, *,
+                 verify: bool = True) -> dict[str, torch.Tensor]:
+    """Read (or map) the tensor data after the header and return views of it, checksums verified."""
     buf = _map(f, header) if header.data_size else None
     if buf is None:
         buf = _read_into_memory(f, header, where)
@@ -246,8 +242,6 @@ def read_tensors(f: BinaryIO, header: Header, where: str, *, verify: bool = True
     digests = header.meta["checksums"]["tensors"] if (verify and header.meta) else None
     out: dict[str, torch.Tensor] = {}
     for e in header.entries:
-        if names is not None and e.name not in names:
-            continue
         if digests is not None and checksum.digest(view[e.begin:e.end]) != digests[e.name]:
             raise CorruptCheckpointError(f"{where}: checksum mismatch in tensor {e.name!r}; "
                                          "the data is damaged (bit flip or partial write)")

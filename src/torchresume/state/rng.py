@@ -11,11 +11,17 @@ import torch
 
 def capture() -> dict[str, Any]:
     """Python, numpy, torch CPU and every CUDA device's RNG state."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(legacy=False),
-        "torch": torch.get_rng_state(),
-    }
+    return {"python": random.getstate(), "numpy": np.random.get_state(legacy=False),
+            **capture_torch()}
+
+
+def capture_torch() -> dict[str, Any]:
+    """Only torch's generators (CPU and CUDA): about 1 us, cheap enough for every step.
+
+    A training step (forward, backward, optimizer) draws only from these; python's
+    and numpy's generators (64 us to read numpy's) are taken when a checkpoint is written.
+    """
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -121,26 +121,6 @@ def _key(key: Any) -> str | int:
     return key
 
 
-def tensor_names(skeleton: Skeleton) -> list[str]:
-    """Every tensor name the skeleton refers to, in order."""
-    out: list[str] = []
-    _collect(skeleton, out)
-    return out
-
-
-def _collect(node: Skeleton, out: list[str]) -> None:
-    if isinstance(node, dict) and len(node) == 1:
-        (tag, value), = node.items()
-        if tag in ("T", "N"):
-            out.append(value)
-        elif tag == "D":
-            for _, v in value:
-                _collect(v, out)
-        elif tag in ("L", "U"):
-            for v in value:
-                _collect(v, out)
-
-
 def flat_view(tree: Any, prefix: str = "") -> dict[str, Any]:
     """The MindSpore-style flat dict: dotted name -> tensor or scalar leaf.
 

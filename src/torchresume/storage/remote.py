@@ -113,7 +113,7 @@ class RemoteStorage:
             data = f.read()
         self.write_atomic(path, [data])
 
-    def _marker(self, path: str) -> dict[str, Any] | None:
+    def read_marker(self, path: str) -> dict[str, Any] | None:
         try:
             raw = with_retries(f"read of {marker_path(path)}",
                                lambda: self.fs.cat_file(self._key(marker_path(path))))
@@ -157,7 +157,7 @@ class RemoteStorage:
             marker_key = posixpath.join(posixpath.dirname(name), f".{base}{MARKER_SUFFIX}")
             if marker_key not in objects:
                 continue  # upload not committed (cut off, or still in flight)
-            marker = self._marker(self.url(name))
+            marker = self.read_marker(self.url(name))
             if marker is None or marker.get("size") != e.get("size"):
                 continue
             modified = e.get("LastModified") or e.get("mtime")
@@ -180,6 +180,3 @@ class RemoteStorage:
 
     def join(self, directory: str, name: str) -> str:
         return directory.rstrip("/") + "/" + name
-
-    def read_marker(self, path: str) -> dict[str, Any] | None:
-        return self._marker(path)

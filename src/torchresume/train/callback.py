@@ -43,7 +43,7 @@ class RunContext:
     config: dict[str, Any] = field(default_factory=dict)
     stop_requested: bool = False
     stop_signal: int | None = None
-    step_rng: dict[str, Any] | None = None  # RNG after the last completed step
+    step_rng: dict[str, Any] | None = None  # torch RNG after the last completed step
     in_step: bool = False  # between a step's start and its completion
 
     def request_stop(self) -> None:

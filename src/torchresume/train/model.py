@@ -109,7 +109,7 @@ class Model:
         needs_rng = any(getattr(getattr(cb, "config", None), "exception_save", False)
                         for cb in cbs.callbacks)
         if needs_rng:
-            ctx.step_rng = rng.capture()
+            ctx.step_rng = rng.capture_torch()
         self.network.train()
         with _SignalCatcher(ctx, handle_signals):
             try:
@@ -157,8 +157,8 @@ class Model:
             ctx.global_step += 1
             ctx.loss, ctx.outputs = loss.detach(), out
             ctx.in_step = False
-            if needs_rng:
-                ctx.step_rng = rng.capture()
+            if needs_rng:  # a breakpoint must not see draws of the step that failed
+                ctx.step_rng = rng.capture_torch()
             if step_end:
                 cbs.call("on_train_step_end", ctx)
             if ctx.stop_signal is not None or ctx.stop_requested:
@@ -191,7 +191,7 @@ class Model:
                 "metrics": dict(ctx.metrics), "config": ctx.config,
                 "finished": ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch}
         return {"callbacks": callbacks, "sampler": sampler, "info": info,
-                "rng": ctx.step_rng if ctx.step_rng is not None else rng.capture()}
+                "rng": {**rng.capture(), **(ctx.step_rng or {})}}
 
     def save_state(self, path: str, ctx: RunContext, *, epoch_end_done: bool = False) -> None:
         """Write this run's full state to ``path`` (a fixed name; for backup-style callbacks)."""
