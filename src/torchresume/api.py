@@ -1,5 +1,8 @@
 """The MindSpore-style functions: save_checkpoint, load_checkpoint, load_param_into_net.
 
+A thin facade over the file layer (torchresume.files): it validates the
+MindSpore-style arguments and hands the bytes work down.
+
 ``save_checkpoint`` accepts a module, an optimizer, a dict of tensors, a list
 of {"name", "data"} dicts, any object with ``state_dict()``, or a nested
 training state. ``load_checkpoint`` returns a flat ``name -> tensor/scalar``
@@ -17,10 +20,10 @@ from torch import nn
 
 from torchresume.async_writer import AsyncWriter
 from torchresume.errors import StateMismatchError
-from torchresume.format import crypto, native, reader
+from torchresume.files import encode_state, read_checkpoint, write_encoded
+from torchresume.format import crypto
 from torchresume.state.train_state import is_training_part
-from torchresume.state.tree import flat_view, flatten, map_tensors
-from torchresume.storage import resolve
+from torchresume.state.tree import flat_view, map_tensors
 
 _APPEND_TYPES = (bool, int, float, str)
 _writer: AsyncWriter | None = None
@@ -72,28 +75,11 @@ def check_append_dict(append_dict: dict[str, Any] | None) -> dict[str, Any]:
     return dict(append_dict)
 
 
-def encode_state(kind: str, tree: Any, *, info: dict[str, Any] | None = None,
-                 append: dict[str, Any] | None = None) -> native.Encoded:
-    """Flatten ``tree`` and lay it out as a native checkpoint (tensors moved to CPU)."""
-    tensors, skeleton = flatten(tree)
-    prepared = {n: native.prepare(t, n) for n, t in tensors.items()}
-    meta = {"kind": kind, "skeleton": skeleton, "info": info or {}, "append": append or {}}
-    return native.encode(prepared, meta)
-
-
 def _choose(tree: Any, choice_func: Callable[[str], bool]) -> Any:
     if isinstance(tree, dict) and all(isinstance(v, torch.Tensor) for v in tree.values()):
         return {k: v for k, v in tree.items() if choice_func(k)}
     raise ValueError("choice_func applies to flat tensor dicts and modules; for nested state, "
                      "filter the dict before saving")
-
-
-def write_encoded(encoded: native.Encoded, path: str, enc_key: bytes | None) -> None:
-    storage, where = resolve(path)
-    parts: Iterable[Any] = encoded.parts()
-    if enc_key is not None:
-        parts = crypto.encrypt(b"".join(encoded.parts()), enc_key)
-    storage.write_atomic(where, parts)
 
 
 def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool = True,
@@ -133,18 +119,6 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
         _writer.raise_if_failed()
     write_encoded(encode_state(kind, tree, append=append),
                   ckpt_file_name, key)
-
-
-def read_checkpoint(path: str, *, dec_key: bytes | None = None, dec_mode: str = "AES-GCM",
-                    verify: bool = True) -> reader.Checkpoint:
-    """The whole checkpoint at ``path`` (any supported format) as a state tree."""
-    if not isinstance(path, str) or not path:
-        raise TypeError(f"ckpt_file_name must be a non-empty str, got {path!r}")
-    key = crypto.check_key(dec_key, dec_mode, "dec_key") if dec_key is not None else None
-    storage, where = resolve(path)
-    f, size = storage.open_read(where)
-    with f:
-        return reader.read(f, size, path, dec_key=key, verify=verify)
 
 
 def _prefixes(value: str | Iterable[str] | None, arg: str) -> tuple[str, ...]:

@@ -22,11 +22,11 @@ class AsyncWriter:
 
     def __init__(self, name: str = "torchresume-writer") -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._pending: list[Future[None]] = []
+        self._pending: list[Future[object]] = []
         self._lock = threading.Lock()
         atexit.register(self._at_exit)
 
-    def submit(self, job: Callable[[], None], what: str) -> None:
+    def submit(self, job: Callable[[], object], what: str) -> None:
         """Queue ``job``; first re-raise any failure of an earlier job."""
         self.raise_if_failed()
         future = self._pool.submit(job)
@@ -73,7 +73,7 @@ class AsyncWriter:
             print(f"torchresume: {exc}", file=sys.stderr)
 
 
-def _raise(f: Future[None]) -> None:
+def _raise(f: Future[object]) -> None:
     exc = f.exception()
     if exc is not None:
         what = getattr(f, "what", "a checkpoint")

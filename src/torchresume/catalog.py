@@ -13,8 +13,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from torchresume import inspection
+from torchresume import files
 from torchresume.errors import TorchResumeError
+from torchresume.files import CHECKPOINT_SUFFIXES
+from torchresume.files import directory as directory_layout
 from torchresume.storage import resolve
 
 NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)(?P<bp>_breakpoint)?\.ckpt$")
@@ -37,6 +39,7 @@ class Entry:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     saved_at: float | None = None
+    is_dir: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +55,16 @@ class Entry:
                 self.epoch or 0, self.step or 0)
 
 
+def delete(entry_or_path: Entry | str) -> None:
+    """Delete one checkpoint: a file (marker first on object storage) or a directory (manifest first)."""
+    path = entry_or_path.path if isinstance(entry_or_path, Entry) else entry_or_path
+    storage, where = resolve(path)
+    if storage.isdir(where):
+        directory_layout.delete(path)
+    else:
+        storage.delete(where)
+
+
 def parse_name(name: str) -> tuple[str, int, int, bool] | None:
     m = NAME.match(name)
     if not m:
@@ -65,9 +78,11 @@ def list_checkpoints(directory: str, *, verify: bool = True,
     storage, where = resolve(directory)
     out = []
     for info in storage.list(where):
-        if not info.name.endswith(inspection.CHECKPOINT_SUFFIXES):
+        if not info.name.endswith(CHECKPOINT_SUFFIXES):
             continue
-        entry = Entry(info.path, info.name, info.size, info.mtime)
+        if info.is_dir and not directory_layout.is_committed(info.path):
+            continue  # a directory checkpoint is one only once its manifest is committed
+        entry = Entry(info.path, info.name, info.size, info.mtime, is_dir=info.is_dir)
         parsed = parse_name(info.name)
         if parsed:
             entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
@@ -75,7 +90,7 @@ def list_checkpoints(directory: str, *, verify: bool = True,
             continue
         _read_header_facts(entry)
         if verify and entry.valid:
-            verdict = inspection.verify(entry.path)
+            verdict = files.verify(entry.path)
             entry.valid, entry.reason = verdict.valid, verdict.reason
         out.append(entry)
     return sorted(out, key=Entry.order_key, reverse=True)
@@ -83,10 +98,12 @@ def list_checkpoints(directory: str, *, verify: bool = True,
 
 def _read_header_facts(entry: Entry) -> None:
     try:
-        desc = inspection.describe(entry.path)
+        desc = files.describe(entry.path)
     except (TorchResumeError, OSError, ValueError) as exc:
         entry.valid, entry.reason = False, str(exc)
         return
+    if entry.is_dir:
+        entry.size = desc.size
     info = desc.info
     if isinstance(info.get("global_step"), int):
         entry.global_step = info["global_step"]

@@ -44,5 +44,16 @@ class StorageError(TorchResumeError, OSError):
     """Object storage failed permanently (after retries)."""
 
 
+class CheckpointWriteError(TorchResumeError, OSError):
+    """Writing a checkpoint failed (no space, I/O error, permissions); nothing was committed.
+
+    ``errno`` is the operating system's error number where there was one.
+    """
+
+
+class RunLockedError(TorchResumeError, RuntimeError):
+    """Another live process is training into the same directory or URL."""
+
+
 class AsyncSaveError(TorchResumeError, RuntimeError):
     """A background save failed; raised on the next save or at close."""

@@ -1,110 +1,27 @@
-"""Describe, verify and compare checkpoint files without model code.
+"""Describe, verify and compare checkpoints without model code.
 
-The command line's inspect, verify, diff and ls stand on these functions.
+The command line's inspect, verify, diff and ls stand on these functions;
+describe and verify come from the file layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from torchresume.api import read_checkpoint
-from torchresume.errors import TorchResumeError
-from torchresume.format import reader
+from torchresume.files import CHECKPOINT_SUFFIXES, Description, Verdict, describe, read_checkpoint, verify
 from torchresume.state.tree import flat_view
 from torchresume.storage import resolve
 
-CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
-
-
-@dataclass
-class Verdict:
-    """The outcome of verifying one file."""
-
-    path: str
-    valid: bool
-    reason: str = ""
-
-
-@dataclass
-class Description:
-    """What ``inspect`` reports about one file."""
-
-    path: str
-    size: int
-    format: str
-    kind: str = ""
-    encrypted: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
-    append: dict[str, Any] = field(default_factory=dict)
-    tensors: list[dict[str, Any]] = field(default_factory=list)
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def describe(path: str) -> Description:
-    """Header-level description; reads only the header of native/safetensors files."""
-    storage, where = resolve(path)
-    f, size = storage.open_header(where)
-    with f:
-        fmt, header, extra = reader.read_header(f, size, path)
-    desc = Description(path, size, fmt, encrypted=bool(extra.get("encrypted")))
-    if header is not None:
-        desc.kind = header.kind
-        desc.tensors = [{"name": e.name, "dtype": str(e.dtype).replace("torch.", ""),
-                         "shape": e.shape, "bytes": e.end - e.begin} for e in header.entries]
-        if header.meta:
-            desc.info = dict(header.meta.get("info", {}))
-            desc.append = dict(header.meta.get("append", {}))
-            desc.values = _scalars(header.meta.get("skeleton"))
-        return desc
-    if fmt == "encrypted":
-        desc.kind = "encrypted"
-        desc.info = {"mode": extra["mode"], "plain_size": extra["plain_size"]}
-        return desc
-    ckpt = read_checkpoint(path)  # torch files have no separate header
-    desc.kind = ckpt.kind
-    flat = flat_view(ckpt.tree)
-    desc.tensors = [{"name": k, "dtype": str(v.dtype).replace("torch.", ""),
-                     "shape": list(v.shape), "bytes": v.numel() * v.element_size()}
-                    for k, v in flat.items() if isinstance(v, torch.Tensor)]
-    desc.values = {k: v for k, v in flat.items() if not isinstance(v, torch.Tensor)}
-    return desc
-
-
-def _scalars(skeleton: Any) -> dict[str, Any]:
-    """Non-tensor leaves of a skeleton, under their dotted names (no tensor data needed)."""
-    from torchresume.state.tree import unflatten
-
-    class _Placeholder(dict[str, torch.Tensor]):
-        def __missing__(self, key: str) -> torch.Tensor:
-            return torch.empty(0)
-
-    try:
-        tree = unflatten(skeleton, _Placeholder())
-    except (ValueError, KeyError, TypeError):
-        return {}
-    return {k: v for k, v in flat_view(tree).items() if not isinstance(v, torch.Tensor)}
-
-
-def verify(path: str, dec_key: bytes | None = None) -> Verdict:
-    """Read the whole file and check every checksum; never raises for a bad file."""
-    try:
-        read_checkpoint(path, dec_key=dec_key)
-    except TorchResumeError as exc:
-        return Verdict(path, False, str(exc))
-    except (OSError, ValueError) as exc:
-        return Verdict(path, False, f"{path}: {exc}")
-    return Verdict(path, True)
-
 
 def checkpoint_files(directory: str) -> list[str]:
+    """Checkpoints directly in ``directory``: files by suffix, and committed directory checkpoints."""
+    from torchresume.files.directory import is_committed
     storage, where = resolve(directory)
-    return sorted(i.path for i in storage.list(where) if i.name.endswith(CHECKPOINT_SUFFIXES))
+    return sorted(i.path for i in storage.list(where) if i.name.endswith(CHECKPOINT_SUFFIXES)
+                  and (not i.is_dir or is_committed(i.path)))
 
 
 def is_directory(path: str) -> bool:
@@ -153,3 +70,7 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+__all__ = ["CHECKPOINT_SUFFIXES", "Description", "TensorChange", "Verdict", "checkpoint_files", "describe",
+           "diff", "human_bytes", "is_directory", "verify"]

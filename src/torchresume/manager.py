@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from torchresume import catalog
-from torchresume.api import encode_state, read_checkpoint, write_encoded
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
 from torchresume.errors import CorruptCheckpointError, StateMismatchError, TorchResumeError
+from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.retention import KeepLast, RetentionPolicy
@@ -32,7 +32,8 @@ from torchresume.state import rng
 from torchresume.state.stateful import Stateful
 from torchresume.state.train_state import RESERVED
 from torchresume.state.tree import map_tensors
-from torchresume.storage import is_remote, resolve, staging_dir
+from torchresume.storage import Storage, is_remote, resolve, staging_dir
+from torchresume.storage.base import write_all
 from torchresume.storage.local import LocalStorage, clean_stale_temps
 
 
@@ -52,16 +53,25 @@ def unique_prefix(directory: str, prefix: str) -> str:
 
 def prune(directory: str, keep: int) -> list[str]:
     """Keep the newest ``keep`` checkpoints of every prefix in ``directory``; returns what was deleted."""
-    storage, _ = resolve(directory)
     deleted: list[str] = []
     entries = catalog.list_checkpoints(directory, verify=False)
     for prefix in {e.prefix for e in entries if e.prefix is not None}:
         family = sorted((e for e in entries if e.prefix == prefix and not e.breakpoint),
                         key=lambda e: e.order_key())
         for e in family[:-keep]:
-            storage.delete(e.path)
+            catalog.delete(e)
             deleted.append(e.path)
     return deleted
+
+
+def upload_file(local: str, storage: Storage, path: str) -> None:
+    """Stream a durably written local file to ``path`` on ``storage`` and commit it there."""
+    size = os.path.getsize(local)
+
+    def attempt() -> None:
+        with open(local, "rb") as f:
+            write_all(storage, path, iter(lambda: f.read(16 << 20), b""), size_hint=size)
+    storage.retrying(f"upload of {path}", attempt)
 
 
 def snapshot(tree: Any) -> Any:
@@ -163,7 +173,7 @@ class CheckpointManager:
         self._uploader.submit(lambda: self._upload(local, path), path)
 
     def _upload(self, local: str, path: str) -> None:
-        self.storage.upload_file(local, path)  # type: ignore[attr-defined]
+        upload_file(local, self.storage, path)
         self.apply_retention(protect=path)
         # Only files already uploaded may go; the newest uploaded one stays as a local cache.
         if self._last_uploaded and self._last_uploaded != local and os.path.exists(self._last_uploaded):
@@ -183,7 +193,7 @@ class CheckpointManager:
             keep.add(protect)
         doomed = [e.path for e in entries if e.path not in keep]
         for path in doomed:
-            self.storage.delete(path)
+            catalog.delete(path)
         return doomed
 
     def wait(self, timeout: float | None = None) -> None:

@@ -8,17 +8,17 @@ to ls and resume. Failures are collected and named, never silently dropped.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import posixpath
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import xxhash
 
-from torchresume.storage import LocalStorage, is_remote, resolve
-from torchresume.storage.remote import RemoteStorage, with_retries
+from torchresume.storage import is_remote, resolve
+from torchresume.storage.base import write_all
+
+_CHUNK = 16 * 1024 * 1024
 
 
 @dataclass
@@ -32,30 +32,9 @@ class CopyReport:
 def _walk(url: str) -> dict[str, int]:
     """relative path -> size of every file under ``url`` (a single file maps "" -> size)."""
     storage, where = resolve(url)
-    if isinstance(storage, RemoteStorage):
-        key = storage._key(where).rstrip("/")
-        fs = storage.fs
-        if with_retries(f"stat of {url}", lambda: fs.isfile(key)):
-            return {"": int(fs.info(key)["size"])}
-        found = with_retries(f"listing of {url}", lambda: fs.find(key, detail=True))
-        return {posixpath.relpath(name, key): int(info["size"]) for name, info in found.items()
-                if not _is_marker(posixpath.basename(name))}
-    if os.path.isfile(where):
-        return {"": os.path.getsize(where)}
-    if not os.path.isdir(where):
+    if not storage.exists(where):
         raise FileNotFoundError(f"{url}: no such file or directory")
-    out = {}
-    for root, _, files in os.walk(where):
-        for name in files:
-            if ".tmp-" in name:
-                continue
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, where).replace(os.sep, "/")] = os.path.getsize(path)
-    return out
-
-
-def _is_marker(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".commit")
+    return storage.walk(where)
 
 
 def _join(base: str, rel: str) -> str:
@@ -66,36 +45,39 @@ def _join(base: str, rel: str) -> str:
 
 def read_bytes(url: str) -> bytes:
     storage, where = resolve(url)
-    if isinstance(storage, RemoteStorage):
-        return bytes(with_retries(f"download of {url}", lambda: storage.fs.cat_file(storage._key(where))))
-    with open(where, "rb") as f:
+    f, _ = storage.open_read(where)
+    with f:
         return f.read()
 
 
-def _same(dst: str, data: bytes) -> bool:
-    """Whether ``dst`` already holds ``data`` (size, then xxh3 via marker or md5 via ETag)."""
-    storage, where = resolve(dst)
-    if isinstance(storage, RemoteStorage):
-        fs, key = storage.fs, storage._key(where)
-        if not fs.exists(key) or int(fs.info(key)["size"]) != len(data):
-            return False
-        marker = storage.read_marker(where)
-        if marker:
-            return bool(marker.get("xxh3") == xxhash.xxh3_64_hexdigest(data))
-        etag = str(fs.info(key).get("ETag", "")).strip('"')
-        return etag == hashlib.md5(data).hexdigest()
-    if not os.path.isfile(where) or os.path.getsize(where) != len(data):
-        return False
-    with open(where, "rb") as f:
-        return xxhash.xxh3_64_hexdigest(f.read()) == xxhash.xxh3_64_hexdigest(data)
+def _copy_one(src: str, dst: str) -> tuple[bool, int]:
+    """Copy one file unless ``dst`` already holds the same bytes; (copied, size)."""
+    return resolve(dst)[0].retrying(f"copy of {src} to {dst}", lambda: _copy_attempt(src, dst))
 
 
-def _write(dst: str, data: bytes) -> None:
-    storage, where = resolve(dst)
-    if isinstance(storage, RemoteStorage):
-        storage.write_atomic(where, [data])
-    else:
-        LocalStorage().write_atomic(where, [data], read_only=False)
+def _copy_attempt(src: str, dst: str) -> tuple[bool, int]:
+    src_store, src_where = resolve(src)
+    dst_store, dst_where = resolve(dst)
+    have = dst_store.digest(dst_where)
+    if have is not None and have == src_store.digest(src_where):
+        return False, 0
+    f, size = src_store.open_read(src_where)
+    with f:
+        if have is not None:  # the source had no recorded digest: compare by reading it once
+            data = f.read()
+            if xxhash.xxh3_64_hexdigest(data) == have:
+                return False, 0
+            write_all(dst_store, dst_where, [data], read_only=False)
+            return True, size
+        writer = dst_store.open_writer(dst_where, read_only=False, size_hint=size)
+        try:
+            while chunk := f.read(_CHUNK):
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+    return True, size
 
 
 def copy(src: str, dst: str, *, workers: int = 8, progress: bool | None = None) -> CopyReport:
@@ -109,12 +91,7 @@ def copy(src: str, dst: str, *, workers: int = 8, progress: bool | None = None) 
         bar = tqdm(total=sum(files.values()), unit="B", unit_scale=True, desc="copy")
 
     def one(rel: str) -> tuple[str, bool, int]:
-        data = read_bytes(_join(src, rel))
-        target = _join(dst, rel)
-        if _same(target, data):
-            return rel, False, len(data)
-        _write(target, data)
-        return rel, True, len(data)
+        return (rel, *_copy_one(_join(src, rel), _join(dst, rel)))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(one, rel): rel for rel in sorted(files)}

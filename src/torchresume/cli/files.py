@@ -126,7 +126,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from torchresume.api import encode_state, read_checkpoint, write_encoded
+    from torchresume.files import encode_state, read_checkpoint, write_encoded
     from torchresume.format import crypto
     dec = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
     enc = crypto.check_key(bytes.fromhex(args.enc_key_hex), "AES-GCM", "enc_key") if args.enc_key_hex else None

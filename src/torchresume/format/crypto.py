@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from torchresume.errors import CorruptCheckpointError, DecryptionError
@@ -47,19 +48,44 @@ def _aad(header: bytes, i: int, last: bool) -> bytes:
 
 def encrypt(plain: bytes | bytearray | memoryview, key: bytes) -> list[bytes]:
     """Encrypt ``plain``; returns the file's parts in order."""
-    nonce = os.urandom(8)
-    size = len(plain)
+    return list(encrypt_stream([plain], len(plain), key))
+
+
+def encrypted_prefix(size: int, nonce: bytes = bytes(8)) -> bytes:
+    """The magic, length and JSON header of an encrypted file of ``size`` plaintext bytes."""
     header = json.dumps({"mode": "AES-GCM", "chunk": CHUNK, "nonce": nonce.hex(),
                          "plain_size": size}).encode()
-    parts = [MAGIC + struct.pack("<I", len(header)) + header]
+    return MAGIC + struct.pack("<I", len(header)) + header
+
+
+def encrypt_stream(parts: Iterable[bytes | bytearray | memoryview], size: int,
+                   key: bytes) -> Iterator[bytes]:
+    """Encrypt ``size`` bytes arriving as ``parts`` frame by frame (memory: one frame)."""
+    nonce = os.urandom(8)
+    prefix = encrypted_prefix(size, nonce)
+    header = prefix[12:]
+    yield prefix
     aead = _aead(key)
     count = max(1, -(-size // CHUNK))
-    view = memoryview(plain)
-    for i in range(count):
-        frame = bytes(view[i * CHUNK:(i + 1) * CHUNK])
-        parts.append(aead.encrypt(nonce + struct.pack(">I", i), frame,
-                                  _aad(header, i, i == count - 1)))
-    return parts
+    frame = bytearray()
+    index = 0
+    seen = 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        seen += view.nbytes
+        pos = 0
+        while pos < view.nbytes:
+            take = min(CHUNK - len(frame), view.nbytes - pos)
+            frame += view[pos:pos + take]
+            pos += take
+            if len(frame) == CHUNK and index < count - 1:
+                yield aead.encrypt(nonce + struct.pack(">I", index), bytes(frame),
+                                   _aad(header, index, False))
+                frame.clear()
+                index += 1
+    if seen != size:
+        raise ValueError(f"encrypt_stream: told {size} bytes, got {seen}")
+    yield aead.encrypt(nonce + struct.pack(">I", index), bytes(frame), _aad(header, index, True))
 
 
 def parse_header(data: bytes, where: str) -> dict[str, Any]:

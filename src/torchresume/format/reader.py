@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import torch
+import xxhash
 
 from torchresume.errors import (
     CorruptCheckpointError,
@@ -47,12 +48,15 @@ class Checkpoint:
 
 
 def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
-         verify: bool = True) -> Checkpoint:
-    """Load the whole checkpoint in ``f`` (``size`` bytes long)."""
+         verify: bool = True, header_xxh3: str | None = None) -> Checkpoint:
+    """Load the whole checkpoint in ``f`` (``size`` bytes long).
+
+    ``header_xxh3``: the digest a directory manifest recorded for this part's header.
+    """
     first, kind = _detect(f, size, where)
     if kind is Kind.ENCRYPTED:
         plain = crypto.decrypt(f.read(), dec_key, where)
-        inner = read(io.BytesIO(plain), len(plain), where, verify=verify)
+        inner = read(io.BytesIO(plain), len(plain), where, verify=verify, header_xxh3=header_xxh3)
         inner.encrypted = True
         return inner
     if dec_key is not None:
@@ -62,6 +66,8 @@ def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
         return Checkpoint("torch", _torch_load(f, where), kind.value)
     if kind is Kind.SAFETENSORS:
         header = native.read_header(f, size, where)
+        if header_xxh3 is not None:
+            _check_header_digest(f, header, header_xxh3, where)
         tensors = native.read_tensors(f, header, where, verify=verify)
         if header.meta is None:
             return Checkpoint("tensors", tensors, "safetensors")
@@ -70,6 +76,13 @@ def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
     raise UnsupportedFormatError(
         f"{where}: not a checkpoint torchresume can read (starts with {first[:8].hex()}); "
         "expected a torchresume/safetensors file or a torch.save .pt/.pth file")
+
+
+def _check_header_digest(f: BinaryIO, header: native.Header, expected: str, where: str) -> None:
+    f.seek(0)
+    if xxhash.xxh3_64_hexdigest(f.read(header.data_start)) != expected:
+        raise CorruptCheckpointError(f"{where}: header differs from the one the manifest recorded; "
+                                     "the part was replaced or damaged")
 
 
 def read_header(f: BinaryIO, size: int, where: str) -> tuple[str, native.Header | None,

@@ -3,34 +3,34 @@
 A reader never sees half a file, and a crash at any instant leaves either the
 old file or the new one under the final name. Temporaries are named
 ``.{name}.tmp-{pid}-{random}``; those left by dead processes are removed by
-``clean_stale_temps`` and never listed.
+``clean_stale_temps`` and never listed. A failed write (no space, I/O error)
+removes its temporary and says what happened and how much space was needed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
-from collections.abc import Iterable
-from typing import BinaryIO
+import shutil
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, TypeVar
 
-from torchresume.errors import CheckpointNotFoundError
-from torchresume.storage.base import Buffer, FileInfo
+import xxhash
 
+from torchresume.errors import CheckpointNotFoundError, CheckpointWriteError
+from torchresume.storage.base import Buffer, FileInfo, write_all
+
+T = TypeVar("T")
 _TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
 _WRITE_CHUNK = 256 * 1024 * 1024
+_READ_CHUNK = 16 * 1024 * 1024
 
 
 def temp_name(path: str) -> str:
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _write_all(fd: int, data: Buffer) -> None:
-    view = memoryview(data).cast("B")
-    pos = 0
-    while pos < view.nbytes:
-        pos += os.write(fd, view[pos:pos + _WRITE_CHUNK])
 
 
 def fsync_dir(directory: str) -> None:
@@ -41,27 +41,100 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def write_error(path: str, exc: OSError, written: int, size_hint: int | None) -> CheckpointWriteError:
+    """One line naming the cause, what was needed and what is free; nothing was committed."""
+    cause = os.strerror(exc.errno) if exc.errno else str(exc)
+    text = f"{path}: cannot write the checkpoint: {cause}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            free = _human(shutil.disk_usage(directory).free)
+        except OSError:
+            free = "unknown"
+        need = _human(size_hint) if size_hint is not None else f"more than {_human(written)}"
+        text += f"; it needs {need}, {free} free in {directory}; free space or save elsewhere"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        text += "; choose a writable directory"
+    text += " (earlier checkpoints are intact)"
+    err = CheckpointWriteError(text)
+    err.errno = exc.errno
+    return err
+
+
+class LocalWriter:
+    """A temporary file in the target's directory; commit = fsync, rename, fsync dir."""
+
+    def __init__(self, path: str, *, read_only: bool = True, size_hint: int | None = None) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.size_hint = size_hint
+        self.written = 0
+        self._directory = os.path.dirname(os.path.abspath(path))
+        self._tmp = temp_name(path)
+        self._fd: int | None = None
+        try:
+            os.makedirs(self._directory, exist_ok=True)
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise write_error(path, exc, 0, size_hint) from exc
+
+    def write(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        pos = 0
+        try:
+            while pos < view.nbytes:
+                pos += os.write(self._fd, view[pos:pos + _WRITE_CHUNK])  # type: ignore[arg-type]
+        except OSError as exc:
+            self.written += pos
+            self.abort()
+            raise write_error(self.path, exc, self.written, self.size_hint) from exc
+        self.written += pos
+
+    def commit(self) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.path}: writer already committed or aborted")
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            if self.read_only:
+                os.chmod(self._tmp, 0o400)
+            os.replace(self._tmp, self.path)  # works over a read-only file: only the dir is written
+        except OSError as exc:
+            self.abort()
+            raise write_error(self.path, exc, self.written, self.size_hint) from exc
+        fsync_dir(self._directory)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
 class LocalStorage:
     """Storage on a local (POSIX) filesystem."""
 
+    def open_writer(self, path: str, *, read_only: bool = True, size_hint: int | None = None) -> LocalWriter:
+        return LocalWriter(path, read_only=read_only, size_hint=size_hint)
+
     def write_atomic(self, path: str, parts: Iterable[Buffer], *, read_only: bool = True) -> None:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = temp_name(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            for part in parts:
-                _write_all(fd, part)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        if read_only:
-            os.chmod(tmp, 0o400)
-        os.replace(tmp, path)  # rename works over a read-only file: only the dir is written
-        fsync_dir(directory)
+        write_all(self, path, parts, read_only=read_only)
+
+    def retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """Local errors are not transient: one attempt."""
+        return attempt()
 
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
         try:
@@ -82,13 +155,50 @@ class LocalStorage:
             return []
         out = []
         for e in entries:
-            if e.name.startswith(".") or not e.is_file():
+            if e.name.startswith("."):
                 continue
             st = e.stat()
-            out.append(FileInfo(e.path, st.st_size, st.st_mtime))
+            if e.is_dir():
+                out.append(FileInfo(e.path, 0, st.st_mtime, is_dir=True))
+            elif e.is_file():
+                out.append(FileInfo(e.path, st.st_size, st.st_mtime))
         return out
 
+    def walk(self, directory: str) -> dict[str, int]:
+        if os.path.isfile(directory):
+            return {"": os.path.getsize(directory)}
+        out = {}
+        for root, _, files in os.walk(directory):
+            for name in files:
+                if _TEMP.match(name):
+                    continue
+                path = os.path.join(root, name)
+                out[os.path.relpath(path, directory).replace(os.sep, "/")] = os.path.getsize(path)
+        return out
+
+    def stat(self, path: str) -> FileInfo | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        is_dir = os.path.isdir(path)
+        return FileInfo(path, 0 if is_dir else st.st_size, st.st_mtime, is_dir=is_dir)
+
+    def digest(self, path: str) -> str | None:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        h = xxhash.xxh3_64()
+        with f:
+            while chunk := f.read(_READ_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
     def delete(self, path: str) -> None:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            return
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -1,8 +1,9 @@
 """Object storage (S3, OBS, MinIO, Ceph...) through fsspec, with commit markers and retries.
 
 There is no rename on object storage, so a checkpoint is committed in two
-steps: the object is uploaded whole, then a small marker ``.{name}.commit``
-holding its size and xxh3-64 is written. Only objects with a matching marker
+steps: the object is streamed up as a multipart upload (memory bounded by one
+part, whatever the checkpoint's size) and completed, then a small marker
+``.{name}.commit`` holding its size and xxh3-64 is written. Only objects with a matching marker
 are listed (so resume, ls and retention never see a cut-off upload); deletion
 removes the marker first. Transient errors (5xx, throttling, timeouts,
 dropped connections) are retried with exponential backoff; anything else, or
@@ -22,11 +23,12 @@ from typing import Any, BinaryIO, TypeVar
 import xxhash
 
 from torchresume.errors import CheckpointNotFoundError, StorageError
-from torchresume.storage.base import Buffer, FileInfo
+from torchresume.storage.base import Buffer, FileInfo, write_all
 
 T = TypeVar("T")
 MARKER_SUFFIX = ".commit"
 RETRIES = 5
+PART_BYTES = 16 * 1024 * 1024  # multipart part size: the upload's memory bound
 BACKOFF_S = 0.2
 _PERMANENT_CODES = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                     "403", "401")
@@ -87,6 +89,53 @@ def filesystem(protocol: str, options: dict[str, Any]) -> Any:
     return fsspec.filesystem(protocol, **opts)
 
 
+class RemoteWriter:
+    """A multipart upload fed part by part; commit completes it and writes the marker last.
+
+    Errors propagate as the filesystem raised them, after the upload was aborted;
+    ``RemoteStorage.retrying`` turns a whole write into retries and one StorageError line.
+    """
+
+    def __init__(self, storage: RemoteStorage, path: str) -> None:
+        self.path = path
+        self._storage = storage
+        self._key = storage.key(path)
+        self._hash = xxhash.xxh3_64()
+        self.written = 0
+        self._file: Any = storage.fs.open(self._key, "wb", block_size=PART_BYTES)
+
+    def write(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            for pos in range(0, view.nbytes, PART_BYTES):
+                piece = view[pos:pos + PART_BYTES]
+                self._hash.update(piece)
+                self._file.write(piece)
+        except BaseException:
+            self.abort()
+            raise
+        self.written += view.nbytes
+
+    def commit(self) -> None:
+        try:
+            self._file.close()  # completes the multipart upload (or one PUT when small)
+        except BaseException:
+            self.abort()
+            raise
+        marker = json.dumps({"size": self.written, "xxh3": self._hash.hexdigest()}).encode()
+        fs, key = self._storage.fs, self._storage.key(marker_path(self.path))
+        with_retries(f"commit of {self.path}", lambda: fs.pipe_file(key, marker))
+
+    def abort(self) -> None:
+        f, self._file = self._file, None
+        if f is None or getattr(f, "closed", False):
+            return
+        try:
+            f.discard()  # aborts the multipart upload: no object appears
+        except Exception:
+            pass
+
+
 class RemoteStorage:
     """Storage on an fsspec filesystem addressed by ``protocol://bucket/key`` URLs."""
 
@@ -94,36 +143,36 @@ class RemoteStorage:
         self.protocol = protocol
         self.fs = filesystem(protocol, options or {})
 
-    def _key(self, url: str) -> str:
+    def key(self, url: str) -> str:
+        """The filesystem's key for ``url`` (the URL without its scheme)."""
         return url.split("://", 1)[1] if "://" in url else url
 
     def url(self, key: str) -> str:
         return f"{self.protocol}://{key}"
 
-    def write_atomic(self, path: str, parts: Iterable[Buffer], *, read_only: bool = True) -> None:
-        data = b"".join(bytes(p) if not isinstance(p, bytes) else p for p in parts)
-        key = self._key(path)
-        marker = json.dumps({"size": len(data), "xxh3": xxhash.xxh3_64_hexdigest(data)}).encode()
-        with_retries(f"upload of {path}", lambda: self.fs.pipe_file(key, data))
-        with_retries(f"commit of {path}", lambda: self.fs.pipe_file(self._key(marker_path(path)), marker))
+    def open_writer(self, path: str, *, read_only: bool = True,
+                    size_hint: int | None = None) -> RemoteWriter:
+        return RemoteWriter(self, path)
 
-    def upload_file(self, local: str, path: str) -> None:
-        """Upload a local file durably written elsewhere, then commit it."""
-        with open(local, "rb") as f:
-            data = f.read()
-        self.write_atomic(path, [data])
+    def write_atomic(self, path: str, parts: Iterable[Buffer], *, read_only: bool = True) -> None:
+        data = [bytes(p) for p in parts]  # kept so that a transient failure can be retried whole
+        self.retrying(f"upload of {path}", lambda: write_all(self, path, data, read_only=read_only))
+
+    def retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """Run a whole, repeatable operation, again on transient errors; StorageError at last."""
+        return with_retries(what, attempt)
 
     def read_marker(self, path: str) -> dict[str, Any] | None:
         try:
             raw = with_retries(f"read of {marker_path(path)}",
-                               lambda: self.fs.cat_file(self._key(marker_path(path))))
+                               lambda: self.fs.cat_file(self.key(marker_path(path))))
             doc = json.loads(raw)
             return doc if isinstance(doc, dict) else None
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
 
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
-        key = self._key(path)
+        key = self.key(path)
         try:
             data = with_retries(f"download of {path}", lambda: self.fs.cat_file(key))
         except FileNotFoundError:
@@ -132,7 +181,7 @@ class RemoteStorage:
 
     def open_header(self, path: str) -> tuple[BinaryIO, int]:
         """A lazily reading object handle: inspecting a header fetches a few KiB, not the object."""
-        key = self._key(path)
+        key = self.key(path)
         try:
             info = with_retries(f"stat of {path}", lambda: self.fs.info(key))
             handle = with_retries(f"open of {path}",
@@ -142,14 +191,15 @@ class RemoteStorage:
         return handle, int(info["size"])
 
     def list(self, directory: str) -> list[FileInfo]:
-        """Committed objects directly under ``directory``: those whose marker matches their size."""
-        key = self._key(directory).rstrip("/")
+        """Committed objects (marker matches size) and sub-directories directly under ``directory``."""
+        key = self.key(directory).rstrip("/")
         try:
             entries = with_retries(f"listing of {directory}", lambda: self.fs.ls(key, detail=True))
         except FileNotFoundError:
             return []
         objects = {e["name"]: e for e in entries if e.get("type") == "file"}
-        out = []
+        out = [FileInfo(self.url(e["name"]), 0, 0.0, is_dir=True) for e in entries
+               if e.get("type") == "directory" and not posixpath.basename(e["name"]).startswith(".")]
         for name, e in objects.items():
             base = posixpath.basename(name)
             if base.startswith("."):
@@ -160,23 +210,66 @@ class RemoteStorage:
             marker = self.read_marker(self.url(name))
             if marker is None or marker.get("size") != e.get("size"):
                 continue
-            modified = e.get("LastModified") or e.get("mtime")
-            mtime = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or 0)
-            out.append(FileInfo(self.url(name), int(e["size"]), mtime))
+            out.append(FileInfo(self.url(name), int(e["size"]), _mtime(e)))
         return out
 
+    def walk(self, directory: str) -> dict[str, int]:
+        key = self.key(directory).rstrip("/")
+        if with_retries(f"stat of {directory}", lambda: self.fs.isfile(key)):
+            return {"": int(with_retries(f"stat of {directory}", lambda: self.fs.info(key))["size"])}
+        found = with_retries(f"listing of {directory}", lambda: self.fs.find(key, detail=True))
+        return {posixpath.relpath(name, key): int(info["size"]) for name, info in found.items()
+                if not _is_marker(posixpath.basename(name))}
+
+    def stat(self, path: str) -> FileInfo | None:
+        key = self.key(path)
+        try:
+            e = with_retries(f"stat of {path}", lambda: self.fs.info(key))
+        except FileNotFoundError:
+            return None
+        if e.get("type") == "directory":
+            return FileInfo(path, 0, 0.0, is_dir=True)
+        return FileInfo(path, int(e["size"]), _mtime(e))
+
+    def digest(self, path: str) -> str | None:
+        """The committed object's xxh3 from its marker (None when absent or uncommitted)."""
+        found = self.stat(path)
+        marker = self.read_marker(path) if found is not None and not found.is_dir else None
+        if marker is None or found is None or marker.get("size") != found.size:
+            return None
+        return str(marker.get("xxh3"))
+
     def delete(self, path: str) -> None:
+        found = self.stat(path)
+        if found is not None and found.is_dir:
+            keys = sorted(with_retries(f"listing of {path}", lambda: self.fs.find(self.key(path))),
+                          key=lambda k: not _is_marker(posixpath.basename(k)))  # markers first
+            for k in keys:
+                self._remove(self.url(k))
+            return
         for target in (marker_path(path), path):  # marker first: never a committed half-delete
-            try:
-                with_retries(f"delete of {target}", lambda t=target: self.fs.rm_file(self._key(t)))  # type: ignore[misc]
-            except FileNotFoundError:
-                pass
+            self._remove(target)
+
+    def _remove(self, target: str) -> None:
+        try:
+            with_retries(f"delete of {target}", lambda: self.fs.rm_file(self.key(target)))
+        except FileNotFoundError:
+            pass
 
     def exists(self, path: str) -> bool:
-        return bool(with_retries(f"stat of {path}", lambda: self.fs.exists(self._key(path))))
+        return bool(with_retries(f"stat of {path}", lambda: self.fs.exists(self.key(path))))
 
     def isdir(self, path: str) -> bool:
-        return bool(with_retries(f"stat of {path}", lambda: self.fs.isdir(self._key(path))))
+        return bool(with_retries(f"stat of {path}", lambda: self.fs.isdir(self.key(path))))
 
     def join(self, directory: str, name: str) -> str:
         return directory.rstrip("/") + "/" + name
+
+
+def _is_marker(name: str) -> bool:
+    return name.startswith(".") and name.endswith(MARKER_SUFFIX)
+
+
+def _mtime(entry: dict[str, Any]) -> float:
+    modified: Any = entry.get("LastModified") or entry.get("mtime")
+    return float(modified.timestamp()) if hasattr(modified, "timestamp") else float(modified or 0)

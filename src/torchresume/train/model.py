@@ -195,7 +195,7 @@ class Model:
 
     def save_state(self, path: str, ctx: RunContext, *, epoch_end_done: bool = False) -> None:
         """Write this run's full state to ``path`` (a fixed name; for backup-style callbacks)."""
-        from torchresume.api import encode_state, write_encoded
+        from torchresume.files import encode_state, write_encoded
         from torchresume.manager import CheckpointManager
         parts = self.training_state(ctx)
         manager = CheckpointManager(".", model=self.network, optimizer=self.optimizer,

@@ -1,0 +1,38 @@
+"""The file layer: one checkpoint's bytes in and out, below everything else.
+
+``encode`` lays a state tree out as bytes, ``write`` streams them to storage
+and commits, ``read`` loads any supported checkpoint (a single file or a
+directory with a manifest), ``describe`` reads only what describes one and
+``verify`` checks every byte. The public facade (api.py), the manager, the
+catalog and inspection all stand on these functions; this package never
+imports them.
+"""
+
+from torchresume.files.directory import MANIFEST, PartRecord, commit_directory, write_part
+from torchresume.files.single import (
+    CHECKPOINT_SUFFIXES,
+    Description,
+    Verdict,
+    describe,
+    encode_state,
+    read_checkpoint,
+    verify,
+    write_checkpoint,
+    write_encoded,
+)
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "MANIFEST",
+    "Description",
+    "PartRecord",
+    "Verdict",
+    "commit_directory",
+    "describe",
+    "encode_state",
+    "read_checkpoint",
+    "verify",
+    "write_checkpoint",
+    "write_encoded",
+    "write_part",
+]

@@ -1,0 +1,175 @@
+"""Directory checkpoints: several native part files, committed by a manifest written last.
+
+    {prefix}-{epoch}_{step}.ckpt/
+        <part>.safetensors ...     written in any order, by any process (one per rank)
+        manifest.json              written last: the commit
+
+Until ``manifest.json`` is committed the directory is not a checkpoint: it is
+never listed, resumed from or counted by retention. The manifest names every
+part with its size and the xxh3-64 of its header (which holds the checksum of
+every tensor), so a missing, swapped or damaged part is caught; reading merges
+the parts' trees (their top-level keys must not collide). Deleting removes the
+manifest first, so a half-deleted directory is never taken for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import xxhash
+
+from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
+from torchresume.format import reader
+from torchresume.format.reader import Checkpoint
+from torchresume.storage import resolve
+from torchresume.storage.base import write_all
+
+MANIFEST = "manifest.json"
+LAYOUT = "torchresume-directory"
+VERSION = 1
+PART_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """What the coordinator needs to know about one committed part file."""
+
+    file: str
+    size: int
+    header_xxh3: str
+    encrypted: bool = False
+
+
+def write_part(directory: str, name: str, kind: str, tree: Any, *, info: dict[str, Any] | None = None,
+               enc_key: bytes | None = None) -> PartRecord:
+    """Write one part file (``name`` + .safetensors) into ``directory``; returns its record."""
+    from torchresume.files.single import encode_state, write_encoded
+    if "/" in name or not name:
+        raise ValueError(f"part name must be a non-empty file name without '/', got {name!r}")
+    storage, _ = resolve(directory)
+    encoded = encode_state(kind, tree, info=info)
+    file = name + PART_SUFFIX
+    size = write_encoded(encoded, storage.join(directory, file), enc_key)
+    return PartRecord(file, size, xxhash.xxh3_64_hexdigest(encoded.header), enc_key is not None)
+
+
+def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str, Any] | None = None,
+                     append: dict[str, Any] | None = None) -> None:
+    """Write the manifest: the directory becomes a checkpoint. Call after every part is written."""
+    if not parts:
+        raise ValueError("a directory checkpoint needs at least one part")
+    names = [p.file for p in parts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate part files in {names}")
+    storage, where = resolve(directory)
+    target = storage.join(where, MANIFEST)
+    manifest = {"format": LAYOUT, "version": VERSION, "time": time.time(),
+                "info": {"time": time.time(), **(info or {})}, "append": append or {},
+                "parts": [asdict(p) for p in parts]}
+    data = json.dumps(manifest, indent=1).encode()
+    storage.retrying(f"commit of {directory}", lambda: write_all(storage, target, [data]))
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The committed manifest of directory ``path``; CheckpointNotFoundError if uncommitted."""
+    storage, where = resolve(path)
+    target = storage.join(where, MANIFEST)
+    if storage.stat(target) is None or storage.digest(target) is None:
+        raise CheckpointNotFoundError(f"{path}: a directory without a committed {MANIFEST}; "
+                                      "it is not a checkpoint (a save that did not finish?)")
+    f, _ = storage.open_read(target)
+    with f:
+        raw = f.read()
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptCheckpointError(f"{path}/{MANIFEST}: not valid JSON; the manifest is damaged") from None
+    if not isinstance(doc, dict) or doc.get("format") != LAYOUT or not isinstance(doc.get("parts"), list):
+        raise CorruptCheckpointError(f"{path}/{MANIFEST}: not a torchresume manifest")
+    if not isinstance(doc.get("version"), int) or doc["version"] > VERSION:
+        raise CorruptCheckpointError(f"{path}/{MANIFEST}: version {doc.get('version')!r} is newer than "
+                                     f"this torchresume reads ({VERSION}): upgrade torchresume")
+    return doc
+
+
+def is_committed(path: str) -> bool:
+    try:
+        read_manifest(path)
+    except (TorchResumeError, OSError):
+        return False
+    return True
+
+
+def _part_header(storage: Any, path: str, part: dict[str, Any], where: str) -> Any:
+    f, size = storage.open_header(where)
+    with f:
+        if size != part["size"]:
+            raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
+                                         f"{part['size']}; the part is damaged or was replaced")
+        return reader.read_header(f, size, f"{path}/{part['file']}")
+
+
+def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Checkpoint:
+    """Every part of directory checkpoint ``path``, checked against the manifest, as one tree."""
+    doc = read_manifest(path)
+    storage, where = resolve(path)
+    tree: dict[str, Any] = {}
+    kinds = set()
+    encrypted = False
+    for part in doc["parts"]:
+        file_where = storage.join(where, part["file"])
+        f, size = storage.open_read(file_where)
+        with f:
+            if size != part["size"]:
+                raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
+                                             f"{part['size']}; the part is damaged or was replaced")
+            ckpt = reader.read(f, size, f"{path}/{part['file']}", dec_key=dec_key, verify=verify,
+                               header_xxh3=part["header_xxh3"])
+        encrypted = encrypted or ckpt.encrypted
+        kinds.add(ckpt.kind)
+        if not isinstance(ckpt.tree, dict):
+            raise CorruptCheckpointError(f"{path}: part {part['file']} does not hold a dict")
+        clash = set(tree) & set(ckpt.tree)
+        if clash:
+            raise CorruptCheckpointError(f"{path}: parts hold the same keys {sorted(clash)[:5]}")
+        tree.update(ckpt.tree)
+    kind = kinds.pop() if len(kinds) == 1 else "train_state"
+    meta = {"info": doc.get("info", {}), "append": doc.get("append", {})}
+    return Checkpoint(kind, tree, "torchresume-directory", meta, encrypted)
+
+
+def describe(path: str) -> Any:
+    """Header-level description of every part (reads the manifest and each part's header)."""
+    from torchresume.files.single import Description, scalars, tensor_rows
+    doc = read_manifest(path)
+    storage, where = resolve(path)
+    desc = Description(path, sum(int(p["size"]) for p in doc["parts"]), "torchresume-directory",
+                       info=dict(doc.get("info", {})), append=dict(doc.get("append", {})),
+                       files=[p["file"] for p in doc["parts"]])
+    kinds = set()
+    for part in doc["parts"]:
+        if part.get("encrypted"):
+            desc.encrypted = True
+            continue
+        _, header, _ = _part_header(storage, path, part, storage.join(where, part["file"]))
+        if header is None or header.meta is None:
+            continue
+        kinds.add(header.kind)
+        desc.tensors += tensor_rows(header)
+        desc.values.update(scalars(header.meta.get("skeleton")))
+    desc.kind = kinds.pop() if len(kinds) == 1 else "train_state" if kinds else "encrypted"
+    return desc
+
+
+def delete(path: str) -> None:
+    """Uncommit (manifest first), then remove the parts and the directory."""
+    storage, where = resolve(path)
+    storage.delete(storage.join(where, MANIFEST))
+    storage.delete(where)
+
+
+__all__ = ["MANIFEST", "PartRecord", "commit_directory", "delete", "describe", "is_committed", "read",
+           "read_manifest", "write_part"]

@@ -1,0 +1,163 @@
+"""Encode, write, read, describe and verify one checkpoint, whatever its layout.
+
+A checkpoint is either one file (native, safetensors, torch, or encrypted) or
+a directory of native part files committed by a manifest (files/directory.py);
+``read_checkpoint``, ``describe`` and ``verify`` accept both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from torchresume.errors import TorchResumeError
+from torchresume.format import crypto, native, reader
+from torchresume.format.reader import Checkpoint
+from torchresume.state.tree import flat_view, flatten, unflatten
+from torchresume.storage import resolve
+from torchresume.storage.base import Buffer, write_all
+
+CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+def encode_state(kind: str, tree: Any, *, info: dict[str, Any] | None = None,
+                 append: dict[str, Any] | None = None) -> native.Encoded:
+    """Flatten ``tree`` and lay it out as a native checkpoint (tensors moved to CPU)."""
+    tensors, skeleton = flatten(tree)
+    prepared = {n: native.prepare(t, n) for n, t in tensors.items()}
+    meta = {"kind": kind, "skeleton": skeleton, "info": info or {}, "append": append or {}}
+    return native.encode(prepared, meta)
+
+
+def encoded_parts(encoded: native.Encoded, enc_key: bytes | None) -> tuple[Iterable[Buffer], int]:
+    """The bytes to store for ``encoded`` (encrypted frame by frame with ``enc_key``) and their size."""
+    if enc_key is None:
+        return encoded.parts(), encoded.size
+    frames = -(-encoded.size // crypto.CHUNK) or 1
+    size = len(crypto.encrypted_prefix(encoded.size)) + encoded.size + frames * crypto.TAG
+    return crypto.encrypt_stream(encoded.parts(), encoded.size, enc_key), size
+
+
+def write_encoded(encoded: native.Encoded, path: str, enc_key: bytes | None) -> int:
+    """Stream ``encoded`` to ``path`` on its storage and commit; returns the bytes written."""
+    storage, where = resolve(path)
+
+    def attempt() -> int:  # encoding is replayable, so a transient upload failure retries whole
+        parts, size = encoded_parts(encoded, enc_key)
+        write_all(storage, where, parts, size_hint=size)
+        return size
+    return storage.retrying(f"upload of {path}", attempt)
+
+
+def write_checkpoint(path: str, kind: str, tree: Any, *, info: dict[str, Any] | None = None,
+                     append: dict[str, Any] | None = None, enc_key: bytes | None = None) -> int:
+    """Encode ``tree`` and write it durably and atomically to ``path``; returns the bytes written."""
+    return write_encoded(encode_state(kind, tree, info=info, append=append), path, enc_key)
+
+
+def read_checkpoint(path: str, *, dec_key: bytes | None = None, dec_mode: str = "AES-GCM",
+                    verify: bool = True) -> Checkpoint:
+    """The whole checkpoint at ``path`` (any supported format or a directory) as a state tree."""
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"ckpt_file_name must be a non-empty str, got {path!r}")
+    key = crypto.check_key(dec_key, dec_mode, "dec_key") if dec_key is not None else None
+    storage, where = resolve(path)
+    from torchresume.files import directory
+    if storage.isdir(where):
+        return directory.read(path, dec_key=key, verify=verify)
+    f, size = storage.open_read(where)
+    with f:
+        return reader.read(f, size, path, dec_key=key, verify=verify)
+
+
+@dataclass
+class Verdict:
+    """The outcome of verifying one checkpoint."""
+
+    path: str
+    valid: bool
+    reason: str = ""
+
+
+@dataclass
+class Description:
+    """What ``inspect`` reports about one checkpoint."""
+
+    path: str
+    size: int
+    format: str
+    kind: str = ""
+    encrypted: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    append: dict[str, Any] = field(default_factory=dict)
+    tensors: list[dict[str, Any]] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(path: str) -> Description:
+    """Header-level description; reads only headers of native/safetensors files (and a manifest)."""
+    storage, where = resolve(path)
+    from torchresume.files import directory
+    if storage.isdir(where):
+        return directory.describe(path)
+    f, size = storage.open_header(where)
+    with f:
+        fmt, header, extra = reader.read_header(f, size, path)
+    desc = Description(path, size, fmt, encrypted=bool(extra.get("encrypted")))
+    if header is not None:
+        desc.kind = header.kind
+        desc.tensors = tensor_rows(header)
+        if header.meta:
+            desc.info = dict(header.meta.get("info", {}))
+            desc.append = dict(header.meta.get("append", {}))
+            desc.values = scalars(header.meta.get("skeleton"))
+        return desc
+    if fmt == "encrypted":
+        desc.kind = "encrypted"
+        desc.info = {"mode": extra["mode"], "plain_size": extra["plain_size"]}
+        return desc
+    ckpt = read_checkpoint(path)  # torch files have no separate header
+    desc.kind = ckpt.kind
+    flat = flat_view(ckpt.tree)
+    desc.tensors = [{"name": k, "dtype": str(v.dtype).replace("torch.", ""),
+                     "shape": list(v.shape), "bytes": v.numel() * v.element_size()}
+                    for k, v in flat.items() if isinstance(v, torch.Tensor)]
+    desc.values = {k: v for k, v in flat.items() if not isinstance(v, torch.Tensor)}
+    return desc
+
+
+def tensor_rows(header: native.Header) -> list[dict[str, Any]]:
+    return [{"name": e.name, "dtype": str(e.dtype).replace("torch.", ""),
+             "shape": e.shape, "bytes": e.end - e.begin} for e in header.entries]
+
+
+def scalars(skeleton: Any) -> dict[str, Any]:
+    """Non-tensor leaves of a skeleton, under their dotted names (no tensor data needed)."""
+
+    class _Placeholder(dict[str, torch.Tensor]):
+        def __missing__(self, key: str) -> torch.Tensor:
+            return torch.empty(0)
+
+    try:
+        tree = unflatten(skeleton, _Placeholder())
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return {k: v for k, v in flat_view(tree).items() if not isinstance(v, torch.Tensor)}
+
+
+def verify(path: str, dec_key: bytes | None = None) -> Verdict:
+    """Read the whole checkpoint and check every checksum; never raises for a bad one."""
+    try:
+        read_checkpoint(path, dec_key=dec_key)
+    except TorchResumeError as exc:
+        return Verdict(path, False, str(exc))
+    except (OSError, ValueError) as exc:
+        return Verdict(path, False, f"{path}: {exc}")
+    return Verdict(path, True)
