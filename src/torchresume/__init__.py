@@ -1,15 +1,22 @@
 """torchresume: PyTorch training that survives interruptions.
 
-The facade: the public names and nothing else.
+The facade: the public names and nothing else. The checkpoint core (save,
+load, the manager, retention, errors) is imported at once; the training
+harness (Model and its callbacks) only when one of its names is first used,
+so ``import torchresume`` stays light for code that only reads checkpoints.
 """
+
+from typing import Any
 
 from torchresume.api import load_checkpoint, load_param_into_net, save_checkpoint, wait_async_saves
 from torchresume.errors import (
     AsyncSaveError,
     CheckpointConfigError,
     CheckpointNotFoundError,
+    CheckpointWriteError,
     CorruptCheckpointError,
     DecryptionError,
+    RunLockedError,
     StateMismatchError,
     StorageError,
     TorchResumeError,
@@ -19,24 +26,40 @@ from torchresume.errors import (
 from torchresume.manager import CheckpointManager
 from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast
 from torchresume.state.stateful import Stateful
-from torchresume.train import (
-    BackupAndRestore,
-    Callback,
-    CheckpointConfig,
-    EarlyStopping,
-    History,
-    LambdaCallback,
-    LossMonitor,
-    Model,
-    ModelCheckpoint,
-    OnRequestExit,
-    RunContext,
-    SummaryCollector,
-    TimeMonitor,
-)
-from torchresume.train.exception_save import save_on_exception
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
+
+_HARNESS = {
+    "BackupAndRestore": "torchresume.train",
+    "Callback": "torchresume.train",
+    "CheckpointConfig": "torchresume.train",
+    "EarlyStopping": "torchresume.train",
+    "History": "torchresume.train",
+    "LambdaCallback": "torchresume.train",
+    "LossMonitor": "torchresume.train",
+    "Model": "torchresume.train",
+    "ModelCheckpoint": "torchresume.train",
+    "OnRequestExit": "torchresume.train",
+    "RunContext": "torchresume.train",
+    "SummaryCollector": "torchresume.train",
+    "TimeMonitor": "torchresume.train",
+    "save_on_exception": "torchresume.train.exception_save",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HARNESS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'torchresume' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AsyncSaveError",
@@ -46,6 +69,7 @@ __all__ = [
     "CheckpointConfigError",
     "CheckpointManager",
     "CheckpointNotFoundError",
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "DecryptionError",
     "EarlyStopping",
@@ -59,6 +83,7 @@ __all__ = [
     "ModelCheckpoint",
     "OnRequestExit",
     "RunContext",
+    "RunLockedError",
     "StateMismatchError",
     "Stateful",
     "StorageError",

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchresume import catalog
+from torchresume import catalog, run_lock
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
 from torchresume.errors import CorruptCheckpointError, StateMismatchError, TorchResumeError
@@ -104,9 +104,21 @@ class CheckpointManager:
         self.staging = staging_dir(self.directory) if is_remote(self.directory) else None
         self._uploader = AsyncWriter("torchresume-upload") if self.staging else None
         self._last_uploaded: str | None = None
+        self._lock: run_lock.RunLock | None = None
         for local_dir in (self._where if isinstance(self.storage, LocalStorage) else None, self.staging):
             if local_dir:
                 clean_stale_temps(local_dir)
+
+    # -- the run lock ---------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """Make this process the directory's only writer (RunLockedError if another run is)."""
+        if self._lock is None:
+            self._lock = run_lock.acquire(self.directory, local_dir=self.staging)
+
+    def release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock = None
+            run_lock.release(self.directory)
 
     # -- saving ---------------------------------------------------------------------------
     def file_name(self, epoch: int, step: int, breakpoint: bool = False) -> str:
@@ -146,6 +158,10 @@ class CheckpointManager:
         for writer in (self._writer, self._uploader):
             if writer is not None:
                 writer.raise_if_failed()
+        if self._lock is None:
+            self.acquire_lock()
+        else:
+            self._lock.refresh()
         path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
         full_info = {"epoch": epoch, "step": step,
@@ -207,9 +223,12 @@ class CheckpointManager:
             self._uploader.wait(timeout)
 
     def close(self) -> None:
-        for writer in (self._writer, self._uploader):
-            if writer is not None:
-                writer.close()
+        try:
+            for writer in (self._writer, self._uploader):
+                if writer is not None:
+                    writer.close()
+        finally:
+            self.release_lock()
 
     # -- finding --------------------------------------------------------------------------
     def checkpoints(self, *, all_prefixes: bool = False, verify: bool = False) -> list[Entry]:

@@ -1,7 +1,8 @@
 """``torchresume`` entry point: builds the parser, runs a command, turns errors into one line.
 
 Exit codes: 0 done, 1 failed (or invalid for ``verify``), 2 usage error,
-128 + signal after a signal-triggered save.
+75 another run holds the checkpoint directory, 128 + signal after a
+signal-triggered save.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from torchresume import run_lock
 from torchresume.cli import files, training
-from torchresume.errors import TorchResumeError
+from torchresume.errors import RunLockedError, TorchResumeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchresume: interrupted", file=sys.stderr)
         return 130
+    except RunLockedError as exc:
+        print(f"torchresume: error: {exc}", file=sys.stderr)
+        return run_lock.EXIT_CODE
     except (TorchResumeError, OSError, ValueError, TypeError, ImportError) as exc:
         message = str(exc).replace("\n", " | ") or type(exc).__name__
         print(f"torchresume: error: {message}", file=sys.stderr)

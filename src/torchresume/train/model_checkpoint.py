@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from torchresume.errors import CheckpointConfigError
+from torchresume.errors import CheckpointConfigError, CheckpointWriteError
 from torchresume.manager import CheckpointManager, unique_prefix
 from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast, RetentionPolicy
 from torchresume.storage import resolve
@@ -78,6 +78,7 @@ class ModelCheckpoint(Callback):
                                       enc_mode=cfg.enc_mode, saved_network=cfg.saved_network)
         self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
                                          **common)
+        self.manager.acquire_lock()
         self.manager.upload_pending()
         if cfg.monitor:
             self.best_manager = CheckpointManager(
@@ -111,10 +112,13 @@ class ModelCheckpoint(Callback):
     def on_train_end(self, ctx: RunContext) -> None:
         if self.manager is None:
             return
-        self.save_if_unsaved(ctx)
-        self.manager.wait()
-        if self.best_manager is not None:
-            self.best_manager.wait()
+        try:
+            self.save_if_unsaved(ctx)
+            self.manager.wait()
+            if self.best_manager is not None:
+                self.best_manager.wait()
+        finally:
+            self.manager.release_lock()
 
     def on_eval_end(self, ctx: RunContext) -> None:
         monitor = self.config.monitor
@@ -131,12 +135,16 @@ class ModelCheckpoint(Callback):
             self.save(ctx, manager=self.best_manager)
 
     def on_exception(self, ctx: RunContext, exc: BaseException) -> None:
-        if self.config.exception_save and self.manager is not None and not isinstance(
-                exc, SystemExit):
-            path = self.save(ctx, breakpoint=True)
-            self.manager.wait()
-            print(f"torchresume: {type(exc).__name__} during epoch {ctx.epoch}; breakpoint "
-                  f"saved to {path}", flush=True)
+        if self.manager is None:
+            return
+        try:
+            if self.config.exception_save and not isinstance(exc, (SystemExit, CheckpointWriteError)):
+                path = self.save(ctx, breakpoint=True)
+                self.manager.wait()
+                print(f"torchresume: {type(exc).__name__} during epoch {ctx.epoch}; breakpoint "
+                      f"saved to {path}", flush=True)
+        finally:
+            self.manager.release_lock()
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, ctx: RunContext, *, breakpoint: bool = False,

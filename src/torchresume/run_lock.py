@@ -1,0 +1,183 @@
+"""One training run per checkpoint directory: a lock that names its holder.
+
+Local directories (and the local staging directory of a remote one) hold
+``.torchresume.lock`` under ``flock``: the kernel drops it when the holder
+dies, so a lock of a killed run is taken over without any clean-up. On object
+storage, where nothing can be flocked, the lock is an object holding the
+holder's host, PID and a heartbeat refreshed at every save; it is taken over
+when its process is gone (same host) or its heartbeat is older than
+``STALE_S``. The file or object records who holds it, so the error can say.
+Within one process the lock is re-entrant (a run's several managers share it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from torchresume.errors import RunLockedError
+from torchresume.storage import is_remote, resolve
+
+LOCK_NAME = ".torchresume.lock"
+STALE_S = 900.0
+EXIT_CODE = 75  # EX_TEMPFAIL: another run holds the directory; try again when it is done
+
+_held: dict[str, tuple[RunLock, int]] = {}
+_guard = threading.Lock()
+
+
+def _holder() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+            "heartbeat": time.time()}
+
+
+def _describe(doc: dict[str, Any]) -> str:
+    started = doc.get("started")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    return f"pid {doc.get('pid', '?')} on {doc.get('host', '?')}, since {since}"
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """The lock of one directory (path or URL). ``acquire`` raises RunLockedError when held elsewhere."""
+
+    def __init__(self, directory: str, *, local_dir: str | None = None) -> None:
+        self.directory = str(directory)
+        self.local_dir = local_dir if local_dir is not None else (
+            None if is_remote(self.directory) else self.directory)
+        self._fd: int | None = None
+        self._remote = is_remote(self.directory)
+
+    # -- local: flock ---------------------------------------------------------------------
+    def _acquire_local(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except (ValueError, OSError):
+                doc = {}
+            os.close(fd)
+            raise self._locked(doc) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        self._fd = fd
+
+    # -- remote: an object with a heartbeat -----------------------------------------------
+    def _remote_path(self) -> tuple[Any, str]:
+        storage, where = resolve(self.directory)
+        return storage, storage.join(where, LOCK_NAME)
+
+    def _read_remote(self) -> dict[str, Any] | None:
+        storage, path = self._remote_path()
+        if storage.stat(path) is None:
+            return None
+        f, _ = storage.open_read(path)
+        with f:
+            try:
+                doc = json.loads(f.read())
+            except ValueError:
+                return None
+        return doc if isinstance(doc, dict) else None
+
+    def _acquire_remote(self) -> None:
+        doc = self._read_remote()
+        me = _holder()
+        if doc is not None and not (doc.get("host") == me["host"] and doc.get("pid") == me["pid"]):
+            same_host_dead = doc.get("host") == me["host"] and not _pid_alive(doc.get("pid"))
+            beat = doc.get("heartbeat")
+            stale = not isinstance(beat, (int, float)) or time.time() - beat > STALE_S
+            if not (same_host_dead or stale):
+                raise self._locked(doc)
+        self.refresh(me)
+
+    def refresh(self, doc: dict[str, Any] | None = None) -> None:
+        """Renew a remote lock's heartbeat (a no-op for local directories)."""
+        if not self._remote:
+            return
+        doc = doc or {**(self._read_remote() or _holder()), "heartbeat": time.time()}
+        storage, path = self._remote_path()
+        storage.write_atomic(path, [json.dumps(doc).encode()], read_only=False)
+
+    def _locked(self, doc: dict[str, Any]) -> RunLockedError:
+        return RunLockedError(f"{self.directory} is in use by another training run ({_describe(doc)}); "
+                              "wait for it to finish, stop it, or train into another directory")
+
+    # -- both -----------------------------------------------------------------------------
+    def acquire(self) -> None:
+        if self.local_dir is not None:
+            self._acquire_local(self.local_dir)
+        if self._remote:
+            try:
+                self._acquire_remote()
+            except BaseException:
+                self._release_local()
+                raise
+
+    def _release_local(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def release(self) -> None:
+        self._release_local()
+        if self._remote:
+            doc = self._read_remote()
+            if doc is not None and doc.get("host") == socket.gethostname() and doc.get("pid") == os.getpid():
+                storage, path = self._remote_path()
+                storage.delete(path)
+
+
+def _key(directory: str) -> str:
+    return str(directory) if is_remote(str(directory)) else os.path.realpath(directory)
+
+
+def acquire(directory: str, *, local_dir: str | None = None) -> RunLock:
+    """Take (or share, within this process) the lock of ``directory``."""
+    key = _key(directory)
+    with _guard:
+        if key in _held:
+            lock, count = _held[key]
+            _held[key] = (lock, count + 1)
+            return lock
+        lock = RunLock(directory, local_dir=local_dir)
+        lock.acquire()
+        _held[key] = (lock, 1)
+        return lock
+
+
+def release(directory: str) -> None:
+    """Drop one hold of ``directory``'s lock; the last one releases it."""
+    key = _key(directory)
+    with _guard:
+        if key not in _held:
+            return
+        lock, count = _held[key]
+        if count > 1:
+            _held[key] = (lock, count - 1)
+            return
+        del _held[key]
+    lock.release()
+
+
+__all__ = ["EXIT_CODE", "LOCK_NAME", "RunLock", "acquire", "release"]
