@@ -44,3 +44,29 @@ def test_resume_with_changed_settings_says_so(tmp_path, capsys) -> None:
     assert main([*base, "--lr", "0.001"]) == 0
     err = capsys.readouterr().err
     assert "was saved with epochs=1 (now 2), lr=0.01 (now 0.001); the resumed state" in err
+
+
+def test_second_trainer_on_a_locked_directory(tmp_path) -> None:
+    """Two `torchresume train` into one directory: the second exits 75 with one line; the first is unharmed."""
+    import os
+    import subprocess
+    import sys
+    exe = os.path.join(os.path.dirname(sys.executable), "torchresume")
+    run = str(tmp_path / "run")
+    args = [exe, "train", "--model", "mlp", "--epochs", "1", "--steps-per-epoch", "400", "--save-steps", "100",
+            "--train-url", run, "--print-every", "50"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    for line in first.stdout:  # wait until the first run is really training
+        if "step: 50" in line or "step: 100" in line:
+            break
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert second.returncode == 75, second.stderr
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith(f"torchresume: error: {run} is in use by another training run (pid {first.pid} on ")
+    assert "Traceback" not in second.stderr
+    assert first.returncode == 0, err
+    from torchresume.catalog import list_checkpoints
+    entries = list_checkpoints(run)
+    assert [e.global_step for e in entries][:1] == [400] and all(e.valid for e in entries)

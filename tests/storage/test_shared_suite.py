@@ -80,3 +80,41 @@ def test_inspect_reads_only_the_header(root) -> None:
         assert fetched < 1 << 20
     d = describe(path)
     assert d.append == {"tag": "x"} and d.tensors[0]["shape"] == [4 << 20] and d.size == size
+
+
+def test_writer_commit_is_the_only_way_in(root) -> None:
+    """Parts stream into a writer; nothing is listed or readable before commit(), all of it after."""
+    store, where = resolve(root)
+    path = store.join(where, "w.bin")
+    writer = store.open_writer(path, size_hint=11)
+    writer.write(b"hello ")
+    writer.write(memoryview(b"world"))
+    assert store.list(where) == [] and store.digest(path) is None
+    writer.commit()
+    assert [(i.name, i.size) for i in store.list(where)] == [("w.bin", 11)]
+    import xxhash
+    assert store.digest(path) == xxhash.xxh3_64_hexdigest(b"hello world")
+
+
+def test_writer_abort_leaves_the_old_file(root) -> None:
+    store, where = resolve(root)
+    path = store.join(where, "w.bin")
+    store.write_atomic(path, [b"old"])
+    writer = store.open_writer(path)
+    writer.write(b"new bytes that never land")
+    writer.abort()
+    writer.abort()  # twice is fine
+    f, size = store.open_read(path)
+    with f:
+        assert (f.read(), size) == (b"old", 3)
+    assert [i.name for i in store.list(where)] == ["w.bin"]
+
+
+def test_walk_and_directory_delete(root) -> None:
+    store, where = resolve(root)
+    store.write_atomic(store.join(where, "d/a.bin"), [b"a"])
+    store.write_atomic(store.join(where, "d/sub/b.bin"), [b"bb"])
+    assert store.walk(store.join(where, "d")) == {"a.bin": 1, "sub/b.bin": 2}
+    assert [(i.name, i.is_dir) for i in store.list(where)] == [("d", True)]
+    store.delete(store.join(where, "d"))
+    assert store.walk(where) == {}

@@ -134,6 +134,7 @@ class RemoteWriter:
             f.discard()  # aborts the multipart upload: no object appears
         except Exception:
             pass
+        f.closed = True  # a discarded file must not try to finish the upload when collected
 
 
 class RemoteStorage:
