@@ -2,7 +2,8 @@
 
 Local directories (and the local staging directory of a remote one) hold
 ``.torchresume.lock`` under ``flock``: the kernel drops it when the holder
-dies, so a lock of a killed run is taken over without any clean-up. On object
+dies, so a lock of a killed run is taken over without any clean-up (the file
+stays until the next run releases it; a finished run removes it). On object
 storage, where nothing can be flocked, the lock is an object holding the
 holder's host, PID and a heartbeat refreshed at every save; it is taken over
 when its process is gone (same host) or its heartbeat is older than
@@ -62,25 +63,34 @@ class RunLock:
         self.local_dir = local_dir if local_dir is not None else (
             None if is_remote(self.directory) else self.directory)
         self._fd: int | None = None
+        self._path = ""
         self._remote = is_remote(self.directory)
 
     # -- local: flock ---------------------------------------------------------------------
     def _acquire_local(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, LOCK_NAME)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except (ValueError, OSError):
-                doc = {}
-            os.close(fd)
-            raise self._locked(doc) from None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                except (ValueError, OSError):
+                    doc = {}
+                os.close(fd)
+                raise self._locked(doc) from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder released and removed the file meanwhile: lock the new one
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder()).encode(), 0)
-        self._fd = fd
+        self._fd, self._path = fd, path
 
     # -- remote: an object with a heartbeat -----------------------------------------------
     def _remote_path(self) -> tuple[Any, str]:
@@ -135,6 +145,10 @@ class RunLock:
 
     def _release_local(self) -> None:
         if self._fd is not None:
+            try:
+                os.unlink(self._path)  # while still held, so no one can lock the old inode after us
+            except FileNotFoundError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -61,7 +61,7 @@ def test_second_trainer_on_a_locked_directory(tmp_path) -> None:
         if "step: 50" in line or "step: 100" in line:
             break
     second = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    out, err = first.communicate(timeout=300)
+    _, err = first.communicate(timeout=300)
     assert second.returncode == 75, second.stderr
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith(f"torchresume: error: {run} is in use by another training run (pid {first.pid} on ")
