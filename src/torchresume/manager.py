@@ -9,7 +9,6 @@ sub-trees, and an info block (epoch, step, global step, metrics, run config).
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -29,12 +28,13 @@ from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.state import rng
+from torchresume.state.registry import BUILTIN, StateRegistry
 from torchresume.state.stateful import Stateful
 from torchresume.state.train_state import RESERVED
 from torchresume.state.tree import map_tensors
-from torchresume.storage import Storage, is_remote, resolve, staging_dir
-from torchresume.storage.base import write_all
+from torchresume.storage import is_remote, resolve
 from torchresume.storage.local import LocalStorage, clean_stale_temps
+from torchresume.storage.staged import StagedRemote
 
 
 def unique_prefix(directory: str, prefix: str) -> str:
@@ -64,16 +64,6 @@ def prune(directory: str, keep: int) -> list[str]:
     return deleted
 
 
-def upload_file(local: str, storage: Storage, path: str) -> None:
-    """Stream a durably written local file to ``path`` on ``storage`` and commit it there."""
-    size = os.path.getsize(local)
-
-    def attempt() -> None:
-        with open(local, "rb") as f:
-            write_all(storage, path, iter(lambda: f.read(16 << 20), b""), size_hint=size)
-    storage.retrying(f"upload of {path}", attempt)
-
-
 def snapshot(tree: Any) -> Any:
     """A CPU copy of every tensor: what a background writer may use while training goes on."""
     return map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
@@ -88,11 +78,19 @@ class CheckpointManager:
                  extra: dict[str, Stateful] | None = None, prefix: str = "ckpt",
                  keep: Sequence[RetentionPolicy] | int | None = 5, async_save: bool = False,
                  enc_key: bytes | None = None, enc_mode: str = "AES-GCM",
-                 saved_network: nn.Module | None = None) -> None:
+                 saved_network: nn.Module | None = None,
+                 stateful: dict[str, Stateful] | None = None) -> None:
         self.directory = str(directory)
         self.storage, self._where = resolve(self.directory)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.sampler, self.scaler, self.extra = sampler, scaler, dict(extra or {})
+        self.sampler, self.scaler = sampler, scaler
+        self.state = StateRegistry()
+        for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler),
+                          ("sampler", sampler)):
+            if obj is not None:
+                self.state.register(name, obj)
+        for name, obj in {**(extra or {}), **(stateful or {})}.items():
+            self.register(name, obj)
         self.saved_network = saved_network
         self.prefix = prefix
         self.policies: list[RetentionPolicy] = (
@@ -101,13 +99,25 @@ class CheckpointManager:
         self._writer = AsyncWriter() if async_save else None
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
-        self.staging = staging_dir(self.directory) if is_remote(self.directory) else None
-        self._uploader = AsyncWriter("torchresume-upload") if self.staging else None
-        self._last_uploaded: str | None = None
+        self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
+        self.staging = self.remote.staging if self.remote is not None else None
         self._lock: run_lock.RunLock | None = None
-        for local_dir in (self._where if isinstance(self.storage, LocalStorage) else None, self.staging):
-            if local_dir:
-                clean_stale_temps(local_dir)
+        if isinstance(self.storage, LocalStorage):
+            clean_stale_temps(self._where)
+
+    def register(self, name: str, obj: Any) -> None:
+        """Checkpoint ``obj`` (a Stateful) under ``name`` beside the model and optimizer.
+
+        Its state is saved under ``extra.<name>`` and restored by restore()/restore_latest().
+        """
+        if name in BUILTIN:
+            raise ValueError(f"state name {name!r} is reserved for torchresume's own entries {BUILTIN}")
+        self.state.register(name, obj)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The user-registered Stateful objects, by name."""
+        return {e.name: e.obj for e in self.state if e.name not in BUILTIN}
 
     # -- the run lock ---------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -135,18 +145,17 @@ class CheckpointManager:
         if clash:
             raise ValueError(f"model state names {clash[:3]} start with a reserved word "
                              f"{RESERVED}; rename the submodule")
-        parts: dict[str, Any] = {
-            "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
-        for key, obj in parts.items():
-            if obj is not None:
-                tree[key] = obj.state_dict()
-        if sampler_state is not None or self.sampler is not None:
-            tree["sampler"] = sampler_state if sampler_state is not None else self.sampler.state_dict()  # type: ignore[union-attr]
+        for entry in self.state:
+            state = entry.obj.state_dict()
+            if entry.name in BUILTIN:
+                tree[entry.name] = state
+            else:
+                tree.setdefault("extra", {})[entry.name] = state
+        if sampler_state is not None:
+            tree["sampler"] = sampler_state
         tree["rng"] = rng_state if rng_state is not None else rng.capture()
         if callbacks:
             tree["callbacks"] = callbacks
-        if self.extra:
-            tree["extra"] = {k: v.state_dict() for k, v in self.extra.items()}
         return tree
 
     def save(self, epoch: int, step: int, global_step: int | None = None, *,
@@ -155,9 +164,10 @@ class CheckpointManager:
              rng_state: dict[str, Any] | None = None,
              sampler_state: dict[str, Any] | None = None) -> str:
         """Write a checkpoint of the current state; retention runs after it is committed."""
-        for writer in (self._writer, self._uploader):
-            if writer is not None:
-                writer.raise_if_failed()
+        if self._writer is not None:
+            self._writer.raise_if_failed()
+        if self.remote is not None:
+            self.remote.raise_if_failed()
         if self._lock is None:
             self.acquire_lock()
         else:
@@ -180,21 +190,13 @@ class CheckpointManager:
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str) -> None:
         encoded = encode_state(kind, tree, info=info, append=append)
-        if self.staging is None or self._uploader is None:
+        if self.remote is None:
             write_encoded(encoded, path, self.enc_key)
             self.apply_retention(protect=path)
             return
-        local = os.path.join(self.staging, path.rsplit("/", 1)[-1])
+        local = self.remote.local_path(path)
         write_encoded(encoded, local, self.enc_key)
-        self._uploader.submit(lambda: self._upload(local, path), path)
-
-    def _upload(self, local: str, path: str) -> None:
-        upload_file(local, self.storage, path)
-        self.apply_retention(protect=path)
-        # Only files already uploaded may go; the newest uploaded one stays as a local cache.
-        if self._last_uploaded and self._last_uploaded != local and os.path.exists(self._last_uploaded):
-            os.unlink(self._last_uploaded)
-        self._last_uploaded = local
+        self.remote.upload(local, path, after=lambda: self.apply_retention(protect=path))
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""
@@ -219,14 +221,15 @@ class CheckpointManager:
         """
         if self._writer is not None:
             self._writer.wait(timeout)
-        if self._uploader is not None:
-            self._uploader.wait(timeout)
+        if self.remote is not None:
+            self.remote.wait(timeout)
 
     def close(self) -> None:
         try:
-            for writer in (self._writer, self._uploader):
-                if writer is not None:
-                    writer.close()
+            if self._writer is not None:
+                self._writer.close()
+            if self.remote is not None:
+                self.remote.close()
         finally:
             self.release_lock()
 
@@ -248,7 +251,7 @@ class CheckpointManager:
 
     def upload_pending(self) -> list[str]:
         """Queue uploads of staged checkpoints the remote lacks (a kill came before their upload)."""
-        if not self.staging or self._uploader is None:
+        if self.remote is None or self.staging is None:
             return []
         uploaded = {e.name for e in self.checkpoints(all_prefixes=True)}
         queued = []
@@ -257,7 +260,7 @@ class CheckpointManager:
                 remote = self.storage.join(self.directory, entry.name)
                 print(f"torchresume: uploading {remote}, saved locally before the last run stopped",
                       flush=True)
-                self._uploader.submit(lambda e=entry, r=remote: self._upload(e.path, r), remote)  # type: ignore[misc]
+                self.remote.upload(entry.path, remote, after=lambda r=remote: self.apply_retention(protect=r))  # type: ignore[misc]
                 queued.append(remote)
         return queued
 
@@ -290,15 +293,14 @@ class CheckpointManager:
             if missing or unexpected:
                 raise StateMismatchError(f"{path}: does not fit the model: missing "
                                          f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+        extra = tree.get("extra", {}) if isinstance(tree.get("extra"), dict) else {}
         lacking = []
-        for key in ("optimizer", "scheduler", "scaler", "sampler"):
-            obj = getattr(self, key)
-            if obj is None:
-                continue
-            if key in tree:
-                obj.load_state_dict(tree[key])
+        for entry in self.state:  # built-in entries at the top level, the user's under extra
+            source = tree if entry.name in BUILTIN else extra
+            if entry.name in source:
+                entry.obj.load_state_dict(source[entry.name])
             else:
-                lacking.append(key)
+                lacking.append(entry.name if entry.name in BUILTIN else f"extra.{entry.name}")
         if restore_rng and "rng" in tree:
             rng.restore(tree["rng"])
         elif restore_rng:
@@ -307,11 +309,6 @@ class CheckpointManager:
             state = tree.get("callbacks", {}).get(name)
             if state is not None:
                 obj.load_state_dict(state)
-        for name, obj in self.extra.items():
-            if name in tree.get("extra", {}):
-                obj.load_state_dict(tree["extra"][name])
-            else:
-                lacking.append(f"extra.{name}")
         info = dict(ckpt.info)
         info["lacking"] = lacking
         if lacking:
