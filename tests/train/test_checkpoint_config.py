@@ -68,3 +68,13 @@ def test_model_checkpoint_arguments() -> None:
         ModelCheckpoint(prefix="a/b")
     with pytest.raises(TypeError, match="config must be a CheckpointConfig, got dict"):
         ModelCheckpoint(config={})  # type: ignore[arg-type]
+
+
+def test_parallel_only_options_are_refused() -> None:
+    import pytest
+
+    from torchresume import CheckpointConfig, CheckpointConfigError
+    for kwargs in ({"integrated_save": False}, {"remove_redundancy": True}):
+        with pytest.raises(CheckpointConfigError, match="a single-process checkpoint is always whole"):
+            CheckpointConfig(**kwargs)
+    assert CheckpointConfig(integrated_save=True, remove_redundancy=False).save_checkpoint_steps == 1

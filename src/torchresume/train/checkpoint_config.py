@@ -57,6 +57,8 @@ class CheckpointConfig:
       ``keep_checkpoint_max`` > 0 wins over ``keep_checkpoint_per_n_minutes``;
       if both keep values are 0, one checkpoint is kept.
     - All four being 0/None is an error.
+    - ``integrated_save`` and ``remove_redundancy`` are accepted for MindSpore
+      compatibility at their defaults only (a single-process checkpoint is whole).
     - ``monitor`` / ``mode`` / ``keep_best_max``: also keep the best checkpoints
       by a validation metric (``Model.fit``), as ``{prefix}-best-{epoch}_{step}.ckpt``.
     """
@@ -89,6 +91,10 @@ class CheckpointConfig:
                            ("remove_redundancy", remove_redundancy)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+        if not integrated_save or remove_redundancy:
+            raise CheckpointConfigError(
+                "integrated_save=False and remove_redundancy=True shape checkpoints of parallel "
+                "training; a single-process checkpoint is always whole. Leave them at their defaults")
         if saved_network is not None and not isinstance(saved_network, nn.Module):
             raise TypeError(f"saved_network must be an nn.Module, got {type(saved_network).__name__}")
         if format not in ("ckpt", "safetensors"):
@@ -105,13 +111,13 @@ class CheckpointConfig:
         self.save_checkpoint_seconds = seconds
         self.keep_checkpoint_max = keep_max
         self.keep_checkpoint_per_n_minutes = per_minutes
-        self.integrated_save, self.async_save = integrated_save, async_save
+        self.async_save = async_save
         self.saved_network = saved_network
         self.append_names, self.append_dict = _check_append_info(append_info)
         self.append_info = append_info
         self.enc_key, self.enc_mode = enc_key, enc_mode
         self.exception_save, self.crc_check = exception_save, crc_check
-        self.remove_redundancy, self.format = remove_redundancy, format
+        self.format = format
         self.monitor, self.mode, self.keep_best_max = monitor, mode, keep_best_max
 
     def __repr__(self) -> str:
