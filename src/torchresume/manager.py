@@ -9,7 +9,6 @@ sub-trees, and an info block (epoch, step, global step, metrics, run config).
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -19,14 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchresume import catalog, run_lock
+from torchresume import catalog, run_lock, signals
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import CorruptCheckpointError, StateMismatchError, TorchResumeError
+from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, StateMismatchError, TorchResumeError
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.retention import KeepLast, RetentionPolicy
+from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state import rng
 from torchresume.state.registry import BUILTIN, StateRegistry
 from torchresume.state.stateful import Stateful
@@ -327,25 +327,33 @@ class CheckpointManager:
         info["path"] = entry.path
         return info
 
-    # -- custom loops ---------------------------------------------------------------------
+    # -- breakpoints and custom loops -----------------------------------------------------
+    def save_breakpoint(self, epoch: int, step: int, global_step: int | None = None, *,
+                        reason: BaseException, **state: Any) -> str:
+        """The one breakpoint path: save ``{prefix}-{epoch}_{step}_breakpoint.ckpt``, wait, say so.
+
+        Used by guard(), ModelCheckpoint(exception_save=True) and save_on_exception; the
+        caller re-raises ``reason``.
+        """
+        path = self.save(epoch, step, global_step, breakpoint=True, **state)
+        self.wait()
+        print(f"torchresume: {type(reason).__name__} at epoch {epoch} step {step}; breakpoint saved to "
+              f"{path}", file=sys.stderr, flush=True)
+        return path
+
     @contextmanager
-    def guard(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-              ) -> Iterator[Guard]:
+    def guard(self, signals: Sequence[int] = STOP_SIGNALS) -> Iterator[Guard]:
         """Save a breakpoint when the body raises, or a checkpoint when a stop signal arrives."""
         g = Guard(self, signals)
-        g.install()
         try:
-            yield g
+            with g.stop:
+                yield g
         except BaseException as exc:
-            if not isinstance(exc, SystemExit) and g.position is not None:
+            if not isinstance(exc, (SystemExit, CheckpointWriteError)) and g.position is not None:
                 epoch, step, global_step = g.position
-                path = self.save(epoch, step, global_step, breakpoint=True)
-                self.wait()
-                print(f"torchresume: {type(exc).__name__} at epoch {epoch} step {step}; "
-                      f"breakpoint saved to {path}", file=sys.stderr)
+                self.save_breakpoint(epoch, step, global_step, reason=exc)
             raise
         finally:
-            g.uninstall()
             self.wait()
 
 
@@ -353,32 +361,22 @@ class Guard:
     """Tracks the last completed step of a custom loop and turns stop signals into saves."""
 
     def __init__(self, manager: CheckpointManager, signals: Sequence[int]) -> None:
-        self.manager, self.signals = manager, tuple(signals)
+        self.manager = manager
+        self.stop = StopSignals(signals)
         self.position: tuple[int, int, int] | None = None
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
-        self.received = signum
+    @property
+    def received(self) -> int | None:
+        return self.stop.received
 
     def step_done(self, epoch: int, step: int, global_step: int | None = None) -> None:
         """Call after each completed step; saves and exits (128 + signal) if asked to stop."""
         self.position = (epoch, step, global_step if global_step is not None else step)
-        if self.received is not None:
+        if self.stop.received is not None:
             path = self.manager.save(epoch, step, self.position[2])
             self.manager.wait()
-            print(f"torchresume: signal {self.received}: saved {path}, exiting", file=sys.stderr)
-            raise SystemExit(128 + self.received)
+            print(f"torchresume: {signals.name(self.stop.received)}: saved {path}, exiting", file=sys.stderr)
+            raise SystemExit(signals.exit_code(self.stop.received))
 
 
 __all__ = ["CheckpointManager", "Guard", "unique_prefix"]

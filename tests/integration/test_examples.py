@@ -20,7 +20,7 @@ def test_seed000_crash_then_resume(tmp_path) -> None:
     script = str(ROOT / "examples" / "seed000_resume.py")
     first = _run([script, "--fail-at-epoch", "4"], tmp_path)
     assert first.returncode != 0 and "simulated failure in epoch 4" in first.stderr
-    assert "====>Exception occurred on epoch 4; breakpoint saved to" in first.stderr
+    assert "torchresume: RuntimeError at epoch 4 step 0; breakpoint saved to" in first.stderr
     assert "epoch: 3, loss:" in first.stdout
     assert (tmp_path / "seed000-ckpt" / "net-4_0_breakpoint.ckpt").exists()
     second = _run([script], tmp_path)

@@ -9,7 +9,6 @@ RNG state, named ``{prefix}-{epoch}_{step}_breakpoint.ckpt``, then re-raises.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,12 +28,9 @@ def save_on_exception(manager: CheckpointManager, *, epoch_arg: str = "epoch",
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return func(*args, **kwargs)
-            except BaseException:
+            except BaseException as exc:
                 epoch, step = int(kwargs.get(epoch_arg, 0)), int(kwargs.get(step_arg, 0))
-                path = manager.save(epoch, step, breakpoint=True)
-                manager.wait()
-                print(f"====>Exception occurred on epoch {epoch}; breakpoint saved to {path}",
-                      file=sys.stderr, flush=True)
+                manager.save_breakpoint(epoch, step, reason=exc)
                 raise
         return wrapper  # type: ignore[return-value]
     return decorate

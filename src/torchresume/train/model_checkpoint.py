@@ -139,16 +139,13 @@ class ModelCheckpoint(Callback):
             return
         try:
             if self.config.exception_save and not isinstance(exc, (SystemExit, CheckpointWriteError)):
-                path = self.save(ctx, breakpoint=True)
-                self.manager.wait()
-                print(f"torchresume: {type(exc).__name__} during epoch {ctx.epoch}; breakpoint "
-                      f"saved to {path}", flush=True)
+                self.save(ctx, breakpoint=True, reason=exc)
         finally:
             self.manager.release_lock()
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, ctx: RunContext, *, breakpoint: bool = False,
-             manager: CheckpointManager | None = None) -> str:
+             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> str:
         manager = manager or self.manager
         assert manager is not None, "save() before on_train_begin()"
         cfg = self.config
@@ -160,9 +157,12 @@ class ModelCheckpoint(Callback):
             self._last_saved_step = ctx.global_step
             self._last_save_time = time.monotonic()
         parts = ctx.model.training_state(ctx)
-        path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint,
-                            info=parts["info"], append=append, callbacks=parts["callbacks"],
-                            rng_state=parts["rng"], sampler_state=parts["sampler"])
+        state: dict[str, Any] = dict(info=parts["info"], append=append, callbacks=parts["callbacks"],
+                                     rng_state=parts["rng"], sampler_state=parts["sampler"])
+        if reason is not None:
+            path = manager.save_breakpoint(ctx.epoch, step, ctx.global_step, reason=reason, **state)
+        else:
+            path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint, **state)
         if manager is self.manager:
             self.latest_ckpt_file_name = path
         return path
