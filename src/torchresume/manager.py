@@ -21,16 +21,14 @@ from torch import nn
 from torchresume import catalog, run_lock, signals
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, StateMismatchError, TorchResumeError
+from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, TorchResumeError
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.signals import STOP_SIGNALS, StopSignals
-from torchresume.state import rng
-from torchresume.state.registry import BUILTIN, StateRegistry
+from torchresume.state.registry import BUILTIN, StateRegistry, capture_tree, restore_tree
 from torchresume.state.stateful import Stateful
-from torchresume.state.train_state import RESERVED
 from torchresume.state.tree import map_tensors
 from torchresume.storage import is_remote, resolve
 from torchresume.storage.local import LocalStorage, clean_stale_temps
@@ -140,23 +138,8 @@ class CheckpointManager:
         """The training state as one tree (tensors still shared with the live objects)."""
         if self.saved_network is not None:
             return dict(self.saved_network.state_dict())
-        tree: dict[str, Any] = dict(self.model.state_dict()) if self.model is not None else {}
-        clash = [k for k in tree if k.split(".", 1)[0] in RESERVED]
-        if clash:
-            raise ValueError(f"model state names {clash[:3]} start with a reserved word "
-                             f"{RESERVED}; rename the submodule")
-        for entry in self.state:
-            state = entry.obj.state_dict()
-            if entry.name in BUILTIN:
-                tree[entry.name] = state
-            else:
-                tree.setdefault("extra", {})[entry.name] = state
-        if sampler_state is not None:
-            tree["sampler"] = sampler_state
-        tree["rng"] = rng_state if rng_state is not None else rng.capture()
-        if callbacks:
-            tree["callbacks"] = callbacks
-        return tree
+        return capture_tree(self.model, self.state, callbacks=callbacks, rng_state=rng_state,
+                            sampler_state=sampler_state)
 
     def save(self, epoch: int, step: int, global_step: int | None = None, *,
              breakpoint: bool = False, info: dict[str, Any] | None = None,
@@ -286,29 +269,8 @@ class CheckpointManager:
         """
         if ckpt is None:
             ckpt = read_checkpoint(path, dec_key=self.enc_key)
-        tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
-        model_state = {k: v for k, v in tree.items() if k.split(".", 1)[0] not in RESERVED}
-        if self.model is not None:
-            missing, unexpected = self.model.load_state_dict(model_state, strict=False)
-            if missing or unexpected:
-                raise StateMismatchError(f"{path}: does not fit the model: missing "
-                                         f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
-        extra = tree.get("extra", {}) if isinstance(tree.get("extra"), dict) else {}
-        lacking = []
-        for entry in self.state:  # built-in entries at the top level, the user's under extra
-            source = tree if entry.name in BUILTIN else extra
-            if entry.name in source:
-                entry.obj.load_state_dict(source[entry.name])
-            else:
-                lacking.append(entry.name if entry.name in BUILTIN else f"extra.{entry.name}")
-        if restore_rng and "rng" in tree:
-            rng.restore(tree["rng"])
-        elif restore_rng:
-            lacking.append("rng")
-        for name, obj in (callbacks or {}).items():
-            state = tree.get("callbacks", {}).get(name)
-            if state is not None:
-                obj.load_state_dict(state)
+        lacking = restore_tree(ckpt.tree, path, self.model, self.state, callbacks=callbacks,
+                               restore_rng=restore_rng)
         info = dict(ckpt.info)
         info["lacking"] = lacking
         if lacking:

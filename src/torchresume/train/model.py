@@ -8,9 +8,7 @@ and what ``resume`` restores, so a restarted run continues at the next batch.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -18,10 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchresume import signals
+from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state import rng
+from torchresume.state.registry import StateRegistry
 from torchresume.train.callback import Callback, CallbackList, RunContext
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 _METRICS = {"acc", "accuracy", "loss"}
 
 
@@ -111,7 +111,7 @@ class Model:
         if needs_rng:
             ctx.step_rng = rng.capture_torch()
         self.network.train()
-        with _SignalCatcher(ctx, handle_signals):
+        with _signal_catcher(ctx, handle_signals):
             try:
                 cbs.call("on_train_begin", ctx)  # may restore state too (BackupAndRestore)
                 for epoch_index in range(ctx.start_epoch, epochs):
@@ -174,9 +174,9 @@ class Model:
                 saved.append(cb.save_if_unsaved(ctx))
                 _wait_bounded(cb.manager)
         where = f"; checkpoint {saved[-1]}" if saved else " (no ModelCheckpoint: nothing saved)"
-        print(f"torchresume: {signal.Signals(sig).name} at epoch {ctx.epoch} step {ctx.step}"
-              f"{where}; exiting with {128 + sig}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + sig)
+        print(f"torchresume: {signals.name(sig)} at epoch {ctx.epoch} step {ctx.step}"
+              f"{where}; exiting with {signals.exit_code(sig)}", file=sys.stderr, flush=True)
+        raise SystemExit(signals.exit_code(sig))
 
     # -- state ----------------------------------------------------------------------------
     def training_state(self, ctx: RunContext) -> dict[str, Any]:
@@ -195,18 +195,24 @@ class Model:
 
     def save_state(self, path: str, ctx: RunContext, *, epoch_end_done: bool = False) -> None:
         """Write this run's full state to ``path`` (a fixed name; for backup-style callbacks)."""
-        from torchresume.files import encode_state, write_encoded
-        from torchresume.manager import CheckpointManager
+        from torchresume.files import write_checkpoint
+        from torchresume.state.registry import capture_tree
         parts = self.training_state(ctx)
-        manager = CheckpointManager(".", model=self.network, optimizer=self.optimizer,
-                                    scheduler=self.scheduler, keep=None)
-        tree = manager.capture(callbacks=parts["callbacks"], rng_state=parts["rng"],
-                               sampler_state=parts["sampler"])
+        tree = capture_tree(self.network, self.state_registry(), callbacks=parts["callbacks"],
+                            rng_state=parts["rng"], sampler_state=parts["sampler"])
         if epoch_end_done and tree.get("sampler"):
             tree["sampler"].update(epoch=ctx.epoch, consumed=0)
         info = {"epoch": ctx.epoch, "step": ctx.step, "global_step": ctx.global_step,
                 "epoch_end_done": epoch_end_done, **parts["info"]}
-        write_encoded(encode_state("train_state", tree, info=info), path, None)
+        write_checkpoint(path, "train_state", tree, info=info)
+
+    def state_registry(self, sampler: Any = None) -> StateRegistry:
+        """The run's Stateful entries beside the weights: optimizer, scheduler, data position."""
+        registry = StateRegistry()
+        for name, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("sampler", sampler)):
+            if obj is not None:
+                registry.register(name, obj)
+        return registry
 
     def _resume(self, resume: str, cbs: CallbackList, ctx: RunContext) -> None:
         from torchresume.manager import CheckpointManager
@@ -228,11 +234,17 @@ class Model:
 
     def restore(self, path: str, ctx: RunContext, ckpt: Any = None) -> None:
         """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position."""
-        from torchresume.manager import CheckpointManager
+        from torchresume.files import read_checkpoint
+        from torchresume.state.registry import restore_tree
         sampler = ctx.dataset if hasattr(ctx.dataset, "load_state_dict") else None
-        manager = CheckpointManager(".", model=self.network, optimizer=self.optimizer,
-                                    scheduler=self.scheduler, sampler=sampler, keep=None)
-        info = manager.restore(path, callbacks=self._callbacks.stateful(), ckpt=ckpt)
+        if ckpt is None:
+            ckpt = read_checkpoint(path)
+        lacking = restore_tree(ckpt.tree, path, self.network, self.state_registry(sampler),
+                               callbacks=self._callbacks.stateful())
+        info = {**ckpt.info, "lacking": lacking}
+        if lacking:
+            print(f"torchresume: {path} holds no {', '.join(lacking)} state (weights-only "
+                  "checkpoint?); those start fresh", file=sys.stderr)
         ctx.resumed_from = path
         ctx.resumed_prefix = info.get("prefix")
         steps = info.get("steps_per_epoch") or ctx.steps_per_epoch
@@ -355,27 +367,10 @@ def _iterate_eval(dataset: Any) -> Iterable[Any]:
     return ordered() if ordered is not None else dataset
 
 
-class _SignalCatcher:
-    """Turns SIGTERM/SIGINT/SIGUSR1 into a stop at the next step boundary."""
-
-    def __init__(self, ctx: RunContext, enabled: bool) -> None:
-        self.ctx = ctx
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.ctx.stop_signal == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: abort now
-        self.ctx.stop_signal = signum
-        print(f"\ntorchresume: {signal.Signals(signum).name} received; stopping after this step "
+def _signal_catcher(ctx: RunContext, enabled: bool) -> StopSignals:
+    """Turns SIGTERM/SIGINT/SIGUSR1 into ``ctx.stop_signal``: a stop at the next step boundary."""
+    def on_signal(signum: int) -> None:
+        ctx.stop_signal = signum
+        print(f"\ntorchresume: {signals.name(signum)} received; stopping after this step "
               "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> _SignalCatcher:
-        if self.enabled:
-            for sig in STOP_SIGNALS:
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    return StopSignals(STOP_SIGNALS, enabled=enabled, on_signal=on_signal)

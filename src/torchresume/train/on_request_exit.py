@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
 
+from torchresume.signals import StopSignals
 from torchresume.train.callback import Callback, RunContext
 
 
@@ -22,19 +22,16 @@ class OnRequestExit(Callback):
         self.save_ckpt, self.sig = save_ckpt, sig
         self.path = os.path.join(directory, f"{file_name}.ckpt")
         self.directory = directory
-        self._requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self._requested = True
+        self._stop = StopSignals((sig,))
 
     def on_train_begin(self, ctx: RunContext) -> None:
-        self._previous = signal.signal(self.sig, self._handle)
+        self._stop.received = None
+        self._stop.install()
         if os.path.exists(self.path) and not ctx.resumed_from:
             ctx.model.restore(self.path, ctx)
 
     def on_train_step_end(self, ctx: RunContext) -> None:
-        if not self._requested:
+        if self._stop.received is None:
             return
         if self.save_ckpt:
             os.makedirs(self.directory, exist_ok=True)
@@ -43,6 +40,4 @@ class OnRequestExit(Callback):
         ctx.request_stop()
 
     def on_train_end(self, ctx: RunContext) -> None:
-        if self._previous is not None:
-            signal.signal(self.sig, self._previous)
-            self._previous = None
+        self._stop.uninstall()
