@@ -48,10 +48,13 @@ _HARNESS = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _HARNESS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'torchresume' has no attribute {name!r}")
     import importlib
+    module = _HARNESS.get(name)
+    if module is None:  # a submodule not imported yet (torchresume.inspection, ...)
+        try:
+            return importlib.import_module(f"torchresume.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'torchresume' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -69,8 +69,8 @@ class AsyncWriter:
         try:
             self.wait()
         except AsyncSaveError as exc:
-            import sys
-            print(f"torchresume: {exc}", file=sys.stderr)
+            from torchresume.log import log
+            log.warning("%s", exc)
 
 
 def _raise(f: Future[object]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from torchresume.log import log
 from torchresume.train.callback import Callback, RunContext
 
 
@@ -57,8 +58,8 @@ class EarlyStopping(Callback):
         if self.wait > self.patience:
             self.stopped_epoch = ctx.epoch
             ctx.request_stop()
-            print(f"EarlyStopping: {self.monitor} did not improve for {self.wait} epochs; "
-                  f"stopping at epoch {ctx.epoch}", flush=True)
+            log.info("EarlyStopping: %s did not improve for %d epochs; stopping at epoch %d",
+                     self.monitor, self.wait, ctx.epoch)
             if self.restore_best_weights and self._best_weights is not None:
                 _load(ctx.network, self._best_weights)
 

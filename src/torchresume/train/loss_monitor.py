@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from torchresume.log import monitor
 from torchresume.train.callback import Callback, RunContext
 
 
@@ -20,4 +21,4 @@ class LossMonitor(Callback):
         if not math.isfinite(loss):
             raise ValueError(f"loss is {loss} at epoch {ctx.epoch} step {ctx.step}: training "
                              "diverged; lower the learning rate or check the data")
-        print(f"epoch: {ctx.epoch} step: {ctx.step}, loss is {loss:.6f}", flush=True)
+        monitor.info("epoch: %d step: %d, loss is %.6f", ctx.epoch, ctx.step, loss)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
+from torchresume.log import log
 from torchresume.signals import StopSignals
 from torchresume.train.callback import Callback, RunContext
 
@@ -36,7 +37,7 @@ class OnRequestExit(Callback):
         if self.save_ckpt:
             os.makedirs(self.directory, exist_ok=True)
             ctx.model.save_state(self.path, ctx)
-            print(f"OnRequestExit: signal {self.sig}: saved {self.path}; stopping", flush=True)
+            log.info("OnRequestExit: signal %s: saved %s; stopping", self.sig, self.path)
         ctx.request_stop()
 
     def on_train_end(self, ctx: RunContext) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from torchresume.log import monitor
 from torchresume.train.callback import Callback, RunContext
 
 
@@ -23,5 +24,4 @@ class TimeMonitor(Callback):
         elapsed = time.perf_counter() - self._start
         steps = max(1, (self.data_size or ctx.step) - self._first_step)
         self.epoch_times.append(elapsed)
-        print(f"epoch {ctx.epoch} time: {elapsed:.3f} s, per step time: {1000 * elapsed / steps:.3f} ms",
-              flush=True)
+        monitor.info("epoch %d time: %.3f s, per step time: %.3f ms", ctx.epoch, elapsed, 1000 * elapsed / steps)
