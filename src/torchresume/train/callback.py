@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torchresume.train.model import Model
 
 HOOKS = ("on_train_begin", "on_train_end", "on_train_epoch_begin", "on_train_epoch_end",
          "on_train_step_begin", "on_train_step_end", "on_eval_begin", "on_eval_end")
@@ -25,7 +28,7 @@ class RunContext:
     ``global_step`` counts completed steps of the run.
     """
 
-    model: Any
+    model: Model
     network: nn.Module
     optimizer: torch.optim.Optimizer | None
     epoch_num: int = 0
