@@ -91,3 +91,19 @@ def test_manager_guard_saves_on_signal_and_exception(tmp_path) -> None:
     mgr2 = CheckpointManager(str(tmp_path), model=fresh.network, optimizer=fresh.optimizer, prefix="run")
     info = mgr2.restore_latest()
     assert info is not None and info["breakpoint"] and info["epoch"] == 2
+
+
+def test_resume_takes_a_directory_or_a_manager(tmp_path) -> None:
+    """Model.train(resume=...) needs no ModelCheckpoint to find a run: a directory or a manager will do."""
+    import torchresume as tr
+    from tests.train.helpers import toy_data, toy_model
+    directory = str(tmp_path / "run")
+    model = toy_model()
+    model.train(1, toy_data(), callbacks=[tr.ModelCheckpoint("toy", directory,
+                                                             tr.CheckpointConfig(save_checkpoint_steps=2))])
+    for resume in (directory, tr.CheckpointManager(directory, keep=None)):
+        again = toy_model(lr=0.5)
+        summary = again.train(1, toy_data(), resume=resume)
+        assert summary["already_finished"] and summary["resumed_from"].endswith("toy-1_8.ckpt")
+        for a, b in zip(model.network.parameters(), again.network.parameters(), strict=True):
+            assert torch.equal(a, b)

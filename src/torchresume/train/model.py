@@ -11,10 +11,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torchresume.manager import CheckpointManager
 
 from torchresume import signals
 from torchresume.signals import STOP_SIGNALS, StopSignals
@@ -58,13 +61,14 @@ class Model:
     # -- training -------------------------------------------------------------------------
     def train(self, epoch: int, train_dataset: Any, callbacks: Sequence[Callback] | Callback | None = None,
               dataset_sink_mode: bool = False, sink_size: int = -1, initial_epoch: int = 0, *,
-              resume: str | None = None, handle_signals: bool = True,
+              resume: str | CheckpointManager | None = None, handle_signals: bool = True,
               config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train for ``epoch`` epochs (counting from 0, or ``initial_epoch``).
 
-        ``resume``: None/"none" starts fresh; "auto" restores the newest valid
-        checkpoint in the ModelCheckpoint directory, if any; a path restores that
-        file. Returns a summary: {"resumed_from", "global_step", "finished", ...}.
+        ``resume``: None/"none" starts fresh; a directory or URL of checkpoints, or a
+        CheckpointManager, restores the newest valid one there (if any); a checkpoint
+        path restores that one; "auto" means the ModelCheckpoint callback's directory.
+        Returns a summary: {"resumed_from", "global_step", "finished", ...}.
         """
         return self._run(epoch, train_dataset, None, 1, callbacks, initial_epoch, resume,
                          handle_signals, config or {})
@@ -72,7 +76,7 @@ class Model:
     def fit(self, epoch: int, train_dataset: Any, valid_dataset: Any = None, valid_frequency: int = 1,
             callbacks: Sequence[Callback] | Callback | None = None, dataset_sink_mode: bool = False,
             valid_dataset_sink_mode: bool = False, initial_epoch: int = 0, *,
-            resume: str | None = None, handle_signals: bool = True,
+            resume: str | CheckpointManager | None = None, handle_signals: bool = True,
             config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train, evaluating ``valid_dataset`` every ``valid_frequency`` epochs."""
         if not isinstance(valid_frequency, int) or valid_frequency < 1:
@@ -87,7 +91,8 @@ class Model:
 
     def _run(self, epochs: int, dataset: Any, valid: Any, valid_frequency: int,
              callbacks: Sequence[Callback] | Callback | None, initial_epoch: int,
-             resume: str | None, handle_signals: bool, config: dict[str, Any]) -> dict[str, Any]:
+             resume: str | CheckpointManager | None, handle_signals: bool,
+             config: dict[str, Any]) -> dict[str, Any]:
         self._check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
@@ -214,23 +219,26 @@ class Model:
                 registry.register(name, obj)
         return registry
 
-    def _resume(self, resume: str, cbs: CallbackList, ctx: RunContext) -> None:
+    def _resume(self, resume: str | CheckpointManager, cbs: CallbackList, ctx: RunContext) -> None:
+        """Restore from ``resume``: "auto", a checkpoint directory or URL, a manager, or one checkpoint."""
         from torchresume.manager import CheckpointManager
         from torchresume.train.model_checkpoint import ModelCheckpoint
-        ckpt_cbs = cbs.find(ModelCheckpoint)
         if resume == "auto":
+            ckpt_cbs = cbs.find(ModelCheckpoint)
             if not ckpt_cbs:
                 raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
-                                 "checkpoints live; pass resume=<path> instead")
-            finder = CheckpointManager(ckpt_cbs[0].directory, keep=None)
-            finder.upload_pending()  # a kill may have come between a local save and its upload
-            finder.wait()
-            found = finder.newest_readable()
-            if found is None:
-                return
-            self.restore(found[0].path, ctx, ckpt=found[1])
-        else:
+                                 "checkpoints live; pass resume=<directory or checkpoint> instead")
+            resume = ckpt_cbs[0].directory
+        if isinstance(resume, str) and _is_checkpoint_directory_of_runs(resume):
+            resume = CheckpointManager(resume, keep=None)
+        if not isinstance(resume, CheckpointManager):
             self.restore(resume, ctx)
+            return
+        resume.upload_pending()  # a kill may have come between a local save and its upload
+        resume.wait()
+        found = resume.newest_readable()
+        if found is not None:
+            self.restore(found[0].path, ctx, ckpt=found[1])
 
     def restore(self, path: str, ctx: RunContext, ckpt: Any = None) -> None:
         """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position."""
@@ -360,6 +368,14 @@ def _remaining(dataset: Any, done: int) -> Iterable[Any]:
               file=sys.stderr)
         return itertools.islice(iter(dataset), done, None)
     return dataset
+
+
+def _is_checkpoint_directory_of_runs(path: str) -> bool:
+    """A directory that holds checkpoints (not itself a directory checkpoint)."""
+    from torchresume.files.directory import is_committed
+    from torchresume.storage import resolve
+    storage, where = resolve(path)
+    return storage.isdir(where) and not is_committed(path)
 
 
 def _iterate_eval(dataset: Any) -> Iterable[Any]:
