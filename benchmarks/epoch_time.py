@@ -19,8 +19,9 @@ import time
 import torch
 from torch import nn
 
-from torchresume.data import ArrayDataset, create_dataset, default_mnist_dir
-from torchresume.models import LeNet5
+from torchresume.app.mnist import create_dataset, default_mnist_dir
+from torchresume.app.models import LeNet5
+from torchresume.data import ArrayDataset
 from torchresume.train import Model
 
 

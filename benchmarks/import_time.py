@@ -38,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     sources = {"this checkout": HERE, **({"--src": args.src} if args.src else {})}
     own: dict[str, list[float]] = {k: [] for k in sources}
-    heavy = ("matplotlib", "torchresume.train", "torchresume.data", "torchresume.models", "torchresume.demo")
+    heavy = ("matplotlib", "torchresume.train", "torchresume.data", "torchresume.app", "torchresume.models",
+             "torchresume.demo")
     probe = f"import sys, torchresume; print(len([m for m in sys.modules if m.startswith({heavy!r})]))"
     for _ in range(args.runs):
         for k, src in sources.items():

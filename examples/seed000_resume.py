@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchresume import CheckpointManager, save_on_exception
-from torchresume.models import Network
+from torchresume.app.models import Network
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dir", default="seed000-ckpt")

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from torchresume import CheckpointConfig, LossMonitor, Model, ModelCheckpoint, load_checkpoint, load_param_into_net
-from torchresume.data import create_dataset, default_mnist_dir
-from torchresume.models import LeNet5
+from torchresume.app.mnist import create_dataset, default_mnist_dir
+from torchresume.app.models import LeNet5
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data_url", default=default_mnist_dir(), help="Location of data.")

@@ -55,5 +55,9 @@ class RunLockedError(TorchResumeError, RuntimeError):
     """Another live process is training into the same directory or URL."""
 
 
+class DataError(TorchResumeError, ValueError):
+    """The data set is missing or malformed."""
+
+
 class AsyncSaveError(TorchResumeError, RuntimeError):
     """A background save failed; raised on the next save or at close."""

@@ -18,7 +18,7 @@ from tests.storage.conftest import bucket, s3_server  # noqa: F401  (fixtures)
 from torchresume.catalog import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
-MNIST = ROOT / "data" / "mnist"
+MNIST = ROOT / "src" / "torchresume" / "app" / "mnist_data"
 
 
 def _env(staging: Path, cache: Path) -> dict[str, str]:
@@ -101,8 +101,8 @@ def test_copy_names_failed_files(tmp_path) -> None:
 
 
 def test_data_url_from_bucket_is_cached_once(bucket, tmp_path) -> None:  # noqa: F811
-    from torchresume.data import create_dataset
-    from torchresume.data.remote import cache_dir
+    from torchresume.app.mnist import create_dataset
+    from torchresume.app.mnist_download import cache_dir
     from torchresume.transfer import copy
     copy(str(MNIST), f"{bucket}/mn", progress=False)
     ds = create_dataset(f"{bucket}/mn", training=False)  # TORCHRESUME_CACHE is the test's tmp dir

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from torchresume.api import load_checkpoint
-from torchresume.data import create_dataset, default_mnist_dir
-from torchresume.models import MODELS
+from torchresume.app.mnist import create_dataset, default_mnist_dir
+from torchresume.app.models import MODELS
 from torchresume.state.rng import make_deterministic, seed_everything
 from torchresume.train import (
     CheckpointConfig,
@@ -127,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from torchresume.plots import prediction_grid
+    from torchresume.app.plots import prediction_grid
     model = _load_model(args)
     ds = create_dataset(args.data_url or default_mnist_dir(), False, args.batch_size,
                         resize=_resize(args.model), shuffle=False)
@@ -140,7 +140,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from torchresume.demo import run_demo
+    from torchresume.app.demo import run_demo
     run_demo(args.workdir, args.data_url or default_mnist_dir(), args.steps_per_epoch)
     return 0
 

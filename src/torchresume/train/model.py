@@ -228,7 +228,7 @@ class Model:
             if not ckpt_cbs:
                 raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
                                  "checkpoints live; pass resume=<directory or checkpoint> instead")
-            resume = ckpt_cbs[0].directory
+            resume = CheckpointManager(ckpt_cbs[0].directory, keep=None)  # may not exist yet
         if isinstance(resume, str) and _is_checkpoint_directory_of_runs(resume):
             resume = CheckpointManager(resume, keep=None)
         if not isinstance(resume, CheckpointManager):

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from torchresume.api import load_checkpoint, load_param_into_net
-from torchresume.data import create_dataset
-from torchresume.models import LeNet5
-from torchresume.plots import curves, prediction_grid
+from torchresume.app.mnist import create_dataset
+from torchresume.app.models import LeNet5
+from torchresume.app.plots import curves, prediction_grid
 from torchresume.state.rng import seed_everything
 from torchresume.train import CheckpointConfig, LambdaCallback, LossMonitor, Model, ModelCheckpoint, RunContext
 

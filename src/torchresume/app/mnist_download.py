@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-from torchresume.data.mnist import FILES, DataError
+from torchresume.app.mnist import FILES
+from torchresume.errors import DataError
 from torchresume.storage import LocalStorage, is_remote
 
-# The canonical files (data/mnist/README.md): gzip sizes and md5s, raw sizes.
+# The canonical files (app/mnist_data/README.md): gzip sizes and md5s, raw sizes.
 KNOWN_GZ = {
     "train-images-idx3-ubyte": (9912422, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
     "train-labels-idx1-ubyte": (28881, "d53e105ee54ea40749a09fcbcd1e9432"),

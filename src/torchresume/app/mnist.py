@@ -1,4 +1,5 @@
-"""Read MNIST's idx files (gzip or raw), checking magic numbers and sizes."""
+"""MNIST: read the idx files (gzip or raw, magic numbers and sizes checked) and the seed's
+preprocessing, done once and vectorised."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from torchresume.errors import TorchResumeError
+from torchresume.data.dataset import ArrayDataset
+from torchresume.errors import DataError
 
 FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -20,16 +24,12 @@ FILES = {
 _MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
 
-class DataError(TorchResumeError, ValueError):
-    """The data set is missing or malformed."""
-
-
 def default_mnist_dir() -> str:
-    """The MNIST copy shipped in the repository (data/mnist), or $TORCHRESUME_MNIST."""
+    """The MNIST copy shipped inside the package (app/mnist_data), or $TORCHRESUME_MNIST."""
     env = os.environ.get("TORCHRESUME_MNIST")
     if env:
         return env
-    return str(Path(__file__).resolve().parents[3] / "data" / "mnist")
+    return str(Path(__file__).resolve().parent / "mnist_data")
 
 
 def _find(directory: str, base: str) -> str:
@@ -75,3 +75,25 @@ def read_mnist(directory: str, split: str = "train") -> tuple[np.ndarray, np.nda
     if len(images) != len(labels):
         raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
     return images, labels
+
+
+MEAN, STD = 0.1307, 0.3081
+
+
+def preprocess(images: np.ndarray, resize: int = 32) -> torch.Tensor:
+    """uint8 [N,28,28] -> float32 [N,1,32,32]: bilinear resize, then (x/255 - mean) / std."""
+    x = torch.from_numpy(images.copy()).unsqueeze(1).float()
+    if resize != x.shape[-1]:
+        x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
+    return x.mul_(1.0 / (255.0 * STD)).add_(-MEAN / STD)
+
+
+def create_dataset(data_dir: str, training: bool = True, batch_size: int = 32, *,
+                   resize: int = 32, seed: int = 0, shuffle: bool | None = None,
+                   steps_per_epoch: int | None = None) -> ArrayDataset:
+    """The seed's create_dataset: resize, rescale/normalise, CHW, shuffle, batch, drop remainder."""
+    from torchresume.app.mnist_download import fetch_mnist
+    images, labels = read_mnist(fetch_mnist(data_dir), "train" if training else "test")
+    return ArrayDataset(preprocess(images, resize), torch.from_numpy(labels.astype(np.int64)),
+                        batch_size, shuffle=training if shuffle is None else shuffle, seed=seed,
+                        drop_remainder=True, steps_per_epoch=steps_per_epoch)
