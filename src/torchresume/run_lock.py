@@ -23,6 +23,7 @@ from typing import Any
 
 from torchresume.errors import RunLockedError
 from torchresume.storage import is_remote, resolve
+from torchresume.storage.local import pid_alive
 
 LOCK_NAME = ".torchresume.lock"
 STALE_S = 900.0
@@ -44,15 +45,7 @@ def _describe(doc: dict[str, Any]) -> str:
 
 
 def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and pid_alive(pid)
 
 
 class RunLock:

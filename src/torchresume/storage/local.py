@@ -223,7 +223,7 @@ def clean_stale_temps(directory: str) -> list[str]:
         return removed
     for name in names:
         m = _TEMP.match(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             path = os.path.join(directory, name)
             try:
                 os.unlink(path)
@@ -233,7 +233,8 @@ def clean_stale_temps(directory: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this machine still runs (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
