@@ -41,7 +41,10 @@ def is_transient(exc: BaseException) -> bool:
     """5xx, throttling, timeouts and dropped connections are worth another try."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return False
-    text = f"{type(exc).__name__} {exc}"
+    # s3fs turns a ClientError into a bare OSError (503/SlowDown -> EBUSY, 500 -> EREMOTEIO) whose
+    # text has lost the error code; the code survives in the ClientError it keeps as __cause__.
+    cause = exc.__cause__
+    text = f"{type(exc).__name__} {exc}" + (f" {type(cause).__name__} {cause}" if cause is not None else "")
     if any(code in text for code in _PERMANENT_CODES):
         return False
     transient_words = ("500", "502", "503", "504", "SlowDown", "Throttl", "Timeout", "timed out",
