@@ -51,16 +51,25 @@ def unique_prefix(directory: str, prefix: str) -> str:
 
 
 def prune(directory: str, keep: int) -> list[str]:
-    """Keep the newest ``keep`` checkpoints of every prefix in ``directory``; returns what was deleted."""
+    """Keep the newest ``keep`` checkpoints of every prefix in ``directory``; returns what was deleted.
+
+    The newest checkpoint that verifies is kept too, even when newer damaged files fill ``keep``.
+    """
+    from torchresume import inspection
     storage, _ = resolve(directory)
     deleted: list[str] = []
     entries = catalog.list_checkpoints(directory, verify=False)
     for prefix in {e.prefix for e in entries if e.prefix is not None}:
         family = sorted((e for e in entries if e.prefix == prefix and not e.breakpoint),
                         key=lambda e: e.order_key())
-        for e in family[:-keep]:
-            storage.delete(e.path)
-            deleted.append(e.path)
+        kept = {e.path for e in family[-keep:]} if keep > 0 else set()
+        newest_valid = next((e for e in reversed(family) if e.valid and inspection.verify(e.path).valid), None)
+        if newest_valid is not None:
+            kept.add(newest_valid.path)
+        for e in family:
+            if e.path not in kept:
+                storage.delete(e.path)
+                deleted.append(e.path)
     return deleted
 
 
