@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 import torchresume as tr
+from tests.storage.faulty_s3 import FaultyS3
+from torchresume import storage
 from torchresume.catalog import list_checkpoints
 from torchresume.errors import StorageError
-from torchresume import storage
 from torchresume.storage import remote, resolve
 
 
@@ -59,56 +60,6 @@ def test_permanent_error_is_one_clear_line(bucket, net, monkeypatch) -> None:
     with pytest.raises(StorageError, match=r"upload of s3://.*/a.ckpt failed after 1 attempt\(s\): "
                                            r"PermissionError: AccessDenied"):
         tr.save_checkpoint(net, f"{bucket}/r/a.ckpt")
-
-
-class FaultyS3:
-    """Moto's S3 app behind a WSGI middleware that fails chosen requests with 503 ServiceUnavailable.
-
-    It serves the same in-process moto backend as the session's server (so what it
-    accepted is visible there) and records every request (method, path, query).
-    ``fail_when(method, path, query)`` decides per request; the body is drained first.
-    """
-
-    ERROR = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
-             b"<Message>injected failure</Message></Error>")
-
-    def __init__(self) -> None:
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
-        self.app = DomainDispatcherApplication(create_backend_app)
-        self.requests: list[tuple[str, str, str, int]] = []  # (method, path, query, status)
-        self.fail_when: Callable[[str, str, str], bool] = lambda method, path, query: False
-        self.server = make_server("127.0.0.1", 0, self, threaded=True, request_handler=MotoRequestHandler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __call__(self, environ, start_response):
-        method, path, query = environ["REQUEST_METHOD"], environ["PATH_INFO"], environ.get("QUERY_STRING", "")
-        if self.fail_when(method, path, query):
-            stream, left = environ["wsgi.input"], int(environ.get("CONTENT_LENGTH") or 0)
-            while left > 0:
-                chunk = stream.read(min(left, 1 << 20))
-                if not chunk:
-                    break
-                left -= len(chunk)
-            self.requests.append((method, path, query, 503))
-            start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
-                                                       ("Content-Length", str(len(self.ERROR)))])
-            return [self.ERROR]
-        self.requests.append((method, path, query, 200))
-        return self.app(environ, start_response)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join()
-
-    def parts(self) -> list[tuple[str, str, str, int]]:
-        return [r for r in self.requests if r[0] == "PUT" and "partNumber=" in r[2]]
 
 
 @pytest.fixture
