@@ -41,7 +41,8 @@ class Mutation:
 
 
 STRACE = "tests/storage/test_durability_syscalls.py"
-WRITE_ERR = ("tests/storage/test_write_errors.py", "tests/fault/test_kill_during_save.py::test_failed_write_leaves_previous_file")
+WRITE_ERR = ("tests/storage/test_write_errors.py",
+             "tests/fault/test_kill_during_save.py::test_failed_write_leaves_previous_file")
 RNG_KILLS = ("tests/fault/test_rng_kills.py",)
 
 MUTATIONS: list[Mutation] = [

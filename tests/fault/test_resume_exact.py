@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import torchresume as tr
+from tests.fault import killing
 from torchresume.inspection import verify
 
 EPOCHS, STEPS = 3, 20
+LOSS_LINE = re.compile(r"^epoch: \d+ step: \d+, loss is ")  # LossMonitor, one per step with --print-every 1
 TOTAL = EPOCHS * STEPS
 
 
@@ -108,17 +110,18 @@ def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, 
 
 
 def test_twenty_random_kills(tmp_path, reference) -> None:
-    cmd = _cmd(tmp_path, save_steps=2)
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(20):
-        rc = _run_until(tmp_path, cmd, rng.randint(0, TOTAL - 5), rng.uniform(0, 0.05), signal.SIGKILL)
-        if rc == 0:
-            break
-        kills += 1
-        for path in tmp_path.glob("*.ckpt"):
-            assert verify(str(path)).valid, path  # committed files always verify
-    assert kills >= 10
+    """20 SIGKILLs, each after new steps of the restarted process (its own stdout, not the log),
+    aimed alternately at a checkpoint write in flight and at training between saves."""
+    cmd = [*_cmd(tmp_path, save_steps=2)[:-1], "1"]  # --print-every 1: one progress line per step
+
+    def committed_files_verify(run_dir: Path) -> None:
+        for path in run_dir.glob("*.ckpt"):
+            assert verify(str(path)).valid, path
+
+    landed = killing.random_kills(cmd, tmp_path, 20, seed=7, max_new_steps=6, progress=LOSS_LINE,
+                                  check=committed_files_verify)
+    killing.report("torchresume train", landed)
+    assert landed["mid-save"] >= 5 and landed["mid-step"] >= 5, landed
     _finish(tmp_path, cmd)
     _assert_same(tmp_path, reference)
 

@@ -58,7 +58,7 @@ def test_history_and_time_monitor(capsys) -> None:
     assert h.epoch == [1, 2] and len(h.history["eval_acc"]) == 2 and len(t.epoch_times) == 2
     lines = [line for line in capsys.readouterr().out.splitlines() if "per step time" in line]
     assert len(lines) == 2
-    for epoch, (line, measured) in enumerate(zip(lines, t.epoch_times), start=1):
+    for epoch, (line, measured) in enumerate(zip(lines, t.epoch_times, strict=True), start=1):
         m = re.fullmatch(r"epoch (\d+) time: ([\d.]+) s, per step time: ([\d.]+) ms", line)
         assert m is not None, line
         assert int(m[1]) == epoch and float(m[2]) == round(measured, 3) and measured > 0
