@@ -66,10 +66,15 @@ def reference(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict[int, floa
     return _final(run), losses
 
 
+def _print_every_step(cmd: list[str]) -> list[str]:
+    i = cmd.index("--print-every")
+    return [*cmd[:i + 1], "1", *cmd[i + 2:]]
+
+
 def _run_until(run_dir: Path, cmd: list[str], min_step: int, delay: float, sig: int) -> int:
     """Signal the process once *it* has printed ``min_step`` completed steps (its own stdout, flushed
     per step; the summary log is buffered and may hold earlier runs' lines)."""
-    child = killing.Child([*cmd[:-1], "1"], LOSS_LINE)  # --print-every 1
+    child = killing.Child(_print_every_step(cmd), LOSS_LINE)
     if child.wait_new_steps(min_step):
         time.sleep(delay)
         child.proc.send_signal(sig)
@@ -110,7 +115,7 @@ def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, 
 def test_twenty_random_kills(tmp_path, reference) -> None:
     """20 SIGKILLs, each after new steps of the restarted process (its own stdout, not the log),
     aimed alternately at a checkpoint write in flight and at training between saves."""
-    cmd = [*_cmd(tmp_path, save_steps=2)[:-1], "1"]  # --print-every 1: one progress line per step
+    cmd = _print_every_step(_cmd(tmp_path, save_steps=2))  # one progress line per step
 
     def committed_files_verify(run_dir: Path) -> None:
         for path in run_dir.glob("*.ckpt"):
