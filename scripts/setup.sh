@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+# The durability test traces a real save with strace; install it where we can (root + apt-get).
+if ! command -v strace >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing strace (tests/storage/test_durability_syscalls.py) ..." >&2
+  (apt-get install -y -q strace >&2 || (apt-get update -q >&2 && apt-get install -y -q strace >&2)) \
+    || echo "could not install strace; the syscall-order test will skip" >&2
+fi
 stamp=".venv/.torchresume-setup"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchresume import catalog, run_lock, signals
+from torchresume import catalog, files, run_lock, signals
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
 from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, TorchResumeError
@@ -50,15 +50,23 @@ def unique_prefix(directory: str, prefix: str) -> str:
 
 
 def prune(directory: str, keep: int) -> list[str]:
-    """Keep the newest ``keep`` checkpoints of every prefix in ``directory``; returns what was deleted."""
+    """Keep the newest ``keep`` checkpoints of every prefix in ``directory``; returns what was deleted.
+
+    The newest checkpoint that verifies is kept too, even when newer damaged files fill ``keep``.
+    """
     deleted: list[str] = []
     entries = catalog.list_checkpoints(directory, verify=False)
     for prefix in {e.prefix for e in entries if e.prefix is not None}:
         family = sorted((e for e in entries if e.prefix == prefix and not e.breakpoint),
                         key=lambda e: e.order_key())
-        for e in family[:-keep]:
-            catalog.delete(e)
-            deleted.append(e.path)
+        kept = {e.path for e in family[-keep:]} if keep > 0 else set()
+        newest_valid = next((e for e in reversed(family) if e.valid and files.verify(e.path).valid), None)
+        if newest_valid is not None:
+            kept.add(newest_valid.path)
+        for e in family:
+            if e.path not in kept:
+                catalog.delete(e)
+                deleted.append(e.path)
     return deleted
 
 

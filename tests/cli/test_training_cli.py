@@ -44,6 +44,16 @@ def test_resume_with_changed_settings_says_so(tmp_path, capsys) -> None:
     assert main([*base, "--lr", "0.001"]) == 0
     err = capsys.readouterr().err
     assert "was saved with epochs=1 (now 2), lr=0.01 (now 0.001); the resumed state" in err
+    # ...and it does follow the checkpoint: the run ends where an uninterrupted lr=0.01 run ends
+    ref = str(tmp_path / "ref")
+    assert main(["train", "--train-url", ref, *base[3:]]) == 0
+    import torch
+
+    from torchresume import load_checkpoint
+    got, want = load_checkpoint(f"{run}/lenet-2_20.ckpt"), load_checkpoint(f"{ref}/lenet-2_20.ckpt")
+    assert got["optimizer.param_groups.0.lr"] == 0.01
+    tensors = [k for k, v in want.items() if isinstance(v, torch.Tensor)]
+    assert [k for k in tensors if not torch.equal(got[k], want[k])] == []
 
 
 def test_second_trainer_on_a_locked_directory(tmp_path) -> None:

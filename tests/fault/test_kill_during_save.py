@@ -8,10 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
 import torchresume as tr
+from tests.fault.killing import temporaries
 from torchresume.inspection import verify
 from torchresume.storage.local import clean_stale_temps
 
@@ -35,12 +38,20 @@ def test_sigkill_mid_save_never_leaves_a_bad_file(tmp_path) -> None:
     script.write_text(WRITER)
     rng = random.Random(1234)
     directory = os.path.dirname(path)
+    mid_save = 0
     for _ in range(6):
         proc = subprocess.Popen([sys.executable, str(script), path], stdout=subprocess.PIPE,
                                 text=True)
         assert proc.stdout is not None
         proc.stdout.readline()  # one save committed; the next ones are in flight
         time.sleep(rng.uniform(0.0, 1.0))
+        while True:  # freeze it while a write is in flight (between saves it only fills tensors)
+            os.kill(proc.pid, signal.SIGSTOP)
+            if temporaries(Path(directory), proc.pid):
+                mid_save += 1
+                break
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
@@ -50,3 +61,5 @@ def test_sigkill_mid_save_never_leaves_a_bad_file(tmp_path) -> None:
         assert torch.all(d["t40"] == float(d["n"]))
         clean_stale_temps(directory)
         assert os.listdir(directory) == ["state.ckpt"]
+    print(f"\nwriter: 6 kills: 0 mid-step, {mid_save} mid-save", flush=True)
+    assert mid_save == 6

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import threading
-import time
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 import torchresume as tr
+from tests.storage.faulty_s3 import FaultyS3
+from torchresume import storage
 from torchresume.catalog import list_checkpoints
 from torchresume.errors import StorageError
 from torchresume.storage import remote, resolve
@@ -60,30 +63,87 @@ def test_permanent_error_is_one_clear_line(bucket, net, monkeypatch) -> None:
         tr.save_checkpoint(net, f"{bucket}/r/a.ckpt")
 
 
-def test_server_stopped_mid_upload(tmp_path, s3_server, net) -> None:
-    """A second real server is stopped while a large checkpoint uploads: nothing is committed."""
-    from moto.server import ThreadedMotoServer
+@pytest.fixture
+def faulty(s3_server, monkeypatch) -> Iterator[FaultyS3]:
+    """URLs resolve to the faulty endpoint while the test runs; botocore's own retries are off,
+    so every attempt the server sees is one of torchresume's."""
+    server = FaultyS3()
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    yield server
+    server.stop()
+    storage.configure(endpoint_url=s3_server)  # later tests get the healthy server again
 
-    from torchresume.storage.remote import RemoteStorage
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    store = RemoteStorage("s3", {"endpoint_url": f"http://{host}:{port}"})
-    store.fs.mkdir("cut")
-    big = {"w": torch.randn(48 << 20 >> 2)}  # 48 MiB
-    from torchresume.files import encode_state
-    encoded = encode_state("tensors", big)
-    threading.Timer(0.05, server.stop).start()
-    started = time.perf_counter()
-    with pytest.raises(StorageError):
-        store.write_atomic("s3://cut/run/big-1_1.ckpt", encoded.parts())
-    assert time.perf_counter() - started < 60
-    server2 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server2.start()
-    try:
-        assert [i.name for i in store.list("s3://cut/run")] == []
-    finally:
-        server2.stop()
+
+def _through(endpoint: str) -> None:
+    storage.configure(endpoint_url=endpoint)  # also drops cached filesystems
+
+
+# More than two of s3fs's 50 MiB parts: large enough to be a multipart upload.
+MULTIPART_BYTES = 101 << 20
+
+
+def _big() -> dict[str, torch.Tensor]:
+    return {"w": torch.full((MULTIPART_BYTES // 4,), 2.0)}
+
+
+def _committed(url: str) -> list[str]:
+    return [e.name for e in list_checkpoints(url, verify=False)]
+
+
+def test_server_fails_after_first_part_nothing_new_is_committed(bucket, faulty, s3_server) -> None:
+    """The server fails every request once the first part of a multipart upload has arrived:
+    the save raises after a bounded number of attempts and the committed old file stays listed."""
+    url = f"{bucket}/run/model.ckpt"
+    _through(s3_server)
+    tr.save_checkpoint({"w": torch.ones(8)}, url)
+    first_part_done = threading.Event()
+
+    def after_first_part(method: str, path: str, query: str) -> bool:
+        if first_part_done.is_set():
+            return True
+        if method == "PUT" and "partNumber=" in query:
+            first_part_done.set()  # this one passes; everything after it fails
+        return False
+
+    faulty.fail_when = after_first_part
+    _through(faulty.endpoint)
+    with pytest.raises(StorageError, match=r"model.ckpt failed after (\d+) attempt") as err:
+        tr.save_checkpoint(_big(), url)
+    attempts = int(re.search(r"after (\d+) attempt", str(err.value)).group(1))
+    assert 1 < attempts <= remote.RETRIES, str(err.value)  # retried, and bounded by count
+    creates = [r for r in faulty.requests if r[0] == "POST" and r[2].startswith("uploads")]
+    assert len(creates) == attempts  # one multipart upload per attempt, botocore retries off
+    statuses = [r[3] for r in faulty.parts()]
+    assert statuses.count(200) == 1 and 503 in statuses, faulty.requests  # one part landed, then failures
+    assert not any(r[1].endswith(".commit") and r[0] == "PUT" and r[3] == 200 for r in faulty.requests)
+
+    _through(s3_server)
+    assert _committed(f"{bucket}/run") == ["model.ckpt"]
+    assert torch.equal(tr.load_checkpoint(url)["w"], torch.ones(8))  # the old committed file
+
+
+def test_marker_write_fails_after_multipart_upload_object_is_not_committed(bucket, faulty, s3_server) -> None:
+    """A new version's object lands whole (multipart) but its commit marker never does: the
+    old marker's size does not match, so the object must not be listed as committed."""
+    url = f"{bucket}/run/model.ckpt"
+    _through(s3_server)
+    tr.save_checkpoint({"w": torch.ones(8)}, url)
+    assert _committed(f"{bucket}/run") == ["model.ckpt"]
+
+    faulty.fail_when = lambda method, path, query: method == "PUT" and path.endswith(".commit")
+    _through(faulty.endpoint)
+    with pytest.raises(StorageError, match=r"commit of .*model.ckpt failed after (\d+) attempt") as err:
+        tr.save_checkpoint(_big(), url)
+    attempts = int(re.search(r"after (\d+) attempt", str(err.value)).group(1))
+    marker_puts = [r for r in faulty.requests if r[0] == "PUT" and r[1].endswith(".commit")]
+    assert 1 < len(marker_puts) == attempts <= remote.RETRIES
+    assert len(faulty.parts()) >= 2 and all(r[3] == 200 for r in faulty.parts())  # multipart, complete
+
+    _through(s3_server)
+    store, _ = storage.resolve(bucket)
+    assert store.fs.size(url[5:]) > MULTIPART_BYTES  # type: ignore[attr-defined]  # the new object is there
+    assert _committed(f"{bucket}/run") == []  # ...but its marker is the old one's
 
 
 def test_missing_s3fs_extra_is_one_line(monkeypatch) -> None:

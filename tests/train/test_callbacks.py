@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -25,16 +26,20 @@ def test_unknown_lambda_hook() -> None:
         LambdaCallback(on_bogus=print)
 
 
-def test_only_overridden_hooks_are_dispatched() -> None:
+def test_only_overridden_hooks_are_dispatched(monkeypatch) -> None:
     class Counter(Callback):
         calls = 0
 
         def on_train_step_end(self, ctx) -> None:
             Counter.calls += 1
 
-    from torchresume.train.callback import CallbackList
-    cbs = CallbackList([Counter()])
-    assert cbs.has("on_train_step_end") and not cbs.has("on_train_step_begin")
+    inherited: list[str] = []
+    # the base class's no-op hooks record any call: none may reach a callback that did not override them
+    for hook in ("on_train_step_begin", "on_train_epoch_begin", "on_eval_end"):
+        monkeypatch.setattr(Callback, hook, lambda self, ctx, hook=hook: inherited.append(hook))
+    toy_model().train(2, toy_data(), [Counter()])  # 8 steps per epoch
+    assert Counter.calls == 16
+    assert inherited == []
 
 
 def test_loss_monitor_prints_and_stops_on_nan(capsys) -> None:
@@ -51,7 +56,14 @@ def test_history_and_time_monitor(capsys) -> None:
     h, t = History(), TimeMonitor()
     toy_model().fit(2, toy_data(), toy_data(), callbacks=[h, t])
     assert h.epoch == [1, 2] and len(h.history["eval_acc"]) == 2 and len(t.epoch_times) == 2
-    assert "per step time" in capsys.readouterr().out
+    lines = [line for line in capsys.readouterr().out.splitlines() if "per step time" in line]
+    assert len(lines) == 2
+    for epoch, (line, measured) in enumerate(zip(lines, t.epoch_times, strict=True), start=1):
+        m = re.fullmatch(r"epoch (\d+) time: ([\d.]+) s, per step time: ([\d.]+) ms", line)
+        assert m is not None, line
+        assert int(m[1]) == epoch and float(m[2]) == round(measured, 3) and measured > 0
+        # the per-step figure is the epoch's time over its 8 steps (to the printed precision)
+        assert float(m[3]) == pytest.approx(1000 * measured / 8, abs=0.0011)
 
 
 def test_early_stopping_stops_and_keeps_counters() -> None:

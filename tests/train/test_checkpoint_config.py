@@ -60,7 +60,8 @@ def test_bad_arguments(kwargs, error, message) -> None:
 def test_append_info_accepts_names_and_one_dict() -> None:
     c = CheckpointConfig(append_info=["epoch_num", "step_num", {"lr": 0.01, "tag": "x"}])
     assert c.append_names == ["epoch_num", "step_num"] and c.append_dict == {"lr": 0.01, "tag": "x"}
-    CheckpointConfig(saved_network=nn.Linear(1, 1))
+    layer = nn.Linear(1, 1)
+    assert CheckpointConfig(saved_network=layer).saved_network is layer
 
 
 def test_model_checkpoint_arguments() -> None:

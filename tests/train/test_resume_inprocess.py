@@ -53,11 +53,18 @@ def test_resume_path_and_finished(tmp_path, capsys) -> None:
 
 def test_weights_only_checkpoint_resumes_what_it_holds(tmp_path, capsys) -> None:
     src = toy_model()
+    src.train(1, toy_data(seed=3))  # weights that differ from a fresh toy_model's
     path = str(tmp_path / "w.ckpt")
     tr.save_checkpoint(src.network, path)
+    expected = toy_model()  # the same weights put in by hand, then one epoch from there
+    tr.load_param_into_net(expected.network, tr.load_checkpoint(path))
+    expected.train(1, toy_data())
     model = toy_model()
     model.train(1, toy_data(), resume=path)
     assert "holds no optimizer, sampler, rng state" in capsys.readouterr().err
+    for k, v in _weights(expected).items():
+        assert torch.equal(model.network.state_dict()[k], v), k
+    assert not torch.equal(model.network[0].weight, toy_model().network[0].weight)
 
 
 def test_invalid_newest_is_skipped_and_reported(tmp_path, capsys) -> None:

@@ -43,7 +43,10 @@ def is_transient(exc: BaseException) -> bool:
     """5xx, throttling, timeouts and dropped connections are worth another try."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return False
-    text = f"{type(exc).__name__} {exc}"
+    # s3fs turns a ClientError into a bare OSError (503/SlowDown -> EBUSY, 500 -> EREMOTEIO) whose
+    # text has lost the error code; the code survives in the ClientError it keeps as __cause__.
+    cause = exc.__cause__
+    text = f"{type(exc).__name__} {exc}" + (f" {type(cause).__name__} {cause}" if cause is not None else "")
     if any(code in text for code in _PERMANENT_CODES):
         return False
     transient_words = ("500", "502", "503", "504", "SlowDown", "Throttl", "Timeout", "timed out",
@@ -57,8 +60,8 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
     for attempt in range(1, retries + 1):
         try:
             return fn()
-        except FileNotFoundError:
-            raise
+        except (FileNotFoundError, StorageError):
+            raise  # a StorageError was retried already, by an inner step (e.g. the commit marker)
         except Exception as exc:
             if attempt == retries or not is_transient(exc):
                 raise StorageError(f"{what} failed after {attempt} attempt(s): "

@@ -1,0 +1,180 @@
+"""Aimed SIGKILLs of real training processes, each classified by where it landed.
+
+A kill is triggered only by progress the *current* process reports on its own
+stdout (lines ``step <global_step>``), so nothing an earlier run logged can
+trigger it. Just before the kill the process is frozen with SIGSTOP and the
+run directory is looked at: a temporary checkpoint file (``.{name}.tmp-{pid}-...``)
+means a checkpoint write was in flight (``mid-save``); none means the process
+was training (``mid-step``). SIGKILL then lands exactly in the state that was
+classified. A process that finished before the kill counts as ``finished``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
+STEP = re.compile(r"^step \d+\b")  # what the workloads here print after each step
+STARTUP_LIMIT_S = 300  # a safety net against a hung child, never a measured duration
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def temporaries(directory: Path, pid: int) -> list[str]:
+    """The checkpoint temporaries ``pid`` has open in ``directory`` right now."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [n for n in names if (m := TEMP.match(n)) and int(m.group(1)) == pid]
+
+
+class Child:
+    """A training subprocess whose stdout ``step N`` lines are counted as they arrive."""
+
+    def __init__(self, cmd: list[str], progress: re.Pattern[str] = STEP) -> None:
+        self.progress = progress
+        self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.steps = 0  # progress lines this process printed
+        self.lines: list[str] = []
+        self.stderr = ""
+        self._new = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._new:
+                self.lines.append(line.rstrip("\n"))
+                if self.progress.search(line):
+                    self.steps += 1
+                self._new.notify_all()
+        with self._new:
+            self._new.notify_all()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr = self.proc.stderr.read()
+
+    def wait_new_steps(self, n: int) -> bool:
+        """Block until this process reported ``n`` completed steps; False if it ended first."""
+        deadline = time.monotonic() + STARTUP_LIMIT_S
+        with self._new:
+            while self.steps < n and self.proc.poll() is None and time.monotonic() < deadline:
+                self._new.wait(0.05)
+            return self.steps >= n
+
+    def finish(self) -> int:
+        rc = self.proc.wait(timeout=STARTUP_LIMIT_S)
+        self._reader.join(timeout=10)
+        self._err_reader.join(timeout=10)
+        return rc
+
+
+def _stop_and_classify(child: Child, run_dir: Path) -> str:
+    pid = child.proc.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return "finished"
+    # The child may have exited just before the stop: a zombie is not training.
+    if child.proc.poll() is not None:
+        return "finished"
+    return "mid-save" if temporaries(run_dir, pid) else "mid-step"
+
+
+def kill_once(cmd: list[str], run_dir: Path, aim: str, rng: random.Random, *,
+              max_new_steps: int = 20, progress: re.Pattern[str] = STEP) -> tuple[str, Child]:
+    """Start ``cmd``, wait for new progress, SIGKILL it ``mid-save`` or ``mid-step`` (aim).
+
+    Returns where the kill landed ("mid-save", "mid-step" or "finished") and the child.
+    """
+    child = Child(cmd, progress)
+    landed = "finished"
+    if child.wait_new_steps(rng.randint(1, max_new_steps)):
+        if aim == "mid-save":
+            landed = _aim_at_save(child, run_dir, rng)
+        else:
+            landed = _aim_between_saves(child, run_dir, rng)
+        if landed != "finished":
+            child.proc.send_signal(signal.SIGKILL)
+    child.finish()
+    if landed != "finished" and child.proc.returncode != -signal.SIGKILL:
+        landed = "finished"
+    return landed, child
+
+
+def _aim_between_saves(child: Child, run_dir: Path, rng: random.Random) -> str:
+    """Freeze the child at a random instant when no checkpoint write is in flight."""
+    attempts = 50
+    for attempt in range(attempts):
+        time.sleep(rng.uniform(0.0, 0.005))
+        landed = _stop_and_classify(child, run_dir)
+        if landed != "mid-save" or attempt == attempts - 1:
+            return landed  # still frozen: the kill lands in the state just classified
+        os.kill(child.proc.pid, signal.SIGCONT)  # a save is being written: aim again
+    return "finished"
+
+
+def _aim_at_save(child: Child, run_dir: Path, rng: random.Random) -> str:
+    """Freeze the child while one of its checkpoint temporaries exists (skipping 0-2 saves first)."""
+    pid = child.proc.pid
+    skip = rng.randint(0, 2)
+    seen: set[str] = set()
+    deadline = time.monotonic() + STARTUP_LIMIT_S
+    while child.proc.poll() is None and time.monotonic() < deadline:
+        temps = temporaries(run_dir, pid)
+        fresh = [t for t in temps if t not in seen]
+        if fresh and len(seen) >= skip:
+            landed = _stop_and_classify(child, run_dir)
+            if landed != "mid-step":
+                return landed
+            os.kill(pid, signal.SIGCONT)  # the write committed between look and stop: try the next
+        seen.update(fresh)
+        time.sleep(0.0005)
+    return "finished"
+
+
+def random_kills(cmd: list[str], run_dir: Path, kills: int, seed: int, *,
+                 max_new_steps: int = 20, progress: re.Pattern[str] = STEP,
+                 check: Callable[[Path], None] | None = None) -> Counter[str]:
+    """``kills`` aimed kills, alternating mid-save and mid-step; returns where they landed.
+
+    ``check(run_dir)`` runs after each kill (e.g. every committed file verifies).
+    """
+    rng = random.Random(seed)
+    landed: Counter[str] = Counter()
+    for i in range(kills):
+        aim = "mid-save" if i % 2 == 0 else "mid-step"
+        where, child = kill_once(cmd, run_dir, aim, rng, max_new_steps=max_new_steps, progress=progress)
+        if where == "finished":
+            assert child.proc.returncode == 0, child.stderr
+        landed[where] += 1
+        if check is not None:
+            check(run_dir)
+        if where == "finished":
+            break
+    return landed
+
+
+def report(name: str, landed: Counter[str]) -> str:
+    line = (f"{name}: {sum(landed.values())} kills: {landed['mid-step']} mid-step, "
+            f"{landed['mid-save']} mid-save, {landed['finished']} after the run finished")
+    print(f"\n{line}", flush=True)
+    return line

@@ -1,0 +1,109 @@
+"""Training workloads that draw from every RNG on every step, run as real processes.
+
+``python rng_workload.py fit RUN_DIR``  Model.fit with ModelCheckpoint, resume="auto"
+``python rng_workload.py loop RUN_DIR`` a custom loop with CheckpointManager + guard()
+
+Each step draws from torch (dropout, and data in the loop), python ``random``
+and numpy, so a resume that does not restore one of them ends elsewhere.
+Each completed step prints ``step <global_step>`` (flushed), which is what the
+killer in tests/fault/killing.py waits for. A non-trained 8 MiB buffer makes
+every checkpoint write long enough to be caught in flight.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+
+import torchresume as tr
+from torchresume.data import ArrayDataset
+
+EPOCHS, STEPS, BATCH = 4, 24, 8
+SAVE_EVERY = 4
+BALLAST = 2 << 20  # float32 elements: 8 MiB in every checkpoint
+
+
+def seed_all() -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+
+
+def network() -> nn.Module:
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 4))
+    net.register_buffer("ballast", torch.zeros(BALLAST))
+    return net
+
+
+def noisy_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy scaled by a python draw, plus a numpy-drawn term: both RNGs on every call."""
+    scale = 1.0 + random.random()
+    shift = float(np.random.standard_normal())
+    return nn.functional.cross_entropy(out, y) * scale + 0.01 * shift * out.mean()
+
+
+def data() -> ArrayDataset:
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(STEPS * BATCH, 16, generator=g)
+    y = (x[:, :4].argmax(1)).long()
+    return ArrayDataset(x, y, BATCH, seed=5)
+
+
+def run_fit(run_dir: str) -> None:
+    seed_all()
+    net = network()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    model = tr.Model(net, noisy_loss, opt, {"acc", "loss"}, device="cpu")
+    printer = tr.LambdaCallback(on_train_step_end=lambda c: print(f"step {c.global_step}", flush=True))
+    cfg = tr.CheckpointConfig(save_checkpoint_steps=SAVE_EVERY, keep_checkpoint_max=3)
+    train, valid = data(), data()
+    model.fit(EPOCHS, train, valid, callbacks=[tr.ModelCheckpoint("fit", run_dir, cfg), printer],
+              resume="auto")
+
+
+class Position(tr.Stateful):
+    def __init__(self) -> None:
+        self.global_step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.global_step = int(state["global_step"])
+
+
+def run_loop(run_dir: str) -> None:
+    seed_all()
+    net = network()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    pos = Position()
+    mgr = tr.CheckpointManager(run_dir, model=net, optimizer=opt, prefix="loop", keep=3,
+                               extra={"position": pos})
+    mgr.restore_latest()
+    total = EPOCHS * STEPS
+    net.train()
+    with mgr.guard() as guard:
+        while pos.global_step < total:
+            x = torch.randn(BATCH, 16)  # the data come from torch's global generator
+            pick = random.randrange(4)
+            y = (x[:, pick] > float(np.random.standard_normal())).long() + 2 * (x[:, 3 - pick] > 0).long()
+            opt.zero_grad(set_to_none=True)
+            noisy_loss(net(x), y).backward()
+            opt.step()
+            pos.global_step += 1
+            epoch, step = divmod(pos.global_step - 1, STEPS)
+            print(f"step {pos.global_step}", flush=True)
+            guard.step_done(epoch + 1, step + 1, pos.global_step)
+            if pos.global_step % SAVE_EVERY == 0:
+                mgr.save(epoch + 1, step + 1, pos.global_step)
+    mgr.close()
+
+
+if __name__ == "__main__":
+    {"fit": run_fit, "loop": run_loop}[sys.argv[1]](sys.argv[2])
