@@ -119,9 +119,11 @@ def test_invalid_files_are_listed_with_a_reason(tmp_path) -> None:
     good = _save(tmp_path, "ckpt-1_3.ckpt", time=1.0)
     flipped = _save(tmp_path, "ckpt-1_4.ckpt", time=2.0)
     os.chmod(flipped, 0o644)
-    data = bytearray(open(flipped, "rb").read())
-    data[-1] ^= 0xFF
-    open(flipped, "wb").write(bytes(data))
+    with open(flipped, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0xFF]))
     by_name = {e.name: e for e in catalog.list_checkpoints(str(tmp_path))}
     assert by_name["ckpt-1_3.ckpt"].valid and by_name["ckpt-1_3.ckpt"].path == good
     empty = by_name["ckpt-1_1.ckpt"]
