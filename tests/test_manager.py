@@ -264,3 +264,18 @@ def test_encrypted_manager_round_trip(tmp_path, managers, net) -> None:
     m2 = managers(tmp_path, model=net, enc_key=key)
     info = m2.restore_latest()
     assert info is not None and info["path"] == path
+
+
+def test_prune_keeps_the_newest_of_every_prefix(tmp_path, managers, net) -> None:
+    from torchresume.manager import prune
+    for prefix in ("a", "b"):
+        m = managers(tmp_path, model=net, prefix=prefix, keep=None)
+        for step in range(1, 4):
+            m.save(1, step)
+        m.save(1, 9, breakpoint=True)
+        m.close()
+    deleted = prune(str(tmp_path), 2)
+    assert sorted(os.path.basename(p) for p in deleted) == ["a-1_1.ckpt", "b-1_1.ckpt"]
+    assert _names(tmp_path) == ["a-1_2.ckpt", "a-1_3.ckpt", "a-1_9_breakpoint.ckpt",
+                                "b-1_2.ckpt", "b-1_3.ckpt", "b-1_9_breakpoint.ckpt"]
+    assert prune(str(tmp_path), 2) == []

@@ -225,3 +225,15 @@ def test_mapped_local_file_reads_the_same(tmp_path) -> None:
         back = native.read_tensors(f, header, "x.ckpt")
     assert torch.equal(back["a"], torch.arange(5))
     assert torch.equal(back["b"], torch.ones(3, dtype=torch.bfloat16))
+
+
+def test_a_file_of_only_empty_tensors(tmp_path) -> None:
+    data = _bytes({"e": torch.empty(0, 3), "f": torch.empty(0, dtype=torch.int8)})
+    header, back = _read(data)
+    assert header.data_size == 0
+    assert back["e"].shape == (0, 3) and back["f"].dtype == torch.int8
+    p = tmp_path / "e.ckpt"
+    p.write_bytes(data)
+    with open(p, "rb") as f:
+        h = native.read_header(f, len(data), "e")
+        assert native.read_tensors(f, h, "e")["e"].shape == (0, 3)
