@@ -164,6 +164,19 @@ def test_directory_checkpoints_only_when_committed(tmp_path) -> None:
     assert d.size == os.path.getsize(os.path.join(committed, "rank0.safetensors"))
 
 
+def test_directory_checkpoint_with_a_damaged_part_is_invalid(tmp_path) -> None:
+    path = _dir_checkpoint(tmp_path, "ckpt-1_5.ckpt", commit=True)
+    part = os.path.join(path, "rank0.safetensors")
+    os.chmod(part, 0o644)
+    with open(part, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x09")
+    (e,) = catalog.list_checkpoints(str(tmp_path))
+    assert e.is_dir and not e.valid
+    assert e.reason == (f"{part}: checksum mismatch in tensor 'w'; the data is damaged "
+                        "(bit flip or partial write)")
+
+
 def test_delete_a_file(tmp_path) -> None:
     path = _save(tmp_path, "ckpt-1_1.ckpt", time=1.0)
     keep = _save(tmp_path, "ckpt-1_2.ckpt", time=2.0)

@@ -66,6 +66,14 @@ def test_torch_save_zip() -> None:
     assert ckpt.tree["n"] == 5
 
 
+def test_legacy_torch_save_pickle() -> None:
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
+    ckpt = _read(buf.getvalue())
+    assert (ckpt.format, ckpt.kind) == ("torch-pickle", "torch")
+    assert torch.equal(ckpt.tree["w"], torch.ones(2))
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("pwned",))
