@@ -279,3 +279,23 @@ def test_prune_keeps_the_newest_of_every_prefix(tmp_path, managers, net) -> None
     assert _names(tmp_path) == ["a-1_2.ckpt", "a-1_3.ckpt", "a-1_9_breakpoint.ckpt",
                                 "b-1_2.ckpt", "b-1_3.ckpt", "b-1_9_breakpoint.ckpt"]
     assert prune(str(tmp_path), 2) == []
+
+
+def test_restore_latest_skips_best_copies(tmp_path, managers, net) -> None:
+    m = managers(tmp_path, model=net, keep=None)
+    regular = m.save(1, 1)
+    m.close()
+    best = managers(tmp_path, model=net, prefix="ckpt-best", keep=None)
+    best.save(1, 2)
+    best.close()
+    info = managers(tmp_path, model=net).restore_latest()
+    assert info is not None and info["path"] == regular
+
+
+def test_saved_network_writes_a_model_checkpoint(tmp_path, managers, trained) -> None:
+    net, opt = trained
+    m = managers(tmp_path, model=net, optimizer=opt, saved_network=net.fc2)
+    ckpt = read_checkpoint(m.save(1, 1))
+    assert ckpt.kind == "model"
+    assert sorted(ckpt.tree) == ["bias", "weight"]
+    assert torch.equal(ckpt.tree["weight"], net.fc2.weight)

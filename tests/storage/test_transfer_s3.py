@@ -29,6 +29,8 @@ def test_local_to_s3_and_back(tmp_path, bucket) -> None:
     back = transfer.copy(remote, str(tmp_path / "back"), progress=False)
     assert sorted(back.copied) == ["a.ckpt", "sub/b.txt"]
     assert (tmp_path / "back" / "sub" / "b.txt").read_bytes() == b"bee"
+    back_again = transfer.copy(remote, str(tmp_path / "back"), progress=False)
+    assert back_again.copied == [] and sorted(back_again.skipped) == ["a.ckpt", "sub/b.txt"]
 
 
 def test_copied_checkpoint_is_listed_remotely(tmp_path, bucket) -> None:
