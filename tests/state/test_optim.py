@@ -122,3 +122,19 @@ def test_no_optimizer_state_in_the_dict() -> None:
     assert str(err.value) == ("strict load failed; the dict holds no optimizer state "
                               "(no 'optimizer.state.*' or 'state.*' entries)")
     assert load_param_into_net(dst, {"w": torch.ones(1)}) == (["state.0", "state.1"], [])
+
+
+@pytest.mark.xfail(strict=True, reason="load_into_optimizer never compares param_groups.N.params: a strict load "
+                   "of a 1-parameter optimizer's state into a 2-parameter optimizer succeeds, although "
+                   "torch's own Optimizer.load_state_dict rejects groups of different sizes")
+def test_strict_group_size_mismatch_is_an_error() -> None:
+    one = [nn.Parameter(torch.randn(3))]
+    src = torch.optim.SGD(one, lr=0.1, momentum=0.9)
+    _step(src, one)
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        torch.optim.SGD([nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))],
+                        lr=0.1).load_state_dict(src.state_dict())  # torch itself refuses
+    two = [nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3))]
+    dst = torch.optim.SGD(two, lr=0.1, momentum=0.9)
+    with pytest.raises(StateMismatchError):
+        load_param_into_net(dst, flat_view(src.state_dict()), strict_load=True)
