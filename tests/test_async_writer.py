@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import pytest
@@ -94,10 +93,6 @@ def test_only_the_failing_job_fails(writer) -> None:
     writer.wait()  # reported once, then forgotten
 
 
-@pytest.mark.xfail(sys.version_info < (3, 11), strict=True,
-                   reason="wait(timeout) lets concurrent.futures.TimeoutError escape; before Python 3.11 "
-                   "that is not the builtin TimeoutError, so `except TimeoutError` (train/model.py "
-                   "_wait_bounded) misses it on the supported 3.10")
 def test_wait_timeout_raises_and_work_stays_queued(writer) -> None:
     gate = threading.Event()
     seen: list[int] = []

@@ -122,8 +122,6 @@ def test_human_bytes(n, text) -> None:
     assert inspection.human_bytes(n) == text
 
 
-@pytest.mark.xfail(strict=True, reason="inspection._compare uses torch.equal, which is False for NaN == NaN: "
-                   "a checkpoint holding NaN diffs as 'changed' (max_abs_diff=nan) against itself")
 def test_diff_of_a_file_with_itself_is_empty_even_with_nan(tmp_path) -> None:
     a = _native(tmp_path, "a.ckpt", w=torch.tensor([1.0, float("nan")]))
     assert inspection.diff(a, a) == []

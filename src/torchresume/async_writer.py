@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 
 from torchresume.errors import AsyncSaveError
 
@@ -52,7 +53,10 @@ class AsyncWriter:
             pending = list(self._pending)
         for f in pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            f.exception(timeout=left)
+            try:
+                f.exception(timeout=left)
+            except FuturesTimeout:  # not the builtin TimeoutError before Python 3.11
+                raise TimeoutError(f"background work still running after {timeout} s") from None
         with self._lock:
             self._pending = [f for f in self._pending if f not in pending]
         for f in pending:

@@ -55,9 +55,10 @@ def _compare(name: str, x: Any, y: Any) -> TensorChange | None:
         if x.shape != y.shape or x.dtype != y.dtype:
             return TensorChange(name, "changed", f"{x.dtype}{list(x.shape)} -> "
                                 f"{y.dtype}{list(y.shape)}")
-        if torch.equal(x, y):
-            return None
-        delta = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+        if torch.equal(x, y) or (x.is_floating_point() and torch.equal(x.isnan(), y.isnan())
+                                 and torch.equal(x.nan_to_num(), y.nan_to_num())):
+            return None  # NaN where the other has NaN too is no change
+        delta = (x.double() - y.double()).abs().nan_to_num(nan=float("inf")).max().item() if x.numel() else 0.0
         return TensorChange(name, "changed", "values", delta)
     if type(x) is not type(y) or x != y:
         return TensorChange(name, "changed", f"{x!r} -> {y!r}")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import xxhash
 
 from torchresume.storage import is_remote, resolve
-from torchresume.storage.base import write_all
 
 _CHUNK = 16 * 1024 * 1024
 
@@ -59,16 +58,12 @@ def _copy_attempt(src: str, dst: str) -> tuple[bool, int]:
     src_store, src_where = resolve(src)
     dst_store, dst_where = resolve(dst)
     have = dst_store.digest(dst_where)
-    if have is not None and have == src_store.digest(src_where):
-        return False, 0
+    if have is not None:
+        want = src_store.digest(src_where) or _stream_digest(src)  # no recorded digest: hash it once
+        if have == want:
+            return False, 0
     f, size = src_store.open_read(src_where)
     with f:
-        if have is not None:  # the source had no recorded digest: compare by reading it once
-            data = f.read()
-            if xxhash.xxh3_64_hexdigest(data) == have:
-                return False, 0
-            write_all(dst_store, dst_where, [data], read_only=False)
-            return True, size
         writer = dst_store.open_writer(dst_where, read_only=False, size_hint=size)
         try:
             while chunk := f.read(_CHUNK):
@@ -78,6 +73,16 @@ def _copy_attempt(src: str, dst: str) -> tuple[bool, int]:
             raise
         writer.commit()
     return True, size
+
+
+def _stream_digest(url: str) -> str:
+    storage, where = resolve(url)
+    f, _ = storage.open_read(where)
+    h = xxhash.xxh3_64()
+    with f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def copy(src: str, dst: str, *, workers: int = 8, progress: bool | None = None) -> CopyReport:

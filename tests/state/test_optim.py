@@ -124,9 +124,6 @@ def test_no_optimizer_state_in_the_dict() -> None:
     assert load_param_into_net(dst, {"w": torch.ones(1)}) == (["state.0", "state.1"], [])
 
 
-@pytest.mark.xfail(strict=True, reason="load_into_optimizer never compares param_groups.N.params: a strict load "
-                   "of a 1-parameter optimizer's state into a 2-parameter optimizer succeeds, although "
-                   "torch's own Optimizer.load_state_dict rejects groups of different sizes")
 def test_strict_group_size_mismatch_is_an_error() -> None:
     one = [nn.Parameter(torch.randn(3))]
     src = torch.optim.SGD(one, lr=0.1, momentum=0.9)

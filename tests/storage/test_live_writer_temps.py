@@ -74,4 +74,5 @@ def test_dead_writers_temporary_is_removed(tmp_path) -> None:
     mgr = tr.CheckpointManager(str(directory), model=net, prefix="run")
     assert temp not in os.listdir(directory)
     mgr.save(1, 1)
+    mgr.close()  # releases the run lock, whose file is the only other dot-file
     assert sorted(n for n in os.listdir(directory) if n.startswith(".")) == []

@@ -68,6 +68,12 @@ def load_into_optimizer(opt: torch.optim.Optimizer, params: dict[str, Any], stri
     if groups and len(groups) != len(current["param_groups"]):
         problems.append(f"param_groups: checkpoint has {len(groups)}, optimizer has "
                         f"{len(current['param_groups'])}")
+    elif groups:
+        for i, group in enumerate(current["param_groups"]):
+            saved = groups.get(i, {}).get("params")
+            if isinstance(saved, (list, tuple)) and len(saved) != len(group["params"]):
+                problems.append(f"param_groups.{i}: checkpoint has {len(saved)} parameters, "
+                                f"optimizer has {len(group['params'])}")
     if strict and problems:
         raise StateMismatchError("strict load failed; nothing was loaded:\n  "
                                  + "\n  ".join(problems))
