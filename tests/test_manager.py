@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -149,6 +150,8 @@ def test_restore_latest_picks_the_newest_valid(tmp_path, managers, net, capsys) 
     bad = str(tmp_path / "ckpt-1_3.ckpt")
     with open(bad, "wb") as f:
         f.write(b"")
+    later = time.time() + 60  # newer than the good one by its mtime (it has no header time)
+    os.utime(bad, (later, later))
     info = m.restore_latest()
     assert info is not None and info["path"] == good and info["step"] == 2
     assert "skipping invalid checkpoint" in capsys.readouterr().err

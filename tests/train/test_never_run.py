@@ -91,7 +91,8 @@ def test_early_stopping_state_is_restored_on_resume(tmp_path) -> None:
 def test_manager_close_reraises_a_background_error(tmp_path) -> None:
     target = tmp_path / "ckpts"
     mgr = tr.CheckpointManager(str(target), model=torch.nn.Linear(2, 2), prefix="run", async_save=True)
-    target.write_text("a file where the directory should be")  # the background write will fail
+    mgr.acquire_lock()  # the run's directory exists now
+    (target / "run-1_1.ckpt").mkdir()  # a directory where the file should go: the background rename fails
     mgr.save(1, 1)
     with pytest.raises(tr.AsyncSaveError, match=r"background save of .*run-1_1.ckpt failed") as err:
         mgr.close()

@@ -70,9 +70,9 @@ def load_into_optimizer(opt: torch.optim.Optimizer, params: dict[str, Any], stri
                         f"{len(current['param_groups'])}")
     elif groups:
         for i, group in enumerate(current["param_groups"]):
-            saved = groups.get(i, {}).get("params")
-            if isinstance(saved, (list, tuple)) and len(saved) != len(group["params"]):
-                problems.append(f"param_groups.{i}: checkpoint has {len(saved)} parameters, "
+            count = _group_size(groups.get(i, {}))
+            if count is not None and count != len(group["params"]):
+                problems.append(f"param_groups.{i}: checkpoint has {count} parameters, "
                                 f"optimizer has {len(group['params'])}")
     if strict and problems:
         raise StateMismatchError("strict load failed; nothing was loaded:\n  "
@@ -91,6 +91,14 @@ def load_into_optimizer(opt: torch.optim.Optimizer, params: dict[str, Any], stri
     unused = [k for k, v in params.items() if k.startswith(prefix) and k not in used
               and isinstance(v, torch.Tensor) and (prefix or k.startswith("state."))]
     return not_loaded, unused
+
+
+def _group_size(group: dict[str, Any]) -> int | None:
+    """How many parameters a saved group lists ("params" whole, or flattened "params.N")."""
+    if isinstance(group.get("params"), (list, tuple)):
+        return len(group["params"])
+    flat = [k for k in group if k.startswith("params.")]
+    return len(flat) if flat else None
 
 
 def _param_count(opt: torch.optim.Optimizer) -> int:
