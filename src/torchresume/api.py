@@ -104,19 +104,23 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     """Save ``save_obj`` to ``ckpt_file_name`` durably and atomically.
 
     The file is a safetensors file with torchresume metadata and per-tensor
-    xxh3 checksums (``crc_check`` is accepted for MindSpore compatibility; the
-    checksums are always written). With ``async_save`` the state is copied now
+    xxh3 checksums (always written). ``format="ckpt"`` writes MindSpore's
+    protobuf .ckpt instead (``crc_check`` adds its CRC32 footer; ``enc_mode``
+    may be AES-GCM or AES-CBC); see ``mindspore_io.entries_of`` for what it accepts. With ``async_save`` the state is copied now
     and written in the background; a failure is raised on the next save or by
     ``wait_async_saves()``.
     """
-    del integrated_save, crc_check  # single-process save; checksums always on
+    del integrated_save  # single-process save
     if format not in (None, "safetensors", "torchresume", "ckpt"):
-        raise ValueError(f"format={format!r} is not supported; use 'safetensors' (the default)")
-    if format == "ckpt":
-        raise ValueError("format='ckpt' (MindSpore protobuf) is not supported yet; "
-                         "use the default format, readable by any safetensors tool")
+        raise ValueError(f"format={format!r} is not supported; use 'safetensors' (the default) "
+                         "or 'ckpt' (MindSpore protobuf)")
     if not isinstance(ckpt_file_name, str) or not ckpt_file_name:
         raise TypeError(f"ckpt_file_name must be a non-empty str, got {ckpt_file_name!r}")
+    if format == "ckpt":  # MindSpore protobuf: mindspore_io owns it
+        from torchresume import mindspore_io
+        return mindspore_io.save(save_obj, ckpt_file_name, append_dict=check_append_dict(append_dict),
+                                 enc_key=enc_key, enc_mode=enc_mode, crc_check=crc_check,
+                                 choice_func=choice_func)
     key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key is not None else None
     append = check_append_dict(append_dict)
     kind, tree = state_of(save_obj)
@@ -140,7 +144,9 @@ def read_checkpoint(path: str, *, dec_key: bytes | None = None, dec_mode: str = 
     """The whole checkpoint at ``path`` (any supported format) as a state tree."""
     if not isinstance(path, str) or not path:
         raise TypeError(f"ckpt_file_name must be a non-empty str, got {path!r}")
-    key = crypto.check_key(dec_key, dec_mode, "dec_key") if dec_key is not None else None
+    from torchresume.format import mindspore_crypto  # MindSpore files may be AES-CBC too
+    check = mindspore_crypto.check_key if dec_mode == "AES-CBC" else crypto.check_key
+    key = check(dec_key, dec_mode, "dec_key") if dec_key is not None else None
     storage, where = resolve(path)
     f, size = storage.open_read(where)
     with f:
@@ -199,13 +205,15 @@ def load_param_into_net(net: nn.Module | torch.optim.Optimizer, parameter_dict: 
     """
     if not isinstance(parameter_dict, dict):
         raise TypeError(f"parameter_dict must be a dict, got {type(parameter_dict).__name__}")
+    from torchresume.format import name_mapping  # MindSpore names -> torch names
     if isinstance(net, torch.optim.Optimizer):
         from torchresume.state.optim import load_into_optimizer
+        parameter_dict = name_mapping.optimizer_from_mindspore(net, parameter_dict)
         return load_into_optimizer(net, parameter_dict, strict_load)
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be an nn.Module or a torch.optim.Optimizer, got "
                         f"{type(net).__name__}")
-    return _load_into_module(net, parameter_dict, strict_load)
+    return _load_into_module(net, name_mapping.to_torch_names(net, parameter_dict), strict_load)
 
 
 def _compatible(dst: torch.dtype, src: torch.dtype) -> bool:

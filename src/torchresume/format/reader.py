@@ -1,7 +1,8 @@
 """Read any supported checkpoint file into a state tree, choosing the format by content.
 
 Supported: the native format (and encrypted native files), plain safetensors
-files, and torch.save files through ``torch.load(weights_only=True)`` only.
+files, MindSpore .ckpt files (mindspore_io), and torch.save files through
+``torch.load(weights_only=True)`` only.
 Nothing here runs pickle's arbitrary-code path or trusts a size from the file
 before checking it against the file's real size.
 """
@@ -22,7 +23,7 @@ from torchresume.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from torchresume.format import crypto, native
+from torchresume.format import crypto, mindspore_crypto, native
 from torchresume.format.detect import HEAD_BYTES, Kind, detect
 from torchresume.state.tree import unflatten
 
@@ -50,6 +51,10 @@ def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
          verify: bool = True) -> Checkpoint:
     """Load the whole checkpoint in ``f`` (``size`` bytes long)."""
     first, kind = _detect(f, size, where)
+    if kind is Kind.MINDSPORE:
+        from torchresume import mindspore_io
+        entries, encrypted = mindspore_io.load(f, size, where, dec_key=dec_key, verify=verify)
+        return Checkpoint("tensors", entries, mindspore_io.FORMAT, encrypted=encrypted)
     if kind is Kind.ENCRYPTED:
         plain = crypto.decrypt(f.read(), dec_key, where)
         inner = read(io.BytesIO(plain), len(plain), where, verify=verify)
@@ -69,7 +74,7 @@ def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
                           header.meta)
     raise UnsupportedFormatError(
         f"{where}: not a checkpoint torchresume can read (starts with {first[:8].hex()}); "
-        "expected a torchresume/safetensors file or a torch.save .pt/.pth file")
+        "expected a torchresume/safetensors file, a MindSpore .ckpt or a torch.save .pt/.pth file")
 
 
 def read_header(f: BinaryIO, size: int, where: str) -> tuple[str, native.Header | None,
@@ -79,6 +84,11 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[str, native.Header 
     Costs one small read for native and safetensors files, whatever their size.
     """
     first, kind = _detect(f, size, where)
+    if kind is Kind.MINDSPORE and mindspore_crypto.mode_of(first):
+        return "encrypted", None, {"encrypted": True, "plain_size": None,
+                                   "mode": f"{mindspore_crypto.mode_of(first)} (MindSpore)"}
+    if kind is Kind.MINDSPORE:
+        return "mindspore", None, {}
     if kind is Kind.ENCRYPTED:
         meta = crypto.parse_header(f.read(4096), where)
         return "encrypted", None, {"encrypted": True, "mode": meta["mode"],
