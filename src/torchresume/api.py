@@ -106,9 +106,9 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     The file is a safetensors file with torchresume metadata and per-tensor
     xxh3 checksums (always written). ``format="ckpt"`` writes MindSpore's
     protobuf .ckpt instead (``crc_check`` adds its CRC32 footer; ``enc_mode``
-    may be AES-GCM or AES-CBC); see ``mindspore_io.entries_of`` for what it accepts. With ``async_save`` the state is copied now
-    and written in the background; a failure is raised on the next save or by
-    ``wait_async_saves()``.
+    may be AES-GCM or AES-CBC); see ``mindspore_io.entries_of`` for what it
+    accepts. With ``async_save`` the state is copied now and written in the
+    background; a failure is raised on the next save or by ``wait_async_saves()``.
     """
     del integrated_save  # single-process save
     if format not in (None, "safetensors", "torchresume", "ckpt"):

@@ -156,7 +156,8 @@ class CheckpointManager:
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str) -> None:
-        encoded, enc_key = encode_state(kind, tree, info=info, append=append), self.enc_key
+        encoded: Any = encode_state(kind, tree, info=info, append=append)
+        enc_key = self.enc_key
         if self.file_format == "ckpt":  # MindSpore protobuf, laid out (and encrypted) there
             from torchresume import mindspore_io
             encoded, enc_key = mindspore_io.Parts(mindspore_io.encode(

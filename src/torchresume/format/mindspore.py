@@ -208,7 +208,7 @@ def read(f: BinaryIO, size: int, where: str, *, verify: bool = True) -> dict[str
                 f"{where}: the tensor {name!r} has {filled + content_len} bytes of content but "
                 f"its shape {dims} and type {type_name} need {total}; the file is damaged "
                 "(MindSpore would silently cut it)")
-        got = src.readinto(memoryview(flat.numpy())[filled:filled + content_len])
+        got = src.readinto(flat.numpy().data[filled:filled + content_len])
         _need(got, content_len, where, name)
         filled += content_len
         partial[name] = (flat, filled)
@@ -422,7 +422,7 @@ def _value_parts(name: str, type_name: str, dims: list[int],
 def _content(tensor: torch.Tensor) -> memoryview:
     t = tensor.detach().to("cpu").contiguous()
     flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-    return memoryview(flat.numpy()).cast("B")
+    return flat.numpy().data.cast("B")
 
 
 def encode(entries: dict[str, Any], *, crc_check: bool = False) -> list[bytes | memoryview]:

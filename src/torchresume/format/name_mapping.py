@@ -17,11 +17,12 @@ Optimizer state (the parameter's MindSpore name is ``<p>``; parameters are
 matched by their order, MindSpore's ``net.trainable_params()`` against the
 torch optimizer's ``param_groups``):
 
-| torch                          | MindSpore                                         |
-|--------------------------------|---------------------------------------------------|
-| SGD momentum_buffer            | Momentum ``moments.<p>``, ``learning_rate``, ``momentum``, ``global_step`` |
-| Adam/AdamW exp_avg, exp_avg_sq, step | Adam ``moment1.<p>``, ``moment2.<p>``, ``beta1_power``, ``beta2_power``, ``global_step`` |
-| AdamW exp_avg, exp_avg_sq, step | AdamWeightDecay ``adam_m.<p>``, ``adam_v.<p>``, ``global_step`` (read only) |
+- torch SGD ``momentum_buffer`` <-> Momentum ``moments.<p>`` (+ ``learning_rate``,
+  ``momentum``, ``global_step``); the update rules are identical (dampening 0).
+- torch Adam/AdamW ``exp_avg``, ``exp_avg_sq``, ``step`` <-> Adam ``moment1.<p>``,
+  ``moment2.<p>``, ``global_step`` (+ ``beta1_power``, ``beta2_power``, ``learning_rate``).
+- AdamWeightDecay ``adam_m.<p>``, ``adam_v.<p>``, ``global_step`` -> torch Adam/AdamW
+  (read only: torchresume writes Adam's names).
 
 Hyperparameters (learning rate, momentum) are written for MindSpore and, on
 the torch side, keep the values the optimizer was built with (torchresume's
@@ -192,7 +193,7 @@ def optimizer_to_mindspore(opt_state: dict[str, Any], params: list[tuple[str, to
     adam = "betas" in group0
     if adam:
         keys = ADAM
-    elif "momentum" in group0 and group0["momentum"]:
+    elif group0.get("momentum"):
         keys = MOMENTUM
     else:
         raise ValueError("only torch SGD with momentum and Adam/AdamW map to MindSpore "
