@@ -157,10 +157,13 @@ def damaged() -> None:
     good = open(path("crc.ckpt"), "rb").read()
     plain = open(path("every_dtype.ckpt"), "rb").read()
     gcm = open(path("gcm.ckpt"), "rb").read()
+    parsed = checkpoint_pb2.Checkpoint()
+    parsed.ParseFromString(good[:-17])
+    at = good.index(parsed.value[0].tensor.tensor_content) + 2  # a byte of tensor data
     files = {
         "empty.ckpt": b"",
         "truncated.ckpt": plain[: len(plain) // 2],
-        "crc_mismatch.ckpt": good[:-20] + bytes([good[-20] ^ 0x01]) + good[-19:],  # a data byte
+        "crc_mismatch.ckpt": good[:at] + bytes([good[at] ^ 0x01]) + good[at + 1:],
         "tampered_gcm.ckpt": gcm[:-5] + bytes([gcm[-5] ^ 0x01]) + gcm[-4:],
     }
     msg = checkpoint_pb2.Checkpoint()
