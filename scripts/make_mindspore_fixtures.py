@@ -101,8 +101,10 @@ class BNNet(nn.Cell):
 
 
 class WithLoss(nn.Cell):
+    """nn.WithLossCell for a two-input network; no name prefix, like WithLossCell."""
+
     def __init__(self, net: nn.Cell) -> None:
-        super().__init__()
+        super().__init__(auto_prefix=False)
         self.net = net
         self.loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
 

@@ -255,6 +255,10 @@ class _NeedMore(Exception):
     """The buffer ends inside the Value's head: read more and parse again."""
 
 
+class _Truncated(Exception):
+    """The Value's length runs past the end of the file: (bytes needed, bytes there)."""
+
+
 def _read_value_head(src: _Source, where: str, index: int) -> tuple[str, str, list[int], int]:
     """Parse one top-level Value up to its tensor content; consume exactly those bytes."""
     start = src.pos
@@ -269,6 +273,9 @@ def _read_value_head(src: _Source, where: str, index: int) -> tuple[str, str, li
                 raise CorruptCheckpointError(_truncated(where, f"entry {index}", want,
                                                         len(buf))) from None
             want *= 4
+        except _Truncated as cut:
+            raise CorruptCheckpointError(_truncated(where, f"entry {index} at byte {start}",
+                                                    *cut.args)) from None
         except UnicodeDecodeError:
             raise CorruptCheckpointError(f"{where}: entry {index} at byte {start} has a name "
                                          "or type that is not UTF-8; the file is damaged") from None
@@ -301,7 +308,7 @@ def _parse_head(buf: bytes, room: int, where: str) -> tuple[str, str, list[int],
     value_len, pos = vint(1)
     value_end = pos + value_len
     if value_end > room:
-        raise CorruptCheckpointError(_truncated(where, "an entry", value_end, room))
+        raise _Truncated(value_end, room)
     name: str | None = None
     while True:
         if pos >= value_end:
