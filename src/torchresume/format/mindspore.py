@@ -442,7 +442,7 @@ def encode(entries: dict[str, Any], *, crc_check: bool = False) -> list[bytes | 
     parts: list[bytes | memoryview] = []
     for name, value in entries.items():
         if isinstance(value, str):
-            raw = value.encode("utf-32-le")
+            raw = value.encode("utf-32-le") or b"\0" * 4  # numpy's '' is one NUL character
             parts += _value_parts(name, STRING_TYPE, [0], memoryview(raw))
             continue
         tensor = _as_tensor(name, value)
