@@ -263,6 +263,9 @@ class CheckpointManager:
         """
         if ckpt is None:
             ckpt = read_checkpoint(path, dec_key=self.enc_key)
+        if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names
+            from torchresume import mindspore_io
+            return mindspore_io.restore(self, path, ckpt.tree)
         tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
         model_state = {k: v for k, v in tree.items() if k.split(".", 1)[0] not in RESERVED}
         if self.model is not None:

@@ -180,3 +180,34 @@ def convert(src: str, dst: str, dec_key: bytes | None, enc_key: bytes | None, en
     print(f"wrote {dst} (MindSpore .ckpt, {len(entries)} entries, from {ckpt.format}"
           f"{', CRC' if crc_check else ''}{', ' + enc_mode if enc_key else ''})")
     return 0
+
+
+def restore(manager: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Resume from a MindSpore file: weights, optimizer state (Momentum/Adam) and global_step.
+
+    MindSpore files hold no data position or RNG state: the run continues at the
+    epoch boundary after ``global_step`` with fresh RNG. Returns the info dict
+    ``CheckpointManager.restore`` returns.
+    """
+    import sys
+
+    from torchresume.api import load_param_into_net
+    from torchresume.errors import StateMismatchError
+    if manager.model is not None:
+        missing, _ = load_param_into_net(manager.model, params)
+        missing = [n for n in missing if not n.endswith("num_batches_tracked")]
+        if missing:
+            raise StateMismatchError(f"{path}: does not fit the model: missing {missing[:5]}")
+    lacking = [k for k in ("scheduler", "scaler", "sampler") if getattr(manager, k) is not None]
+    lacking.append("rng")
+    if manager.optimizer is not None:
+        if name_mapping.mindspore_optimizer_kind(params) is not None:
+            load_param_into_net(manager.optimizer, params)
+        else:
+            lacking.append("optimizer")
+    step = params.get("global_step")
+    global_step = int(step.reshape(-1)[0]) if isinstance(step, torch.Tensor) else 0
+    print(f"torchresume: {path} is a MindSpore checkpoint: restored the weights"
+          f"{'' if 'optimizer' in lacking else ' and the optimizer state'} at global step "
+          f"{global_step}; {', '.join(lacking)} start fresh", file=sys.stderr)
+    return {"global_step": global_step, "lacking": lacking, "format": FORMAT, "epoch_end_done": True}
