@@ -30,7 +30,7 @@ from mindspore import nn
 from mindspore.train import CheckpointConfig, LossMonitor, Model, ModelCheckpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mindspore_load_check import LeNet5  # noqa: E402
+from mindspore_load_check import LeNet5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
