@@ -184,3 +184,12 @@ def test_crc_checked_on_a_copy(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "crc.ckpt", path)
     assert tr.load_checkpoint(str(path))
     assert tr.load_checkpoint(str(FIXTURES / "crc_mismatch.ckpt"), crc_check=False)  # opt-out
+
+
+def test_huge_dims_are_refused_before_allocating(tmp_path: Path) -> None:
+    from torchresume.format.mindspore import _value_parts
+    parts = _value_parts("w", "Float32", [2 ** 47], memoryview(bytes(8)))
+    (tmp_path / "h.ckpt").write_bytes(b"".join(bytes(p) for p in parts))
+    with pytest.raises(CorruptCheckpointError, match="the tensor 'w' has 8 bytes of content but "
+                                                     "its shape and type need 562949953421312"):
+        tr.load_checkpoint(str(tmp_path / "h.ckpt"))

@@ -198,8 +198,12 @@ def read(f: BinaryIO, size: int, where: str, *, verify: bool = True) -> dict[str
             if name in out:
                 raise CorruptCheckpointError(f"{where}: the entry {name!r} appears twice, not as "
                                              "consecutive pieces of one tensor; the file is damaged")
-            numel = _numel(dims, where, name)
-            flat = torch.empty(numel * dtype.itemsize, dtype=torch.uint8)
+            need = _numel(dims, where, name) * dtype.itemsize
+            # Check before allocating: no tensor is larger than what is left of the file
+            # (later same-name pieces may hold the rest: MindSpore splits at SPLIT bytes).
+            if content_len < need and need > end - src.pos:
+                raise CorruptCheckpointError(_short(where, name, content_len, need))
+            flat = torch.empty(need, dtype=torch.uint8)
             filled = 0
             out[name] = flat  # replaced by the typed view once complete
         total = flat.numel()
@@ -217,10 +221,7 @@ def read(f: BinaryIO, size: int, where: str, *, verify: bool = True) -> dict[str
             out[name] = _typed(flat, dtype, dims)
     for name, (flat, filled) in partial.items():
         if filled != flat.numel():
-            raise CorruptCheckpointError(
-                f"{where}: the tensor {name!r} has {filled} bytes of content but its shape and "
-                f"type need {flat.numel()}; the file is damaged or truncated (MindSpore would "
-                "silently pad it)")
+            raise CorruptCheckpointError(_short(where, name, filled, flat.numel()))
     if check and src.crc != expected_crc:
         raise CorruptCheckpointError(
             f"{where}: CRC mismatch: the footer says {expected_crc:#010x}, the content gives "
@@ -365,6 +366,11 @@ def _parse_head(buf: bytes, room: int, where: str) -> tuple[str, str, list[int],
 def _truncated(where: str, what: str, needed: int, have: int) -> str:
     return (f"{where}: truncated: {what} needs {needed} bytes but only {have} remain; the "
             "write was cut off (use an older checkpoint)")
+
+
+def _short(where: str, name: str, have: int, need: int) -> str:
+    return (f"{where}: the tensor {name!r} has {have} bytes of content but its shape and type "
+            f"need {need}; the file is damaged or truncated (MindSpore would silently pad it)")
 
 
 def _need(got: int, want: int, where: str, name: str) -> None:
