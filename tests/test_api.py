@@ -186,8 +186,8 @@ def test_async_error_surfaces_on_wait(tmp_path, net) -> None:
 def test_bad_arguments(tmp_path, net) -> None:
     with pytest.raises(TypeError, match="save_obj must be an nn.Module"):
         tr.save_checkpoint(3, str(tmp_path / "x.ckpt"))
-    with pytest.raises(ValueError, match="format='ckpt' .* is not supported yet"):
-        tr.save_checkpoint(net, str(tmp_path / "x.ckpt"), format="ckpt")
+    with pytest.raises(ValueError, match="format='onnx' is not supported; use 'safetensors'"):
+        tr.save_checkpoint(net, str(tmp_path / "x.ckpt"), format="onnx")
     with pytest.raises(TypeError, match="net must be an nn.Module or a torch.optim.Optimizer"):
         tr.load_param_into_net("net", {})
     with pytest.raises(tr.CheckpointNotFoundError, match="no such checkpoint file"):

@@ -19,10 +19,9 @@ import torch
 from torch import nn
 
 from torchresume.async_writer import AsyncWriter
-from torchresume.errors import StateMismatchError
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
-from torchresume.state.train_state import is_training_part
+from torchresume.state.loading import load_param_into_net
 from torchresume.state.tree import flat_view, map_tensors
 
 _APPEND_TYPES = (bool, int, float, str)
@@ -90,19 +89,23 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     """Save ``save_obj`` to ``ckpt_file_name`` durably and atomically.
 
     The file is a safetensors file with torchresume metadata and per-tensor
-    xxh3 checksums (``crc_check`` is accepted for MindSpore compatibility; the
-    checksums are always written). With ``async_save`` the state is copied now
-    and written in the background; a failure is raised on the next save or by
-    ``wait_async_saves()``.
+    xxh3 checksums (always written). ``format="ckpt"`` writes MindSpore's
+    protobuf .ckpt instead (``crc_check`` adds its CRC32 footer; ``enc_mode``
+    may be AES-GCM or AES-CBC); see ``mindspore_io.entries_of`` for what it
+    accepts. With ``async_save`` the state is copied now and written in the
+    background; a failure is raised on the next save or by ``wait_async_saves()``.
     """
-    del integrated_save, crc_check  # single-process save; checksums always on
+    del integrated_save  # single-process save
     if format not in (None, "safetensors", "torchresume", "ckpt"):
-        raise ValueError(f"format={format!r} is not supported; use 'safetensors' (the default)")
-    if format == "ckpt":
-        raise ValueError("format='ckpt' (MindSpore protobuf) is not supported yet; "
-                         "use the default format, readable by any safetensors tool")
+        raise ValueError(f"format={format!r} is not supported; use 'safetensors' (the default) "
+                         "or 'ckpt' (MindSpore protobuf)")
     if not isinstance(ckpt_file_name, str) or not ckpt_file_name:
         raise TypeError(f"ckpt_file_name must be a non-empty str, got {ckpt_file_name!r}")
+    if format == "ckpt":  # MindSpore protobuf: mindspore_io owns it
+        from torchresume.files import mindspore_io
+        return mindspore_io.save(save_obj, ckpt_file_name, append_dict=check_append_dict(append_dict),
+                                 enc_key=enc_key, enc_mode=enc_mode, crc_check=crc_check,
+                                 choice_func=choice_func)
     key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key is not None else None
     append = check_append_dict(append_dict)
     kind, tree = state_of(save_obj)
@@ -159,78 +162,5 @@ def load_checkpoint(ckpt_file_name: str, net: nn.Module | None = None, *,
     if net is not None:
         load_param_into_net(net, out, strict_load=strict_load)
     return out
-
-
-def load_param_into_net(net: nn.Module | torch.optim.Optimizer, parameter_dict: dict[str, Any],
-                        strict_load: bool = False) -> tuple[list[str], list[str]]:
-    """Load ``parameter_dict`` into a module or an optimizer.
-
-    Returns ``(param_not_load, ckpt_not_load)``: names the target has but the
-    dict did not fill, and tensor names in the dict the target did not use.
-    Non-strict loading casts float<->float and int<->int and skips (reporting)
-    shape mismatches; strict loading raises StateMismatchError listing every
-    difference. Nothing is modified unless the whole load can succeed.
-    """
-    if not isinstance(parameter_dict, dict):
-        raise TypeError(f"parameter_dict must be a dict, got {type(parameter_dict).__name__}")
-    if isinstance(net, torch.optim.Optimizer):
-        from torchresume.state.optim import load_into_optimizer
-        return load_into_optimizer(net, parameter_dict, strict_load)
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"net must be an nn.Module or a torch.optim.Optimizer, got "
-                        f"{type(net).__name__}")
-    return _load_into_module(net, parameter_dict, strict_load)
-
-
-def _compatible(dst: torch.dtype, src: torch.dtype) -> bool:
-    if dst == src:
-        return True
-    return (dst.is_floating_point and src.is_floating_point) or (
-        not dst.is_floating_point and not src.is_floating_point and not dst.is_complex
-        and dst != torch.bool and src != torch.bool)
-
-
-def _load_into_module(net: nn.Module, params: dict[str, Any],
-                      strict: bool) -> tuple[list[str], list[str]]:
-    own = net.state_dict(keep_vars=True)
-    missing: list[str] = []
-    mismatched: list[str] = []
-    plan: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-    for name, target in own.items():
-        value = params.get(name)
-        if not isinstance(value, torch.Tensor):
-            missing.append(name)
-        elif tuple(value.shape) != tuple(target.shape):
-            mismatched.append(f"{name}: checkpoint {tuple(value.shape)} vs net {tuple(target.shape)}")
-        elif not _compatible(target.dtype, value.dtype) or (strict and target.dtype != value.dtype):
-            mismatched.append(f"{name}: checkpoint {value.dtype} vs net {target.dtype}")
-        else:
-            plan.append((name, target, value))
-    used = {name for name, _, _ in plan}
-    unexpected = [k for k, v in params.items()
-                  if isinstance(v, torch.Tensor) and k not in used and not is_training_part(k)]
-    if strict and (missing or mismatched or unexpected):
-        raise StateMismatchError(_mismatch_message(missing, unexpected, mismatched))
-    with torch.no_grad():
-        for _, target, value in plan:
-            target.copy_(value)
-    if mismatched:
-        import warnings
-        warnings.warn("skipped parameters that do not match: " + "; ".join(mismatched),
-                      stacklevel=3)
-    not_loaded = missing + [m.split(":", 1)[0] for m in mismatched]
-    return not_loaded, unexpected
-
-
-def _mismatch_message(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
-    lines = ["strict load failed; nothing was loaded:"]
-    if missing:
-        lines.append(f"  missing from checkpoint ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-        lines.append(f"  not in the network ({len(unexpected)}): {', '.join(unexpected)}")
-    if mismatched:
-        lines.append(f"  mismatched ({len(mismatched)}): {'; '.join(mismatched)}")
-    lines.append("  use strict_load=False to load what matches (fine-tuning), or fix the names")
-    return "\n".join(lines)
 
 

@@ -85,7 +85,8 @@ class CheckpointManager:
                  keep: Sequence[RetentionPolicy] | int | None = 5, async_save: bool = False,
                  enc_key: bytes | None = None, enc_mode: str = "AES-GCM",
                  saved_network: nn.Module | None = None,
-                 stateful: dict[str, Stateful] | None = None) -> None:
+                 stateful: dict[str, Stateful] | None = None, file_format: str | None = None,
+                 crc_check: bool = False) -> None:
         self.directory = str(directory)
         self.storage, self._where = resolve(self.directory)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -101,7 +102,9 @@ class CheckpointManager:
         self.prefix = prefix
         self.policies: list[RetentionPolicy] = (
             [KeepLast(keep)] if isinstance(keep, int) else list(keep or []))
-        self.enc_key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key else None
+        self.enc_key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key and (
+            file_format != "ckpt") else enc_key
+        self.file_format, self.enc_mode, self.crc_check = file_format, enc_mode, crc_check
         self._writer = AsyncWriter() if async_save else None
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
@@ -180,13 +183,19 @@ class CheckpointManager:
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str) -> None:
-        encoded = encode_state(kind, tree, info=info, append=append)
+        encoded: Any = encode_state(kind, tree, info=info, append=append)
+        enc_key = self.enc_key
+        if self.file_format == "ckpt":  # MindSpore protobuf, laid out (and encrypted) there
+            from torchresume.files import mindspore_io
+            encoded, enc_key = mindspore_io.Parts(mindspore_io.encode(
+                mindspore_io.entries_of(tree, global_step=info.get("global_step")), append=append,
+                crc_check=self.crc_check, enc_key=self.enc_key, enc_mode=self.enc_mode)), None
         if self.remote is None:
-            write_encoded(encoded, path, self.enc_key)
+            write_encoded(encoded, path, enc_key)
             self.apply_retention(protect=path)
             return
         local = self.remote.local_path(path)
-        write_encoded(encoded, local, self.enc_key)
+        write_encoded(encoded, local, enc_key)
         self.remote.upload(local, path, after=lambda: self.apply_retention(protect=path))
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
@@ -277,6 +286,9 @@ class CheckpointManager:
         """
         if ckpt is None:
             ckpt = read_checkpoint(path, dec_key=self.enc_key)
+        if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names
+            from torchresume.files import mindspore_io
+            return mindspore_io.restore(self, path, ckpt.tree)
         lacking = restore_tree(ckpt.tree, path, self.model, self.state, callbacks=callbacks,
                                restore_rng=restore_rng)
         info = dict(ckpt.info)

@@ -28,11 +28,15 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("convert", parents=parents,
-                       help="rewrite any readable checkpoint (.pt/.pth, safetensors, encrypted) as a native one")
+                       help="rewrite any readable checkpoint as a native one or (--to mindspore) a MindSpore .ckpt")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--dec-key-hex", help="key of an encrypted source, as hex")
     p.add_argument("--enc-key-hex", help="encrypt the result with this key (hex, 16/24/32 bytes)")
+    p.add_argument("--to", choices=("native", "mindspore"), default="native",
+                   help="native torchresume file (default) or MindSpore protobuf .ckpt")
+    p.add_argument("--enc-mode", default="AES-GCM", help="with --to mindspore: AES-GCM or AES-CBC")
+    p.add_argument("--crc", action="store_true", help="with --to mindspore: add the CRC32 footer")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("copy", parents=parents, help="parallel, resumable copy between local disk and object storage")
@@ -129,7 +133,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from torchresume.files import encode_state, read_checkpoint, write_encoded
     from torchresume.format import crypto
     dec = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
-    enc = crypto.check_key(bytes.fromhex(args.enc_key_hex), "AES-GCM", "enc_key") if args.enc_key_hex else None
+    enc = bytes.fromhex(args.enc_key_hex) if args.enc_key_hex else None
+    if enc is not None and args.to == "native":
+        enc = crypto.check_key(enc, "AES-GCM", "enc_key")
+    if args.to == "mindspore":
+        from torchresume.files.mindspore_io import convert
+        return convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)
     ckpt = read_checkpoint(args.src, dec_key=dec)
     kind = ckpt.kind if ckpt.format == "torchresume" else "tensors" if ckpt.kind == "tensors" else "state"
     write_encoded(encode_state(kind, ckpt.tree, info=ckpt.info, append=ckpt.append), args.dst, enc)

@@ -63,7 +63,9 @@ def read_checkpoint(path: str, *, dec_key: bytes | None = None, dec_mode: str = 
     """The whole checkpoint at ``path`` (any supported format or a directory) as a state tree."""
     if not isinstance(path, str) or not path:
         raise TypeError(f"ckpt_file_name must be a non-empty str, got {path!r}")
-    key = crypto.check_key(dec_key, dec_mode, "dec_key") if dec_key is not None else None
+    from torchresume.format import mindspore_crypto  # MindSpore files may be AES-CBC too
+    check = mindspore_crypto.check_key if dec_mode == "AES-CBC" else crypto.check_key
+    key = check(dec_key, dec_mode, "dec_key") if dec_key is not None else None
     storage, where = resolve(path)
     from torchresume.files import directory
     if storage.isdir(where):

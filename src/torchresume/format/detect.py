@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from torchresume.format import crypto
+from torchresume.format import crypto, mindspore, mindspore_crypto
 
 
 class Kind(str, Enum):
@@ -14,6 +14,7 @@ class Kind(str, Enum):
     SAFETENSORS = "safetensors"  # native files are safetensors files too
     TORCH_ZIP = "torch-zip"
     TORCH_PICKLE = "torch-pickle"
+    MINDSPORE = "mindspore"  # protobuf .ckpt, plain or encrypted (format/mindspore.py)
     UNKNOWN = "unknown"
 
 
@@ -26,6 +27,8 @@ def detect(first: bytes, size: int) -> Kind:
         return Kind.EMPTY
     if first.startswith(crypto.MAGIC):
         return Kind.ENCRYPTED
+    if mindspore_crypto.mode_of(first) or mindspore.looks_like(first):
+        return Kind.MINDSPORE
     if first.startswith(b"PK\x03\x04"):
         return Kind.TORCH_ZIP
     if len(first) >= 2 and first[0] == 0x80 and 2 <= first[1] <= 5:

@@ -1,7 +1,8 @@
 """Read any supported checkpoint file into a state tree, choosing the format by content.
 
 Supported: the native format (and encrypted native files), plain safetensors
-files, and torch.save files through ``torch.load(weights_only=True)`` only.
+files, MindSpore .ckpt files (mindspore_io), and torch.save files through
+``torch.load(weights_only=True)`` only.
 Nothing here runs pickle's arbitrary-code path or trusts a size from the file
 before checking it against the file's real size.
 """
@@ -23,7 +24,7 @@ from torchresume.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from torchresume.format import crypto, native
+from torchresume.format import crypto, mindspore_crypto, native
 from torchresume.format.detect import HEAD_BYTES, Kind, detect
 from torchresume.state.tree import unflatten
 
@@ -54,6 +55,10 @@ def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
     ``header_xxh3``: the digest a directory manifest recorded for this part's header.
     """
     first, kind = _detect(f, size, where)
+    if kind is Kind.MINDSPORE:
+        from torchresume.format import mindspore_load
+        entries, encrypted = mindspore_load.load(f, size, where, dec_key=dec_key, verify=verify)
+        return Checkpoint("tensors", entries, mindspore_load.FORMAT, encrypted=encrypted)
     if kind is Kind.ENCRYPTED:
         plain = crypto.decrypt(f.read(), dec_key, where)
         inner = read(io.BytesIO(plain), len(plain), where, verify=verify, header_xxh3=header_xxh3)
@@ -75,7 +80,7 @@ def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
                           header.meta)
     raise UnsupportedFormatError(
         f"{where}: not a checkpoint torchresume can read (starts with {first[:8].hex()}); "
-        "expected a torchresume/safetensors file or a torch.save .pt/.pth file")
+        "expected a torchresume/safetensors file, a MindSpore .ckpt or a torch.save .pt/.pth file")
 
 
 def _check_header_digest(f: BinaryIO, header: native.Header, expected: str, where: str) -> None:
@@ -92,6 +97,11 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[str, native.Header 
     Costs one small read for native and safetensors files, whatever their size.
     """
     first, kind = _detect(f, size, where)
+    if kind is Kind.MINDSPORE and mindspore_crypto.mode_of(first):
+        return "encrypted", None, {"encrypted": True, "plain_size": None,
+                                   "mode": f"{mindspore_crypto.mode_of(first)} (MindSpore)"}
+    if kind is Kind.MINDSPORE:
+        return "mindspore", None, {}
     if kind is Kind.ENCRYPTED:
         meta = crypto.parse_header(f.read(4096), where)
         return "encrypted", None, {"encrypted": True, "mode": meta["mode"],

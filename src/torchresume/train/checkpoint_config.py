@@ -7,7 +7,6 @@ from typing import Any
 from torch import nn
 
 from torchresume.errors import CheckpointConfigError
-from torchresume.format import crypto
 
 _APPEND_KEYS = ("epoch_num", "step_num")
 
@@ -59,6 +58,9 @@ class CheckpointConfig:
     - All four being 0/None is an error.
     - ``integrated_save`` and ``remove_redundancy`` are accepted for MindSpore
       compatibility at their defaults only (a single-process checkpoint is whole).
+    - ``format``: None/"safetensors" write torchresume files (exact resume);
+      "ckpt" writes MindSpore protobuf .ckpt files (weights and optimizer
+      state only, loadable by MindSpore; see mindspore_io).
     - ``monitor`` / ``mode`` / ``keep_best_max``: also keep the best checkpoints
       by a validation metric (``Model.fit``), as ``{prefix}-best-{epoch}_{step}.ckpt``.
     """
@@ -69,7 +71,7 @@ class CheckpointConfig:
                  saved_network: nn.Module | None = None, append_info: list[Any] | None = None,
                  enc_key: bytes | None = None, enc_mode: str = "AES-GCM",
                  exception_save: bool = False, crc_check: bool = False,
-                 remove_redundancy: bool = False, format: str = "ckpt",
+                 remove_redundancy: bool = False, format: str | None = None,
                  monitor: str | None = None, mode: str = "max", keep_best_max: int = 1) -> None:
         steps = _non_negative_int("save_checkpoint_steps", save_checkpoint_steps)
         seconds = _non_negative_int("save_checkpoint_seconds", save_checkpoint_seconds)
@@ -97,10 +99,11 @@ class CheckpointConfig:
                 "training; a single-process checkpoint is always whole. Leave them at their defaults")
         if saved_network is not None and not isinstance(saved_network, nn.Module):
             raise TypeError(f"saved_network must be an nn.Module, got {type(saved_network).__name__}")
-        if format not in ("ckpt", "safetensors"):
+        if format not in (None, "ckpt", "safetensors"):
             raise CheckpointConfigError(f"format must be 'ckpt' or 'safetensors', got {format!r}")
-        if enc_key is not None:
-            crypto.check_key(enc_key, enc_mode, "enc_key")
+        if enc_key is not None:  # format="ckpt" (MindSpore protobuf) also allows AES-CBC
+            from torchresume.files.mindspore_io import check_config
+            check_config(format, enc_key, enc_mode, crc_check)
         if mode not in ("max", "min"):
             raise CheckpointConfigError(f"mode must be 'max' or 'min', got {mode!r}")
         if monitor is not None and not isinstance(monitor, str):

@@ -75,7 +75,8 @@ class ModelCheckpoint(Callback):
         common: dict[str, Any] = dict(model=ctx.network, optimizer=ctx.optimizer,
                                       scheduler=getattr(ctx.model, "scheduler", None),
                                       async_save=cfg.async_save, enc_key=cfg.enc_key,
-                                      enc_mode=cfg.enc_mode, saved_network=cfg.saved_network)
+                                      enc_mode=cfg.enc_mode, saved_network=cfg.saved_network,
+                                      file_format=cfg.format, crc_check=cfg.crc_check)
         self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
                                          **common)
         self.manager.acquire_lock()
