@@ -5,9 +5,11 @@ The command line's inspect, verify, diff and ls stand on these functions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchresume.api import read_checkpoint
@@ -133,16 +135,34 @@ def diff(a: str, b: str) -> list[TensorChange]:
     return sorted(out, key=lambda c: c.name)
 
 
+def _as_tensor(value: Any) -> Any:
+    """numpy arrays (RNG states, user arrays) compare as tensors."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    """Equality of non-tensor leaves; NaN equals NaN (a stored NaN is the same value)."""
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return bool(x == y)
+
+
 def _compare(name: str, x: Any, y: Any) -> TensorChange | None:
+    x, y = _as_tensor(x), _as_tensor(y)
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
         if x.shape != y.shape or x.dtype != y.dtype:
             return TensorChange(name, "changed", f"{x.dtype}{list(x.shape)} -> "
                                 f"{y.dtype}{list(y.shape)}")
-        if torch.equal(x, y):
+        if torch.equal(x, y) or (x.is_floating_point() and torch.equal(x.isnan(), y.isnan())
+                                 and torch.equal(x.nan_to_num(), y.nan_to_num())):
             return None
-        delta = (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+        delta = (x.double() - y.double()).abs().nan_to_num(nan=math.inf).max().item() if x.numel() else 0.0
         return TensorChange(name, "changed", "values", delta)
-    if type(x) is not type(y) or x != y:
+    if not _same_value(x, y):
         return TensorChange(name, "changed", f"{x!r} -> {y!r}")
     return None
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchresume.data.loader_state import feed_for
 from torchresume.state import rng
 from torchresume.train.callback import Callback, CallbackList, RunContext
 
@@ -96,15 +97,20 @@ class Model:
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
                          steps_per_epoch=len(dataset), dataset=dataset, config=config)
         ctx.start_epoch, ctx.step = initial_epoch, 0
+        ctx.feed = feed_for(dataset)
+        caveat = ctx.feed.warning()
+        if caveat:
+            print(f"torchresume: warning: {caveat}", file=sys.stderr, flush=True)
         if resume not in (None, "none"):
             self._resume(resume, cbs, ctx)
-        elif hasattr(dataset, "sampler") and hasattr(dataset.sampler, "set_epoch"):
-            dataset.sampler.set_epoch(initial_epoch)
+        else:
+            ctx.feed.set_epoch(initial_epoch)
         ctx.global_step = ctx.global_step or initial_epoch * ctx.steps_per_epoch
         total = epochs * ctx.steps_per_epoch
         if ctx.resumed_from and ctx.global_step >= total:
             print(f"torchresume: training already finished ({ctx.global_step}/{total} steps, "
                   f"{ctx.resumed_from}); nothing to do", flush=True)
+            ctx.epoch = min(epochs, max(1, -(-ctx.global_step // ctx.steps_per_epoch)))
             return self._summary(ctx, finished=True, already=True)
         needs_rng = any(getattr(getattr(cb, "config", None), "exception_save", False)
                         for cb in cbs.callbacks)
@@ -142,7 +148,7 @@ class Model:
         assert opt is not None and loss_fn is not None
         step_begin, step_end = cbs.has("on_train_step_begin"), cbs.has("on_train_step_end")
         on_cpu = device.type == "cpu"
-        for x, y in _remaining(ctx.dataset, ctx.step):
+        for x, y in ctx.feed.batches(ctx.step, ctx.steps_per_epoch):
             ctx.in_step = True
             if step_begin:
                 cbs.call("on_train_step_begin", ctx)
@@ -182,14 +188,12 @@ class Model:
     def training_state(self, ctx: RunContext) -> dict[str, Any]:
         """The non-weight parts a checkpoint of this run needs, consistent with ctx's counters."""
         callbacks = {k: cb.state_dict() for k, cb in self._callbacks.stateful().items()}
-        dataset = ctx.dataset
-        sampler = None
-        if hasattr(dataset, "state_dict"):
-            sampler = dict(dataset.state_dict())
-            sampler.update(epoch=ctx.epoch - 1, consumed=ctx.step)  # the last *completed* step
+        feed = ctx.feed if ctx.feed is not None else feed_for(ctx.dataset)
+        sampler = feed.state_dict(ctx.epoch - 1, ctx.step)  # the last *completed* step
+        finite = weights_finite(self.network, self.optimizer)
         info = {"steps_per_epoch": ctx.steps_per_epoch, "epoch_num": ctx.epoch_num,
-                "metrics": dict(ctx.metrics), "config": ctx.config,
-                "finished": ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch}
+                "metrics": dict(ctx.metrics), "config": ctx.config, "finite": finite,
+                "finished": finite and ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch}
         return {"callbacks": callbacks, "sampler": sampler, "info": info,
                 "rng": {**rng.capture(), **(ctx.step_rng or {})}}
 
@@ -229,7 +233,9 @@ class Model:
     def restore(self, path: str, ctx: RunContext, ckpt: Any = None) -> None:
         """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position."""
         from torchresume.manager import CheckpointManager
-        sampler = ctx.dataset if hasattr(ctx.dataset, "load_state_dict") else None
+        if ctx.feed is None:
+            ctx.feed = feed_for(ctx.dataset)
+        sampler = ctx.feed if ctx.feed.kind != "iterable" else None
         manager = CheckpointManager(".", model=self.network, optimizer=self.optimizer,
                                     scheduler=self.scheduler, sampler=sampler, keep=None)
         info = manager.restore(path, callbacks=self._callbacks.stateful(), ckpt=ckpt)
@@ -245,8 +251,8 @@ class Model:
         if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):
             # Saved at an epoch's last step, before its epoch-end hooks: run those first.
             epoch_index, ctx.step = epoch_index - 1, steps
-        if hasattr(ctx.dataset, "sampler") and "sampler" in info.get("lacking", []):
-            ctx.dataset.sampler.epoch, ctx.dataset.sampler.consumed = epoch_index, ctx.step
+        if "sampler" in info.get("lacking", []):
+            ctx.feed.mark_lacking(epoch_index, ctx.step)
         ctx.start_epoch = epoch_index
         _warn_config_changes(info.get("config"), ctx.config, path)
         print(f"torchresume: resumed from {path} at epoch {epoch_index + 1}, step {ctx.step} "
@@ -338,16 +344,13 @@ def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Call
     return items
 
 
-def _remaining(dataset: Any, done: int) -> Iterable[Any]:
-    """The batches of the current epoch not yet trained on."""
-    if hasattr(dataset, "sampler") and hasattr(dataset, "state_dict"):
-        return dataset  # a resumable dataset continues from its own position
-    if done:
-        import itertools
-        print(f"torchresume: this dataset cannot seek; skipping {done} batches by iterating",
-              file=sys.stderr)
-        return itertools.islice(iter(dataset), done, None)
-    return dataset
+def weights_finite(network: nn.Module, optimizer: Any = None) -> bool:
+    """Whether every floating tensor of the network (and the optimizer's state) is finite."""
+    tensors: list[torch.Tensor] = [t for t in network.state_dict().values() if t.is_floating_point()]
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tensors += [t for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _iterate_eval(dataset: Any) -> Iterable[Any]:
