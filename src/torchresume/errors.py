@@ -44,5 +44,17 @@ class StorageError(TorchResumeError, OSError):
     """Object storage failed permanently (after retries)."""
 
 
+class SaveError(TorchResumeError, OSError):
+    """A checkpoint could not be written; the message names the file and the cause."""
+
+
+class AmbiguousRunError(TorchResumeError, ValueError):
+    """Auto-resume cannot tell which run in a directory to continue."""
+
+
+class DivergedRunError(TorchResumeError, ValueError):
+    """Every checkpoint a resume could continue from holds non-finite weights."""
+
+
 class AsyncSaveError(TorchResumeError, RuntimeError):
     """A background save failed; raised on the next save or at close."""

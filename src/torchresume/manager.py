@@ -24,7 +24,13 @@ from torchresume import catalog
 from torchresume.api import encode_state, read_checkpoint, write_encoded
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import CorruptCheckpointError, StateMismatchError, TorchResumeError
+from torchresume.errors import (
+    CorruptCheckpointError,
+    DivergedRunError,
+    SaveError,
+    StateMismatchError,
+    TorchResumeError,
+)
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.retention import KeepLast, RetentionPolicy
@@ -64,6 +70,40 @@ def prune(directory: str, keep: int) -> list[str]:
     return deleted
 
 
+def inspection_size(path: str) -> str:
+    from torchresume.inspection import human_bytes
+    return human_bytes(os.path.getsize(path))
+
+
+def _write_or_say_why(encoded: Any, path: str, enc_key: bytes | None) -> None:
+    """Write a checkpoint; a failure names the checkpoint and the cause, not a temporary."""
+    try:
+        write_encoded(encoded, path, enc_key)
+    except TorchResumeError:
+        raise
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        code = f" (errno {exc.errno})" if exc.errno else ""
+        error = SaveError(f"cannot save checkpoint {path}: {cause}{code}")
+        error.errno = exc.errno
+        raise error from exc
+
+
+def tree_finite(tree: Any) -> bool:
+    """Whether every floating tensor of a checkpoint's state (RNG aside) is finite."""
+    if not isinstance(tree, dict):
+        return True
+    ok = True
+
+    def check(t: torch.Tensor) -> torch.Tensor:
+        nonlocal ok
+        if ok and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            ok = False
+        return t
+    map_tensors({k: v for k, v in tree.items() if k != "rng"}, check)
+    return ok
+
+
 def snapshot(tree: Any) -> Any:
     """A CPU copy of every tensor: what a background writer may use while training goes on."""
     return map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
@@ -94,6 +134,7 @@ class CheckpointManager:
         self.staging = staging_dir(self.directory) if is_remote(self.directory) else None
         self._uploader = AsyncWriter("torchresume-upload") if self.staging else None
         self._last_uploaded: str | None = None
+        self.verbose = False  # one line per saved checkpoint (ModelCheckpoint turns it on)
         for local_dir in (self._where if isinstance(self.storage, LocalStorage) else None, self.staging):
             if local_dir:
                 clean_stale_temps(local_dir)
@@ -153,17 +194,36 @@ class CheckpointManager:
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str) -> None:
+        start = time.perf_counter()
         encoded = encode_state(kind, tree, info=info, append=append)
         if self.staging is None or self._uploader is None:
-            write_encoded(encoded, path, self.enc_key)
+            _write_or_say_why(encoded, path, self.enc_key)
+            self._report("saved", path, start)
             self.apply_retention(protect=path)
             return
         local = os.path.join(self.staging, path.rsplit("/", 1)[-1])
-        write_encoded(encoded, local, self.enc_key)
+        _write_or_say_why(encoded, local, self.enc_key)
+        self._report("saved", local, start, f"; uploading to {path}")
         self._uploader.submit(lambda: self._upload(local, path), path)
 
+    def _report(self, what: str, path: str, start: float, tail: str = "") -> None:
+        """One line per checkpoint (when ``verbose``): its path, size and how long it took."""
+        if not self.verbose:
+            return
+        try:
+            size = inspection_size(path)
+        except OSError:
+            size = "?"
+        print(f"torchresume: {what} {path} ({size}, {time.perf_counter() - start:.2f} s){tail}",
+              flush=True)
+
     def _upload(self, local: str, path: str) -> None:
+        start = time.perf_counter()
         self.storage.upload_file(local, path)  # type: ignore[attr-defined]
+        if self.verbose:
+            from torchresume.inspection import human_bytes
+            print(f"torchresume: uploaded {path} ({human_bytes(os.path.getsize(local))}, "
+                  f"{time.perf_counter() - start:.2f} s)", flush=True)
         self.apply_retention(protect=path)
         # Only files already uploaded may go; the newest uploaded one stays as a local cache.
         if self._last_uploaded and self._last_uploaded != local and os.path.exists(self._last_uploaded):
@@ -232,17 +292,39 @@ class CheckpointManager:
                 queued.append(remote)
         return queued
 
-    def newest_readable(self) -> tuple[Entry, Checkpoint] | None:
-        """The newest resumable checkpoint, read and verified once; bad ones are skipped and named."""
-        for entry in self._resume_candidates():
+    def newest_readable(self, run: str | None = None, *,
+                        require_finite: bool = False) -> tuple[Entry, Checkpoint] | None:
+        """The newest resumable checkpoint, read and verified once; bad ones are skipped and named.
+
+        ``run``: only that run's checkpoints (catalog.select_run: never another run's).
+        ``require_finite``: skip, saying so, checkpoints whose weights hold NaN or Inf; if
+        every one does, raise DivergedRunError.
+        """
+        candidates = self._resume_candidates()
+        if run is not None:
+            candidates = catalog.select_run(candidates, run, self.directory)
+        diverged: list[str] = []
+        for entry in candidates:
             if entry.prefix is not None and entry.prefix.endswith("-best"):
                 continue  # best-model copies are for evaluation, not for resuming
             try:
                 if not entry.valid:
                     raise CorruptCheckpointError(entry.reason)
-                return entry, read_checkpoint(entry.path, dec_key=self.enc_key)
+                ckpt = read_checkpoint(entry.path, dec_key=self.enc_key)
             except (TorchResumeError, OSError) as exc:
                 print(f"torchresume: skipping invalid checkpoint {exc}", file=sys.stderr)
+                continue
+            if require_finite and not tree_finite(ckpt.tree):
+                print(f"torchresume: skipping {entry.path}: its weights are not finite (NaN or Inf: "
+                      "the run diverged there)", file=sys.stderr, flush=True)
+                diverged.append(entry.name)
+                continue
+            return entry, ckpt
+        if diverged:
+            raise DivergedRunError(
+                f"{self.directory}: every checkpoint of the run ({', '.join(diverged)}) has non-finite "
+                "weights (the run diverged); start over with --resume none (resume='none'), "
+                "e.g. at a lower learning rate")
         return None
 
     # -- restoring ------------------------------------------------------------------------

@@ -223,7 +223,7 @@ class Model:
             finder = CheckpointManager(ckpt_cbs[0].directory, keep=None)
             finder.upload_pending()  # a kill may have come between a local save and its upload
             finder.wait()
-            found = finder.newest_readable()
+            found = finder.newest_readable(ckpt_cbs[0].base_prefix, require_finite=True)
             if found is None:
                 return
             self.restore(found[0].path, ctx, ckpt=found[1])
