@@ -42,6 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = files.cli_words(str(exc).replace("\n", " | ") or type(exc).__name__)
         print(f"torchresume: error: {message}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if not type(exc).__module__.split(".")[0] in _STORAGE_LIBRARIES:
+            raise
+        print(f"torchresume: error: object storage: {type(exc).__name__}: {str(exc)[:300]}",
+              file=sys.stderr)
+        return 1
+
+
+# Errors of the object-storage stack are one line too, never a traceback.
+_STORAGE_LIBRARIES = ("botocore", "aiobotocore", "s3fs", "aiohttp", "fsspec", "urllib3")
 
 
 def _closed_pipe() -> int:
