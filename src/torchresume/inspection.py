@@ -163,8 +163,18 @@ def _compare(name: str, x: Any, y: Any) -> TensorChange | None:
         delta = (x.double() - y.double()).abs().nan_to_num(nan=math.inf).max().item() if x.numel() else 0.0
         return TensorChange(name, "changed", "values", delta)
     if not _same_value(x, y):
-        return TensorChange(name, "changed", f"{x!r} -> {y!r}")
+        return TensorChange(name, "changed", f"{_brief(x)} -> {_brief(y)}")
     return None
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    """repr, shortened: a generator's 625-number state is not worth a screen."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, (list, tuple)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return text[:limit - 3] + "..."
 
 
 def human_bytes(n: float) -> str:

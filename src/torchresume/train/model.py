@@ -336,11 +336,14 @@ def _wait_bounded(manager: Any) -> None:
 
 
 def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Callback]:
-    """The user's callbacks, plus a progress bar when a person is watching (a terminal)."""
+    """The user's callbacks, plus a progress bar on a terminal, or periodic lines in a log."""
     items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
     if sys.stderr.isatty():
         from torchresume.train.progress_bar import ProgressBar
         items.append(ProgressBar())
+    else:  # a log file or a pipe: a line every tenth of an epoch
+        from torchresume.train.progress_log import ProgressLog
+        items.append(ProgressLog())
     return items
 
 
