@@ -135,6 +135,8 @@ class CheckpointManager:
         self._uploader = AsyncWriter("torchresume-upload") if self.staging else None
         self._last_uploaded: str | None = None
         self.verbose = False  # one line per saved checkpoint (ModelCheckpoint turns it on)
+        # Completed steps of the run: restored from a checkpoint, counted by Guard.step_done.
+        self.global_step = 0
         for local_dir in (self._where if isinstance(self.storage, LocalStorage) else None, self.staging):
             if local_dir:
                 clean_stale_temps(local_dir)
@@ -179,8 +181,9 @@ class CheckpointManager:
                 writer.raise_if_failed()
         path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
-        full_info = {"epoch": epoch, "step": step,
-                     "global_step": global_step if global_step is not None else step,
+        if global_step is None:  # a guarded loop counts them; else the step is all we know
+            global_step = self.global_step or step
+        full_info = {"epoch": epoch, "step": step, "global_step": global_step,
                      "prefix": self.prefix, "breakpoint": breakpoint, "time": time.time(),
                      **(info or {})}
         kind = "model" if self.saved_network is not None else "train_state"
@@ -367,6 +370,8 @@ class CheckpointManager:
                 lacking.append(f"extra.{name}")
         info = dict(ckpt.info)
         info["lacking"] = lacking
+        if isinstance(info.get("global_step"), int):
+            self.global_step = info["global_step"]
         if lacking:
             print(f"torchresume: {path} holds no {', '.join(lacking)} state (weights-only "
                   "checkpoint?); those start fresh", file=sys.stderr)
@@ -428,8 +433,12 @@ class Guard:
         self.received = signum
 
     def step_done(self, epoch: int, step: int, global_step: int | None = None) -> None:
-        """Call after each completed step; saves and exits (128 + signal) if asked to stop."""
-        self.position = (epoch, step, global_step if global_step is not None else step)
+        """Call after each completed step; saves and exits (128 + signal) if asked to stop.
+
+        Without ``global_step``, the run's steps are counted from the restored checkpoint's.
+        """
+        self.manager.global_step = global_step if global_step is not None else self.manager.global_step + 1
+        self.position = (epoch, step, self.manager.global_step)
         if self.received is not None:
             path = self.manager.save(epoch, step, self.position[2])
             self.manager.wait()
