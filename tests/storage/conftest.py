@@ -71,7 +71,8 @@ def rclone_server(tmp_path_factory) -> Iterator[str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"rclone serve s3 did not start: {(root.parent / 'rclone-serve.log').read_text()}")
+                text = (root.parent / "rclone-serve.log").read_text()
+                raise RuntimeError(f"rclone serve s3 did not start: {text}") from None
             time.sleep(0.05)
     yield endpoint
     os.killpg(proc.pid, signal.SIGTERM)

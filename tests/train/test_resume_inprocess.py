@@ -118,5 +118,6 @@ def test_fit_of_a_finished_run_returns_its_epoch(tmp_path) -> None:
     first = toy_model().fit(2, toy_data(), None, callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)])
     again = toy_model().fit(2, toy_data(), None, callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)],
                             resume="auto")
-    assert again["already_finished"] and (again["epoch"], again["global_step"]) == (first["epoch"], first["global_step"])
+    assert again["already_finished"]
+    assert (again["epoch"], again["global_step"]) == (first["epoch"], first["global_step"])
     assert again["epoch"] == 2

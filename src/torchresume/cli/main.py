@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchresume: error: {message}", file=sys.stderr)
         return 1
     except Exception as exc:
-        if not type(exc).__module__.split(".")[0] in _STORAGE_LIBRARIES:
+        if type(exc).__module__.split(".")[0] not in _STORAGE_LIBRARIES:
             raise
         print(f"torchresume: error: object storage: {type(exc).__name__}: {str(exc)[:300]}",
               file=sys.stderr)

@@ -51,9 +51,9 @@ class Feed:
         return None
 
     def set_epoch(self, epoch_index: int) -> None:
-        sampler = getattr(self.data, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch_index)
+        set_epoch = getattr(getattr(self.data, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch_index)
 
     def batches(self, done: int, total: int) -> Iterable[Any]:
         """The current epoch's batches after the first ``done`` (``total`` per epoch)."""
@@ -79,7 +79,7 @@ class PositionFeed(Feed):
             self.data.sampler.set_epoch(epoch_index)
 
     def batches(self, done: int, total: int) -> Iterable[Any]:
-        return self.data  # type: ignore[no-any-return]
+        return self.data
 
     def state_dict(self, epoch_index: int, consumed: int) -> dict[str, Any] | None:
         state = dict(self.data.state_dict())
@@ -147,7 +147,7 @@ class DataLoaderFeed(Feed):
         if done == 0 or pending is None:
             self.epoch_start = self.generators.capture()
             if done == 0:
-                return self.data  # type: ignore[no-any-return]
+                return self.data
             return itertools.islice(iter(self.data), done, None)  # no saved start: best effort
         return self._resumed(pending, done)
 
@@ -200,7 +200,7 @@ class StatefulFeed(Feed):
                 return ()
             if done:
                 return itertools.islice(iter(self.data), done, None)
-            return self.data  # type: ignore[no-any-return]
+            return self.data
         return self._resumed(done)
 
     def _resumed(self, done: int) -> Iterable[Any]:
@@ -211,7 +211,7 @@ class StatefulFeed(Feed):
             return it
         # Saved after an epoch's end hooks: the loaded state is that epoch's end, the next is fresh.
         first = next(it, _END)
-        return self.data if first is _END else itertools.chain([first], it)  # type: ignore[no-any-return]
+        return self.data if first is _END else itertools.chain([first], it)
 
     def state_dict(self, epoch_index: int, consumed: int) -> dict[str, Any] | None:
         return {FEED_KEY: self.kind, "epoch": epoch_index, "consumed": consumed,
@@ -240,7 +240,7 @@ class ReplayFeed(Feed):
             return ()
         if done:
             return itertools.islice(iter(self.data), done, None)
-        return self.data  # type: ignore[no-any-return]
+        return self.data
 
 
 def check_feed_state(state: dict[str, Any], kind: str, batches: int | None) -> None:

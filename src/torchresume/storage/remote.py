@@ -52,6 +52,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
     delay = BACKOFF_S
+    first = time.monotonic()
     for attempt in range(1, retries + 1):
         try:
             return fn()
@@ -61,19 +62,18 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
             if attempt == retries or not is_transient(exc):
                 raise StorageError(f"{what} failed after {attempt} attempt(s): "
                                    f"{type(exc).__name__}: {str(exc)[:300]}") from exc
-            _say_retrying(what, exc, attempt, retries, delay)
+            _say_retrying(what, exc, attempt, retries, delay, time.monotonic() - first)
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
 
 
-def _say_retrying(what: str, exc: BaseException, attempt: int, retries: int, delay: float) -> None:
-    """A retried failure is never silent: what failed, which try this was, how long until the next."""
+def _say_retrying(what: str, exc: BaseException, attempt: int, retries: int, delay: float,
+                  elapsed: float) -> None:
+    """A retried failure is never silent: what failed, which retry, and how long it has failed."""
     import sys
-    left = sum(delay * 2 ** i for i in range(retries - attempt))
     print(f"torchresume: {what}: {type(exc).__name__}: {str(exc)[:160]}; retry {attempt}/{retries - 1} "
-          f"in {delay:.1f} s (giving up after about {left:.0f} s more of waits)", file=sys.stderr,
-          flush=True)
+          f"in {delay:.1f} s (failing for {elapsed:.0f} s)", file=sys.stderr, flush=True)
 
 
 # S3-compatible stores (rclone, MinIO, Ceph, OBS...) differ from AWS on botocore's flexible
