@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torchresume import files
-from torchresume.errors import TorchResumeError
+from torchresume.errors import AmbiguousRunError, TorchResumeError
 from torchresume.files import CHECKPOINT_SUFFIXES
 from torchresume.files import directory as directory_layout
 from torchresume.storage import resolve
@@ -94,6 +94,35 @@ def list_checkpoints(directory: str, *, verify: bool = True,
             entry.valid, entry.reason = verdict.valid, verdict.reason
         out.append(entry)
     return sorted(out, key=Entry.order_key, reverse=True)
+
+
+def runs(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """Resumable checkpoints by run prefix (best-model copies excluded), each newest first."""
+    out: dict[str, list[Entry]] = {}
+    for e in entries:
+        if e.prefix is not None and not e.prefix.endswith("-best"):
+            out.setdefault(e.prefix, []).append(e)
+    return out
+
+
+def select_run(entries: list[Entry], prefix: str, directory: str) -> list[Entry]:
+    """The checkpoints of the run named ``prefix`` (newest first), never another run's.
+
+    A directory holding no ``prefix`` checkpoints but runs started from it with
+    ``--resume none`` (``prefix_1``, ``prefix_2``...) is ambiguous: raises
+    AmbiguousRunError naming them and how to pick one.
+    """
+    by_run = runs(entries)
+    if prefix in by_run:
+        return by_run[prefix]
+    siblings = sorted((p for p in by_run if p.startswith(prefix + "_") and p[len(prefix) + 1:].isdigit()),
+                      key=lambda p: int(p[len(prefix) + 1:]))
+    if not siblings:
+        return []
+    listed = ", ".join(f"{p} (newest {by_run[p][0].name})" for p in siblings)
+    raise AmbiguousRunError(
+        f"{directory} has no checkpoints of run '{prefix}' but has runs {listed}; continue one with "
+        f"--prefix {siblings[-1]} (ModelCheckpoint prefix), or start a new run with --resume none")
 
 
 def _read_header_facts(entry: Entry) -> None:

@@ -59,5 +59,13 @@ class DataError(TorchResumeError, ValueError):
     """The data set is missing or malformed."""
 
 
+class AmbiguousRunError(TorchResumeError, ValueError):
+    """Auto-resume cannot tell which run in a directory to continue."""
+
+
+class DivergedRunError(TorchResumeError, ValueError):
+    """Every checkpoint a resume could continue from holds non-finite weights."""
+
+
 class AsyncSaveError(TorchResumeError, RuntimeError):
     """A background save failed; raised on the next save or at close."""

@@ -6,9 +6,11 @@ describe and verify come from the file layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchresume.files import CHECKPOINT_SUFFIXES, Description, Verdict, describe, read_checkpoint, verify
@@ -50,19 +52,46 @@ def diff(a: str, b: str) -> list[TensorChange]:
     return sorted(out, key=lambda c: c.name)
 
 
+def _as_tensor(value: Any) -> Any:
+    """numpy arrays (RNG states, user arrays) compare as tensors."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    """Equality of non-tensor leaves; NaN equals NaN (a stored NaN is the same value)."""
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return bool(x == y)
+
+
 def _compare(name: str, x: Any, y: Any) -> TensorChange | None:
+    x, y = _as_tensor(x), _as_tensor(y)
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
         if x.shape != y.shape or x.dtype != y.dtype:
             return TensorChange(name, "changed", f"{x.dtype}{list(x.shape)} -> "
                                 f"{y.dtype}{list(y.shape)}")
         if torch.equal(x, y) or (x.is_floating_point() and torch.equal(x.isnan(), y.isnan())
                                  and torch.equal(x.nan_to_num(), y.nan_to_num())):
-            return None  # NaN where the other has NaN too is no change
-        delta = (x.double() - y.double()).abs().nan_to_num(nan=float("inf")).max().item() if x.numel() else 0.0
+            return None
+        delta = (x.double() - y.double()).abs().nan_to_num(nan=math.inf).max().item() if x.numel() else 0.0
         return TensorChange(name, "changed", "values", delta)
-    if type(x) is not type(y) or x != y:
-        return TensorChange(name, "changed", f"{x!r} -> {y!r}")
+    if not _same_value(x, y):
+        return TensorChange(name, "changed", f"{_brief(x)} -> {_brief(y)}")
     return None
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    """repr, shortened: a generator's 625-number state is not worth a screen."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, (list, tuple)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return text[:limit - 3] + "..."
 
 
 def human_bytes(n: float) -> str:

@@ -21,10 +21,11 @@ from torch import nn
 from torchresume import catalog, files, run_lock, signals
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, TorchResumeError
+from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, DivergedRunError, TorchResumeError
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
+from torchresume.log import log
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state.registry import BUILTIN, StateRegistry, capture_tree, restore_tree
@@ -70,6 +71,21 @@ def prune(directory: str, keep: int) -> list[str]:
     return deleted
 
 
+def tree_finite(tree: Any) -> bool:
+    """Whether every floating tensor of a checkpoint's state (RNG aside) is finite."""
+    if not isinstance(tree, dict):
+        return True
+    ok = True
+
+    def check(t: torch.Tensor) -> torch.Tensor:
+        nonlocal ok
+        if ok and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            ok = False
+        return t
+    map_tensors({k: v for k, v in tree.items() if k != "rng"}, check)
+    return ok
+
+
 def snapshot(tree: Any) -> Any:
     """A CPU copy of every tensor: what a background writer may use while training goes on."""
     return map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
@@ -111,8 +127,22 @@ class CheckpointManager:
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
         self.staging = self.remote.staging if self.remote is not None else None
         self._lock: run_lock.RunLock | None = None
+        self._verbose = False
+        # Completed steps of the run: restored from a checkpoint, counted by Guard.step_done.
+        self.global_step = 0
         if isinstance(self.storage, LocalStorage):
             clean_stale_temps(self._where)
+
+    @property
+    def verbose(self) -> bool:
+        """One line per saved (and uploaded) checkpoint; ModelCheckpoint turns it on."""
+        return self._verbose
+
+    @verbose.setter
+    def verbose(self, value: bool) -> None:
+        self._verbose = value
+        if self.remote is not None:
+            self.remote.verbose = value
 
     def register(self, name: str, obj: Any) -> None:
         """Checkpoint ``obj`` (a Stateful) under ``name`` beside the model and optimizer.
@@ -168,8 +198,9 @@ class CheckpointManager:
             self._lock.refresh()
         path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
-        full_info = {"epoch": epoch, "step": step,
-                     "global_step": global_step if global_step is not None else step,
+        if global_step is None:  # a guarded loop counts them; else the step is all we know
+            global_step = self.global_step or step
+        full_info = {"epoch": epoch, "step": step, "global_step": global_step,
                      "prefix": self.prefix, "breakpoint": breakpoint, "time": time.time(),
                      **(info or {})}
         kind = "model" if self.saved_network is not None else "train_state"
@@ -183,6 +214,7 @@ class CheckpointManager:
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str) -> None:
+        start = time.perf_counter()
         encoded: Any = encode_state(kind, tree, info=info, append=append)
         enc_key = self.enc_key
         if self.file_format == "ckpt":  # MindSpore protobuf, laid out (and encrypted) there
@@ -191,12 +223,20 @@ class CheckpointManager:
                 mindspore_io.entries_of(tree, global_step=info.get("global_step")), append=append,
                 crc_check=self.crc_check, enc_key=self.enc_key, enc_mode=self.enc_mode)), None
         if self.remote is None:
-            write_encoded(encoded, path, enc_key)
+            size = write_encoded(encoded, path, enc_key)
+            self._report("saved", path, size, start)
             self.apply_retention(protect=path)
             return
         local = self.remote.local_path(path)
-        write_encoded(encoded, local, enc_key)
+        size = write_encoded(encoded, local, enc_key)
+        self._report("saved", local, size, start, f"; uploading to {path}")
         self.remote.upload(local, path, after=lambda: self.apply_retention(protect=path))
+
+    def _report(self, what: str, path: str, size: int, start: float, tail: str = "") -> None:
+        """One line per checkpoint (when ``verbose``): its path, size and how long it took."""
+        if self._verbose:
+            from torchresume.inspection import human_bytes
+            log.info("%s %s (%s, %.2f s)%s", what, path, human_bytes(size), time.perf_counter() - start, tail)
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""
@@ -264,17 +304,39 @@ class CheckpointManager:
                 queued.append(remote)
         return queued
 
-    def newest_readable(self) -> tuple[Entry, Checkpoint] | None:
-        """The newest resumable checkpoint, read and verified once; bad ones are skipped and named."""
-        for entry in self._resume_candidates():
+    def newest_readable(self, run: str | None = None, *,
+                        require_finite: bool = False) -> tuple[Entry, Checkpoint] | None:
+        """The newest resumable checkpoint, read and verified once; bad ones are skipped and named.
+
+        ``run``: only that run's checkpoints (catalog.select_run: never another run's).
+        ``require_finite``: skip, saying so, checkpoints whose weights hold NaN or Inf; if
+        every one does, raise DivergedRunError.
+        """
+        candidates = self._resume_candidates()
+        if run is not None:
+            candidates = catalog.select_run(candidates, run, self.directory)
+        diverged: list[str] = []
+        for entry in candidates:
             if entry.prefix is not None and entry.prefix.endswith("-best"):
                 continue  # best-model copies are for evaluation, not for resuming
             try:
                 if not entry.valid:
                     raise CorruptCheckpointError(entry.reason)
-                return entry, read_checkpoint(entry.path, dec_key=self.enc_key)
+                ckpt = read_checkpoint(entry.path, dec_key=self.enc_key)
             except (TorchResumeError, OSError) as exc:
                 print(f"torchresume: skipping invalid checkpoint {exc}", file=sys.stderr)
+                continue
+            if require_finite and not tree_finite(ckpt.tree):
+                print(f"torchresume: skipping {entry.path}: its weights are not finite (NaN or Inf: "
+                      "the run diverged there)", file=sys.stderr, flush=True)
+                diverged.append(entry.name)
+                continue
+            return entry, ckpt
+        if diverged:
+            raise DivergedRunError(
+                f"{self.directory}: every checkpoint of the run ({', '.join(diverged)}) has non-finite "
+                "weights (the run diverged); start over with --resume none (resume='none'), "
+                "e.g. at a lower learning rate")
         return None
 
     # -- restoring ------------------------------------------------------------------------
@@ -293,6 +355,8 @@ class CheckpointManager:
                                restore_rng=restore_rng)
         info = dict(ckpt.info)
         info["lacking"] = lacking
+        if isinstance(info.get("global_step"), int):
+            self.global_step = info["global_step"]
         if lacking:
             print(f"torchresume: {path} holds no {', '.join(lacking)} state (weights-only "
                   "checkpoint?); those start fresh", file=sys.stderr)
@@ -352,8 +416,12 @@ class Guard:
         return self.stop.received
 
     def step_done(self, epoch: int, step: int, global_step: int | None = None) -> None:
-        """Call after each completed step; saves and exits (128 + signal) if asked to stop."""
-        self.position = (epoch, step, global_step if global_step is not None else step)
+        """Call after each completed step; saves and exits (128 + signal) if asked to stop.
+
+        Without ``global_step``, the run's steps are counted from the restored checkpoint's.
+        """
+        self.manager.global_step = global_step if global_step is not None else self.manager.global_step + 1
+        self.position = (epoch, step, self.manager.global_step)
         if self.stop.received is not None:
             path = self.manager.save(epoch, step, self.position[2])
             self.manager.wait()

@@ -42,6 +42,11 @@ def _join(base: str, rel: str) -> str:
     return base.rstrip("/") + "/" + rel if is_remote(base) else os.path.join(base, *rel.split("/"))
 
 
+def _is_dir(url: str) -> bool:
+    storage, where = resolve(url)
+    return bool(storage.isdir(where))
+
+
 def read_bytes(url: str) -> bytes:
     storage, where = resolve(url)
     f, _ = storage.open_read(where)
@@ -88,6 +93,8 @@ def _stream_digest(url: str) -> str:
 def copy(src: str, dst: str, *, workers: int = 8, progress: bool | None = None) -> CopyReport:
     """Copy a file or a tree from ``src`` to ``dst``; see the module docstring."""
     files = _walk(src)
+    if list(files) == [""] and (dst.endswith("/") or _is_dir(dst)):
+        dst = _join(dst, src.rstrip("/").rsplit("/", 1)[-1])  # a file into a directory keeps its name
     report = CopyReport()
     show = sys.stderr.isatty() if progress is None else progress
     bar = None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_inspect_says_encrypted(tmp_path, net, capsys) -> None:
     tr.save_checkpoint(net, path, enc_key=KEY)
     assert main(["inspect", path]) == 0
     out = capsys.readouterr().out
-    assert "format:  encrypted  (encrypted: pass the key to load it)" in out
+    assert re.search(r"^format: +encrypted  \(encrypted: pass --dec-key-hex to read it\)$", out, re.M)
     assert main(["verify", path]) == 1
-    assert "the checkpoint is encrypted (AES-GCM); pass dec_key" in capsys.readouterr().out
+    assert "the checkpoint is encrypted (AES-GCM); pass --dec-key-hex <the key, as hex>" in capsys.readouterr().out
     assert main(["verify", path, "--dec-key-hex", KEY.hex()]) == 0

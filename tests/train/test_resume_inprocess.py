@@ -100,6 +100,36 @@ def test_manager_guard_saves_on_signal_and_exception(tmp_path) -> None:
     assert info is not None and info["breakpoint"] and info["epoch"] == 2
 
 
+def test_guard_records_the_true_global_step(tmp_path) -> None:
+    model = toy_model()
+    mgr = CheckpointManager(str(tmp_path), model=model.network, optimizer=model.optimizer, prefix="run")
+    with pytest.raises(ZeroDivisionError), mgr.guard() as guard:
+        for epoch in (1, 2):
+            for step in range(1, 9):
+                if (epoch, step) == (2, 6):
+                    _ = 1 / 0
+                guard.step_done(epoch=epoch, step=step)
+    info = tr.inspection.describe(str(tmp_path / "run-2_5_breakpoint.ckpt")).info
+    assert (info["epoch"], info["step"], info["global_step"]) == (2, 5, 13)
+    fresh = toy_model()
+    mgr2 = CheckpointManager(str(tmp_path), model=fresh.network, optimizer=fresh.optimizer, prefix="run")
+    assert mgr2.restore_latest()["global_step"] == 13
+    with mgr2.guard() as guard:
+        guard.step_done(epoch=2, step=6)
+        path = mgr2.save(2, 6)
+    assert tr.inspection.describe(path).info["global_step"] == 14
+
+
+def test_fit_of_a_finished_run_returns_its_epoch(tmp_path) -> None:
+    cfg = CheckpointConfig(save_checkpoint_steps=4)
+    first = toy_model().fit(2, toy_data(), None, callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)])
+    again = toy_model().fit(2, toy_data(), None, callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)],
+                            resume="auto")
+    assert again["already_finished"]
+    assert (again["epoch"], again["global_step"]) == (first["epoch"], first["global_step"])
+    assert again["epoch"] == 2
+
+
 def test_resume_takes_a_directory_or_a_manager(tmp_path) -> None:
     """Model.train(resume=...) needs no ModelCheckpoint to find a run: a directory or a manager will do."""
     import torchresume as tr

@@ -119,5 +119,7 @@ def run_demo(workdir: str, data: str, steps_per_epoch: int | None = None) -> dic
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     print(f"\nwrote {pred_png}, {curve_png} and {os.path.join(workdir, 'summary.json')}")
-    print(f"accuracy: {m1['acc']:.4f} after 2 epochs, {m2['acc']:.4f} after resuming", flush=True)
+    print(f"accuracy: {m1['acc']:.4f} after 2 epochs, {m2['acc']:.4f} after resuming (torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads: the same on every run with the "
+          "same torch build, CPU kind and thread count)", flush=True)
     return summary

@@ -5,10 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 from torchresume import inspection
 from torchresume.catalog import list_checkpoints
+from torchresume.errors import CheckpointNotFoundError
+
+# API parameter names in library messages -> the flags a CLI user types.
+_FLAG_WORDS = {"pass dec_key=<the key used to save it>": "pass --dec-key-hex <the key, as hex>",
+               "dec_key=": "--dec-key-hex", "enc_key=": "--enc-key-hex"}
+
+
+def cli_words(message: str) -> str:
+    for api, flag in _FLAG_WORDS.items():
+        message = message.replace(api, flag)
+    return message
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -37,6 +49,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="native torchresume file (default) or MindSpore protobuf .ckpt")
     p.add_argument("--enc-mode", default="AES-GCM", help="with --to mindspore: AES-GCM or AES-CBC")
     p.add_argument("--crc", action="store_true", help="with --to mindspore: add the CRC32 footer")
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("copy", parents=parents, help="parallel, resumable copy between local disk and object storage")
@@ -62,23 +75,61 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d.to_json(), default=str))
         return 0
-    print(f"file:    {d.path} ({inspection.human_bytes(d.size)})")
-    print(f"format:  {d.format}" + ("  (encrypted: pass the key to load it)" if d.encrypted else ""))
-    print(f"kind:    {d.kind}")
-    for key, value in {**d.info, **d.append}.items():
-        print(f"{key + ':':<9}{value}")
+    rows: list[tuple[str, str]] = [
+        ("file", f"{d.path} ({inspection.human_bytes(d.size)})"),
+        ("format", d.format + ("  (encrypted: pass --dec-key-hex to read it)" if d.encrypted else "")),
+        ("kind", d.kind)]
+    rows += [(key, _readable(key, value)) for key, value in {**d.info, **d.append}.items()]
     if d.tensors:
         total = sum(t["bytes"] for t in d.tensors)
-        print(f"tensors: {len(d.tensors)} ({inspection.human_bytes(total)})")
-        width = max(len(t["name"]) for t in d.tensors)
+        rows.append(("tensors", f"{len(d.tensors)} ({inspection.human_bytes(total)})"))
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:
+        print(f"{key + ':':<{width}}{value}")
+    if d.tensors:
+        name_width = max(len(t["name"]) for t in d.tensors)
         for t in d.tensors:
-            print(f"  {t['name']:<{width}}  {t['dtype']:<8} {t['shape']!s:<18} "
+            print(f"  {t['name']:<{name_width}}  {t['dtype']:<8} {t['shape']!s:<18} "
                   f"{inspection.human_bytes(t['bytes'])}")
     if d.values:
         print("values:")
+        hidden: dict[str, list[str]] = {}
         for key, value in d.values.items():
-            print(f"  {key} = {value!r}")
+            group = _rng_group(key)
+            if group is None:
+                print(f"  {key} = {_short(value)}")
+            elif key[len(group) + 1:].split(".")[0] not in hidden.setdefault(group, []):
+                hidden[group].append(key[len(group) + 1:].split(".")[0])
+        for group, parts in hidden.items():
+            print(f"  {group}.* = <random generator states: {', '.join(parts)}; --json shows them>")
     return 0
+
+
+def _rng_group(key: str) -> str | None:
+    """The dotted prefix of a random generator's state (``rng``, ``sampler.epoch_start``), if any."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part in ("rng", "epoch_start"):
+            return ".".join(parts[:i + 1 + (part == "epoch_start" and parts[i + 1:i + 2] == ["global"])])
+    return None
+
+
+def _readable(key: str, value: Any) -> str:
+    """A header value for people: save times in ISO 8601, nested settings one per line."""
+    if key == "time" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items()) or "-"
+    return _short(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr, but a long sequence (a generator's state) is summarised, not printed whole."""
+    if isinstance(value, (list, tuple)) and len(repr(value)) > limit:
+        count = sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in value)
+        return f"<{type(value).__name__} of {count} numbers>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -97,7 +148,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"OK       {path}")
         else:
             bad += 1
-            print(f"INVALID  {verdict.reason}")
+            print(f"INVALID  {cli_words(verdict.reason)}")
     return 1 if bad else 0
 
 
@@ -114,7 +165,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if not inspection.is_directory(args.directory):
+        raise CheckpointNotFoundError(f"{args.directory}: no such directory"
+                                      + ("" if "://" in args.directory or ":" not in args.directory
+                                         else " (a URL is written s3://bucket/prefix)"))
     entries = list_checkpoints(args.directory, verify=not args.quick)
+    # Valid checkpoints first, newest first; then the invalid ones (never resumed from).
+    entries = [e for e in entries if e.valid] + [e for e in entries if not e.valid]
     if args.json:
         print(json.dumps([e.to_json() for e in entries]))
         return 0
@@ -132,10 +189,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from torchresume.files import encode_state, read_checkpoint, write_encoded
     from torchresume.format import crypto
+    from torchresume.storage import resolve
     dec = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
     enc = bytes.fromhex(args.enc_key_hex) if args.enc_key_hex else None
     if enc is not None and args.to == "native":
         enc = crypto.check_key(enc, "AES-GCM", "enc_key")
+    storage, where = resolve(args.dst)
+    if storage.exists(where) and not args.force:
+        raise FileExistsError(f"{args.dst} exists; pass --force to overwrite it")
     if args.to == "mindspore":
         from torchresume.files.mindspore_io import convert
         return convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)

@@ -38,13 +38,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchresume: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
     except RunLockedError as exc:
         print(f"torchresume: error: {exc}", file=sys.stderr)
         return run_lock.EXIT_CODE
     except (TorchResumeError, OSError, ValueError, TypeError, ImportError) as exc:
-        message = str(exc).replace("\n", " | ") or type(exc).__name__
+        message = files.cli_words(str(exc).replace("\n", " | ") or type(exc).__name__)
         print(f"torchresume: error: {message}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in _STORAGE_LIBRARIES:
+            raise
+        print(f"torchresume: error: object storage: {type(exc).__name__}: {str(exc)[:300]}",
+              file=sys.stderr)
+        return 1
+
+
+# Errors of the object-storage stack are one line too, never a traceback.
+_STORAGE_LIBRARIES = ("botocore", "aiobotocore", "s3fs", "aiohttp", "fsspec", "urllib3")
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``| head``): stop quietly, as a SIGPIPE'd command does."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + 13
 
 
 def _configure_storage(options: list[str]) -> None:

@@ -74,9 +74,21 @@ def _resize(model: str) -> int:
     return 32 if model == "lenet5" else 28
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Out-of-range flags are named as the user typed them."""
+    for flag, value, least in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                               ("--save-steps", args.save_steps, 1),
+                               ("--save-seconds", args.save_seconds, 1), ("--keep-max", args.keep_max, 1),
+                               ("--steps-per-epoch", args.steps_per_epoch, 1),
+                               ("--print-every", args.print_every, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.prefix is not None and ("-" in args.prefix or "/" in args.prefix or not args.prefix):
+        raise ValueError(f"--prefix must be a name without '-' or '/', got {args.prefix!r}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.epochs < 1 or args.batch_size < 1:
-        raise ValueError("--epochs and --batch-size must be positive")
+    _check_flags(args)
     if args.deterministic:
         make_deterministic(args.seed)
     else:
@@ -113,8 +125,15 @@ def _summary_dir(train_url: str) -> str:
 
 
 def _load_model(args: argparse.Namespace) -> Model:
+    """The network with every tensor from the checkpoint; anything missing or extra is an error."""
+    from torchresume.errors import StateMismatchError
     net = MODELS[args.model]()
-    load_checkpoint(args.ckpt, net=net, strict_load=False)
+    try:
+        load_checkpoint(args.ckpt, net=net, strict_load=True)
+    except StateMismatchError as exc:
+        detail = str(exc).split("use strict_load=False")[0].rstrip()
+        raise StateMismatchError(f"{args.ckpt} does not fit --model {args.model} (pick the --model it "
+                                 f"was trained with): {detail}") from None
     return Model(net, nn.CrossEntropyLoss(), metrics={"acc", "loss"}, device=args.device)
 
 

@@ -57,6 +57,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
     delay = BACKOFF_S
+    first = time.monotonic()
     for attempt in range(1, retries + 1):
         try:
             return fn()
@@ -66,9 +67,58 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
             if attempt == retries or not is_transient(exc):
                 raise StorageError(f"{what} failed after {attempt} attempt(s): "
                                    f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+            _say_retrying(what, exc, attempt, retries, delay, time.monotonic() - first)
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+def _say_retrying(what: str, exc: BaseException, attempt: int, retries: int, delay: float,
+                  elapsed: float) -> None:
+    """A retried failure is never silent: what failed, which retry, and how long it has failed."""
+    import sys
+    print(f"torchresume: {what}: {type(exc).__name__}: {str(exc)[:160]}; retry {attempt}/{retries - 1} "
+          f"in {delay:.1f} s (failing for {elapsed:.0f} s)", file=sys.stderr, flush=True)
+
+
+# S3-compatible stores (rclone, MinIO, Ceph, OBS...) differ from AWS on botocore's flexible
+# checksums (a ranged GET validated against the whole object's CRC fails there). Our own
+# xxh3 checksums protect every tensor and commit marker, so checksums are sent and checked
+# only where the S3 API requires them. A caller's own config_kwargs win.
+CHECKSUM_CONFIG = {"request_checksum_calculation": "when_required",
+                   "response_checksum_validation": "when_required"}
+
+
+def storage_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn botocore/s3fs/aiohttp failures of a lazy read into one StorageError line."""
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, ValueError, EOFError):
+            raise
+        except Exception as exc:
+            raise StorageError(f"object storage read failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    return wrapped
+
+
+class _MappedReader:
+    """A remote file handle whose read/seek failures are StorageErrors, not library tracebacks."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.read = storage_errors(handle.read)
+        self.seek = storage_errors(handle.seek)
+        self.tell = handle.tell
+        self.close = handle.close
+
+    def __enter__(self) -> _MappedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
 
 
 def filesystem(protocol: str, options: dict[str, Any]) -> Any:
@@ -87,6 +137,10 @@ def filesystem(protocol: str, options: dict[str, Any]) -> Any:
         if endpoint:
             opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
         opts.setdefault("use_listings_cache", False)
+        config = dict(opts.get("config_kwargs") or {})
+        for key, value in CHECKSUM_CONFIG.items():
+            config.setdefault(key, value)
+        opts["config_kwargs"] = config
         protocol = "s3"
     opts.setdefault("skip_instance_cache", True)
     return fsspec.filesystem(protocol, **opts)
@@ -192,7 +246,7 @@ class RemoteStorage:
                                   lambda: self.fs.open(key, "rb", block_size=1 << 16, cache_type="readahead"))
         except FileNotFoundError:
             raise CheckpointNotFoundError(f"{path}: no such checkpoint object") from None
-        return handle, int(info["size"])
+        return _MappedReader(handle), int(info["size"])  # type: ignore[return-value]
 
     def list(self, directory: str) -> list[FileInfo]:
         """Committed objects (marker matches size) and sub-directories directly under ``directory``."""

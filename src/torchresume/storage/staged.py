@@ -10,16 +10,16 @@ died first) are found and uploaded by the next run.
 
 from __future__ import annotations
 
-import logging
 import os
+import time
 from collections.abc import Callable
 
 from torchresume.async_writer import AsyncWriter
+from torchresume.log import log
 from torchresume.storage import Storage, staging_dir
 from torchresume.storage.base import write_all
 from torchresume.storage.local import clean_stale_temps
 
-log = logging.getLogger("torchresume")
 CHUNK = 16 * 1024 * 1024
 
 
@@ -42,6 +42,7 @@ class StagedRemote:
         clean_stale_temps(self.staging)
         self._uploader = AsyncWriter("torchresume-upload")
         self._last_uploaded: str | None = None
+        self.verbose = False  # one line per upload
 
     def local_path(self, remote_path: str) -> str:
         """Where the staged copy of ``remote_path`` is written."""
@@ -50,7 +51,11 @@ class StagedRemote:
     def upload(self, local: str, remote: str, after: Callable[[], object] | None = None) -> None:
         """Queue the upload of ``local`` to ``remote``; ``after`` runs once it is committed."""
         def job() -> None:
+            start = time.perf_counter()
             upload_file(local, self.storage, remote)
+            if self.verbose:
+                log.info("uploaded %s (%.1f MiB, %.2f s)", remote, os.path.getsize(local) / 2**20,
+                         time.perf_counter() - start)
             if after is not None:
                 after()
             # Only files already uploaded may go; the newest uploaded one stays as a local cache.

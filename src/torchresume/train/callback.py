@@ -48,6 +48,7 @@ class RunContext:
     stop_signal: int | None = None
     step_rng: dict[str, Any] | None = None  # torch RNG after the last completed step
     in_step: bool = False  # between a step's start and its completion
+    feed: Any = None  # the training data's position keeper (torchresume.data.loader_state.Feed)
 
     def request_stop(self) -> None:
         self.stop_requested = True

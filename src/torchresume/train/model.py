@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from torchresume.manager import CheckpointManager
 
 from torchresume import signals
+from torchresume.data.loader_state import feed_for
+from torchresume.log import log
 from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state import rng
 from torchresume.state.registry import StateRegistry
@@ -101,15 +103,20 @@ class Model:
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
                          steps_per_epoch=len(dataset), dataset=dataset, config=config)
         ctx.start_epoch, ctx.step = initial_epoch, 0
+        ctx.feed = feed_for(dataset)
+        caveat = ctx.feed.warning()
+        if caveat:
+            print(f"torchresume: warning: {caveat}", file=sys.stderr, flush=True)
         if resume not in (None, "none"):
             self._resume(resume, cbs, ctx)
-        elif hasattr(dataset, "sampler") and hasattr(dataset.sampler, "set_epoch"):
-            dataset.sampler.set_epoch(initial_epoch)
+        else:
+            ctx.feed.set_epoch(initial_epoch)
         ctx.global_step = ctx.global_step or initial_epoch * ctx.steps_per_epoch
         total = epochs * ctx.steps_per_epoch
         if ctx.resumed_from and ctx.global_step >= total:
             print(f"torchresume: training already finished ({ctx.global_step}/{total} steps, "
                   f"{ctx.resumed_from}); nothing to do", flush=True)
+            ctx.epoch = min(epochs, max(1, -(-ctx.global_step // ctx.steps_per_epoch)))
             return self._summary(ctx, finished=True, already=True)
         needs_rng = any(getattr(getattr(cb, "config", None), "exception_save", False)
                         for cb in cbs.callbacks)
@@ -147,7 +154,7 @@ class Model:
         assert opt is not None and loss_fn is not None
         step_begin, step_end = cbs.has("on_train_step_begin"), cbs.has("on_train_step_end")
         on_cpu = device.type == "cpu"
-        for x, y in _remaining(ctx.dataset, ctx.step):
+        for x, y in ctx.feed.batches(ctx.step, ctx.steps_per_epoch):
             ctx.in_step = True
             if step_begin:
                 cbs.call("on_train_step_begin", ctx)
@@ -187,14 +194,12 @@ class Model:
     def training_state(self, ctx: RunContext) -> dict[str, Any]:
         """The non-weight parts a checkpoint of this run needs, consistent with ctx's counters."""
         callbacks = {k: cb.state_dict() for k, cb in self._callbacks.stateful().items()}
-        dataset = ctx.dataset
-        sampler = None
-        if hasattr(dataset, "state_dict"):
-            sampler = dict(dataset.state_dict())
-            sampler.update(epoch=ctx.epoch - 1, consumed=ctx.step)  # the last *completed* step
+        feed = ctx.feed if ctx.feed is not None else feed_for(ctx.dataset)
+        sampler = feed.state_dict(ctx.epoch - 1, ctx.step)  # the last *completed* step
+        finite = weights_finite(self.network, self.optimizer)
         info = {"steps_per_epoch": ctx.steps_per_epoch, "epoch_num": ctx.epoch_num,
-                "metrics": dict(ctx.metrics), "config": ctx.config,
-                "finished": ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch}
+                "metrics": dict(ctx.metrics), "config": ctx.config, "finite": finite,
+                "finished": finite and ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch}
         return {"callbacks": callbacks, "sampler": sampler, "info": info,
                 "rng": {**rng.capture(), **(ctx.step_rng or {})}}
 
@@ -223,12 +228,14 @@ class Model:
         """Restore from ``resume``: "auto", a checkpoint directory or URL, a manager, or one checkpoint."""
         from torchresume.manager import CheckpointManager
         from torchresume.train.model_checkpoint import ModelCheckpoint
+        run = None  # an explicit directory or manager: its newest run
         if resume == "auto":
             ckpt_cbs = cbs.find(ModelCheckpoint)
             if not ckpt_cbs:
                 raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
                                  "checkpoints live; pass resume=<directory or checkpoint> instead")
             resume = CheckpointManager(ckpt_cbs[0].directory, keep=None)  # may not exist yet
+            run = ckpt_cbs[0].base_prefix  # the run this command names, never another one
         if isinstance(resume, str) and _is_checkpoint_directory_of_runs(resume):
             resume = CheckpointManager(resume, keep=None)
         if not isinstance(resume, CheckpointManager):
@@ -236,23 +243,33 @@ class Model:
             return
         resume.upload_pending()  # a kill may have come between a local save and its upload
         resume.wait()
-        found = resume.newest_readable()
+        found = resume.newest_readable(run, require_finite=True)
         if found is not None:
             self.restore(found[0].path, ctx, ckpt=found[1])
 
     def restore(self, path: str, ctx: RunContext, ckpt: Any = None) -> None:
         """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position."""
+        from types import SimpleNamespace
+
         from torchresume.files import read_checkpoint
         from torchresume.state.registry import restore_tree
-        sampler = ctx.dataset if hasattr(ctx.dataset, "load_state_dict") else None
+        if ctx.feed is None:
+            ctx.feed = feed_for(ctx.dataset)
+        sampler = ctx.feed if ctx.feed.kind != "iterable" else None
         if ckpt is None:
             ckpt = read_checkpoint(path)
-        lacking = restore_tree(ckpt.tree, path, self.network, self.state_registry(sampler),
-                               callbacks=self._callbacks.stateful())
-        info = {**ckpt.info, "lacking": lacking}
-        if lacking:
-            print(f"torchresume: {path} holds no {', '.join(lacking)} state (weights-only "
-                  "checkpoint?); those start fresh", file=sys.stderr)
+        if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names
+            from torchresume.files import mindspore_io
+            parts = SimpleNamespace(model=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    scaler=None, sampler=sampler)
+            info = mindspore_io.restore(parts, path, ckpt.tree)
+        else:
+            lacking = restore_tree(ckpt.tree, path, self.network, self.state_registry(sampler),
+                                   callbacks=self._callbacks.stateful())
+            info = {**ckpt.info, "lacking": lacking}
+            if lacking:
+                log.warning("%s holds no %s state (weights-only checkpoint?); those start fresh",
+                            path, ", ".join(lacking))
         ctx.resumed_from = path
         ctx.resumed_prefix = info.get("prefix")
         steps = info.get("steps_per_epoch") or ctx.steps_per_epoch
@@ -265,8 +282,8 @@ class Model:
         if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):
             # Saved at an epoch's last step, before its epoch-end hooks: run those first.
             epoch_index, ctx.step = epoch_index - 1, steps
-        if hasattr(ctx.dataset, "sampler") and "sampler" in info.get("lacking", []):
-            ctx.dataset.sampler.epoch, ctx.dataset.sampler.consumed = epoch_index, ctx.step
+        if "sampler" in info.get("lacking", []):
+            ctx.feed.mark_lacking(epoch_index, ctx.step)
         ctx.start_epoch = epoch_index
         _warn_config_changes(info.get("config"), ctx.config, path)
         print(f"torchresume: resumed from {path} at epoch {epoch_index + 1}, step {ctx.step} "
@@ -350,24 +367,24 @@ def _wait_bounded(manager: Any) -> None:
 
 
 def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Callback]:
-    """The user's callbacks, plus a progress bar when a person is watching (a terminal)."""
+    """The user's callbacks, plus a progress bar on a terminal, or periodic lines in a log."""
     items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
     if sys.stderr.isatty():
         from torchresume.train.progress_bar import ProgressBar
         items.append(ProgressBar())
+    else:  # a log file or a pipe: a line every tenth of an epoch
+        from torchresume.train.progress_log import ProgressLog
+        items.append(ProgressLog())
     return items
 
 
-def _remaining(dataset: Any, done: int) -> Iterable[Any]:
-    """The batches of the current epoch not yet trained on."""
-    if hasattr(dataset, "sampler") and hasattr(dataset, "state_dict"):
-        return dataset  # a resumable dataset continues from its own position
-    if done:
-        import itertools
-        print(f"torchresume: this dataset cannot seek; skipping {done} batches by iterating",
-              file=sys.stderr)
-        return itertools.islice(iter(dataset), done, None)
-    return dataset
+def weights_finite(network: nn.Module, optimizer: Any = None) -> bool:
+    """Whether every floating tensor of the network (and the optimizer's state) is finite."""
+    tensors: list[torch.Tensor] = [t for t in network.state_dict().values() if t.is_floating_point()]
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tensors += [t for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _is_checkpoint_directory_of_runs(path: str) -> bool:

@@ -71,6 +71,9 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, ctx: RunContext) -> None:
         self.prefix = ctx.resumed_prefix or unique_prefix(self.directory, self.base_prefix)
+        if self.prefix != self.base_prefix and not ctx.resumed_prefix:
+            print(f"torchresume: {self.directory} already has run '{self.base_prefix}'; this run saves "
+                  f"as '{self.prefix}' (continue it later with --prefix {self.prefix})", flush=True)
         cfg = self.config
         common: dict[str, Any] = dict(model=ctx.network, optimizer=ctx.optimizer,
                                       scheduler=getattr(ctx.model, "scheduler", None),
@@ -80,6 +83,7 @@ class ModelCheckpoint(Callback):
         self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
                                          **common)
         self.manager.acquire_lock()
+        self.manager.verbose = True
         self.manager.upload_pending()
         if cfg.monitor:
             self.best_manager = CheckpointManager(
