@@ -36,13 +36,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def unpack_mnist(dst: str) -> str:
-    """data/mnist/*.gz -> dst/MNIST/{train,test}/ as MnistDataset expects."""
+    """src/torchresume/app/mnist_data/*.gz -> dst/MNIST/{train,test}/ as MnistDataset expects."""
     for split, prefix in (("train", "train"), ("test", "t10k")):
         os.makedirs(os.path.join(dst, "MNIST", split), exist_ok=True)
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
             out = os.path.join(dst, "MNIST", split, f"{prefix}-{kind}")
             if not os.path.exists(out):
-                with gzip.open(os.path.join(REPO, "data", "mnist", f"{prefix}-{kind}.gz")) as f, \
+                with gzip.open(os.path.join(REPO, "src", "torchresume", "app", "mnist_data", f"{prefix}-{kind}.gz")) as f, \
                         open(out, "wb") as g:
                     shutil.copyfileobj(f, g)
     return os.path.join(dst, "MNIST")

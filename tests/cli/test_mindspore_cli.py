@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import torch
-from torchresume.models import LeNet5
 
 import torchresume as tr
 from tests.format.mindspore_helpers import CBC_KEY, FIXTURES, GCM_KEY, raw
 from torchresume.api import read_checkpoint
+from torchresume.app.models import LeNet5
 
 CLI = os.path.join(os.path.dirname(sys.executable), "torchresume")
 LENET = FIXTURES / "lenet-2_1875.ckpt"
@@ -134,7 +134,7 @@ def test_training_continues_from_mindspore_with_its_momentum(tmp_path: Path) -> 
     # with `torchresume train --resume lenet-2_1875.ckpt --epochs 3 --lr 0.001`).
     from torch import nn
 
-    from torchresume.data import create_dataset, default_mnist_dir
+    from torchresume.app.mnist import create_dataset, default_mnist_dir
     before = {id(p): opt.state[p]["momentum_buffer"].clone() for p in net.parameters()}
     model = tr.Model(net, nn.CrossEntropyLoss(), opt, metrics={"acc", "loss"})
     model.train(1, create_dataset(default_mnist_dir(), True, 32, steps_per_epoch=200))

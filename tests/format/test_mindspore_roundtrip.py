@@ -74,7 +74,7 @@ def _is_net_name(name: str) -> bool:
 
 @needs_mindspore
 def test_lenet5_written_by_torchresume_loads_in_mindspore(tmp_path: Path) -> None:
-    from torchresume.models import LeNet5
+    from torchresume.app.models import LeNet5
     torch.manual_seed(0)
     net = LeNet5()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torchresume.models import LeNet5
 
 import torchresume as tr
+from torchresume.app.models import LeNet5
 from torchresume.data import ArrayDataset
 from torchresume.format.detect import Kind, detect
 
