@@ -42,7 +42,8 @@ def unpack_mnist(dst: str) -> str:
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
             out = os.path.join(dst, "MNIST", split, f"{prefix}-{kind}")
             if not os.path.exists(out):
-                with gzip.open(os.path.join(REPO, "src", "torchresume", "app", "mnist_data", f"{prefix}-{kind}.gz")) as f, \
+                src = os.path.join(REPO, "src", "torchresume", "app", "mnist_data", f"{prefix}-{kind}.gz")
+                with gzip.open(src) as f, \
                         open(out, "wb") as g:
                     shutil.copyfileobj(f, g)
     return os.path.join(dst, "MNIST")
