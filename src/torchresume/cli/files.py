@@ -79,7 +79,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("file", f"{d.path} ({inspection.human_bytes(d.size)})"),
         ("format", d.format + ("  (encrypted: pass --dec-key-hex to read it)" if d.encrypted else "")),
         ("kind", d.kind)]
-    rows += [(key, _readable(key, value)) for key, value in {**d.info, **d.append}.items()]
+    rows += [(key, _readable(key, value)) for key, value in {**d.info, **d.append}.items() if value is not None]
     if d.tensors:
         total = sum(t["bytes"] for t in d.tensors)
         rows.append(("tensors", f"{len(d.tensors)} ({inspection.human_bytes(total)})"))
@@ -120,6 +120,8 @@ def _readable(key: str, value: Any) -> str:
         return datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
     if isinstance(value, dict):
         return ", ".join(f"{k}={_short(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, str):
+        return value
     return _short(value)
 
 

@@ -67,6 +67,15 @@ ADAM = {"exp_avg": "moment1", "exp_avg_sq": "moment2"}
 ADAM_WEIGHT_DECAY = {"exp_avg": "adam_m", "exp_avg_sq": "adam_v"}
 
 
+_OPTIMIZER_PREFIXES = tuple(f"{v}." for table in (MOMENTUM, ADAM, ADAM_WEIGHT_DECAY) for v in table.values())
+_OPTIMIZER_SCALARS = ("global_step", "learning_rate", "momentum", "beta1_power", "beta2_power")
+
+
+def is_optimizer_entry(name: str) -> bool:
+    """A MindSpore checkpoint's training-state entry (moments, step, lr), not a network weight."""
+    return name in _OPTIMIZER_SCALARS or name.startswith(_OPTIMIZER_PREFIXES)
+
+
 def _split(name: str) -> tuple[str, str]:
     head, _, leaf = name.rpartition(".")
     return head, leaf

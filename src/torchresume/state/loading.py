@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from torchresume.errors import StateMismatchError
+from torchresume.format import name_mapping
 from torchresume.state.train_state import is_training_part
 
 
@@ -29,7 +30,6 @@ def load_param_into_net(net: nn.Module | torch.optim.Optimizer, parameter_dict: 
     """
     if not isinstance(parameter_dict, dict):
         raise TypeError(f"parameter_dict must be a dict, got {type(parameter_dict).__name__}")
-    from torchresume.format import name_mapping  # MindSpore names -> torch names
     if isinstance(net, torch.optim.Optimizer):
         from torchresume.state.optim import load_into_optimizer
         parameter_dict = name_mapping.optimizer_from_mindspore(net, parameter_dict)
@@ -66,7 +66,8 @@ def _load_into_module(net: nn.Module, params: dict[str, Any],
             plan.append((name, target, value))
     used = {name for name, _, _ in plan}
     unexpected = [k for k, v in params.items()
-                  if isinstance(v, torch.Tensor) and k not in used and not is_training_part(k)]
+                  if isinstance(v, torch.Tensor) and k not in used and not is_training_part(k)
+                  and not name_mapping.is_optimizer_entry(k)]
     if strict and (missing or mismatched or unexpected):
         raise StateMismatchError(_mismatch_message(missing, unexpected, mismatched))
     with torch.no_grad():
