@@ -23,6 +23,7 @@ from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
 from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, DivergedRunError, TorchResumeError
 from torchresume.files import encode_state, read_checkpoint, write_encoded
+from torchresume.files.directory import is_committed
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.log import log
@@ -41,6 +42,8 @@ def unique_prefix(directory: str, prefix: str) -> str:
     storage, where = resolve(directory)
     taken = -1
     for info in storage.list(where):
+        if info.is_dir and not is_committed(info.path):
+            continue  # a directory is a checkpoint only once its manifest is committed
         parsed = catalog.parse_name(info.name)
         name_prefix = parsed[0] if parsed else info.name.rsplit("-graph.json", 1)[0]
         if name_prefix == prefix:
