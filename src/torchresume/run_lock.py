@@ -1,10 +1,11 @@
 """One training run per checkpoint directory: a lock that names its holder.
 
 Local directories (and the local staging directory of a remote one) hold
-``.torchresume.lock`` under ``flock``: the kernel drops it when the holder
-dies, so a lock of a killed run is taken over without any clean-up (the file
+``.torchresume.lock`` under a POSIX record lock (``lockf``): the kernel drops
+it when the holder dies, and forked children (data-loader workers) never share
+it, so a lock of a killed run is taken over without any clean-up (the file
 stays until the next run releases it; a finished run removes it). On object
-storage, where nothing can be flocked, the lock is an object holding the
+storage, where nothing can be locked, the lock is an object holding the
 holder's host, PID and a heartbeat refreshed at every save; it is taken over
 when its process is gone (same host) or its heartbeat is older than
 ``STALE_S``. The file or object records who holds it, so the error can say.
@@ -13,6 +14,7 @@ Within one process the lock is re-entrant (a run's several managers share it).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -59,15 +61,20 @@ class RunLock:
         self._path = ""
         self._remote = is_remote(self.directory)
 
-    # -- local: flock ---------------------------------------------------------------------
+    # -- local: lockf ---------------------------------------------------------------------
     def _acquire_local(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, LOCK_NAME)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                # A POSIX record lock, not flock: it belongs to this process alone, so forked
+                # children (DataLoader workers) do not keep holding it after a kill -9.
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
                 try:
                     doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
                 except (ValueError, OSError):
@@ -142,7 +149,7 @@ class RunLock:
                 os.unlink(self._path)  # while still held, so no one can lock the old inode after us
             except FileNotFoundError:
                 pass
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 
