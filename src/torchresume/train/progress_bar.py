@@ -20,7 +20,7 @@ class ProgressBar(Callback):
         size = shutil.get_terminal_size((100, 20))
         self._bar = tqdm(total=ctx.steps_per_epoch, initial=ctx.step, desc=f"epoch {ctx.epoch}",
                          leave=False, ncols=size.columns or 100, nrows=size.lines or 20,
-                         mininterval=0.2)
+                         mininterval=0, miniters=1)  # updated every refresh_every steps: draw each one
 
     def on_train_epoch_begin(self, ctx: RunContext) -> None:
         self._open(ctx)
