@@ -127,8 +127,8 @@ def test_read_checkpoint_argument_checks(tmp_path) -> None:
     with pytest.raises(TypeError) as err:
         files.read_checkpoint("")
     assert str(err.value) == "ckpt_file_name must be a non-empty str, got ''"
-    with pytest.raises(ValueError, match=r"dec_mode='AES-CBC' is not supported"):
-        files.read_checkpoint(str(tmp_path / "x.ckpt"), dec_key=KEY, dec_mode="AES-CBC")
+    with pytest.raises(ValueError, match=r"dec_mode='AES-XTS' is not supported"):
+        files.read_checkpoint(str(tmp_path / "x.ckpt"), dec_key=KEY, dec_mode="AES-XTS")
     with pytest.raises(TypeError, match="dec_key must be bytes of length 16, 24 or 32, got a str"):
         files.read_checkpoint(str(tmp_path / "x.ckpt"), dec_key="secret")
 

@@ -132,8 +132,8 @@ def test_empty_tiny_and_unknown() -> None:
     with pytest.raises(UnsupportedFormatError) as err:
         _read(data)
     assert str(err.value) == (f"f.ckpt: not a checkpoint torchresume can read (starts with "
-                              f"{data[:8].hex()}); expected a torchresume/safetensors file or a "
-                              "torch.save .pt/.pth file")
+                              f"{data[:8].hex()}); expected a torchresume/safetensors file, a MindSpore "
+                              ".ckpt or a torch.save .pt/.pth file")
 
 
 def test_damaged_skeleton_is_corrupt() -> None:

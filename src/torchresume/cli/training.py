@@ -126,10 +126,14 @@ def _summary_dir(train_url: str) -> str:
 
 def _load_model(args: argparse.Namespace) -> Model:
     """The network with every tensor from the checkpoint; anything missing or extra is an error."""
+    from torchresume.api import load_param_into_net
     from torchresume.errors import StateMismatchError
+    from torchresume.format.name_mapping import is_optimizer_entry
     net = MODELS[args.model]()
+    params = {k: v for k, v in load_checkpoint(args.ckpt).items()
+              if not is_optimizer_entry(k)}  # a MindSpore file's optimizer state is not the network's
     try:
-        load_checkpoint(args.ckpt, net=net, strict_load=True)
+        load_param_into_net(net, params, strict_load=True)
     except StateMismatchError as exc:
         detail = str(exc).split("use strict_load=False")[0].rstrip()
         raise StateMismatchError(f"{args.ckpt} does not fit --model {args.model} (pick the --model it "

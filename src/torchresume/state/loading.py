@@ -66,8 +66,7 @@ def _load_into_module(net: nn.Module, params: dict[str, Any],
             plan.append((name, target, value))
     used = {name for name, _, _ in plan}
     unexpected = [k for k, v in params.items()
-                  if isinstance(v, torch.Tensor) and k not in used and not is_training_part(k)
-                  and not name_mapping.is_optimizer_entry(k)]
+                  if isinstance(v, torch.Tensor) and k not in used and not is_training_part(k)]
     if strict and (missing or mismatched or unexpected):
         raise StateMismatchError(_mismatch_message(missing, unexpected, mismatched))
     with torch.no_grad():
