@@ -28,6 +28,11 @@ def check_key(key: Any, mode: str, role: str) -> bytes:
     if mode not in MODES:
         raise ValueError(f"{role[:3]}_mode={mode!r} is not supported; use 'AES-GCM' "
                          "(AES-CBC is not offered: it does not detect tampering)")
+    return check_key_bytes(key, role)
+
+
+def check_key_bytes(key: Any, role: str) -> bytes:
+    """An AES key: bytes of length 16, 24 or 32 (shared by the MindSpore modes)."""
     if isinstance(key, str):
         raise TypeError(f"{role} must be bytes of length 16, 24 or 32, got a str; "
                         "pass key.encode() or bytes.fromhex(...)")

@@ -21,6 +21,7 @@ import struct
 from typing import Any, BinaryIO
 
 from torchresume.errors import CorruptCheckpointError, DecryptionError
+from torchresume.format import crypto
 
 GCM_MAGIC = 0x7F3A5ED8
 CBC_MAGIC = 0x7F3A5ED9
@@ -39,13 +40,7 @@ def check_key(key: Any, mode: str, role: str = "enc_key") -> bytes:
     if mode not in MODES:
         raise ValueError(f"{role[:3]}_mode={mode!r} is not supported for MindSpore checkpoints; "
                          f"use one of {MODES} (SM4-CBC is not offered)")
-    if isinstance(key, str):
-        raise TypeError(f"{role} must be bytes of length 16, 24 or 32, got a str; "
-                        "pass key.encode() or bytes.fromhex(...)")
-    if not isinstance(key, (bytes, bytearray)) or len(key) not in (16, 24, 32):
-        length = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
-        raise ValueError(f"{role} must be bytes of length 16, 24 or 32, got {length}")
-    return bytes(key)
+    return crypto.check_key_bytes(key, role)
 
 
 def _cipher(key: bytes, iv: bytes) -> Any:
