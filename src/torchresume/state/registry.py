@@ -42,38 +42,11 @@ class StateRegistry:
             raise ValueError(f"state name {name!r} is registered already")
         self._entries[name] = Entry(name, obj, required)
 
-    def unregister(self, name: str) -> None:
-        self._entries.pop(name, None)
-
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(list(self._entries.values()))
-
-    def names(self) -> list[str]:
-        return list(self._entries)
-
-    def get(self, name: str) -> Any:
-        entry = self._entries.get(name)
-        return entry.obj if entry is not None else None
-
-    def capture(self) -> dict[str, Any]:
-        """``{name: obj.state_dict()}`` for every entry (tensors still shared with the objects)."""
-        return {e.name: e.obj.state_dict() for e in self}
-
-    def restore(self, tree: dict[str, Any]) -> list[str]:
-        """Load each entry's sub-tree; returns the required names ``tree`` lacks."""
-        lacking = []
-        for e in self:
-            if e.name in tree:
-                e.obj.load_state_dict(tree[e.name])
-            elif e.required:
-                lacking.append(e.name)
-        return lacking
-
-
-__all__ = ["BUILTIN", "StateRegistry"]
 
 
 def capture_tree(model: Any, registry: StateRegistry, *, callbacks: dict[str, Any] | None = None,
