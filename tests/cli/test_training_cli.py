@@ -63,7 +63,8 @@ def test_second_trainer_on_a_locked_directory(tmp_path) -> None:
     import sys
     exe = os.path.join(os.path.dirname(sys.executable), "torchresume")
     run = str(tmp_path / "run")
-    args = [exe, "train", "--model", "mlp", "--epochs", "1", "--steps-per-epoch", "400", "--save-steps", "100",
+    # LeNet5 for 1500 steps: long enough (seconds) that the second trainer starts while the first trains
+    args = [exe, "train", "--model", "lenet5", "--epochs", "1", "--steps-per-epoch", "1500", "--save-steps", "500",
             "--train-url", run, "--print-every", "50"]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert first.stdout is not None
@@ -79,4 +80,4 @@ def test_second_trainer_on_a_locked_directory(tmp_path) -> None:
     assert first.returncode == 0, err
     from torchresume.catalog import list_checkpoints
     entries = list_checkpoints(run)
-    assert [e.global_step for e in entries][:1] == [400] and all(e.valid for e in entries)
+    assert [e.global_step for e in entries][:1] == [1500] and all(e.valid for e in entries)
