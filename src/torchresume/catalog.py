@@ -13,10 +13,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from torchresume import files
-from torchresume.errors import AmbiguousRunError, TorchResumeError
+from torchresume.errors import AmbiguousRunError, CorruptCheckpointError, DivergedRunError, TorchResumeError
 from torchresume.files import CHECKPOINT_SUFFIXES
 from torchresume.files import directory as directory_layout
+from torchresume.format.reader import Checkpoint
+from torchresume.log import log
+from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
 
 NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)(?P<bp>_breakpoint)?\.ckpt$")
@@ -144,3 +149,52 @@ def _read_header_facts(entry: Entry) -> None:
         entry.saved_at = float(info["time"])
     if isinstance(info.get("metrics"), dict):
         entry.metrics = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float))}
+
+
+def newest_readable(candidates: list[Entry], directory: str, *, run: str | None = None,
+                    dec_key: bytes | None = None, require_finite: bool = False) -> tuple[Entry, Checkpoint] | None:
+    """The newest of ``candidates`` (newest first) that reads and verifies; bad ones are skipped and named.
+
+    ``run``: only that run's checkpoints (select_run: never another run's). Best-model copies
+    (prefix ``*-best``) are for evaluation and never resumed from. ``require_finite``: skip,
+    saying so, checkpoints whose weights hold NaN or Inf; if every one does, DivergedRunError.
+    """
+    if run is not None:
+        candidates = select_run(candidates, run, directory)
+    diverged: list[str] = []
+    for entry in candidates:
+        if entry.prefix is not None and entry.prefix.endswith("-best"):
+            continue
+        try:
+            if not entry.valid:
+                raise CorruptCheckpointError(entry.reason)
+            ckpt = files.read_checkpoint(entry.path, dec_key=dec_key)
+        except (TorchResumeError, OSError) as exc:
+            log.warning("skipping invalid checkpoint %s", exc)
+            continue
+        if require_finite and not tree_finite(ckpt.tree):
+            log.warning("skipping %s: its weights are not finite (NaN or Inf: the run diverged there)", entry.path)
+            diverged.append(entry.name)
+            continue
+        return entry, ckpt
+    if diverged:
+        raise DivergedRunError(
+            f"{directory}: every checkpoint of the run ({', '.join(diverged)}) has non-finite "
+            "weights (the run diverged); start over with --resume none (resume='none'), "
+            "e.g. at a lower learning rate")
+    return None
+
+
+def tree_finite(tree: Any) -> bool:
+    """Whether every floating tensor of a checkpoint's state (RNG aside) is finite."""
+    if not isinstance(tree, dict):
+        return True
+    ok = True
+
+    def check(t: torch.Tensor) -> torch.Tensor:
+        nonlocal ok
+        if ok and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            ok = False
+        return t
+    map_tensors({k: v for k, v in tree.items() if k != "rng"}, check)
+    return ok

@@ -4,7 +4,8 @@ Library code never prints. Status lines (resumed from, saved, uploaded) are
 INFO and go to stdout; problems (skipped files, signals, pending uploads) are
 WARNING and go to stderr, each prefixed ``torchresume:``. Monitors that exist
 to print (LossMonitor, TimeMonitor) log to ``torchresume.monitor`` without a
-prefix, in MindSpore's format. As in Lightning, the logger gets a default
+prefix, in MindSpore's format; ``torchresume.progress`` (ProgressLog's lines)
+goes to stderr at INFO so stdout stays clean for results. As in Lightning, the logger gets a default
 handler of its own and does not propagate; silence it with
 ``logging.getLogger("torchresume").setLevel(logging.WARNING)`` or replace its
 handlers to route it elsewhere.
@@ -17,13 +18,19 @@ import sys
 
 log = logging.getLogger("torchresume")
 monitor = logging.getLogger("torchresume.monitor")
+progress = logging.getLogger("torchresume.progress")
 
 
 class _ConsoleHandler(logging.Handler):
     """INFO to stdout, WARNING and above to stderr, looked up at each record (redirects work)."""
 
+    def __init__(self, *, always_stderr: bool = False) -> None:
+        super().__init__()
+        self.always_stderr = always_stderr
+
     def emit(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        to_stderr = self.always_stderr or record.levelno >= logging.WARNING
+        stream = sys.stderr if to_stderr else sys.stdout
         try:
             stream.write(self.format(record) + "\n")
             stream.flush()
@@ -31,13 +38,27 @@ class _ConsoleHandler(logging.Handler):
             pass  # a closed pipe (`| head`) or a closed stream: nothing left to tell
 
 
+class _Prefixed(logging.Formatter):
+    """``torchresume: message``; a message's leading newlines (ending a progress bar's line) come first."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        body = text.lstrip("\n")
+        return text[: len(text) - len(body)] + "torchresume: " + body
+
+
 def _install() -> None:
     if not log.handlers:
         handler = _ConsoleHandler()
-        handler.setFormatter(logging.Formatter("torchresume: %(message)s"))
+        handler.setFormatter(_Prefixed("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    if not progress.handlers:
+        lines = _ConsoleHandler(always_stderr=True)
+        lines.setFormatter(_Prefixed("%(message)s"))
+        progress.addHandler(lines)
+        progress.propagate = False
     if not monitor.handlers:
         plain = _ConsoleHandler()
         plain.setFormatter(logging.Formatter("%(message)s"))
@@ -47,4 +68,4 @@ def _install() -> None:
 
 _install()
 
-__all__ = ["log", "monitor"]
+__all__ = ["log", "monitor", "progress"]

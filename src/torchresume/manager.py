@@ -9,7 +9,6 @@ sub-trees, and an info block (epoch, step, global step, metrics, run config).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from torch import nn
 from torchresume import catalog, files, run_lock, signals
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import CheckpointWriteError, CorruptCheckpointError, DivergedRunError, TorchResumeError
+from torchresume.errors import CheckpointWriteError
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.files.directory import is_committed
 from torchresume.format import crypto
@@ -72,21 +71,6 @@ def prune(directory: str, keep: int) -> list[str]:
                 catalog.delete(e)
                 deleted.append(e.path)
     return deleted
-
-
-def tree_finite(tree: Any) -> bool:
-    """Whether every floating tensor of a checkpoint's state (RNG aside) is finite."""
-    if not isinstance(tree, dict):
-        return True
-    ok = True
-
-    def check(t: torch.Tensor) -> torch.Tensor:
-        nonlocal ok
-        if ok and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            ok = False
-        return t
-    map_tensors({k: v for k, v in tree.items() if k != "rng"}, check)
-    return ok
 
 
 def snapshot(tree: Any) -> Any:
@@ -301,46 +285,19 @@ class CheckpointManager:
         for entry in catalog.list_checkpoints(self.staging, verify=True):
             if entry.name not in uploaded and entry.valid:
                 remote = self.storage.join(self.directory, entry.name)
-                print(f"torchresume: uploading {remote}, saved locally before the last run stopped",
-                      flush=True)
+                log.info("uploading %s, saved locally before the last run stopped", remote)
                 self.remote.upload(entry.path, remote, after=lambda r=remote: self.apply_retention(protect=r))  # type: ignore[misc]
                 queued.append(remote)
         return queued
 
     def newest_readable(self, run: str | None = None, *,
                         require_finite: bool = False) -> tuple[Entry, Checkpoint] | None:
-        """The newest resumable checkpoint, read and verified once; bad ones are skipped and named.
+        """The newest resumable checkpoint here (staged copies included), read and verified once.
 
-        ``run``: only that run's checkpoints (catalog.select_run: never another run's).
-        ``require_finite``: skip, saying so, checkpoints whose weights hold NaN or Inf; if
-        every one does, raise DivergedRunError.
+        See catalog.newest_readable: bad ones are skipped and named; ``run`` limits it to one run.
         """
-        candidates = self._resume_candidates()
-        if run is not None:
-            candidates = catalog.select_run(candidates, run, self.directory)
-        diverged: list[str] = []
-        for entry in candidates:
-            if entry.prefix is not None and entry.prefix.endswith("-best"):
-                continue  # best-model copies are for evaluation, not for resuming
-            try:
-                if not entry.valid:
-                    raise CorruptCheckpointError(entry.reason)
-                ckpt = read_checkpoint(entry.path, dec_key=self.enc_key)
-            except (TorchResumeError, OSError) as exc:
-                print(f"torchresume: skipping invalid checkpoint {exc}", file=sys.stderr)
-                continue
-            if require_finite and not tree_finite(ckpt.tree):
-                print(f"torchresume: skipping {entry.path}: its weights are not finite (NaN or Inf: "
-                      "the run diverged there)", file=sys.stderr, flush=True)
-                diverged.append(entry.name)
-                continue
-            return entry, ckpt
-        if diverged:
-            raise DivergedRunError(
-                f"{self.directory}: every checkpoint of the run ({', '.join(diverged)}) has non-finite "
-                "weights (the run diverged); start over with --resume none (resume='none'), "
-                "e.g. at a lower learning rate")
-        return None
+        return catalog.newest_readable(self._resume_candidates(), self.directory, run=run,
+                                       dec_key=self.enc_key, require_finite=require_finite)
 
     # -- restoring ------------------------------------------------------------------------
     def restore(self, path: str, *, callbacks: dict[str, Stateful] | None = None,
@@ -361,8 +318,8 @@ class CheckpointManager:
         if isinstance(info.get("global_step"), int):
             self.global_step = info["global_step"]
         if lacking:
-            print(f"torchresume: {path} holds no {', '.join(lacking)} state (weights-only "
-                  "checkpoint?); those start fresh", file=sys.stderr)
+            log.warning("%s holds no %s state (weights-only checkpoint?); those start fresh", path,
+                        ", ".join(lacking))
         return info
 
     def restore_latest(self, *, callbacks: dict[str, Stateful] | None = None) -> dict[str, Any] | None:
@@ -386,8 +343,7 @@ class CheckpointManager:
         """
         path = self.save(epoch, step, global_step, breakpoint=True, **state)
         self.wait()
-        print(f"torchresume: {type(reason).__name__} at epoch {epoch} step {step}; breakpoint saved to "
-              f"{path}", file=sys.stderr, flush=True)
+        log.warning("%s at epoch %d step %d; breakpoint saved to %s", type(reason).__name__, epoch, step, path)
         return path
 
     @contextmanager
@@ -428,7 +384,7 @@ class Guard:
         if self.stop.received is not None:
             path = self.manager.save(epoch, step, self.position[2])
             self.manager.wait()
-            print(f"torchresume: {signals.name(self.stop.received)}: saved {path}, exiting", file=sys.stderr)
+            log.warning("%s: saved %s, exiting", signals.name(self.stop.received), path)
             raise SystemExit(signals.exit_code(self.stop.received))
 
 

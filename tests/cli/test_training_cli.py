@@ -59,25 +59,28 @@ def test_resume_with_changed_settings_says_so(tmp_path, capsys) -> None:
 def test_second_trainer_on_a_locked_directory(tmp_path) -> None:
     """Two `torchresume train` into one directory: the second exits 75 with one line; the first is unharmed."""
     import os
+    import signal
     import subprocess
     import sys
     exe = os.path.join(os.path.dirname(sys.executable), "torchresume")
     run = str(tmp_path / "run")
-    # LeNet5 for 1500 steps: long enough (seconds) that the second trainer starts while the first trains
-    args = [exe, "train", "--model", "lenet5", "--epochs", "1", "--steps-per-epoch", "1500", "--save-steps", "500",
-            "--train-url", run, "--print-every", "50"]
+    # the first run trains "forever"; once the second has been refused, SIGTERM stops it the normal way
+    args = [exe, "train", "--model", "lenet5", "--epochs", "1", "--steps-per-epoch", "100000",
+            "--save-steps", "500", "--train-url", run, "--print-every", "50"]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert first.stdout is not None
     for line in first.stdout:  # wait until the first run is really training
         if "step: 50" in line or "step: 100" in line:
             break
     second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first run stopped while the second one started"
+    first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=300)
     assert second.returncode == 75, second.stderr
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith(f"torchresume: error: {run} is in use by another training run (pid {first.pid} on ")
     assert "Traceback" not in second.stderr
-    assert first.returncode == 0, err
+    assert first.returncode == 143, err  # stopped by our SIGTERM after saving, not harmed by the second run
     from torchresume.catalog import list_checkpoints
-    entries = list_checkpoints(run)
-    assert [e.global_step for e in entries][:1] == [1500] and all(e.valid for e in entries)
+    entries = list_checkpoints(run, verify=True)
+    assert entries and all(e.valid for e in entries) and entries[0].global_step >= 50

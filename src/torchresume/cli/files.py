@@ -201,7 +201,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.dst} exists; pass --force to overwrite it")
     if args.to == "mindspore":
         from torchresume.files.mindspore_io import convert
-        return convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)
+        print(f"wrote {args.dst} ({convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)})")
+        return 0
     ckpt = read_checkpoint(args.src, dec_key=dec)
     kind = ckpt.kind if ckpt.format == "torchresume" else "tensors" if ckpt.kind == "tensors" else "state"
     write_encoded(encode_state(kind, ckpt.tree, info=ckpt.info, append=ckpt.append), args.dst, enc)

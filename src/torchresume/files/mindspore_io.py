@@ -23,6 +23,7 @@ from torch import nn
 
 from torchresume.format import mindspore, mindspore_crypto, name_mapping
 from torchresume.format.mindspore_load import FORMAT
+from torchresume.log import log
 from torchresume.state.train_state import RESERVED
 
 
@@ -145,8 +146,10 @@ def check_config(format: str | None, enc_key: Any, enc_mode: str, crc_check: boo
 
 
 def convert(src: str, dst: str, dec_key: bytes | None, enc_key: bytes | None, enc_mode: str,
-            crc_check: bool) -> int:
-    """``torchresume convert --to mindspore``: any readable checkpoint -> a MindSpore .ckpt."""
+            crc_check: bool) -> str:
+    """``torchresume convert --to mindspore``: any readable checkpoint -> a MindSpore .ckpt.
+
+    Returns what was written, in words, for the CLI to print."""
     from torchresume.files.single import read_checkpoint
     ckpt = read_checkpoint(src, dec_key=dec_key)
     tree = ckpt.tree
@@ -158,9 +161,8 @@ def convert(src: str, dst: str, dec_key: bytes | None, enc_key: bytes | None, en
     entries = {k: v for k, v in entries.items() if isinstance(v, (torch.Tensor, str))}
     write(dst, encode(entries, append=ckpt.append, crc_check=crc_check, enc_key=enc_key,
                       enc_mode=enc_mode))
-    print(f"wrote {dst} (MindSpore .ckpt, {len(entries)} entries, from {ckpt.format}"
-          f"{', CRC' if crc_check else ''}{', ' + enc_mode if enc_key else ''})")
-    return 0
+    return (f"MindSpore .ckpt, {len(entries)} entries, from {ckpt.format}"
+            f"{', CRC' if crc_check else ''}{', ' + enc_mode if enc_key else ''}")
 
 
 def restore(manager: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +172,6 @@ def restore(manager: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
     epoch boundary after ``global_step`` with fresh RNG. Returns the info dict
     ``CheckpointManager.restore`` returns.
     """
-    import sys
 
     from torchresume.errors import StateMismatchError
     from torchresume.state.loading import load_param_into_net
@@ -188,7 +189,7 @@ def restore(manager: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
             lacking.append("optimizer")
     step = params.get("global_step")
     global_step = int(step.reshape(-1)[0]) if isinstance(step, torch.Tensor) else 0
-    print(f"torchresume: {path} is a MindSpore checkpoint: restored the weights"
-          f"{'' if 'optimizer' in lacking else ' and the optimizer state'} at global step "
-          f"{global_step}; {', '.join(lacking)} start fresh", file=sys.stderr)
+    log.warning("%s is a MindSpore checkpoint: restored the weights%s at global step %s; %s start fresh",
+                path, "" if "optimizer" in lacking else " and the optimizer state", global_step,
+                ", ".join(lacking))
     return {"global_step": global_step, "lacking": lacking, "format": FORMAT, "epoch_end_done": True}

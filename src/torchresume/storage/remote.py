@@ -76,9 +76,9 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
 def _say_retrying(what: str, exc: BaseException, attempt: int, retries: int, delay: float,
                   elapsed: float) -> None:
     """A retried failure is never silent: what failed, which retry, and how long it has failed."""
-    import sys
-    print(f"torchresume: {what}: {type(exc).__name__}: {str(exc)[:160]}; retry {attempt}/{retries - 1} "
-          f"in {delay:.1f} s (failing for {elapsed:.0f} s)", file=sys.stderr, flush=True)
+    from torchresume.log import log
+    log.warning("%s: %s: %s; retry %d/%d in %.1f s (failing for %.0f s)", what, type(exc).__name__,
+                str(exc)[:160], attempt, retries - 1, delay, elapsed)
 
 
 # S3-compatible stores (rclone, MinIO, Ceph, OBS...) differ from AWS on botocore's flexible

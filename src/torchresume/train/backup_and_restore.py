@@ -24,7 +24,7 @@ class BackupAndRestore(Callback):
 
     def on_train_begin(self, ctx: RunContext) -> None:
         if os.path.exists(self.path) and not ctx.resumed_from:
-            ctx.model.restore(self.path, ctx)
+            ctx.run_state().restore(self.path, ctx)
 
     def on_train_step_end(self, ctx: RunContext) -> None:
         if isinstance(self.save_freq, int) and ctx.global_step % self.save_freq == 0:
@@ -36,7 +36,7 @@ class BackupAndRestore(Callback):
 
     def _save(self, ctx: RunContext, *, epoch_end_done: bool) -> None:
         os.makedirs(self.backup_dir, exist_ok=True)
-        ctx.model.save_state(self.path, ctx, epoch_end_done=epoch_end_done)
+        ctx.run_state().save_to(self.path, ctx, epoch_end_done=epoch_end_done)
 
     def on_train_end(self, ctx: RunContext) -> None:
         if self.delete_checkpoint and os.path.exists(self.path):

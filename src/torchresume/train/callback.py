@@ -15,6 +15,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from torchresume.train.model import Model
+    from torchresume.train.run_state import RunState
 
 HOOKS = ("on_train_begin", "on_train_end", "on_train_epoch_begin", "on_train_epoch_end",
          "on_train_step_begin", "on_train_step_end", "on_eval_begin", "on_eval_end")
@@ -49,6 +50,14 @@ class RunContext:
     step_rng: dict[str, Any] | None = None  # torch RNG after the last completed step
     in_step: bool = False  # between a step's start and its completion
     feed: Any = None  # the training data's position keeper (torchresume.data.loader_state.Feed)
+    state: RunState | None = None  # what checkpoints are made from; set by Model.train/fit
+
+    def run_state(self) -> RunState:
+        """The run's state provider; a clear error for a context that no training run made."""
+        if self.state is None:
+            raise RuntimeError("this RunContext has no run state: checkpoint callbacks save during "
+                               "Model.train/fit, not during eval or predict")
+        return self.state
 
     def request_stop(self) -> None:
         self.stop_requested = True

@@ -24,8 +24,8 @@ from torchresume.data.loader_state import feed_for
 from torchresume.log import log
 from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state import rng
-from torchresume.state.registry import StateRegistry
 from torchresume.train.callback import Callback, CallbackList, RunContext
+from torchresume.train.run_state import RunState
 
 _METRICS = {"acc", "accuracy", "loss"}
 
@@ -101,12 +101,13 @@ class Model:
         cbs = CallbackList(_with_progress(callbacks))
         self._callbacks, self._dataset = cbs, dataset
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
-                         steps_per_epoch=len(dataset), dataset=dataset, config=config)
+                         steps_per_epoch=len(dataset), dataset=dataset, config=config,
+                         state=RunState(self.network, self.optimizer, self.scheduler, cbs))
         ctx.start_epoch, ctx.step = initial_epoch, 0
         ctx.feed = feed_for(dataset)
         caveat = ctx.feed.warning()
         if caveat:
-            print(f"torchresume: warning: {caveat}", file=sys.stderr, flush=True)
+            log.warning("warning: %s", caveat)
         if resume not in (None, "none"):
             self._resume(resume, cbs, ctx)
         else:
@@ -114,8 +115,8 @@ class Model:
         ctx.global_step = ctx.global_step or initial_epoch * ctx.steps_per_epoch
         total = epochs * ctx.steps_per_epoch
         if ctx.resumed_from and ctx.global_step >= total:
-            print(f"torchresume: training already finished ({ctx.global_step}/{total} steps, "
-                  f"{ctx.resumed_from}); nothing to do", flush=True)
+            log.info("training already finished (%d/%d steps, %s); nothing to do", ctx.global_step, total,
+                     ctx.resumed_from)
             ctx.epoch = min(epochs, max(1, -(-ctx.global_step // ctx.steps_per_epoch)))
             return self._summary(ctx, finished=True, already=True)
         needs_rng = any(getattr(getattr(cb, "config", None), "exception_save", False)
@@ -186,43 +187,9 @@ class Model:
                 saved.append(cb.save_if_unsaved(ctx))
                 _wait_bounded(cb.manager)
         where = f"; checkpoint {saved[-1]}" if saved else " (no ModelCheckpoint: nothing saved)"
-        print(f"torchresume: {signals.name(sig)} at epoch {ctx.epoch} step {ctx.step}"
-              f"{where}; exiting with {signals.exit_code(sig)}", file=sys.stderr, flush=True)
+        log.warning("%s at epoch %d step %d%s; exiting with %d", signals.name(sig), ctx.epoch, ctx.step, where,
+                    signals.exit_code(sig))
         raise SystemExit(signals.exit_code(sig))
-
-    # -- state ----------------------------------------------------------------------------
-    def training_state(self, ctx: RunContext) -> dict[str, Any]:
-        """The non-weight parts a checkpoint of this run needs, consistent with ctx's counters."""
-        callbacks = {k: cb.state_dict() for k, cb in self._callbacks.stateful().items()}
-        feed = ctx.feed if ctx.feed is not None else feed_for(ctx.dataset)
-        sampler = feed.state_dict(ctx.epoch - 1, ctx.step)  # the last *completed* step
-        finite = weights_finite(self.network, self.optimizer)
-        info = {"steps_per_epoch": ctx.steps_per_epoch, "epoch_num": ctx.epoch_num,
-                "metrics": dict(ctx.metrics), "config": ctx.config, "finite": finite,
-                "finished": finite and ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch}
-        return {"callbacks": callbacks, "sampler": sampler, "info": info,
-                "rng": {**rng.capture(), **(ctx.step_rng or {})}}
-
-    def save_state(self, path: str, ctx: RunContext, *, epoch_end_done: bool = False) -> None:
-        """Write this run's full state to ``path`` (a fixed name; for backup-style callbacks)."""
-        from torchresume.files import write_checkpoint
-        from torchresume.state.registry import capture_tree
-        parts = self.training_state(ctx)
-        tree = capture_tree(self.network, self.state_registry(), callbacks=parts["callbacks"],
-                            rng_state=parts["rng"], sampler_state=parts["sampler"])
-        if epoch_end_done and tree.get("sampler"):
-            tree["sampler"].update(epoch=ctx.epoch, consumed=0)
-        info = {"epoch": ctx.epoch, "step": ctx.step, "global_step": ctx.global_step,
-                "epoch_end_done": epoch_end_done, **parts["info"]}
-        write_checkpoint(path, "train_state", tree, info=info)
-
-    def state_registry(self, sampler: Any = None) -> StateRegistry:
-        """The run's Stateful entries beside the weights: optimizer, scheduler, data position."""
-        registry = StateRegistry()
-        for name, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("sampler", sampler)):
-            if obj is not None:
-                registry.register(name, obj)
-        return registry
 
     def _resume(self, resume: str | CheckpointManager, cbs: CallbackList, ctx: RunContext) -> None:
         """Restore from ``resume``: "auto", a checkpoint directory or URL, a manager, or one checkpoint."""
@@ -239,55 +206,13 @@ class Model:
         if isinstance(resume, str) and _is_checkpoint_directory_of_runs(resume):
             resume = CheckpointManager(resume, keep=None)
         if not isinstance(resume, CheckpointManager):
-            self.restore(resume, ctx)
+            ctx.run_state().restore(resume, ctx)
             return
         resume.upload_pending()  # a kill may have come between a local save and its upload
         resume.wait()
         found = resume.newest_readable(run, require_finite=True)
         if found is not None:
-            self.restore(found[0].path, ctx, ckpt=found[1])
-
-    def restore(self, path: str, ctx: RunContext, ckpt: Any = None) -> None:
-        """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position."""
-        from types import SimpleNamespace
-
-        from torchresume.files import read_checkpoint
-        from torchresume.state.registry import restore_tree
-        if ctx.feed is None:
-            ctx.feed = feed_for(ctx.dataset)
-        sampler = ctx.feed if ctx.feed.kind != "iterable" else None
-        if ckpt is None:
-            ckpt = read_checkpoint(path)
-        if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names
-            from torchresume.files import mindspore_io
-            parts = SimpleNamespace(model=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    scaler=None, sampler=sampler)
-            info = mindspore_io.restore(parts, path, ckpt.tree)
-        else:
-            lacking = restore_tree(ckpt.tree, path, self.network, self.state_registry(sampler),
-                                   callbacks=self._callbacks.stateful())
-            info = {**ckpt.info, "lacking": lacking}
-            if lacking:
-                log.warning("%s holds no %s state (weights-only checkpoint?); those start fresh",
-                            path, ", ".join(lacking))
-        ctx.resumed_from = path
-        ctx.resumed_prefix = info.get("prefix")
-        steps = info.get("steps_per_epoch") or ctx.steps_per_epoch
-        global_step = int(info.get("global_step") or 0)
-        if steps != ctx.steps_per_epoch:
-            raise ValueError(f"{path}: saved with {steps} steps per epoch, this run has "
-                             f"{ctx.steps_per_epoch}; resume with the same data and batch size")
-        ctx.global_step = global_step
-        epoch_index, ctx.step = divmod(global_step, steps)
-        if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):
-            # Saved at an epoch's last step, before its epoch-end hooks: run those first.
-            epoch_index, ctx.step = epoch_index - 1, steps
-        if "sampler" in info.get("lacking", []):
-            ctx.feed.mark_lacking(epoch_index, ctx.step)
-        ctx.start_epoch = epoch_index
-        _warn_config_changes(info.get("config"), ctx.config, path)
-        print(f"torchresume: resumed from {path} at epoch {epoch_index + 1}, step {ctx.step} "
-              f"(global step {global_step})", flush=True)
+            ctx.run_state().restore(found[0].path, ctx, ckpt=found[1])
 
     def _summary(self, ctx: RunContext, *, finished: bool, already: bool = False) -> dict[str, Any]:
         return {"resumed_from": ctx.resumed_from, "global_step": ctx.global_step,
@@ -334,21 +259,6 @@ class Model:
             return self.network(x.to(self.device)).cpu()
 
 
-_NOT_RUN_SETTINGS = ("resume", "storage_option", "print_every", "async_save", "device")
-
-
-def _warn_config_changes(saved: Any, now: dict[str, Any], path: str) -> None:
-    """Say which settings differ from the resumed run's: the checkpoint's state wins for those."""
-    if not isinstance(saved, dict) or not now:
-        return
-    changed = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in sorted(now)
-               if k in saved and k not in _NOT_RUN_SETTINGS and saved[k] != now[k]]
-    if changed:
-        print(f"torchresume: {path} was saved with {', '.join(changed)}; the resumed state "
-              "(optimizer, data order) follows the checkpoint; use --resume none to start over",
-              file=sys.stderr, flush=True)
-
-
 UPLOAD_WAIT_S = 120.0
 
 
@@ -358,12 +268,11 @@ def _wait_bounded(manager: Any) -> None:
     try:
         manager.wait(timeout=UPLOAD_WAIT_S)
     except TimeoutError:
-        print(f"torchresume: uploads still pending after {UPLOAD_WAIT_S:.0f} s; the local copies "
-              f"stay in {manager.staging}", file=sys.stderr, flush=True)
+        log.warning("uploads still pending after %.0f s; the local copies stay in %s", UPLOAD_WAIT_S,
+                    manager.staging)
         return
     if manager.staging:
-        print(f"torchresume: pending uploads finished in {time.monotonic() - start:.1f} s",
-              file=sys.stderr, flush=True)
+        log.warning("pending uploads finished in %.1f s", time.monotonic() - start)
 
 
 def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Callback]:
@@ -376,15 +285,6 @@ def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Call
         from torchresume.train.progress_log import ProgressLog
         items.append(ProgressLog())
     return items
-
-
-def weights_finite(network: nn.Module, optimizer: Any = None) -> bool:
-    """Whether every floating tensor of the network (and the optimizer's state) is finite."""
-    tensors: list[torch.Tensor] = [t for t in network.state_dict().values() if t.is_floating_point()]
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            tensors += [t for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _is_checkpoint_directory_of_runs(path: str) -> bool:
@@ -404,6 +304,5 @@ def _signal_catcher(ctx: RunContext, enabled: bool) -> StopSignals:
     """Turns SIGTERM/SIGINT/SIGUSR1 into ``ctx.stop_signal``: a stop at the next step boundary."""
     def on_signal(signum: int) -> None:
         ctx.stop_signal = signum
-        print(f"\ntorchresume: {signals.name(signum)} received; stopping after this step "
-              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        log.warning("\n%s received; stopping after this step (Ctrl-C again to abort)", signals.name(signum))
     return StopSignals(STOP_SIGNALS, enabled=enabled, on_signal=on_signal)

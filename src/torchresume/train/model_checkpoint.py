@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from torchresume.errors import CheckpointConfigError, CheckpointWriteError
+from torchresume.log import log
 from torchresume.manager import CheckpointManager, unique_prefix
 from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast, RetentionPolicy
 from torchresume.storage import resolve
@@ -72,11 +73,11 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, ctx: RunContext) -> None:
         self.prefix = ctx.resumed_prefix or unique_prefix(self.directory, self.base_prefix)
         if self.prefix != self.base_prefix and not ctx.resumed_prefix:
-            print(f"torchresume: {self.directory} already has run '{self.base_prefix}'; this run saves "
-                  f"as '{self.prefix}' (continue it later with --prefix {self.prefix})", flush=True)
+            log.info("%s already has run '%s'; this run saves as '%s' (continue it later with --prefix %s)",
+                     self.directory, self.base_prefix, self.prefix, self.prefix)
         cfg = self.config
-        common: dict[str, Any] = dict(model=ctx.network, optimizer=ctx.optimizer,
-                                      scheduler=getattr(ctx.model, "scheduler", None),
+        live = ctx.run_state()
+        common: dict[str, Any] = dict(model=live.network, optimizer=live.optimizer, scheduler=live.scheduler,
                                       async_save=cfg.async_save, enc_key=cfg.enc_key,
                                       enc_mode=cfg.enc_mode, saved_network=cfg.saved_network,
                                       file_format=cfg.format, crc_check=cfg.crc_check)
@@ -161,7 +162,7 @@ class ModelCheckpoint(Callback):
         if manager is self.manager and not breakpoint:
             self._last_saved_step = ctx.global_step
             self._last_save_time = time.monotonic()
-        parts = ctx.model.training_state(ctx)
+        parts = ctx.run_state().parts(ctx)
         state: dict[str, Any] = dict(info=parts["info"], append=append, callbacks=parts["callbacks"],
                                      rng_state=parts["rng"], sampler_state=parts["sampler"])
         if reason is not None:

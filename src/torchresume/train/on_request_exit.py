@@ -29,14 +29,14 @@ class OnRequestExit(Callback):
         self._stop.received = None
         self._stop.install()
         if os.path.exists(self.path) and not ctx.resumed_from:
-            ctx.model.restore(self.path, ctx)
+            ctx.run_state().restore(self.path, ctx)
 
     def on_train_step_end(self, ctx: RunContext) -> None:
         if self._stop.received is None:
             return
         if self.save_ckpt:
             os.makedirs(self.directory, exist_ok=True)
-            ctx.model.save_state(self.path, ctx)
+            ctx.run_state().save_to(self.path, ctx)
             log.info("OnRequestExit: signal %s: saved %s; stopping", self.sig, self.path)
         ctx.request_stop()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
+from torchresume.log import progress
 from torchresume.train.callback import Callback, RunContext
 
 
@@ -26,6 +26,5 @@ class ProgressLog(Callback):
         loss = f"{float(ctx.loss):.4f}" if ctx.loss is not None else "-"
         elapsed = time.perf_counter() - self._start
         rate = (ctx.global_step - self._first) / elapsed if elapsed > 0 else 0.0
-        print(f"torchresume: epoch {ctx.epoch}/{ctx.epoch_num} step {ctx.step}/{ctx.steps_per_epoch} "
-              f"({100 * ctx.step // max(1, ctx.steps_per_epoch)}%) loss {loss}, {rate:.1f} steps/s",
-              file=sys.stderr, flush=True)
+        progress.info("epoch %d/%d step %d/%d (%d%%) loss %s, %.1f steps/s", ctx.epoch, ctx.epoch_num, ctx.step,
+                      ctx.steps_per_epoch, 100 * ctx.step // max(1, ctx.steps_per_epoch), loss, rate)
