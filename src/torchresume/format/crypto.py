@@ -100,12 +100,15 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
     (n,) = struct.unpack("<I", data[8:12])
     try:
         meta = json.loads(data[12:12 + n])
-        assert isinstance(meta, dict) and meta["mode"] in MODES
-        assert isinstance(meta["plain_size"], int) and isinstance(meta["chunk"], int)
-        assert meta["chunk"] > 0 and meta["plain_size"] >= 0
-        bytes.fromhex(meta["nonce"])
+        valid = (isinstance(meta, dict) and meta.get("mode") in MODES
+                 and isinstance(meta.get("plain_size"), int) and isinstance(meta.get("chunk"), int)
+                 and meta["chunk"] > 0 and meta["plain_size"] >= 0)
+        if valid:
+            bytes.fromhex(meta["nonce"])
     except Exception:
-        raise CorruptCheckpointError(f"{where}: encrypted file has a damaged header") from None
+        valid = False
+    if not valid:
+        raise CorruptCheckpointError(f"{where}: encrypted file has a damaged header")
     meta["header_size"] = 12 + n
     return meta
 

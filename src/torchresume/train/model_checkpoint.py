@@ -153,7 +153,9 @@ class ModelCheckpoint(Callback):
     def save(self, ctx: RunContext, *, breakpoint: bool = False,
              manager: CheckpointManager | None = None, reason: BaseException | None = None) -> str:
         manager = manager or self.manager
-        assert manager is not None, "save() before on_train_begin()"
+        if manager is None:
+            raise RuntimeError("ModelCheckpoint.save() before on_train_begin(): pass the callback to "
+                               "Model.train/fit, which starts it")
         cfg = self.config
         names = {"epoch_num": ctx.epoch, "step_num": ctx.global_step}
         append = {k: names[k] for k in cfg.append_names}
