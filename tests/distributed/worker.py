@@ -179,13 +179,28 @@ def faulty_save(directory: str, out: str, kind: str) -> dict[str, Any]:
         mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
     except Exception as exc:
         print(f"rank {rank()}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
-            json.dump({"error": type(exc).__name__, "message": str(exc), "newest": mgr.newest()}, f)
+        write_result(out, {"error": type(exc).__name__, "message": str(exc), "newest": mgr.newest()})
         sys.exit(1)
     return {"error": None}
 
 
-SCENARIOS = {"ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
+def write_result(out: str, result: dict[str, Any]) -> None:
+    """This rank's result, written whole or not at all (a rank may be killed at any point)."""
+    target = os.path.join(out, f"rank{rank()}.json")
+    with open(target + ".tmp", "w") as f:
+        json.dump(result, f, default=repr)
+    os.replace(target + ".tmp", target)
+
+
+def restore_any(directory: str, out: str) -> dict[str, Any]:
+    model, _ = ddp_model(3)
+    info = DistributedCheckpointManager(directory, prefix="ddp").restore({"model": model.state_dict()})
+    if info is None:
+        return {"path": None}
+    return {"path": info.path, "epoch": info.epoch, "step": info.step, "rank_states": info.rank_states}
+
+
+SCENARIOS = {"restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),
              "kill_save": lambda d, o: faulty_save(d, o, "kill")}
@@ -196,9 +211,7 @@ def main() -> None:
     os.makedirs(out, exist_ok=True)
     dist.init_process_group("gloo")
     try:
-        result = SCENARIOS[scenario](directory, out)
-        with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
-            json.dump(result, f, default=repr)
+        write_result(out, SCENARIOS[scenario](directory, out))
     finally:
         dist.destroy_process_group()
 

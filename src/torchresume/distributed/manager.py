@@ -28,6 +28,7 @@ from torchresume.errors import (
     CorruptCheckpointError,
     TorchResumeError,
 )
+from torchresume.files.directory import is_committed
 from torchresume.log import log
 from torchresume.retention import KeepLast
 from torchresume.storage import resolve
@@ -113,7 +114,14 @@ class DistributedCheckpointManager:
         try:
             dcp.save(state, storage_writer=writer, no_dist=not _distributed())
         except CheckpointException as exc:
+            if _rank() == 0:
+                self._discard(path)
             raise CheckpointWriteError(failure_line(path, exc)) from None
+        except (dist.DistError, RuntimeError) as exc:  # DCP wraps rank errors; these are from collectives
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointWriteError(f"{path}: sharded save failed: the process group broke ({first}); "
+                                       "nothing was committed; restart the job to resume from the "
+                                       "newest committed checkpoint") from None
         if _rank() == 0:
             self.apply_retention(protect=path)
         _barrier()
@@ -125,6 +133,15 @@ class DistributedCheckpointManager:
         if storage.exists(where):
             log.warning("%s exists (an unfinished save, or this step saved again); replacing it", path)
             catalog.delete(path)
+
+    def _discard(self, path: str) -> None:
+        """Remove the parts a failed save left (never a committed checkpoint); every rank has stopped writing."""
+        storage, where = resolve(path)
+        try:
+            if storage.exists(where) and not is_committed(path):
+                storage.delete(where)
+        except OSError as exc:
+            log.warning("could not remove the parts of the failed save %s: %s", path, exc)
 
     def checkpoints(self) -> list[Entry]:
         """This prefix's committed sharded checkpoints, newest first (manifests and headers only)."""
