@@ -155,7 +155,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    changes = inspection.diff(args.a, args.b)
+    changes = inspection.diff(args.a, args.b, load=_tree_loader(args.a, args.b))
     if not changes:
         print("identical: same tensors, values and metadata")
     for c in changes:
@@ -164,6 +164,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
         detail = f"  {c.detail}" if c.detail and c.detail != "values" else ""
         print(f"{mark} {c.name}{detail}{extra}")
     return 0
+
+
+def _tree_loader(*paths: str) -> Any:
+    """For sharded (torch.distributed) checkpoints, a loader that consolidates them; else None."""
+    from torchresume.files.directory import read_manifest
+    for path in paths:
+        if inspection.is_directory(path) and read_manifest(path).get("info", {}).get("layout") == "torchresume-dcp":
+            from torchresume.distributed.consolidate import full_tree
+            return full_tree
+    return None
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -202,6 +212,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "mindspore":
         from torchresume.files.mindspore_io import convert
         return convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)
+    if _tree_loader(args.src) is not None:
+        from torchresume.distributed.consolidate import consolidate
+        tree, info = consolidate(args.src)
+        write_encoded(encode_state("state", tree, info=info), args.dst, enc)
+        print(f"wrote {args.dst} (state, consolidated from {info.get('world_size')} ranks' shards)")
+        return 0
     ckpt = read_checkpoint(args.src, dec_key=dec)
     kind = ckpt.kind if ckpt.format == "torchresume" else "tensors" if ckpt.kind == "tensors" else "state"
     write_encoded(encode_state(kind, ckpt.tree, info=ckpt.info, append=ckpt.append), args.dst, enc)
