@@ -10,7 +10,8 @@ the order every repeat (the machine is shared, so noise hits all three), it
  * saves and loads with DCP's FileSystemWriter/FileSystemReader (defaults: one thread, fsync),
  * gathers every shard to rank 0 and torch.save's one file (then fsync, as the others do),
    and loads it on rank 0 and scatters the shards back.
-Each figure is the best of ``--repeat`` runs of the slowest rank (barrier to barrier).
+Each figure is the best of ``--repeat`` runs of the slowest rank (barrier to barrier);
+every save goes to a fresh location, and what it wrote is deleted outside the timings.
 Loads read files the save just wrote, so they mostly come from the page cache.
 """
 
@@ -47,50 +48,56 @@ def make_state(gib: float) -> dict[str, Any]:
                                                              [Shard(0)]) for i in range(count)}}
 
 
-def timed(fn: Callable[[], Any]) -> float:
+def timed(fn: Callable[[int], Any], i: int) -> float:
     import torch.distributed as dist
     dist.barrier()
     start = time.perf_counter()
-    fn()
+    fn(i)
     dist.barrier()
     return time.perf_counter() - start
 
 
-def torchresume_pair(state: dict[str, Any], root: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
+Pair = tuple[Callable[[int], Any], Callable[[int], Any]]
+
+
+def torchresume_pair(state: dict[str, Any], root: str) -> Pair:
+    import logging
+
     from torchresume.distributed import DistributedCheckpointManager
-    mgr = DistributedCheckpointManager(os.path.join(root, "tr"), prefix="bench", keep=1)
-    return (lambda: mgr.save(state, epoch=1, step=1)), (lambda: mgr.restore(state))
+    logging.getLogger("torchresume").setLevel(logging.WARNING)  # no "resumed from" line per restore
+    mgr = DistributedCheckpointManager(os.path.join(root, "tr"), prefix="bench", keep=100)
+    return (lambda i: mgr.save(state, epoch=1, step=i)), (lambda i: mgr.restore(state))
 
 
-def dcp_pair(state: dict[str, Any], root: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
+def dcp_pair(state: dict[str, Any], root: str) -> Pair:
     import torch.distributed.checkpoint as dcp
-    path = os.path.join(root, "dcp")
-    return (lambda: dcp.save(state, storage_writer=dcp.FileSystemWriter(path, overwrite=True)),
-            lambda: dcp.load(state, storage_reader=dcp.FileSystemReader(path)))
+    return (lambda i: dcp.save(state, storage_writer=dcp.FileSystemWriter(os.path.join(root, f"dcp{i}"))),
+            lambda i: dcp.load(state, storage_reader=dcp.FileSystemReader(os.path.join(root, f"dcp{i}"))))
 
 
-def gather_pair(state: dict[str, Any], root: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
+def gather_pair(state: dict[str, Any], root: str) -> Pair:
     import torch
     import torch.distributed as dist
-    path = os.path.join(root, "gathered.pt")
     world, rank = dist.get_world_size(), dist.get_rank()
     tensors = state["model"]
 
-    def save() -> None:
+    def save(i: int) -> None:
+        path = os.path.join(root, f"gathered{i}.pt")
         full = {}
         for name, dt in tensors.items():
             local = dt.to_local()
             parts = [torch.empty_like(local) for _ in range(world)] if rank == 0 else None
             dist.gather(local, parts, dst=0)
             if rank == 0:
-                full[name] = torch.cat(parts)
+                full[name] = torch.cat(parts or [])
         if rank == 0:
             with open(path, "wb") as f:
                 torch.save(full, f)
                 f.flush()
                 os.fsync(f.fileno())
 
-    def load() -> None:
+    def load(i: int) -> None:
+        path = os.path.join(root, f"gathered{i}.pt")
         full = torch.load(path, mmap=True, weights_only=True) if rank == 0 else None
         for name, dt in tensors.items():
             local = dt.to_local()
@@ -102,20 +109,25 @@ METHODS = {"torchresume": torchresume_pair, "dcp": dcp_pair, "gather": gather_pa
 
 
 def worker(args: argparse.Namespace) -> None:
-    import logging
-
     import torch.distributed as dist
-    logging.getLogger("torchresume").setLevel(logging.WARNING)  # no "resumed from" line per restore
     dist.init_process_group("gloo")
     state = make_state(args.gib)
     pairs = {name: make(state, args.dir) for name, make in METHODS.items()}
     best: dict[str, list[float]] = {f"{n}_{op}": [] for n in METHODS for op in ("save", "load")}
     order = list(METHODS)
-    for _ in range(args.repeat):
+    for i in range(args.repeat):
         for name in order:
             save, load = pairs[name]
-            best[f"{name}_save"].append(timed(save))
-            best[f"{name}_load"].append(timed(load))
+            best[f"{name}_save"].append(timed(save, i))
+            best[f"{name}_load"].append(timed(load, i))
+            dist.barrier()
+            if dist.get_rank() == 0:  # outside the timings: free the disk before the next method
+                for entry in Path(args.dir).iterdir():
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    elif entry.suffix == ".pt":
+                        entry.unlink()
+            dist.barrier()
         order.reverse()
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps({k: min(v) for k, v in best.items()}))
@@ -131,7 +143,7 @@ def launch(nproc: int, args: argparse.Namespace) -> dict[str, float]:
            "--dir", root, "--out", out]
     try:
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        return json.loads(Path(out).read_text())  # type: ignore[no-any-return]
+        return json.loads(Path(out).read_text())
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

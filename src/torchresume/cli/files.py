@@ -11,6 +11,7 @@ from typing import Any
 from torchresume import inspection
 from torchresume.catalog import list_checkpoints
 from torchresume.errors import CheckpointNotFoundError
+from torchresume.storage import resolve
 
 # API parameter names in library messages -> the flags a CLI user types.
 _FLAG_WORDS = {"pass dec_key=<the key used to save it>": "pass --dec-key-hex <the key, as hex>",
@@ -136,7 +137,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     key = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
-    if inspection.is_directory(args.path):
+    if inspection.is_directory(args.path) and not _checkpoint_dir(args.path):
         paths = inspection.checkpoint_files(args.path)
         if not paths:
             print(f"torchresume: error: {args.path}: no checkpoint files", file=sys.stderr)
@@ -166,11 +167,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_dir(path: str) -> bool:
+    """A directory checkpoint itself (its manifest, or a .ckpt name), not a directory of checkpoints."""
+    from torchresume.files.directory import MANIFEST
+    storage, where = resolve(path)
+    return path.rstrip("/").endswith(".ckpt") or storage.exists(storage.join(where, MANIFEST))
+
+
 def _tree_loader(*paths: str) -> Any:
     """For sharded (torch.distributed) checkpoints, a loader that consolidates them; else None."""
+    from torchresume.files import sharded
     from torchresume.files.directory import read_manifest
     for path in paths:
-        if inspection.is_directory(path) and read_manifest(path).get("info", {}).get("layout") == "torchresume-dcp":
+        if inspection.is_directory(path) and sharded.is_sharded(read_manifest(path)):
             from torchresume.distributed.consolidate import full_tree
             return full_tree
     return None
