@@ -42,6 +42,9 @@ def test_ls_verify_inspect(sharded: tuple[Launch, Path]) -> None:
     assert inspect.returncode == 0, inspect.stderr
     assert "layout:       torchresume-dcp" in inspect.stdout and "world_size:   2" in inspect.stdout
     assert "model.fc1.weight@8,0" in inspect.stdout  # the second rank's rows of fc1.weight
+    assert "sharded:      6 logical tensors over 2 ranks (DCP metadata)" in inspect.stdout
+    assert any(line.split() == ["model.fc1.weight", "float32", "[16,", "6]", "in", "2", "chunk(s)"]
+               for line in inspect.stdout.splitlines())
 
 
 def test_verify_finds_a_missing_shard_and_a_damaged_metadata_file(sharded: tuple[Launch, Path],

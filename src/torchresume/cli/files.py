@@ -92,6 +92,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for t in d.tensors:
             print(f"  {t['name']:<{name_width}}  {t['dtype']:<8} {t['shape']!s:<18} "
                   f"{inspection.human_bytes(t['bytes'])}")
+    _print_logical(args.path)
     if d.values:
         print("values:")
         hidden: dict[str, list[str]] = {}
@@ -165,6 +166,22 @@ def cmd_diff(args: argparse.Namespace) -> int:
         detail = f"  {c.detail}" if c.detail and c.detail != "values" else ""
         print(f"{mark} {c.name}{detail}{extra}")
     return 0
+
+
+def _print_logical(path: str) -> None:
+    """For a sharded checkpoint, every tensor at its global size and how many chunks hold it."""
+    from torchresume.files import sharded
+    from torchresume.files.directory import read_manifest
+    if not (inspection.is_directory(path) and _checkpoint_dir(path)):
+        return
+    doc = read_manifest(path)
+    if not sharded.is_sharded(doc):
+        return
+    rows = sharded.logical_tensors(path, doc)
+    print(f"sharded:      {len(rows)} logical tensors over {doc['info'].get('world_size')} ranks (DCP metadata)")
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        print(f"  {r['name']:<{width}}  {r['dtype']:<8} {r['shape']!s:<18} in {r['chunks']} chunk(s)")
 
 
 def _checkpoint_dir(path: str) -> bool:

@@ -63,3 +63,16 @@ def check(path: str, doc: dict[str, Any], names: dict[str, set[str]]) -> None:
         if covered != math.prod(md["size"]):
             raise CorruptCheckpointError(f"{path}: the saved chunks of {fqn} cover {covered} of its "
                                          f"{math.prod(md['size'])} elements; a shard is missing")
+
+
+def logical_tensors(path: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each saved tensor at its global size (name, dtype, shape, chunks), from the DCP metadata."""
+    meta = json.loads(read_metadata_json(path, doc))
+    rows = []
+    for fqn, md in meta["state_dict_metadata"].items():
+        if md.get("bytes"):
+            rows.append({"name": fqn, "dtype": "bytes", "shape": [], "chunks": 1})
+            continue
+        rows.append({"name": fqn, "dtype": md["dtype"].removeprefix("torch."), "shape": md["size"],
+                     "chunks": len(md["chunks"])})
+    return rows
