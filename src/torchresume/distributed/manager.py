@@ -79,9 +79,13 @@ def failure_line(path: str, exc: CheckpointException) -> str:
 
 
 class DistributedCheckpointManager:
-    """Sharded checkpoints of a torch.distributed job in ``directory`` (a path or s3:// URL)."""
+    """Sharded checkpoints of a torch.distributed job in ``directory`` (a path or s3:// URL).
 
-    def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 1) -> None:
+    ``keep``: committed checkpoints of ``prefix`` kept by retention (the newest always).
+    ``threads``: part files each rank writes in parallel (its chunks split by size).
+    """
+
+    def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2) -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         if not prefix or "/" in prefix or "-" in prefix:
