@@ -59,6 +59,7 @@ class Model:
         self.metrics = names
         self._callbacks = CallbackList(None)
         self._dataset: Any = None
+        self.step_network: nn.Module | None = None  # the DDP wrapper under torchrun (train/distributed.py)
 
     # -- training -------------------------------------------------------------------------
     def train(self, epoch: int, train_dataset: Any, callbacks: Sequence[Callback] | Callback | None = None,
@@ -98,6 +99,9 @@ class Model:
         self._check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
+        if _launched_by_torchrun():  # ranks of one job: DDP, this rank's data, collective saves
+            from torchresume.train import distributed
+            dataset, callbacks, resume = distributed.prepare(self, dataset, callbacks, resume, handle_signals)
         cbs = CallbackList(_with_progress(callbacks))
         self._callbacks, self._dataset = cbs, dataset
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
@@ -150,7 +154,7 @@ class Model:
         return self._summary(ctx, finished=ctx.global_step >= total)
 
     def _epoch(self, ctx: RunContext, cbs: CallbackList, needs_rng: bool) -> None:
-        net, opt, loss_fn, device = self.network, self.optimizer, self.loss_fn, self.device
+        net, opt, loss_fn, device = self.step_network or self.network, self.optimizer, self.loss_fn, self.device
         assert opt is not None and loss_fn is not None
         step_begin, step_end = cbs.has("on_train_step_begin"), cbs.has("on_train_step_end")
         on_cpu = device.type == "cpu"
@@ -385,6 +389,11 @@ def weights_finite(network: nn.Module, optimizer: Any = None) -> bool:
         for state in optimizer.state.values():
             tensors += [t for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
     return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _launched_by_torchrun() -> bool:
+    import os
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
 def _is_checkpoint_directory_of_runs(path: str) -> bool:
