@@ -102,7 +102,8 @@ def test_shard_of_an_array_dataset_keeps_the_global_steps() -> None:
     steps = [list(v) for v in views]
     single = [y.tolist() for _, y in base]
     for step in range(8):
-        assert sum((steps[r][step][1].tolist() for r in range(4)), []) == single[step]
+        joined = [i for r in range(4) for i in steps[r][step][1].tolist()]
+        assert joined == single[step]
 
 
 @settings(max_examples=60, deadline=None)

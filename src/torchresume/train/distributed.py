@@ -95,9 +95,9 @@ def quiet() -> None:
 
 
 def prepare(model: Model, dataset: Any, callbacks: Sequence[Callback] | Callback | None,
-            resume: Any, handle_signals: bool) -> tuple[Any, list[Callback], str]:
-    """This rank's data and callbacks; the resume target moves into the checkpoint callbacks."""
-    from torchresume.train.distributed_checkpoint import DistributedModelCheckpoint
+            resume: Any, handle_signals: bool) -> tuple[Any, list[Callback], str, bool]:
+    """This rank's data and callbacks, resume 'none' (it moves into the checkpoint callbacks),
+    and whether this rank shows progress (rank 0 only)."""
     from torchresume.train.model_checkpoint import ModelCheckpoint
     from torchresume.train.stop_agreement import StopAgreement
     world = init_world(model.device)
@@ -106,16 +106,18 @@ def prepare(model: Model, dataset: Any, callbacks: Sequence[Callback] | Callback
     if resume is not None and not isinstance(resume, str):
         raise CheckpointConfigError("under torchrun, resume must be 'auto', 'none' or a directory "
                                     f"of sharded checkpoints, got a {type(resume).__name__}")
-    converted: list[Callback] = [StopAgreement(world.device, handle_signals)]
-    for cb in items:
-        converted.append(DistributedModelCheckpoint(cb, resume, world)
-                         if isinstance(cb, ModelCheckpoint) else cb)
-    if resume not in (None, "none") and not any(isinstance(cb, DistributedModelCheckpoint)
-                                                for cb in converted):
+    checkpoints = [cb for cb in items if isinstance(cb, ModelCheckpoint)]
+    if resume not in (None, "none") and not checkpoints:
         raise CheckpointConfigError("under torchrun, resuming needs a ModelCheckpoint callback "
                                     "(it saves and restores the sharded checkpoints); add one or "
                                     "pass resume='none'")
-    return shard_data(dataset, world), converted, "none"
+    converted: list[Callback] = [StopAgreement(world.device, handle_signals)]
+    if checkpoints:
+        from torchresume.train.distributed_checkpoint import DistributedModelCheckpoint
+        items = [DistributedModelCheckpoint(cb, resume, world) if isinstance(cb, ModelCheckpoint) else cb
+                 for cb in items]
+    converted += items
+    return shard_data(dataset, world), converted, "none", world.rank == 0
 
 
 def _wrap(model: Model, world: World) -> None:

@@ -64,7 +64,7 @@ class DistributedModelCheckpoint(ModelCheckpoint):
     def on_train_begin(self, ctx: RunContext) -> None:
         keep = self.config.keep_checkpoint_max or 5
         self.dist_manager = TrainingCheckpoints(self.directory, prefix=self.prefix, keep=keep)
-        self.manager = self.dist_manager  # type: ignore[assignment]  # Model's stop path waits on it
+        self.manager = self.dist_manager  # type: ignore[assignment]  # what Model's stop path waits on
         if self.resume not in (None, "none"):
             source = self.dist_manager if self._directory() == self.directory else \
                 DistributedCheckpointManager(self._directory(), prefix=self.prefix, keep=keep)
@@ -155,8 +155,8 @@ def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: W
     _position(ctx, found.path, found.info)
     if found.world_size != world.world_size:
         log.info("resumed at %d ranks from a checkpoint of %d ranks: the data continues exactly "
-                 "once; RNG streams of ranks beyond the old world size start from the seed",
-                 world.world_size, found.world_size)
+                 "once; rank r < %d continues old rank r's RNG streams, any other keeps its seed",
+                 world.world_size, found.world_size, found.world_size)
 
 
 def _restore_shared(ctx: RunContext, shared: dict[str, Any]) -> None:

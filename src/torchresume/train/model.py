@@ -99,10 +99,12 @@ class Model:
         self._check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
+        lead = True  # the process that shows progress (rank 0 under torchrun)
         if _launched_by_torchrun():  # ranks of one job: DDP, this rank's data, collective saves
             from torchresume.train import distributed
-            dataset, callbacks, resume = distributed.prepare(self, dataset, callbacks, resume, handle_signals)
-        cbs = CallbackList(_with_progress(callbacks))
+            dataset, callbacks, resume, lead = distributed.prepare(self, dataset, callbacks, resume,
+                                                                   handle_signals)
+        cbs = CallbackList(_with_progress(callbacks) if lead else callbacks)
         self._callbacks, self._dataset = cbs, dataset
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
                          steps_per_epoch=len(dataset), dataset=dataset, config=config)
