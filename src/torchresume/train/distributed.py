@@ -63,13 +63,34 @@ def init_world(device: torch.device) -> World:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        store = attempt_store(timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
         atexit.register(_leave)
         die_with_launcher()
     world = World(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if world.rank != 0:
         quiet()
     return world
+
+
+def attempt_store(timeout: timedelta) -> dist.Store | None:
+    """After a ``--max-restarts`` restart, the launcher's store under a prefix of this attempt.
+
+    torchrun keeps one store across restarts, and the process group's keys of the
+    previous attempt (the old ranks' addresses) are still in it: new ranks would
+    connect to dead ones ("Connection refused"). None on a first attempt.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"/torchresume/attempt_{attempt}", client)
 
 
 def _leave() -> None:
