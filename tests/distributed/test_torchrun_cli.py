@@ -46,6 +46,7 @@ def test_readme_command_sigterm_to_launcher_then_same_command_finishes(tmp_path:
     assert info["world_size"] == 2 and len(info["rank_parts"]) == 2 and info["step"] == int(step)
     assert 10 <= int(step) < 60
     assert not any("done:" in line for line in first.lines)
+    stopped = {name.split("/", 1)[1]: t for name, t in every_tensor(saved).items()}  # before retention
 
     second = Launcher(cmd, tmp_path)
     assert second.finish() == 0, second.output()[-3000:]
@@ -54,6 +55,5 @@ def test_readme_command_sigterm_to_launcher_then_same_command_finishes(tmp_path:
     final = committed(tmp_path / "ckpt", "mlp")[-1]
     assert final.name == "mlp-1_60.ckpt"
     weights = {name.split("/", 1)[1]: t for name, t in every_tensor(final).items()}
-    stopped = {name.split("/", 1)[1]: t for name, t in every_tensor(saved).items()}
     key = "model.dense_relu_sequential.0.weight"  # the DDP replica, written once
     assert weights[key].shape == (512, 784) and not weights[key].equal(stopped[key])
