@@ -65,3 +65,26 @@ def test_kind_values_are_the_format_names() -> None:
     assert Kind.TORCH_ZIP.value == "torch-zip"
     assert Kind.TORCH_PICKLE.value == "torch-pickle"
     assert Kind("safetensors") is Kind.SAFETENSORS
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle() -> None:
+    # A 640-byte header (0x280) makes the file start 80 02, the opening of pickle protocol 2.
+    header = b"{" + b" " * 638 + b"}"
+    first = struct.pack("<Q", len(header)) + header[:1]
+    assert first[:2] == b"\x80\x02"
+    assert detect(first, 8 + len(header)) is Kind.SAFETENSORS
+    assert detect(pickle.dumps({"a": 1}, protocol=2)[:HEAD_BYTES], 100) is Kind.TORCH_PICKLE
+
+
+def test_native_file_with_a_0x280_header_reads_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from torchresume.files import read_checkpoint, write_checkpoint
+    for n in range(1, 200):  # find a tree whose header is exactly 640 bytes
+        tree = {"w" * n: torch.ones(2)}
+        path = str(tmp_path / f"t{n}.ckpt")
+        write_checkpoint(path, "tensors", tree)
+        with open(path, "rb") as f:
+            if struct.unpack("<Q", f.read(8))[0] == 0x280:
+                break
+    else:
+        pytest.skip("no tree with a 640-byte header in range")
+    assert torch.equal(read_checkpoint(path).tree["w" * n], torch.ones(2))

@@ -21,6 +21,11 @@ class Kind(str, Enum):
 HEAD_BYTES = 9
 
 
+def _is_safetensors(first: bytes, size: int) -> bool:
+    """A u64 header length that fits the file, then the JSON header's opening brace."""
+    return len(first) >= 9 and first[8:9] == b"{" and 8 + int.from_bytes(first[:8], "little") <= size
+
+
 def detect(first: bytes, size: int) -> Kind:
     """Classify a file by its first ``HEAD_BYTES`` bytes and its size."""
     if size == 0:
@@ -31,6 +36,8 @@ def detect(first: bytes, size: int) -> Kind:
         return Kind.MINDSPORE
     if first.startswith(b"PK\x03\x04"):
         return Kind.TORCH_ZIP
+    if _is_safetensors(first, size):  # before the pickle test: a header length of 0x280 starts 80 02
+        return Kind.SAFETENSORS
     if len(first) >= 2 and first[0] == 0x80 and 2 <= first[1] <= 5:
         return Kind.TORCH_PICKLE
     if len(first) >= 9 and first[8:9] == b"{":  # u64 header length, then the JSON header

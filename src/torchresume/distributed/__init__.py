@@ -1,0 +1,9 @@
+"""Checkpoints for torch.distributed jobs: sharded parts, one global commit, resharding via DCP.
+
+Not imported by ``import torchresume`` (it loads torch.distributed.checkpoint);
+import it as ``torchresume.distributed``.
+"""
+
+from torchresume.distributed.manager import DistributedCheckpointManager, RestoreInfo
+
+__all__ = ["DistributedCheckpointManager", "RestoreInfo"]

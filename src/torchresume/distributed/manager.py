@@ -1,0 +1,208 @@
+"""DistributedCheckpointManager: sharded save/restore under torch.distributed, one global commit.
+
+Call it on every rank. ``save`` is collective: DCP plans the writes (replicated
+tensors once, DTensor/FSDP2 shards by their owners), every rank writes its
+parts in parallel, the coordinator commits after all ranks reported; then
+rank 0 applies retention and every rank passes a barrier. ``restore`` loads the
+newest committed checkpoint in place, resharding through DCP when the world
+size changed, and returns every old rank's ``rank_state``. Without an
+initialised process group it works as a single process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+from torchresume import catalog
+from torchresume.catalog import Entry
+from torchresume.distributed.reader import PartReader, is_sharded, read_part, sharded_manifest
+from torchresume.distributed.writer import PartWriter
+from torchresume.errors import (
+    CheckpointConfigError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    TorchResumeError,
+)
+from torchresume.files.directory import is_committed
+from torchresume.log import log
+from torchresume.retention import KeepLast
+from torchresume.storage import resolve
+
+
+@dataclass
+class RestoreInfo:
+    """What ``restore`` loaded: the checkpoint and the per-rank state of every saving rank."""
+
+    path: str
+    epoch: int
+    step: int
+    rank_states: list[Any]
+    world_size: int
+    info: dict[str, Any]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if not _distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def failure_line(path: str, exc: CheckpointException) -> str:
+    """One line naming each failed rank and its error."""
+    parts = []
+    for rank, failure in sorted(exc.failures.items()):
+        err = failure[0] if isinstance(failure, tuple) else failure
+        parts.append(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    return (f"{path}: sharded save failed ({'; '.join(parts)}); nothing was committed and the previous "
+            "checkpoint stays the newest; fix the storage of the failing rank and save again")
+
+
+class DistributedCheckpointManager:
+    """Sharded checkpoints of a torch.distributed job in ``directory`` (a path or s3:// URL)."""
+
+    def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 1) -> None:
+        if not isinstance(directory, str) or not directory:
+            raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
+        if not prefix or "/" in prefix or "-" in prefix:
+            raise CheckpointConfigError(f"prefix must be a non-empty name without '/' or '-', got {prefix!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise CheckpointConfigError(f"keep must be an int >= 1 (checkpoints to keep), got {keep!r}")
+        self.directory = directory.rstrip("/")
+        self.prefix = prefix
+        self.keep = keep
+        self.threads = threads
+
+    def path_for(self, epoch: int, step: int) -> str:
+        storage, _ = resolve(self.directory)
+        return storage.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
+
+    def save(self, state: dict[str, Any], epoch: int, step: int, *, rank_state: Any = None,
+             info: dict[str, Any] | None = None) -> str:
+        """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the committed path."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of state_dicts, got {type(state).__name__}")
+        for name, value in (("epoch", epoch), ("step", step)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
+        path = self.path_for(epoch, step)
+        if _rank() == 0:
+            self._clear(path)
+        _barrier()
+        writer = PartWriter(path, threads=self.threads, rank_state=rank_state,
+                            info={**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix})
+        try:
+            dcp.save(state, storage_writer=writer, no_dist=not _distributed())
+        except CheckpointException as exc:
+            if _rank() == 0:
+                self._discard(path)
+            raise CheckpointWriteError(failure_line(path, exc)) from None
+        except (dist.DistError, RuntimeError) as exc:  # DCP wraps rank errors; these are from collectives
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointWriteError(f"{path}: sharded save failed: the process group broke ({first}); "
+                                       "nothing was committed; restart the job to resume from the "
+                                       "newest committed checkpoint") from None
+        if _rank() == 0:
+            self.apply_retention(protect=path)
+        _barrier()
+        return path
+
+    def _clear(self, path: str) -> None:
+        """Remove what a previous save left at ``path`` (an unfinished one, or the same step saved again)."""
+        storage, where = resolve(path)
+        if storage.exists(where):
+            log.warning("%s exists (an unfinished save, or this step saved again); replacing it", path)
+            catalog.delete(path)
+
+    def _discard(self, path: str) -> None:
+        """Remove the parts a failed save left (never a committed checkpoint); every rank has stopped writing."""
+        storage, where = resolve(path)
+        try:
+            if storage.exists(where) and not is_committed(path):
+                storage.delete(where)
+        except OSError as exc:
+            log.warning("could not remove the parts of the failed save %s: %s", path, exc)
+
+    def checkpoints(self) -> list[Entry]:
+        """This prefix's committed sharded checkpoints, newest first (manifests and headers only)."""
+        storage, where = resolve(self.directory)
+        if not storage.isdir(where):
+            return []
+        entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)
+        return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
+
+    def apply_retention(self, protect: str | None = None) -> list[str]:
+        """Delete checkpoints beyond the newest ``keep`` (never the newest, never ``protect``)."""
+        entries = sorted((e for e in self.checkpoints() if not e.breakpoint), key=Entry.order_key)
+        kept = KeepLast(self.keep).keep(entries) | ({entries[-1].path} if entries else set())
+        doomed = [e.path for e in entries if e.path not in kept and e.path != protect]
+        for path in doomed:
+            catalog.delete(path)
+        return doomed
+
+    def newest(self) -> str | None:
+        """Collective: the newest committed checkpoint, as rank 0 sees it."""
+        local = None
+        if _rank() == 0:
+            entries = self.checkpoints()
+            local = entries[0].path if entries else None
+        return _broadcast(local)
+
+    def restore(self, state: dict[str, Any]) -> RestoreInfo | None:
+        """Collective: load the newest committed checkpoint into ``state`` in place; None when there is none."""
+        path = self.newest()
+        if path is None:
+            return None
+        try:
+            dcp.load(state, storage_reader=PartReader(path), no_dist=not _distributed())
+        except CheckpointException as exc:
+            raise restore_error(path, exc) from None
+        restored = self._rank_states(path)
+        log.info("resumed from %s", path)
+        return restored
+
+    def _rank_states(self, path: str) -> RestoreInfo:
+        found: Any = None
+        if _rank() == 0:
+            doc = sharded_manifest(path)
+            info = doc["info"]
+            parts = {p["file"]: p for p in doc["parts"]}
+            states = []
+            for rank, file in enumerate(info["rank_parts"]):
+                tree = read_part(path, parts[file])
+                states.append(tree.get(f"__rank_state_{rank:05d}"))
+            found = RestoreInfo(path, int(info["epoch"]), int(info["step"]), states,
+                                int(info["world_size"]), dict(info))
+        return _broadcast(found)
+
+    def close(self) -> None:
+        """Nothing runs in the background yet; kept so callers close like CheckpointManager."""
+
+
+def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:
+    """The typed error of the first failing rank (a torchresume error keeps its type)."""
+    first = next(iter(exc.failures.values()))
+    err = first[0] if isinstance(first, tuple) else first
+    if isinstance(err, TorchResumeError):
+        return type(err)(str(err))
+    return CorruptCheckpointError(f"{path}: restore failed: {type(err).__name__}: {err}")

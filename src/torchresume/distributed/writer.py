@@ -1,0 +1,147 @@
+"""DCP StorageWriter that writes each rank's shard as native torchresume parts.
+
+Every rank writes the chunks DCP planned for it into ``shard-{rank}-{i}.safetensors``
+parts (safetensors with per-tensor checksums, any storage URL) and its own
+``rank_state`` into ``rank-{rank}.safetensors``; the records of those parts
+travel to the coordinator with DCP's write results. The coordinator's
+``finish`` writes ``dcp_metadata.json`` and then the manifest (the commit),
+only after every rank's results arrived; a rank that failed leaves no commit.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import xxhash
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
+from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
+from torch.futures import Future
+
+from torchresume.distributed import metadata as dcp_json
+from torchresume.distributed.metadata import Location
+from torchresume.files import PartRecord, commit_directory, write_part
+from torchresume.storage import resolve
+from torchresume.storage.base import write_all
+
+PARTS_FQN = "__torchresume_parts__"
+LAYOUT = "torchresume-dcp"
+
+
+def chunk_key(item: WriteItem) -> str:
+    """The tensor name of one chunk: its fqn, with ``@offsets`` when it is a piece of the tensor."""
+    fqn = item.index.fqn
+    td = item.tensor_data
+    if td is None or (all(o == 0 for o in td.chunk.offsets) and list(td.chunk.sizes) == list(td.size)):
+        return fqn
+    return fqn + "@" + ",".join(str(o) for o in td.chunk.offsets)
+
+
+def _item_bytes(item: WriteItem) -> int:
+    td = item.tensor_data
+    if td is None:
+        return 1
+    n = 1
+    for s in td.chunk.sizes:
+        n *= int(s)
+    return n * td.properties.dtype.itemsize
+
+
+def buckets(items: list[WriteItem], n: int) -> list[list[WriteItem]]:
+    """``items`` spread over at most ``n`` buckets of similar byte size (largest first)."""
+    out: list[list[WriteItem]] = [[] for _ in range(max(1, min(n, len(items))))]
+    sizes = [0] * len(out)
+    for item in sorted(items, key=_item_bytes, reverse=True):
+        i = sizes.index(min(sizes))
+        out[i].append(item)
+        sizes[i] += _item_bytes(item)
+    return [b for b in out if b]
+
+
+def _resolved(planner: SavePlanner, item: WriteItem) -> torch.Tensor:
+    data = planner.resolve_data(item)
+    if isinstance(data, io.BytesIO):
+        return torch.frombuffer(bytearray(data.getvalue()), dtype=torch.uint8)
+    return data.detach()
+
+
+class PartWriter(StorageWriter):
+    """Writes one checkpoint directory; ``rank_state`` and ``info`` are set per save by the manager."""
+
+    def __init__(self, path: str, *, threads: int = 1, rank_state: Any = None,
+                 info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.threads = max(1, threads)
+        self.rank_state = rank_state
+        self.info = dict(info or {})
+        self.rank = 0
+        self.save_id = os.urandom(8).hex()
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        if checkpoint_id:
+            self.path = str(checkpoint_id)
+        self.save_id = os.urandom(8).hex()
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.rank = int(kwargs.get("rank") or 0)
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        return plans
+
+    def storage_meta(self) -> StorageMeta | None:
+        return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        jobs = [(f"shard-{self.rank:05d}-{i}", bucket) for i, bucket in enumerate(buckets(plan.items, self.threads))]
+        results: list[WriteResult] = []
+        records: list[PartRecord] = []
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            for recs, res in pool.map(lambda job: self._write_bucket(planner, *job), jobs):
+                records += recs
+                results += res
+        records.append(write_part(self.path, f"rank-{self.rank:05d}", "state",
+                                  {f"__rank_state_{self.rank:05d}": self.rank_state}))
+        results.append(WriteResult(MetadataIndex(f"{PARTS_FQN}/{self.rank}"), 0, records))
+        fut: Future[list[WriteResult]] = Future()
+        fut.set_result(results)
+        return fut
+
+    def _write_bucket(self, planner: SavePlanner, name: str,
+                      items: list[WriteItem]) -> tuple[list[PartRecord], list[WriteResult]]:
+        tree = {chunk_key(item): _resolved(planner, item) for item in items}
+        record = write_part(self.path, name, "tensors", tree)
+        results = [WriteResult(item.index, int(tree[chunk_key(item)].nbytes), Location(record.file, chunk_key(item)))
+                   for item in items]
+        return [record], results
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        parts: list[PartRecord] = []
+        locations: dict[MetadataIndex, Location] = {}
+        rank_parts: list[str] = []
+        for per_rank in results:
+            for wr in per_rank:
+                if wr.index.fqn.startswith(PARTS_FQN + "/"):
+                    parts += wr.storage_data
+                    rank_parts.append(wr.storage_data[-1].file)
+                else:
+                    locations[wr.index] = wr.storage_data
+        metadata.storage_meta = self.storage_meta()
+        raw = dcp_json.encode(metadata, locations)
+        storage, where = resolve(self.path)
+        target = storage.join(where, dcp_json.FILE)
+        storage.retrying(f"write of {target}", lambda: write_all(storage, target, [raw]))
+        info = {**self.info, "layout": LAYOUT, "world_size": len(results), "rank_parts": rank_parts,
+                "dcp_metadata": {"file": dcp_json.FILE, "size": len(raw), "xxh3": xxhash.xxh3_64_hexdigest(raw)}}
+        commit_directory(self.path, parts, info=info)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return True

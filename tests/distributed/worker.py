@@ -1,0 +1,220 @@
+"""The program the distributed tests launch with torchrun: one scenario per run, results as JSON.
+
+    torchrun --nproc-per-node N tests/distributed/worker.py SCENARIO DIR OUT
+
+Each rank writes ``OUT/rank{r}.json`` with what it observed; the tests assert on it.
+Scenarios: ddp_save, ddp_restore, fsdp_save, fsdp_load, plain_load, fail_save, kill_save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from torchresume.distributed import DistributedCheckpointManager
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.fc2 = nn.Linear(16, 10)
+        self.fc3 = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def rank() -> int:
+    return dist.get_rank()
+
+
+def world() -> int:
+    return dist.get_world_size()
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 2) -> None:
+    gen = torch.Generator().manual_seed(100 + rank())
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(8, 6, generator=gen)).pow(2).mean().backward()
+        opt.step()
+
+
+def rank_state() -> dict[str, Any]:
+    torch.manual_seed(1000 + rank())
+    return {"rank": rank(), "torch_rng": torch.get_rng_state(), "position": [rank() * 10, "a"],
+            "noise": torch.randn(5)}
+
+
+def dump(out: str, name: str, tree: Any) -> None:
+    """Rank-specific reference values, written with torch.save for the comparing run."""
+    torch.save(tree, os.path.join(out, name))
+
+
+def tensors_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(tensors_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def ddp_model(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = nn.parallel.DistributedDataParallel(Net())
+    return model, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def ddp_save(directory: str, out: str) -> dict[str, Any]:
+    model, opt = ddp_model(0)
+    train(model, opt)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2)
+    path = mgr.save({"model": model.state_dict(), "optim": opt.state_dict()}, epoch=1, step=2,
+                    rank_state=rank_state())
+    if rank() == 0:
+        dump(out, "expected.pt", {"model": model.state_dict(), "optim": opt.state_dict()})
+    dump(out, f"rank_state{rank()}.pt", rank_state())
+    return {"path": path, "newest": mgr.newest()}
+
+
+def ddp_restore(directory: str, out: str) -> dict[str, Any]:
+    model, opt = ddp_model(1)
+    train(model, opt, 1)  # optimizer state exists, values differ from the saved ones
+    state = {"model": model.state_dict(), "optim": opt.state_dict()}
+    info = DistributedCheckpointManager(directory, prefix="ddp").restore(state)
+    assert info is not None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optim"])
+    expected = torch.load(os.path.join(out, "expected.pt"))
+    states = [torch.load(os.path.join(out, f"rank_state{r}.pt")) for r in range(info.world_size)]
+    return {"path": info.path, "epoch": info.epoch, "step": info.step, "world_size": info.world_size,
+            "model_equal": tensors_equal(expected["model"], model.state_dict()),
+            "optim_equal": tensors_equal(expected["optim"], opt.state_dict()),
+            "rank_states_equal": [tensors_equal(a, b) for a, b in zip(states, info.rank_states, strict=True)]}
+
+
+def fsdp_model(seed: int) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    torch.manual_seed(seed)
+    model = Net()
+    mesh = init_device_mesh("cpu", (world(),))
+    for layer in (model.fc1, model.fc2, model.fc3):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+            for k, v in model.state_dict().items()}
+
+
+def fsdp_save(directory: str, out: str) -> dict[str, Any]:
+    model = fsdp_model(0)
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    full = full_state(model)
+    path = DistributedCheckpointManager(directory, prefix="fsdp").save(
+        {"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
+    if rank() == 0:
+        dump(out, "expected.pt", full)
+    return {"path": path, "sharded": any(hasattr(v, "full_tensor") for v in model.state_dict().values())}
+
+
+def compare_loaded(directory: str, out: str, model: nn.Module) -> dict[str, Any]:
+    state = {"model": model.state_dict()}
+    info = DistributedCheckpointManager(directory, prefix="fsdp").restore(state)
+    assert info is not None
+    if not any(hasattr(v, "full_tensor") for v in state["model"].values()):
+        model.load_state_dict(state["model"])
+    expected = torch.load(os.path.join(out, "expected.pt"))
+    loaded = full_state(model)
+    return {"world_size": info.world_size, "names": sorted(loaded),
+            "equal": {k: torch.equal(expected[k], loaded[k]) for k in expected},
+            "rank_states": info.rank_states}
+
+
+def fsdp_load(directory: str, out: str) -> dict[str, Any]:
+    return compare_loaded(directory, out, fsdp_model(7))
+
+
+def plain_load(directory: str, out: str) -> dict[str, Any]:
+    torch.manual_seed(7)
+    return compare_loaded(directory, out, Net())
+
+
+def _fail_on_rank1(kind: str) -> None:
+    """Rank 1's storage fails (ENOSPC) or the process is SIGKILLed while writing its shard."""
+    if rank() != 1:
+        return
+    from torchresume.distributed import writer
+
+    real = writer.write_part
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OSError(28, "No space left on device (injected for rank 1)")
+    writer.write_part = failing  # type: ignore[assignment]
+    _ = real
+
+
+def faulty_save(directory: str, out: str, kind: str) -> dict[str, Any]:
+    model, opt = ddp_model(0)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2)
+    mgr.save({"model": model.state_dict()}, epoch=1, step=1, rank_state={"rank": rank()})
+    train(model, opt)
+    _fail_on_rank1(kind)
+    try:
+        mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
+    except Exception as exc:
+        print(f"rank {rank()}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        write_result(out, {"error": type(exc).__name__, "message": str(exc), "newest": mgr.newest()})
+        sys.exit(1)
+    return {"error": None}
+
+
+def write_result(out: str, result: dict[str, Any]) -> None:
+    """This rank's result, written whole or not at all (a rank may be killed at any point)."""
+    target = os.path.join(out, f"rank{rank()}.json")
+    with open(target + ".tmp", "w") as f:
+        json.dump(result, f, default=repr)
+    os.replace(target + ".tmp", target)
+
+
+def restore_any(directory: str, out: str) -> dict[str, Any]:
+    model, _ = ddp_model(3)
+    info = DistributedCheckpointManager(directory, prefix="ddp").restore({"model": model.state_dict()})
+    if info is None:
+        return {"path": None}
+    return {"path": info.path, "epoch": info.epoch, "step": info.step, "rank_states": info.rank_states}
+
+
+SCENARIOS = {"restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
+             "fsdp_load": fsdp_load, "plain_load": plain_load,
+             "fail_save": lambda d, o: faulty_save(d, o, "fail"),
+             "kill_save": lambda d, o: faulty_save(d, o, "kill")}
+
+
+def main() -> None:
+    scenario, directory, out = sys.argv[1:4]
+    os.makedirs(out, exist_ok=True)
+    dist.init_process_group("gloo")
+    try:
+        write_result(out, SCENARIOS[scenario](directory, out))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
