@@ -12,8 +12,7 @@ from torch import nn
 from torchresume.data import ArrayDataset
 from torchresume.data.distributed_dataset import DistributedArrayDataset
 from torchresume.errors import CheckpointConfigError, DataError
-from torchresume.train import CheckpointConfig, LossMonitor, Model, ModelCheckpoint
-from torchresume.train import distributed
+from torchresume.train import CheckpointConfig, LossMonitor, Model, ModelCheckpoint, distributed
 from torchresume.train.distributed_checkpoint import DistributedModelCheckpoint
 from torchresume.train.stop_agreement import StopAgreement
 
