@@ -7,6 +7,7 @@ describe and verify come from the file layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +40,13 @@ class TensorChange:
     max_abs_diff: float | None = None
 
 
-def diff(a: str, b: str) -> list[TensorChange]:
-    """Tensors and values added, removed or changed from ``a`` to ``b``."""
-    fa, fb = flat_view(read_checkpoint(a).tree), flat_view(read_checkpoint(b).tree)
+def diff(a: str, b: str, *, load: Callable[[str], Any] | None = None) -> list[TensorChange]:
+    """Tensors and values added, removed or changed from ``a`` to ``b``.
+
+    ``load``: path -> state tree (default: read_checkpoint; the CLI passes one that consolidates shards).
+    """
+    load = load or (lambda p: read_checkpoint(p).tree)
+    fa, fb = flat_view(load(a)), flat_view(load(b))
     out = [TensorChange(k, "removed") for k in fa if k not in fb]
     out += [TensorChange(k, "added") for k in fb if k not in fa]
     for k in fa:

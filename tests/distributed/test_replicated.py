@@ -16,6 +16,8 @@ def test_ddp_save_restore_bitwise(tmp_path: Path) -> None:
     assert saved.returncode == 0, saved.output
     path = saved.results[0]["path"]
     assert saved.results[0]["newest"] == saved.results[1]["newest"] == path
+    assert saved.results[0]["kept"] == ["ddp-1_1.ckpt", "ddp-1_2.ckpt"]  # keep=2 after the third commit
+    assert sorted(p.name for p in (ckpt).iterdir()) == ["ddp-1_1.ckpt", "ddp-1_2.ckpt"]
 
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     files = [p["file"] for p in manifest["parts"]]

@@ -79,12 +79,14 @@ def ddp_save(directory: str, out: str) -> dict[str, Any]:
     model, opt = ddp_model(0)
     train(model, opt)
     mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2)
+    for step in (0, 1):  # older checkpoints: retention keeps the newest two after the last commit
+        mgr.save({"model": model.state_dict()}, epoch=1, step=step)
     path = mgr.save({"model": model.state_dict(), "optim": opt.state_dict()}, epoch=1, step=2,
                     rank_state=rank_state())
     if rank() == 0:
         dump(out, "expected.pt", {"model": model.state_dict(), "optim": opt.state_dict()})
     dump(out, f"rank_state{rank()}.pt", rank_state())
-    return {"path": path, "newest": mgr.newest()}
+    return {"path": path, "newest": mgr.newest(), "kept": sorted(os.path.basename(e.path) for e in mgr.checkpoints())}
 
 
 def ddp_restore(directory: str, out: str) -> dict[str, Any]:

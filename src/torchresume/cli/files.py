@@ -11,6 +11,7 @@ from typing import Any
 from torchresume import inspection
 from torchresume.catalog import list_checkpoints
 from torchresume.errors import CheckpointNotFoundError
+from torchresume.storage import resolve
 
 # API parameter names in library messages -> the flags a CLI user types.
 _FLAG_WORDS = {"pass dec_key=<the key used to save it>": "pass --dec-key-hex <the key, as hex>",
@@ -91,6 +92,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for t in d.tensors:
             print(f"  {t['name']:<{name_width}}  {t['dtype']:<8} {t['shape']!s:<18} "
                   f"{inspection.human_bytes(t['bytes'])}")
+    _print_logical(args.path)
     if d.values:
         print("values:")
         hidden: dict[str, list[str]] = {}
@@ -136,7 +138,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     key = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
-    if inspection.is_directory(args.path):
+    if inspection.is_directory(args.path) and not _checkpoint_dir(args.path):
         paths = inspection.checkpoint_files(args.path)
         if not paths:
             print(f"torchresume: error: {args.path}: no checkpoint files", file=sys.stderr)
@@ -155,7 +157,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    changes = inspection.diff(args.a, args.b)
+    changes = inspection.diff(args.a, args.b, load=_tree_loader(args.a, args.b))
     if not changes:
         print("identical: same tensors, values and metadata")
     for c in changes:
@@ -164,6 +166,40 @@ def cmd_diff(args: argparse.Namespace) -> int:
         detail = f"  {c.detail}" if c.detail and c.detail != "values" else ""
         print(f"{mark} {c.name}{detail}{extra}")
     return 0
+
+
+def _print_logical(path: str) -> None:
+    """For a sharded checkpoint, every tensor at its global size and how many chunks hold it."""
+    from torchresume.files import sharded
+    from torchresume.files.directory import read_manifest
+    if not (inspection.is_directory(path) and _checkpoint_dir(path)):
+        return
+    doc = read_manifest(path)
+    if not sharded.is_sharded(doc):
+        return
+    rows = sharded.logical_tensors(path, doc)
+    print(f"sharded:      {len(rows)} logical tensors over {doc['info'].get('world_size')} ranks (DCP metadata)")
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        print(f"  {r['name']:<{width}}  {r['dtype']:<8} {r['shape']!s:<18} in {r['chunks']} chunk(s)")
+
+
+def _checkpoint_dir(path: str) -> bool:
+    """A directory checkpoint itself (its manifest, or a .ckpt name), not a directory of checkpoints."""
+    from torchresume.files.directory import MANIFEST
+    storage, where = resolve(path)
+    return path.rstrip("/").endswith(".ckpt") or storage.exists(storage.join(where, MANIFEST))
+
+
+def _tree_loader(*paths: str) -> Any:
+    """For sharded (torch.distributed) checkpoints, a loader that consolidates them; else None."""
+    from torchresume.files import sharded
+    from torchresume.files.directory import read_manifest
+    for path in paths:
+        if inspection.is_directory(path) and sharded.is_sharded(read_manifest(path)):
+            from torchresume.distributed.consolidate import full_tree
+            return full_tree
+    return None
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -202,6 +238,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "mindspore":
         from torchresume.files.mindspore_io import convert
         return convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)
+    if _tree_loader(args.src) is not None:
+        from torchresume.distributed.consolidate import consolidate
+        tree, info = consolidate(args.src)
+        write_encoded(encode_state("state", tree, info=info), args.dst, enc)
+        print(f"wrote {args.dst} (state, consolidated from {info.get('world_size')} ranks' shards)")
+        return 0
     ckpt = read_checkpoint(args.src, dec_key=dec)
     kind = ckpt.kind if ckpt.format == "torchresume" else "tensors" if ckpt.kind == "tensors" else "state"
     write_encoded(encode_state(kind, ckpt.tree, info=ckpt.info, append=ckpt.append), args.dst, enc)

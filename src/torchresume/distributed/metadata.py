@@ -24,8 +24,8 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from torchresume.errors import CorruptCheckpointError
+from torchresume.files.sharded import METADATA_FILE as FILE
 
-FILE = "dcp_metadata.json"
 FORMAT = "torchresume-dcp-metadata"
 VERSION = 1
 

@@ -13,31 +13,22 @@ import os
 from typing import Any
 
 import torch
-import xxhash
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from torchresume.distributed import metadata as dcp_json
-from torchresume.distributed.writer import LAYOUT
 from torchresume.errors import CorruptCheckpointError
-from torchresume.files import directory
+from torchresume.files import directory, sharded
 from torchresume.format import reader
 from torchresume.storage import resolve
-
-
-def read_bytes(path: str, name: str) -> bytes:
-    storage, where = resolve(path)
-    f, _ = storage.open_read(storage.join(where, name))
-    with f:
-        return bytes(f.read())
 
 
 def sharded_manifest(path: str) -> dict[str, Any]:
     """The committed manifest of sharded checkpoint ``path``; CorruptCheckpointError if it is not one."""
     doc = directory.read_manifest(path)
-    if doc.get("info", {}).get("layout") != LAYOUT:
+    if not sharded.is_sharded(doc):
         raise CorruptCheckpointError(f"{path}: a directory checkpoint but not a sharded (torch.distributed) "
                                      "one; load it with torchresume.load_checkpoint")
     return doc
@@ -46,19 +37,15 @@ def sharded_manifest(path: str) -> dict[str, Any]:
 def is_sharded(path: str) -> bool:
     """True when ``path`` is a committed directory checkpoint written by the distributed manager."""
     try:
-        return directory.read_manifest(path).get("info", {}).get("layout") == LAYOUT
+        return sharded.is_sharded(directory.read_manifest(path))
     except (OSError, ValueError):
         return False
 
 
 def load_metadata(path: str, doc: dict[str, Any]) -> Metadata:
     """The DCP metadata of ``path``, checked against the digest in manifest ``doc``."""
-    rec = doc["info"]["dcp_metadata"]
-    raw = read_bytes(path, rec["file"])
-    if len(raw) != rec["size"] or xxhash.xxh3_64_hexdigest(raw) != rec["xxh3"]:
-        raise CorruptCheckpointError(f"{path}/{rec['file']}: does not match the digest in the manifest; "
-                                     "the metadata file is damaged or was replaced")
-    return dcp_json.decode(raw, f"{path}/{rec['file']}")
+    raw = sharded.read_metadata_json(path, doc)
+    return dcp_json.decode(raw, f"{path}/{sharded.METADATA_FILE}")
 
 
 def read_part(path: str, part: dict[str, Any], *, verify: bool = True) -> dict[str, Any]:

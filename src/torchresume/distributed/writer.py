@@ -25,11 +25,11 @@ from torch.futures import Future
 from torchresume.distributed import metadata as dcp_json
 from torchresume.distributed.metadata import Location
 from torchresume.files import PartRecord, commit_directory, write_part
+from torchresume.files.sharded import LAYOUT
 from torchresume.storage import resolve
 from torchresume.storage.base import write_all
 
 PARTS_FQN = "__torchresume_parts__"
-LAYOUT = "torchresume-dcp"
 
 
 def chunk_key(item: WriteItem) -> str:

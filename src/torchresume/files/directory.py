@@ -22,6 +22,7 @@ from typing import Any
 import xxhash
 
 from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
+from torchresume.files import sharded
 from torchresume.format import reader
 from torchresume.format.reader import Checkpoint
 from torchresume.storage import resolve
@@ -119,6 +120,7 @@ def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Che
     tree: dict[str, Any] = {}
     kinds = set()
     encrypted = False
+    names: dict[str, set[str]] = {}
     for part in doc["parts"]:
         file_where = storage.join(where, part["file"])
         f, size = storage.open_read(file_where)
@@ -132,10 +134,13 @@ def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Che
         kinds.add(ckpt.kind)
         if not isinstance(ckpt.tree, dict):
             raise CorruptCheckpointError(f"{path}: part {part['file']} does not hold a dict")
+        names[part["file"]] = set(ckpt.tree)
         clash = set(tree) & set(ckpt.tree)
         if clash:
             raise CorruptCheckpointError(f"{path}: parts hold the same keys {sorted(clash)[:5]}")
         tree.update(ckpt.tree)
+    if sharded.is_sharded(doc):
+        sharded.check(path, doc, names)
     kind = kinds.pop() if len(kinds) == 1 else "train_state"
     meta = {"info": doc.get("info", {}), "append": doc.get("append", {})}
     return Checkpoint(kind, tree, "torchresume-directory", meta, encrypted)

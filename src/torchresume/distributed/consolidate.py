@@ -1,0 +1,42 @@
+"""One full state from a sharded checkpoint: for ``torchresume convert``, ``diff`` and single-process use.
+
+DCP's own empty-state planner rebuilds every logical tensor at its global size
+from the metadata; the part reader fills it from the shards (checksums checked),
+without a process group. The result is the nested state that was saved, plus
+``rank_states`` (every saving rank's own state) when any rank saved one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from torchresume.distributed.reader import PartReader, is_sharded, read_part, sharded_manifest
+from torchresume.files import read_checkpoint
+
+RANK_STATES = "rank_states"
+
+
+def rank_states(path: str, doc: dict[str, Any]) -> list[Any]:
+    """Every saving rank's ``rank_state``, index = rank."""
+    parts = {p["file"]: p for p in doc["parts"]}
+    return [read_part(path, parts[file]).get(f"__rank_state_{rank:05d}")
+            for rank, file in enumerate(doc["info"]["rank_parts"])]
+
+
+def consolidate(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full saved state of sharded checkpoint ``path`` and its manifest info."""
+    doc = sharded_manifest(path)
+    state: dict[str, Any] = {}
+    _load_state_dict(state, storage_reader=PartReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    states = rank_states(path, doc)
+    if any(s is not None for s in states):
+        state[RANK_STATES] = states
+    return state, dict(doc["info"])
+
+
+def full_tree(path: str) -> Any:
+    """The state tree of any checkpoint; a sharded one consolidated (what ``diff`` compares)."""
+    return consolidate(path)[0] if is_sharded(path) else read_checkpoint(path).tree
