@@ -50,8 +50,8 @@ def test_state_is_identical_on_every_rank_and_world_size_free() -> None:
     _run(samplers, 3)
     states = [s.state_dict() for s in samplers]
     assert all(state == states[0] for state in states)
-    assert states[0] == {"seed": 0, "epoch": 0, "samples": 24, "consumed": 3, "length": 64,
-                         "global_batch_size": 8}
+    assert states[0] == {"seed": 0, "epoch": 0, "consumed": 3, "length": 64, "global_batch_size": 8}
+    assert samplers[0].samples == 24  # global batches x global batch size
 
 
 def test_resume_4_to_2_mid_epoch_sees_every_index_exactly_once() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
 from tests.distributed.launch import WORKER, committed, manifest_info, run, torchrun_cmd
+from torchresume import load_checkpoint
 
 
 def _seen(log_dir: Path, world: int) -> list[int]:
@@ -32,3 +34,9 @@ def test_stop_at_4_ranks_resume_at_2_sees_every_index_once(tmp_path: Path) -> No
     assert Counter(before + after) == Counter(range(96))
     newest = committed(tmp_path / "ckpt", "el")[-1]
     assert newest.name == "el-1_12.ckpt" and manifest_info(newest)["world_size"] == 2
+    full = tmp_path / "full.ckpt"  # one native file from the shards, every rank's state inside
+    converted = run([sys.executable, "-m", "torchresume", "convert", str(newest), str(full)], tmp_path)
+    assert converted.returncode == 0, converted.stderr
+    state = load_checkpoint(str(full))
+    assert state["model.fc.weight"].shape == (1, 2)
+    assert [state[f"rank_states.{r}.sampler.consumed"] for r in (0, 1)] == [12, 12]

@@ -4,7 +4,8 @@ The order of epoch ``e`` is one global permutation of ``range(length)`` drawn
 from ``seed + e`` (the same order a single process would use). A step consumes
 the next *global batch* of that order, ``global_batch_size`` samples, and rank
 ``r`` of ``W`` takes the ``r``-th contiguous ``global_batch_size / W`` of it.
-The position is ``(epoch, samples consumed globally)``: identical on every rank
+The position is ``(epoch, samples consumed globally)``, stored as ``consumed``
+global batches (samples = consumed x global batch): identical on every rank
 at a step boundary and meaningful at any world size, so a run stopped at 4
 ranks and resumed at 2 continues with the very next unseen sample; across the
 old and new world sizes every index of the epoch is seen exactly once.
@@ -99,9 +100,8 @@ class DistributedResumableSampler:
         self.epoch, self.samples = epoch, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "epoch": self.epoch, "samples": self.samples,
-                "consumed": self.consumed, "length": self.length,
-                "global_batch_size": self.global_batch_size}
+        return {"seed": self.seed, "epoch": self.epoch, "consumed": self.consumed,
+                "length": self.length, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Position at a saved step boundary; ``consumed`` (global steps) wins over ``samples``."""
