@@ -156,7 +156,8 @@ class Model:
         return self._summary(ctx, finished=ctx.global_step >= total)
 
     def _epoch(self, ctx: RunContext, cbs: CallbackList, needs_rng: bool) -> None:
-        net, opt, loss_fn, device = self.step_network or self.network, self.optimizer, self.loss_fn, self.device
+        net = self.network if self.step_network is None else self.step_network
+        opt, loss_fn, device = self.optimizer, self.loss_fn, self.device
         assert opt is not None and loss_fn is not None
         step_begin, step_end = cbs.has("on_train_step_begin"), cbs.has("on_train_step_end")
         on_cpu = device.type == "cpu"
