@@ -11,6 +11,9 @@ initialised process group it works as a single process.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +66,14 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """Without a process group DCP warns on every call that it assumes one process; that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _barrier() -> None:
     if _distributed():
         dist.barrier()
@@ -79,9 +90,13 @@ def failure_line(path: str, exc: CheckpointException) -> str:
 
 
 class DistributedCheckpointManager:
-    """Sharded checkpoints of a torch.distributed job in ``directory`` (a path or s3:// URL)."""
+    """Sharded checkpoints of a torch.distributed job in ``directory`` (a path or s3:// URL).
 
-    def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 1) -> None:
+    ``keep``: committed checkpoints of ``prefix`` kept by retention (the newest always).
+    ``threads``: part files each rank writes in parallel (its chunks split by size).
+    """
+
+    def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2) -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         if not prefix or "/" in prefix or "-" in prefix:
@@ -101,7 +116,8 @@ class DistributedCheckpointManager:
              info: dict[str, Any] | None = None) -> str:
         """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the committed path."""
         if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict of state_dicts, got {type(state).__name__}")
+            raise CheckpointConfigError(f"state must be a dict of state_dicts (e.g. {{'model': model.state_dict()}}), "
+                                        f"got {type(state).__name__}")
         for name, value in (("epoch", epoch), ("step", step)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
@@ -112,7 +128,8 @@ class DistributedCheckpointManager:
         writer = PartWriter(path, threads=self.threads, rank_state=rank_state,
                             info={**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix})
         try:
-            dcp.save(state, storage_writer=writer, no_dist=not _distributed())
+            with _single_process_quiet():
+                dcp.save(state, storage_writer=writer, no_dist=not _distributed())
         except CheckpointException as exc:
             if _rank() == 0:
                 self._discard(path)
@@ -174,7 +191,8 @@ class DistributedCheckpointManager:
         if path is None:
             return None
         try:
-            dcp.load(state, storage_reader=PartReader(path), no_dist=not _distributed())
+            with _single_process_quiet():
+                dcp.load(state, storage_reader=PartReader(path), no_dist=not _distributed())
         except CheckpointException as exc:
             raise restore_error(path, exc) from None
         restored = self._rank_states(path)
