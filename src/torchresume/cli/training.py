@@ -107,15 +107,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.save_checkpoint_steps = steps
     prefix = args.prefix or ("lenet" if args.model == "lenet5" else args.model)
     checkpoints = ModelCheckpoint(prefix, args.train_url, cfg)
-    callbacks = [checkpoints, LossMonitor(args.print_every or steps), TimeMonitor(),
-                 SummaryCollector(_summary_dir(args.train_url), collect_freq=1)]
-    config = {k: v for k, v in vars(args).items() if k != "func"}
+    callbacks = [checkpoints, LossMonitor(args.print_every or steps), TimeMonitor()]
     model = Model(net, nn.CrossEntropyLoss(), opt, {"acc", "loss"}, device=args.device)
+    lead = _rank(model.device) == 0  # torchrun: one JSONL log and one status line, from rank 0
+    if lead:
+        callbacks.append(SummaryCollector(_summary_dir(args.train_url), collect_freq=1))
+    config = {k: v for k, v in vars(args).items() if k != "func"}
     summary = model.train(args.epochs, ds, callbacks, resume=args.resume, config=config)
-    if not summary["already_finished"]:
+    if lead and not summary["already_finished"]:
         print(f"done: {summary['global_step']} steps; latest checkpoint "
               f"{checkpoints.latest_ckpt_file_name}", flush=True)
     return 0
+
+
+def _rank(device: torch.device) -> int:
+    """This process's rank under torchrun (joining the process group), 0 otherwise."""
+    from torchresume.train.distributed import init_world, launched
+    return init_world(device).rank if launched() else 0
 
 
 def _summary_dir(train_url: str) -> str:

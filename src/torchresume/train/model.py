@@ -59,6 +59,7 @@ class Model:
         self.metrics = names
         self._callbacks = CallbackList(None)
         self._dataset: Any = None
+        self.step_network: nn.Module | None = None  # the DDP wrapper under torchrun (train/distributed.py)
 
     # -- training -------------------------------------------------------------------------
     def train(self, epoch: int, train_dataset: Any, callbacks: Sequence[Callback] | Callback | None = None,
@@ -98,7 +99,12 @@ class Model:
         self._check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
-        cbs = CallbackList(_with_progress(callbacks))
+        lead = True  # the process that shows progress (rank 0 under torchrun)
+        if _launched_by_torchrun():  # ranks of one job: DDP, this rank's data, collective saves
+            from torchresume.train import distributed
+            dataset, callbacks, resume, lead = distributed.prepare(self, dataset, callbacks, resume,
+                                                                   handle_signals)
+        cbs = CallbackList(_with_progress(callbacks) if lead else callbacks)
         self._callbacks, self._dataset = cbs, dataset
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
                          steps_per_epoch=len(dataset), dataset=dataset, config=config,
@@ -151,7 +157,8 @@ class Model:
         return self._summary(ctx, finished=ctx.global_step >= total)
 
     def _epoch(self, ctx: RunContext, cbs: CallbackList, needs_rng: bool) -> None:
-        net, opt, loss_fn, device = self.network, self.optimizer, self.loss_fn, self.device
+        net = self.network if self.step_network is None else self.step_network
+        opt, loss_fn, device = self.optimizer, self.loss_fn, self.device
         assert opt is not None and loss_fn is not None
         step_begin, step_end = cbs.has("on_train_step_begin"), cbs.has("on_train_step_end")
         on_cpu = device.type == "cpu"
@@ -285,6 +292,11 @@ def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Call
         from torchresume.train.progress_log import ProgressLog
         items.append(ProgressLog())
     return items
+
+
+def _launched_by_torchrun() -> bool:
+    import os
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
 def _is_checkpoint_directory_of_runs(path: str) -> bool:

@@ -1,0 +1,167 @@
+"""Model.train / fit under torchrun: process group, DDP, this rank's data, rank-0 status.
+
+``launched()`` says whether torchrun started this process as one of several
+ranks (``WORLD_SIZE`` > 1). ``prepare`` then readies a run without touching
+the single-process loop: it joins the process group (gloo on CPU, nccl on
+CUDA with the device of ``LOCAL_RANK``), wraps the network in DDP for the
+steps, gives this rank its share of the training data, and swaps each
+ModelCheckpoint for a DistributedModelCheckpoint (collective sharded saves,
+restore at any world size) behind a StopAgreement (ranks stop at the same
+step). Status lines are logged by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from torchresume.errors import CheckpointConfigError
+from torchresume.log import log, monitor
+from torchresume.train.callback import Callback
+
+if TYPE_CHECKING:
+    from torchresume.train.model import Model
+
+COLLECTIVE_TIMEOUT_S = 600  # a rank that stops answering fails the others after this long
+_PR_SET_PDEATHSIG = 1
+
+
+def launched() -> bool:
+    """True in a process torchrun started as one of several ranks."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def init_world(device: torch.device) -> World:
+    """Join the process group torchrun describes (once); the device this rank trains on."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        store = attempt_store(timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+        atexit.register(_leave)
+        die_with_launcher()
+    world = World(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    if world.rank != 0:
+        quiet()
+    return world
+
+
+def attempt_store(timeout: timedelta) -> dist.Store | None:
+    """After a ``--max-restarts`` restart, the launcher's store under a prefix of this attempt.
+
+    torchrun keeps one store across restarts, and the process group's keys of the
+    previous attempt (the old ranks' addresses) are still in it: new ranks would
+    connect to dead ones ("Connection refused"). None on a first attempt.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"/torchresume/attempt_{attempt}", client)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def die_with_launcher() -> None:
+    """Linux: SIGKILL this rank when its launcher dies, so no orphan trains on (or saves)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def quiet() -> None:
+    """Ranks other than 0 log warnings and errors only (status and monitor lines come from rank 0)."""
+    log.setLevel(logging.WARNING)
+    monitor.setLevel(logging.WARNING)
+
+
+def prepare(model: Model, dataset: Any, callbacks: Sequence[Callback] | Callback | None,
+            resume: Any, handle_signals: bool) -> tuple[Any, list[Callback], str, bool]:
+    """This rank's data and callbacks, resume 'none' (it moves into the checkpoint callbacks),
+    and whether this rank shows progress (rank 0 only)."""
+    from torchresume.train.model_checkpoint import ModelCheckpoint
+    from torchresume.train.stop_agreement import StopAgreement
+    world = init_world(model.device)
+    _wrap(model, world)
+    items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+    if resume is not None and not isinstance(resume, str):
+        raise CheckpointConfigError("under torchrun, resume must be 'auto', 'none' or a directory "
+                                    f"of sharded checkpoints, got a {type(resume).__name__}")
+    checkpoints = [cb for cb in items if isinstance(cb, ModelCheckpoint)]
+    if resume not in (None, "none") and not checkpoints:
+        raise CheckpointConfigError("under torchrun, resuming needs a ModelCheckpoint callback "
+                                    "(it saves and restores the sharded checkpoints); add one or "
+                                    "pass resume='none'")
+    converted: list[Callback] = [StopAgreement(world.device, handle_signals)]
+    if checkpoints:
+        from torchresume.train.distributed_checkpoint import DistributedModelCheckpoint
+        items = [DistributedModelCheckpoint(cb, resume, world) if isinstance(cb, ModelCheckpoint) else cb
+                 for cb in items]
+    converted += items
+    return shard_data(dataset, world), converted, "none", world.rank == 0
+
+
+def _wrap(model: Model, world: World) -> None:
+    """Move the network to this rank's device; the steps run through DDP (gradients all-reduced)."""
+    if model.device != world.device:
+        model.device = world.device
+        model.network.to(world.device)
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    model.step_network = DistributedDataParallel(model.network, device_ids=ids)
+
+
+def shard_data(dataset: Any, world: World) -> Any:
+    """This rank's share: an ArrayDataset becomes its DistributedArrayDataset (global batch kept)."""
+    from torchresume.data import ArrayDataset
+    from torchresume.data.distributed_dataset import DistributedArrayDataset, shard
+    if isinstance(dataset, DistributedArrayDataset):
+        return dataset
+    if isinstance(dataset, ArrayDataset):
+        return shard(dataset, world.rank, world.world_size)
+    log.warning("under torchrun the training data (%s) is used as given: each rank must already "
+                "read its own share (use torchresume's ArrayDataset for an exact, elastic split)",
+                type(dataset).__name__)
+    return dataset
+
+
+__all__ = ["World", "die_with_launcher", "init_world", "launched", "prepare", "shard_data"]

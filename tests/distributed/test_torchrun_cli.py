@@ -1,0 +1,59 @@
+"""The README's torchrun command: 2 ranks, SIGTERM to the launcher, the same command resumes."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tests.distributed.launch import ROOT, Launcher, committed, every_tensor, manifest_info
+
+STOP = re.compile(r"SIGTERM at epoch (\d+) step (\d+); checkpoint (\S+); exiting with 143")
+
+
+def readme_command() -> list[str]:
+    """The bash block of the README's torchrun section, run as ``python -m torch.distributed.run``."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Many processes: torchrun", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    [line] = [x for x in block.splitlines() if x.strip()]
+    words = shlex.split(line)
+    assert words[0] == "torchrun"
+    return [sys.executable, "-m", "torch.distributed.run", *words[1:]]
+
+
+def _wait_committed(directory: Path, launcher: Launcher) -> None:
+    while not committed(directory, "mlp") and launcher.proc.poll() is None:
+        time.sleep(0.1)
+
+
+def test_readme_command_sigterm_to_launcher_then_same_command_finishes(tmp_path: Path) -> None:
+    cmd = readme_command()
+    first = Launcher(cmd, tmp_path)
+    _wait_committed(tmp_path / "ckpt", first)
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish() != 0  # torchrun itself reports the signal; each rank exits 143
+    stops = STOP.findall(first.stderr)
+    assert len(stops) == 2, first.output()[-3000:]  # both ranks: the same step and checkpoint
+    assert stops[0] == stops[1]
+    epoch, step, path = stops[0]
+    saved = committed(tmp_path / "ckpt", "mlp")[-1]
+    assert str(saved) == str(tmp_path / path) or str(saved).endswith(path)
+    assert saved.name == f"mlp-{epoch}_{step}.ckpt"
+    info = manifest_info(saved)
+    assert info["world_size"] == 2 and len(info["rank_parts"]) == 2 and info["step"] == int(step)
+    assert 10 <= int(step) < 60
+    assert not any("done:" in line for line in first.lines)
+    stopped = {name.split("/", 1)[1]: t for name, t in every_tensor(saved).items()}  # before retention
+
+    second = Launcher(cmd, tmp_path)
+    assert second.finish() == 0, second.output()[-3000:]
+    assert f"resumed from {path} at epoch 1, step {step}" in second.output()
+    assert sum(line.startswith("done: 60 steps") for line in second.lines) == 1  # rank 0 only
+    final = committed(tmp_path / "ckpt", "mlp")[-1]
+    assert final.name == "mlp-1_60.ckpt"
+    weights = {name.split("/", 1)[1]: t for name, t in every_tensor(final).items()}
+    key = "model.dense_relu_sequential.0.weight"  # the DDP replica, written once
+    assert weights[key].shape == (512, 784) and not weights[key].equal(stopped[key])
