@@ -153,3 +153,12 @@ def test_failed_parallel_upload_leaves_nothing(server_bucket, small_parts) -> No
     assert store.list(server_bucket + "/run") == []
     assert not store.fs.exists(store.key(url))
     assert store.fs.call_s3("list_multipart_uploads", Bucket=store.key(server_bucket)).get("Uploads", []) == []
+
+
+def test_encrypted_checkpoint_reads_through_ranged_reads(server_bucket, small_parts) -> None:
+    url = server_bucket + "/secret-1_1.ckpt"
+    key = bytes(range(32))
+    state = {"w": torch.randn(3 * MIB // 4 + 5), "n": torch.arange(7)}
+    write_checkpoint(url, "state", state, enc_key=key)
+    back = read_checkpoint(url, dec_key=key)
+    assert back.encrypted and torch.equal(back.tree["w"], state["w"]) and torch.equal(back.tree["n"], state["n"])

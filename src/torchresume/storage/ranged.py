@@ -72,6 +72,14 @@ class RangedReader(io.RawIOBase):
         self._pos += n
         return n
 
+    def readall(self) -> bytes:
+        """The rest of the object, in range-sized copies (io's default reads 8 KiB at a time)."""
+        out = bytearray(max(0, self.size - self._pos))
+        view, got = memoryview(out), 0
+        while got < len(out):
+            got += self.readinto(view[got:])
+        return bytes(out)
+
     def _range_at(self, pos: int) -> _Range:
         """The window's range holding ``pos``, with the window slid (or restarted) to start there."""
         while self._window and self._window[0].end <= pos:
