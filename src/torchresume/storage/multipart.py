@@ -90,7 +90,7 @@ class ParallelUpload:
     def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         got = self._retry(f"upload of part {number} of s3://{self._bucket}/{self._key}",
                           lambda: self._call("upload_part", Bucket=self._bucket, Key=self._key,
-                                             UploadId=self._upload_id, PartNumber=number, Body=bytes(body)))
+                                             UploadId=self._upload_id, PartNumber=number, Body=body))
         return {"PartNumber": number, "ETag": got["ETag"]}
 
     def _wait(self, keep: int) -> None:
