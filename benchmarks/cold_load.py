@@ -7,7 +7,9 @@ verified), safetensors (``load_file``, then one byte of every 4 KiB page read so
 every byte has come from the disk) and ``torch.load(weights_only=True)``. Cold:
 ``sync; echo 3 > /proc/sys/vm/drop_caches`` before each load; warm: the file was
 just read. Beside them, the disk's sequential read bandwidth of the same
-torchresume file with O_DIRECT (64 MiB aligned reads, no page cache). Medians
+torchresume file with O_DIRECT (64 MiB aligned reads, no page cache), and the
+time to write every page of the same amount of fresh memory once (a VM whose
+host backs guest memory lazily pays this for every new page-cache page). Medians
 over --runs, methods interleaved run by run so noise hits all of them. Without
 root (no drop_caches) the cold column is skipped and the script says so.
 """
@@ -72,12 +74,19 @@ def touch_pages(tensors: dict[str, torch.Tensor]) -> None:
             t.reshape(-1).view(torch.uint8)[::4096].sum()
 
 
+def first_touch(size: int) -> None:
+    """Write every page of fresh memory once: what filling new page-cache or tensor memory costs here."""
+    torch.empty(size, dtype=torch.uint8).fill_(1)
+
+
 def loaders(paths: dict[str, str]) -> dict[str, Callable[[], object]]:
+    size = os.path.getsize(paths["tr"])
     return {
         "torchresume (verified)": lambda: read_checkpoint(paths["tr"]).tree,
         "safetensors + touch": lambda: touch_pages(st_load(paths["st"])),
         "torch.load": lambda: torch.load(paths["pt"], map_location="cpu", weights_only=True),
         "O_DIRECT read (disk)": lambda: direct_read(paths["tr"]),
+        "first touch of new RAM": lambda: first_touch(size),
     }
 
 
