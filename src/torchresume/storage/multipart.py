@@ -3,7 +3,8 @@
 ``ParallelUpload`` takes the object's bytes in order (``write``), cuts them into
 parts of ``part`` bytes and uploads up to ``streams`` parts at once; a writer
 that gets ahead waits for the oldest part, so memory stays under
-``(streams + 1) * part`` whatever the object's size. ``close`` uploads the last
+``(streams + 1) * part`` whatever the object's size. Part buffers are reused
+once their part landed (fresh memory is slow to touch in a VM). ``close`` uploads the last
 part, waits for all of them and completes the upload, so the object appears
 whole or not at all; an object smaller than one part is one PUT. ``discard``
 aborts the upload. It has the interface of the fsspec file it replaces
@@ -29,10 +30,12 @@ class ParallelUpload:
         self._call, self._retry = call, retry
         self._bucket, _, self._key = key.partition("/")
         self._part, self._streams = part, streams
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None  # the part being filled, ``_fill`` bytes of it so far
+        self._fill = 0
+        self._free: list[bytearray] = []  # buffers of parts already sent: reused, never fresh memory
         self._upload_id: str | None = None
         self._pool = ThreadPoolExecutor(streams, thread_name_prefix="torchresume-put")  # threads start lazily
-        self._inflight: list[Future[dict[str, Any]]] = []
+        self._inflight: list[Future[tuple[dict[str, Any], bytearray]]] = []
         self._done: list[dict[str, Any]] = []
         self.closed = False
 
@@ -40,26 +43,30 @@ class ParallelUpload:
         view = memoryview(data).cast("B")
         pos = 0
         while pos < view.nbytes:
-            take = min(self._part - len(self._buffer), view.nbytes - pos)
-            self._buffer += view[pos:pos + take]
+            if self._buffer is None:
+                self._buffer = self._free.pop() if self._free else bytearray(self._part)
+            take = min(self._part - self._fill, view.nbytes - pos)
+            self._buffer[self._fill:self._fill + take] = view[pos:pos + take]
             pos += take
-            if len(self._buffer) == self._part:
+            self._fill += take
+            if self._fill == self._part:
                 self._send(self._buffer)
-                self._buffer = bytearray()
+                self._buffer, self._fill = None, 0
         return view.nbytes
 
     def close(self) -> None:
         """Upload what is left, wait for every part and complete the upload (the object appears)."""
         if self.closed:
             return
+        rest = bytearray(memoryview(self._buffer)[:self._fill]) if self._buffer is not None else bytearray()
+        self._buffer, self._fill = None, 0
         if self._upload_id is None:
-            body = bytes(self._buffer)
+            body = bytes(rest)
             self._retry(f"upload of s3://{self._bucket}/{self._key}",
                         lambda: self._call("put_object", Bucket=self._bucket, Key=self._key, Body=body))
         else:
-            if self._buffer:
-                self._send(self._buffer)
-            self._buffer = bytearray()
+            if rest:
+                self._send(rest)
             self._wait(0)
             parts = sorted(self._done, key=lambda p: p["PartNumber"])
             self._retry(f"completing the upload of s3://{self._bucket}/{self._key}",
@@ -87,16 +94,19 @@ class ParallelUpload:
         number = len(self._done) + len(self._inflight) + 1
         self._inflight.append(self._pool.submit(self._upload_part, number, body))
 
-    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray) -> tuple[dict[str, Any], bytearray]:
         got = self._retry(f"upload of part {number} of s3://{self._bucket}/{self._key}",
                           lambda: self._call("upload_part", Bucket=self._bucket, Key=self._key,
                                              UploadId=self._upload_id, PartNumber=number, Body=body))
-        return {"PartNumber": number, "ETag": got["ETag"]}
+        return {"PartNumber": number, "ETag": got["ETag"]}, body
 
     def _wait(self, keep: int) -> None:
         """Wait for the oldest parts until at most ``keep`` are in flight; a failed part raises here."""
         while len(self._inflight) > keep:
-            self._done.append(self._inflight.pop(0).result())
+            record, body = self._inflight.pop(0).result()
+            self._done.append(record)
+            if len(body) == self._part:
+                self._free.append(body)
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

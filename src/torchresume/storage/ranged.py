@@ -68,7 +68,7 @@ class RangedReader(io.RawIOBase):
         data = current.data(self.where)
         lo = self._pos - current.begin
         n = min(view.nbytes, current.end - self._pos)
-        view[:n] = data[lo:lo + n]
+        view[:n] = memoryview(data)[lo:lo + n]  # one copy, straight into the caller's buffer
         self._pos += n
         return n
 
