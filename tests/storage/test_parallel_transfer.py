@@ -34,9 +34,10 @@ def server_bucket(request) -> str:
 
 @pytest.fixture
 def small_parts(monkeypatch) -> None:
-    monkeypatch.setattr(remote, "PART_BYTES", 5 * MIB)  # S3's smallest part but the last
+    monkeypatch.setattr(remote, "UPLOAD_PART_BYTES", 5 * MIB)  # S3's smallest part but the last
     monkeypatch.setattr(remote, "RANGE_BYTES", 1 * MIB)
     monkeypatch.setattr(remote, "STREAMS", 4)
+    monkeypatch.setattr(remote, "UPLOAD_STREAMS", 3)
 
 
 class Recorder:

@@ -31,7 +31,10 @@ MARKER_SUFFIX = ".commit"
 RETRIES = 5
 PART_BYTES = 16 * 1024 * 1024  # multipart part size (S3 wants >= 5 MiB but the last)
 RANGE_BYTES = 16 * 1024 * 1024  # one ranged GET of a download
-STREAMS = 4  # parts uploaded, or ranges read, at once: memory stays under (STREAMS + 1) parts or ranges
+STREAMS = 4  # ranges read at once: memory stays under (STREAMS + 1) ranges
+UPLOAD_STREAMS = 3  # parts uploaded at once; a part in flight is held ~4 times (ours, botocore, aiohttp, socket)
+UPLOAD_PART_BYTES = 8 * 1024 * 1024  # parallel upload part: larger only when 9,000 would not hold the object
+MAX_PARTS = 9000  # S3 allows 10,000 parts per upload
 BACKOFF_S = 0.2
 _PERMANENT_CODES = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                     "403", "401")
@@ -149,12 +152,13 @@ def filesystem(protocol: str, options: dict[str, Any]) -> Any:
     return fsspec.filesystem(protocol, **opts)
 
 
-def _open_upload(fs: Any, key: str) -> Any:
-    """S3: a ParallelUpload (STREAMS parts in flight); other fsspec stores: their own file."""
+def _open_upload(fs: Any, key: str, size_hint: int | None) -> Any:
+    """S3: a ParallelUpload (UPLOAD_STREAMS parts in flight); other fsspec stores: their own file."""
     call = getattr(fs, "call_s3", None)
     if call is None:
         return fs.open(key, "wb", block_size=PART_BYTES)
-    return ParallelUpload(call, with_retries, key, part=PART_BYTES, streams=STREAMS)
+    part = max(UPLOAD_PART_BYTES, -(-(size_hint or 0) // MAX_PARTS))
+    return ParallelUpload(call, with_retries, key, part=part, streams=UPLOAD_STREAMS)
 
 
 class RemoteWriter:
@@ -164,13 +168,13 @@ class RemoteWriter:
     ``RemoteStorage.retrying`` turns a whole write into retries and one StorageError line.
     """
 
-    def __init__(self, storage: RemoteStorage, path: str) -> None:
+    def __init__(self, storage: RemoteStorage, path: str, size_hint: int | None = None) -> None:
         self.path = path
         self._storage = storage
         self._key = storage.key(path)
         self._hash = xxhash.xxh3_64()
         self.written = 0
-        self._file: Any = _open_upload(storage.fs, self._key)
+        self._file: Any = _open_upload(storage.fs, self._key, size_hint)
 
     def write(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
@@ -221,7 +225,7 @@ class RemoteStorage:
 
     def open_writer(self, path: str, *, read_only: bool = True,
                     size_hint: int | None = None) -> RemoteWriter:
-        return RemoteWriter(self, path)
+        return RemoteWriter(self, path, size_hint)
 
     def write_atomic(self, path: str, parts: Iterable[Buffer], *, read_only: bool = True) -> None:
         data = [bytes(p) for p in parts]  # kept so that a transient failure can be retried whole
