@@ -16,24 +16,20 @@ the filesystem beyond the file object it is handed.
 
 from __future__ import annotations
 
-import io
 import json
-import mmap
 import struct
-import warnings
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import torch
 
 from torchresume.errors import CorruptCheckpointError, UnsupportedFormatError
-from torchresume.format import checksum
+from torchresume.format import checksum, stream_read
 from torchresume.format.dtypes import FROM_SAFETENSORS, TO_SAFETENSORS, itemsize
 
 FORMAT_NAME = "torchresume"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
-_READ_CHUNK = 64 * 1024 * 1024
 
 
 @dataclass
@@ -234,56 +230,13 @@ def _parse_meta(raw_meta: dict[str, str], index: dict[str, Any], entries: list[E
 
 def read_tensors(f: BinaryIO, header: Header, where: str, *,
                  verify: bool = True) -> dict[str, torch.Tensor]:
-    """Read (or map) the tensor data after the header and return views of it, checksums verified."""
-    buf = _map(f, header) if header.data_size else None
-    if buf is None:
-        buf = _read_into_memory(f, header, where)
-    view = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())  # type: ignore[arg-type]
-    digests = header.meta["checksums"]["tensors"] if (verify and header.meta) else None
-    out: dict[str, torch.Tensor] = {}
-    for e in header.entries:
-        if digests is not None and checksum.digest(view[e.begin:e.end]) != digests[e.name]:
-            raise CorruptCheckpointError(f"{where}: checksum mismatch in tensor {e.name!r}; "
-                                         "the data is damaged (bit flip or partial write)")
-        out[e.name] = _view(buf, e)
-    return out
+    """Read the tensor data after the header in one pass and return views of it, checksums verified.
 
-
-def _map(f: BinaryIO, header: Header) -> torch.Tensor | None:
-    """Map a local file copy-on-write: pages come straight from the page cache.
-
-    Checkpoint files are replaced by rename, never rewritten in place, so the
-    mapping cannot change under us. Returns None where mapping is impossible.
+    format/stream_read.py reads it into one preallocated buffer, hashing each chunk as it arrives.
     """
-    try:
-        fd = f.fileno()
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        return None
-    try:
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-    except (OSError, ValueError):
-        return None
-    if len(mm) != header.data_start + header.data_size:
-        mm.close()
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        whole = torch.frombuffer(mm, dtype=torch.uint8)  # keeps ``mm`` alive
-    return whole[header.data_start:]
-
-
-def _read_into_memory(f: BinaryIO, header: Header, where: str) -> torch.Tensor:
-    buf = torch.empty(header.data_size, dtype=torch.uint8)
-    view = memoryview(buf.numpy()) if header.data_size else memoryview(bytearray())  # type: ignore[arg-type]
-    f.seek(header.data_start)
-    got = 0
-    while got < header.data_size:
-        n = f.readinto(view[got:got + _READ_CHUNK])  # type: ignore[attr-defined]
-        if not n:
-            raise CorruptCheckpointError(f"{where}: truncated: file ended after {got} of "
-                                         f"{header.data_size} data bytes")
-        got += n
-    return buf
+    digests = header.meta["checksums"]["tensors"] if (verify and header.meta) else None
+    buf = stream_read.read_data(f, header, where, digests)
+    return {e.name: _view(buf, e) for e in header.entries}
 
 
 def _view(buf: torch.Tensor, e: Entry) -> torch.Tensor:

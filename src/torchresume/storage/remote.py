@@ -12,7 +12,6 @@ the last failure, is raised as one StorageError line.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -24,11 +23,18 @@ import xxhash
 
 from torchresume.errors import CheckpointNotFoundError, StorageError
 from torchresume.storage.base import Buffer, FileInfo, write_all
+from torchresume.storage.multipart import ParallelUpload
+from torchresume.storage.ranged import open_ranged
 
 T = TypeVar("T")
 MARKER_SUFFIX = ".commit"
 RETRIES = 5
-PART_BYTES = 16 * 1024 * 1024  # multipart part size: the upload's memory bound
+PART_BYTES = 16 * 1024 * 1024  # multipart part size (S3 wants >= 5 MiB but the last)
+RANGE_BYTES = 16 * 1024 * 1024  # one ranged GET of a download
+STREAMS = 4  # ranges read at once: memory stays under (STREAMS + 1) ranges
+UPLOAD_STREAMS = 3  # parts uploaded at once; a part in flight is held ~4 times (ours, botocore, aiohttp, socket)
+UPLOAD_PART_BYTES = 8 * 1024 * 1024  # parallel upload part: larger only when 9,000 would not hold the object
+MAX_PARTS = 9000  # S3 allows 10,000 parts per upload
 BACKOFF_S = 0.2
 _PERMANENT_CODES = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                     "403", "401")
@@ -146,6 +152,15 @@ def filesystem(protocol: str, options: dict[str, Any]) -> Any:
     return fsspec.filesystem(protocol, **opts)
 
 
+def _open_upload(fs: Any, key: str, size_hint: int | None) -> Any:
+    """S3: a ParallelUpload (UPLOAD_STREAMS parts in flight); other fsspec stores: their own file."""
+    call = getattr(fs, "call_s3", None)
+    if call is None:
+        return fs.open(key, "wb", block_size=PART_BYTES)
+    part = max(UPLOAD_PART_BYTES, -(-(size_hint or 0) // MAX_PARTS))
+    return ParallelUpload(call, with_retries, key, part=part, streams=UPLOAD_STREAMS)
+
+
 class RemoteWriter:
     """A multipart upload fed part by part; commit completes it and writes the marker last.
 
@@ -153,13 +168,13 @@ class RemoteWriter:
     ``RemoteStorage.retrying`` turns a whole write into retries and one StorageError line.
     """
 
-    def __init__(self, storage: RemoteStorage, path: str) -> None:
+    def __init__(self, storage: RemoteStorage, path: str, size_hint: int | None = None) -> None:
         self.path = path
         self._storage = storage
         self._key = storage.key(path)
         self._hash = xxhash.xxh3_64()
         self.written = 0
-        self._file: Any = storage.fs.open(self._key, "wb", block_size=PART_BYTES)
+        self._file: Any = _open_upload(storage.fs, self._key, size_hint)
 
     def write(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
@@ -210,7 +225,7 @@ class RemoteStorage:
 
     def open_writer(self, path: str, *, read_only: bool = True,
                     size_hint: int | None = None) -> RemoteWriter:
-        return RemoteWriter(self, path)
+        return RemoteWriter(self, path, size_hint)
 
     def write_atomic(self, path: str, parts: Iterable[Buffer], *, read_only: bool = True) -> None:
         data = [bytes(p) for p in parts]  # kept so that a transient failure can be retried whole
@@ -230,12 +245,20 @@ class RemoteStorage:
             return None
 
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
+        """The object as a file read ahead by STREAMS parallel range GETs (storage/ranged.py)."""
         key = self.key(path)
         try:
-            data = with_retries(f"download of {path}", lambda: self.fs.cat_file(key))
+            info = with_retries(f"stat of {path}", lambda: self.fs.info(key))
         except FileNotFoundError:
             raise CheckpointNotFoundError(f"{path}: no such checkpoint object") from None
-        return io.BytesIO(data), len(data)
+        if info.get("type") == "directory":
+            raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint object")
+        size = int(info["size"])
+
+        def fetch(begin: int, end: int) -> bytes:
+            return with_retries(f"download of bytes {begin}-{end} of {path}",
+                                lambda: self.fs.cat_file(key, start=begin, end=end))
+        return open_ranged(fetch, size, path, part=RANGE_BYTES, streams=STREAMS), size
 
     def open_header(self, path: str) -> tuple[BinaryIO, int]:
         """A lazily reading object handle: inspecting a header fetches a few KiB, not the object."""

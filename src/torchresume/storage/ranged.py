@@ -1,0 +1,116 @@
+"""Parallel ranged reads of one stored object, exposed as an ordinary read-only file.
+
+``RangedReader`` keeps up to ``streams`` range GETs of ``part`` bytes in flight
+ahead of the position being read, so a front-to-back read (a checkpoint load)
+runs as fast as several connections together, with memory bounded by
+``streams + 1`` parts whatever the object's size. A seek inside the window
+keeps it; a seek elsewhere drops it and starts a new one there. Each range is
+fetched by the ``fetch(begin, end)`` it was given (which retries on its own),
+so a transient failure costs one range, not the whole download.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from torchresume.errors import StorageError
+
+Fetch = Callable[[int, int], bytes]
+
+
+class _Range:
+    """Bytes ``[begin, end)`` of the object, being fetched or fetched."""
+
+    def __init__(self, begin: int, end: int, future: Future[bytes]) -> None:
+        self.begin, self.end, self.future = begin, end, future
+
+    def data(self, where: str) -> bytes:
+        got = self.future.result()
+        if len(got) != self.end - self.begin:
+            raise StorageError(f"{where}: a ranged read of bytes [{self.begin}, {self.end}) returned "
+                               f"{len(got)} bytes; the object changed or the server ignores Range")
+        return got
+
+
+class RangedReader(io.RawIOBase):
+    """A seekable, read-only view of an object of ``size`` bytes, read ahead in parallel."""
+
+    def __init__(self, fetch: Fetch, size: int, where: str, *, part: int, streams: int) -> None:
+        super().__init__()
+        self._fetch, self.size, self.where = fetch, size, where
+        self._part, self._streams = part, streams
+        self._pool = ThreadPoolExecutor(streams, thread_name_prefix="torchresume-get")
+        self._window: deque[_Range] = deque()
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._pos >= self.size or not view.nbytes:
+            return 0
+        current = self._range_at(self._pos)
+        data = current.data(self.where)
+        lo = self._pos - current.begin
+        n = min(view.nbytes, current.end - self._pos)
+        view[:n] = memoryview(data)[lo:lo + n]  # one copy, straight into the caller's buffer
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        """The rest of the object, in range-sized copies (io's default reads 8 KiB at a time)."""
+        out = bytearray(max(0, self.size - self._pos))
+        view, got = memoryview(out), 0
+        while got < len(out):
+            got += self.readinto(view[got:])
+        return bytes(out)
+
+    def _range_at(self, pos: int) -> _Range:
+        """The window's range holding ``pos``, with the window slid (or restarted) to start there."""
+        while self._window and self._window[0].end <= pos:
+            self._window.popleft()
+        if not self._window or self._window[0].begin > pos:
+            self._drop_window()
+            self._schedule(pos - pos % self._part)
+        self._top_up()
+        return self._window[0]
+
+    def _schedule(self, begin: int) -> None:
+        end = min(begin + self._part, self.size)
+        self._window.append(_Range(begin, end, self._pool.submit(self._fetch, begin, end)))
+
+    def _top_up(self) -> None:
+        while len(self._window) < self._streams and self._window[-1].end < self.size:
+            self._schedule(self._window[-1].end)
+
+    def _drop_window(self) -> None:
+        for r in self._window:
+            r.future.cancel()
+        self._window.clear()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._drop_window()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
+
+
+def open_ranged(fetch: Fetch, size: int, where: str, *, part: int, streams: int) -> io.BufferedReader:
+    """A buffered file over a RangedReader: small reads are cheap, large ``readinto`` goes straight through."""
+    return io.BufferedReader(RangedReader(fetch, size, where, part=part, streams=streams),
+                             buffer_size=1 << 20)
