@@ -53,10 +53,30 @@ def test_mutations_raise_typed_errors(blob: bytes, data: st.DataObject) -> None:
     except TorchResumeError as exc:
         assert str(exc).startswith("fuzz.ckpt: ")
         return
+    original = _load(blob)
+    if ckpt.format != original.format:
+        # Flips that rename both metadata keys ("torchresume", "torchresume_check") leave a valid plain
+        # safetensors file, which is read as one: its tensors under their flat names, intact.
+        _assert_flat_copy(ckpt, original)
+        return
     # A mutation that still loads may only touch bytes no reader depends on
     # (header padding, the safetensors "format" hint): the state must be intact.
-    original = _load(blob)
     for name in ("w", "b"):
         assert torch.equal(ckpt.tree[name], original.tree[name])
     assert torch.equal(ckpt.tree["opt"]["state"][0]["m"], original.tree["opt"]["state"][0]["m"])
     assert ckpt.tree["opt"]["param_groups"] == original.tree["opt"]["param_groups"]
+
+
+def _assert_flat_copy(ckpt: reader.Checkpoint, original: reader.Checkpoint) -> None:
+    flat = {"w": original.tree["w"], "b": original.tree["b"], "opt.state.0.m": original.tree["opt"]["state"][0]["m"]}
+    assert ckpt.format == "safetensors" and set(ckpt.tree) == set(flat)
+    assert all(torch.equal(ckpt.tree[k], v) for k, v in flat.items())
+
+
+def test_renaming_both_metadata_keys_leaves_a_plain_safetensors_file(blob: bytes) -> None:
+    """The case the fuzzer found: 3 flips turn the keys into "torchre{ume" and "uorchresume_check"."""
+    mutated = bytearray(blob)
+    for key in (b'"torchresume":', b'"torchresume_check":'):
+        at = blob.index(key) + (8 if key == b'"torchresume":' else 1)
+        mutated[at] ^= 0x08 if key == b'"torchresume":' else 0x01
+    _assert_flat_copy(_load(bytes(mutated)), _load(blob))
