@@ -35,6 +35,12 @@ class AsyncWriter:
         with self._lock:
             self._pending.append(future)
 
+    def running(self) -> str | None:
+        """What the job still queued or running is about (the oldest one), or None when idle."""
+        with self._lock:
+            busy = [f for f in self._pending if not f.done()]
+        return str(getattr(busy[0], "what", "a checkpoint")) if busy else None
+
     def raise_if_failed(self) -> None:
         with self._lock:
             done = [f for f in self._pending if f.done()]

@@ -150,7 +150,7 @@ class ModelCheckpoint(Callback):
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, ctx: RunContext, *, breakpoint: bool = False,
-             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> str:
+             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> -> str | None:
         manager = manager or self.manager
         assert manager is not None, "save() before on_train_begin()"
         cfg = self.config
@@ -168,6 +168,6 @@ class ModelCheckpoint(Callback):
             path = manager.save_breakpoint(ctx.epoch, step, ctx.global_step, reason=reason, **state)
         else:
             path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint, **state)
-        if manager is self.manager:
+        if manager is self.manager and path is not None:  # None: skipped, a save was running
             self.latest_ckpt_file_name = path
         return path
