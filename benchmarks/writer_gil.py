@@ -162,9 +162,9 @@ def training_slowdown(mib: int, directory: str, rounds: int) -> dict[str, float]
         worker.join()
         out["none"] += clean_steps(trainer, 30)
         tasks.put((shared, path))
-        finished: list[bool] = []
-        threading.Thread(target=lambda: finished.append(bool(done.get())), daemon=True).start()
-        out["process"] += steps_while(trainer, lambda: not finished)
+        waiter = threading.Thread(target=done.get, daemon=True)
+        waiter.start()
+        out["process"] += steps_while(trainer, waiter.is_alive)
     tasks.put(None)
     proc.join(10)
     os.unlink(path)

@@ -21,8 +21,13 @@ from torch import nn
 from torchresume import catalog, files, run_lock, signals
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import (CheckpointConfigError, CheckpointWriteError, CorruptCheckpointError,
-                                DivergedRunError, TorchResumeError)
+from torchresume.errors import (
+    CheckpointConfigError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    DivergedRunError,
+    TorchResumeError,
+)
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.files.directory import is_committed
 from torchresume.format import crypto

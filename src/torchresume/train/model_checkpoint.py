@@ -150,7 +150,7 @@ class ModelCheckpoint(Callback):
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, ctx: RunContext, *, breakpoint: bool = False,
-             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> -> str | None:
+             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> str | None:
         manager = manager or self.manager
         assert manager is not None, "save() before on_train_begin()"
         cfg = self.config
@@ -164,6 +164,7 @@ class ModelCheckpoint(Callback):
         parts = ctx.model.training_state(ctx)
         state: dict[str, Any] = dict(info=parts["info"], append=append, callbacks=parts["callbacks"],
                                      rng_state=parts["rng"], sampler_state=parts["sampler"])
+        path: str | None
         if reason is not None:
             path = manager.save_breakpoint(ctx.epoch, step, ctx.global_step, reason=reason, **state)
         else:
