@@ -262,3 +262,13 @@ def test_an_unknown_on_busy_policy_is_refused_with_the_choices(tmp_path, net) ->
     assert str(err.value) == ("on_busy='later' is not a policy; use 'wait' (block until the previous "
                               "background save is committed, then save) or 'skip' (drop this save and "
                               "keep training)")
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no setpriority on this platform")
+def test_the_writer_thread_runs_at_a_lower_cpu_priority(writer) -> None:
+    """The write competes with training for CPU, not for the GIL: the worker is niced (+10)."""
+    seen: list[int] = []
+    writer.submit(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())), "x")
+    writer.wait()
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, main + 10)]
