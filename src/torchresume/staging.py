@@ -9,7 +9,7 @@ same; when they change the buffers are allocated again (logged at DEBUG).
 
 CUDA tensors are staged into pinned host memory with non-blocking device-to-host
 copies and one ``torch.cuda.synchronize()`` before ``stage`` returns, so the
-snapshot is complete when the caller gets it. That branch is small and has not
+snapshot is complete when the caller gets it (one synchronize per device used). That branch is small and has not
 run here (no GPU on the development machine).
 
 The buffers are reused, so a snapshot is only valid until the next ``stage``:
@@ -59,13 +59,14 @@ class StagingBuffers:
         if layout != self._layout:
             self._allocate(layout)
         buffers = iter(self._buffers)
-        cuda = False
+        devices: set[torch.device] = set()
         for t in dense:
             on_cuda = t.device.type == "cuda"
-            cuda = cuda or on_cuda
+            if on_cuda:
+                devices.add(t.device)
             next(buffers).copy_(t.detach(), non_blocking=on_cuda)
-        if cuda:  # untested here: no GPU on the development machine
-            torch.cuda.synchronize()
+        for device in devices:  # untested here: no GPU on the development machine
+            torch.cuda.synchronize(device)  # every stream of the device: the copies are complete
         buffers = iter(self._buffers)
         return map_tensors(tree, lambda t: next(buffers) if _stageable(t) else
                            t.detach().to("cpu", copy=True))
