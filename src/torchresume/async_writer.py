@@ -15,8 +15,10 @@ copying take cores from the training step, and a process takes them just as a
 thread does (steps 1.50-1.88x slower with either). What removed the slowdown
 was priority: the worker thread lowers its own CPU priority (``nice``, +10 by
 default; Linux applies it per thread), and steps during a background write ran
-0.98x their time without one. A thread also keeps errors, retention and the
-commit in this process with no pickling or shared-memory lifetime to manage.
+0.98x their time without one. The price: a niced writer yields to every other
+process too, so on a machine loaded by others its writes take longer. A thread
+also keeps errors, retention and the commit in this process with no pickling or
+shared-memory lifetime to manage.
 """
 
 from __future__ import annotations
