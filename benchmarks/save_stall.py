@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--gap-steps", type=int, default=2, help="clean steps between saves")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Detected an existing checkpoint")  # DCP rewrites its dir
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     dist.init_process_group("gloo", rank=0, world_size=1)
