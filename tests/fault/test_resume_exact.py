@@ -113,16 +113,6 @@ def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, 
     _assert_same(tmp_path, reference)
 
 
-def _kill_after_first_checkpoint(run_dir: Path, cmd: list[str]) -> None:
-    child = killing.Child(cmd, LOSS_LINE)
-    deadline = time.monotonic() + killing.STARTUP_LIMIT_S
-    while not list(run_dir.glob("lenet-*.ckpt")) and child.proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    child.proc.send_signal(signal.SIGKILL)
-    child.finish()
-    assert list(run_dir.glob("lenet-*.ckpt")), child.stderr
-
-
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_twenty_random_kills(tmp_path, reference, mode) -> None:
     """20 SIGKILLs, each after new steps of the restarted process (its own stdout, not the log),
@@ -134,12 +124,8 @@ def test_twenty_random_kills(tmp_path, reference, mode) -> None:
         for path in run_dir.glob("*.ckpt"):
             assert verify(str(path)).valid, path
 
-    if mode == "async":
-        # A background save commits later, so a first kill before the first commit is likely; the
-        # restart is then a fresh run lenet_1 and a third start meets AmbiguousRunError (lenet_1
-        # but no lenet). That path exists with sync saves too and is not what this test checks:
-        # the run gets its first checkpoint before the aimed kills start.
-        _kill_after_first_checkpoint(tmp_path, cmd)
+    if mode == "async":  # the run has its first checkpoint before the aimed kills (killing.py says why)
+        killing.kill_after_first_checkpoint(cmd, tmp_path, "lenet-*.ckpt", LOSS_LINE)
     landed = killing.random_kills(cmd, tmp_path, 20, seed=7, max_new_steps=6, progress=LOSS_LINE,
                                   check=committed_files_verify)
     killing.report(f"torchresume train ({mode} saves)", landed)
