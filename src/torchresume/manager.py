@@ -20,7 +20,10 @@ from torch import nn
 from torchresume import catalog, files, run_lock, signals
 from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
-from torchresume.errors import CheckpointWriteError
+from torchresume.errors import (
+    CheckpointConfigError,
+    CheckpointWriteError,
+)
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.files.directory import is_committed
 from torchresume.format import crypto
@@ -28,6 +31,7 @@ from torchresume.format.reader import Checkpoint
 from torchresume.log import log
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.signals import STOP_SIGNALS, StopSignals
+from torchresume.staging import StagingBuffers
 from torchresume.state.registry import BUILTIN, StateRegistry, capture_tree, restore_tree
 from torchresume.state.stateful import Stateful
 from torchresume.state.tree import map_tensors
@@ -78,6 +82,18 @@ def snapshot(tree: Any) -> Any:
     return map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
 
 
+ON_BUSY = ("wait", "skip")
+
+
+def check_on_busy(on_busy: str) -> str:
+    """What a save does when the previous background save is still running: "wait" or "skip"."""
+    if on_busy not in ON_BUSY:
+        raise CheckpointConfigError(
+            f"on_busy={on_busy!r} is not a policy; use 'wait' (block until the previous background "
+            "save is committed, then save) or 'skip' (drop this save and keep training)")
+    return on_busy
+
+
 class CheckpointManager:
     """Saves and restores full training state in ``directory`` under one prefix."""
 
@@ -89,7 +105,7 @@ class CheckpointManager:
                  enc_key: bytes | None = None, enc_mode: str = "AES-GCM",
                  saved_network: nn.Module | None = None,
                  stateful: dict[str, Stateful] | None = None, file_format: str | None = None,
-                 crc_check: bool = False) -> None:
+                 crc_check: bool = False, on_busy: str = "wait") -> None:
         self.directory = str(directory)
         self.storage, self._where = resolve(self.directory)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -109,6 +125,9 @@ class CheckpointManager:
             file_format != "ckpt") else enc_key
         self.file_format, self.enc_mode, self.crc_check = file_format, enc_mode, crc_check
         self._writer = AsyncWriter() if async_save else None
+        # Async saves: one snapshot in reused host buffers, at most one save in flight.
+        self._staging = StagingBuffers() if async_save else None
+        self.on_busy = check_on_busy(on_busy)
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
@@ -173,17 +192,25 @@ class CheckpointManager:
              breakpoint: bool = False, info: dict[str, Any] | None = None,
              append: dict[str, Any] | None = None, callbacks: dict[str, Any] | None = None,
              rng_state: dict[str, Any] | None = None,
-             sampler_state: dict[str, Any] | None = None) -> str:
-        """Write a checkpoint of the current state; retention runs after it is committed."""
+             sampler_state: dict[str, Any] | None = None, on_busy: str | None = None) -> str | None:
+        """Write a checkpoint of the current state; retention runs after it is committed.
+
+        With ``async_save`` the call returns once the state is copied and the write runs in the
+        background. If the previous background save is still running, ``on_busy`` (default: the
+        manager's; breakpoints always wait) decides: "wait" for it, or "skip" this save and
+        return None.
+        """
+        path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         if self._writer is not None:
-            self._writer.raise_if_failed()
+            policy = "wait" if breakpoint else check_on_busy(on_busy or self.on_busy)
+            if not self._writer_free(path, policy):
+                return None
         if self.remote is not None:
             self.remote.raise_if_failed()
         if self._lock is None:
             self.acquire_lock()
         else:
             self._lock.refresh()
-        path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
         if global_step is None:  # a guarded loop counts them; else the step is all we know
             global_step = self.global_step or step
@@ -191,13 +218,33 @@ class CheckpointManager:
                      "prefix": self.prefix, "breakpoint": breakpoint, "time": time.time(),
                      **(info or {})}
         kind = "model" if self.saved_network is not None else "train_state"
-        if self._writer is None:
+        if self._writer is None or self._staging is None:
             self._commit(kind, tree, full_info, append, path)
         else:  # snapshot now; the live tensors keep changing while the writer works
-            copy = snapshot(tree)
+            copy = self._staging.stage(tree)
             self._writer.submit(lambda: self._commit(kind, copy, full_info, append, path), path)
-        self.last_saved = path
         return path
+
+    @property
+    def saving(self) -> str | None:
+        """The checkpoint a background save is writing now, or None."""
+        return self._writer.running() if self._writer is not None else None
+
+    def _writer_free(self, path: str, policy: str) -> bool:
+        """Apply ``policy`` when a background save is in flight; False when this save is skipped."""
+        assert self._writer is not None
+        running = self._writer.running()
+        if running is None:
+            self._writer.raise_if_failed()
+            return True
+        if policy == "skip":
+            log.warning("skipped saving %s: the background save of %s is still running (on_busy='skip'; "
+                        "save less often to keep every save)", path, running)
+            return False
+        log.info("saving %s waits for the background save of %s (saves are due faster than they are "
+                 "written; save less often, or on_busy='skip')", path, running)
+        self._writer.wait()
+        return True
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str) -> None:
@@ -211,11 +258,13 @@ class CheckpointManager:
                 crc_check=self.crc_check, enc_key=self.enc_key, enc_mode=self.enc_mode)), None
         if self.remote is None:
             size = write_encoded(encoded, path, enc_key)
+            self.last_saved = path  # committed: only now is it the newest
             self._report("saved", path, size, start)
             self.apply_retention(protect=path)
             return
         local = self.remote.local_path(path)
         size = write_encoded(encoded, local, enc_key)
+        self.last_saved = path
         self._report("saved", local, size, start, f"; uploading to {path}")
         self.remote.upload(local, path, after=lambda: self.apply_retention(protect=path))
 
@@ -255,6 +304,8 @@ class CheckpointManager:
         try:
             if self._writer is not None:
                 self._writer.close()
+            if self._staging is not None:
+                self._staging.release()
             if self.remote is not None:
                 self.remote.close()
         finally:
@@ -342,6 +393,7 @@ class CheckpointManager:
         caller re-raises ``reason``.
         """
         path = self.save(epoch, step, global_step, breakpoint=True, **state)
+        assert path is not None  # a breakpoint waits for a running save, never skips
         self.wait()
         log.warning("%s at epoch %d step %d; breakpoint saved to %s", type(reason).__name__, epoch, step, path)
         return path
@@ -382,7 +434,7 @@ class Guard:
         self.manager.global_step = global_step if global_step is not None else self.manager.global_step + 1
         self.position = (epoch, step, self.manager.global_step)
         if self.stop.received is not None:
-            path = self.manager.save(epoch, step, self.position[2])
+            path = self.manager.save(epoch, step, self.position[2], on_busy="wait")
             self.manager.wait()
             log.warning("%s: saved %s, exiting", signals.name(self.stop.received), path)
             raise SystemExit(signals.exit_code(self.stop.received))

@@ -69,6 +69,7 @@ class Progress(tr.Callback):
 def main() -> None:
     run_dir, kind, workers, shuffle = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     epochs = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+    async_save = sys.argv[6:] == ["async"]  # background saves (async_save=True)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
@@ -79,7 +80,7 @@ def main() -> None:
     else:
         loader = DataLoader(Noisy(), batch_size=8, shuffle=shuffle, num_workers=workers)
     valid = DataLoader(Noisy(32), batch_size=16)
-    cfg = tr.CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=3)
+    cfg = tr.CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=3, async_save=async_save)
     model = tr.Model(net, nn.CrossEntropyLoss(), opt, {"acc", "loss"})
     callbacks = [tr.ModelCheckpoint("net", run_dir, cfg), Progress(os.path.join(run_dir, "progress"))]
     summary = model.fit(epochs, loader, valid, callbacks=callbacks, resume="auto")

@@ -2,6 +2,7 @@
 
 ``python rng_workload.py fit RUN_DIR``  Model.fit with ModelCheckpoint, resume="auto"
 ``python rng_workload.py loop RUN_DIR`` a custom loop with CheckpointManager + guard()
+A third argument ``async`` turns on background saves (async_save=True) in either.
 
 Each step draws from torch (dropout, and data in the loop), python ``random``
 and numpy, so a resume that does not restore one of them ends elsewhere.
@@ -55,13 +56,13 @@ def data() -> ArrayDataset:
     return ArrayDataset(x, y, BATCH, seed=5)
 
 
-def run_fit(run_dir: str) -> None:
+def run_fit(run_dir: str, async_save: bool = False) -> None:
     seed_all()
     net = network()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     model = tr.Model(net, noisy_loss, opt, {"acc", "loss"}, device="cpu")
     printer = tr.LambdaCallback(on_train_step_end=lambda c: print(f"step {c.global_step}", flush=True))
-    cfg = tr.CheckpointConfig(save_checkpoint_steps=SAVE_EVERY, keep_checkpoint_max=3)
+    cfg = tr.CheckpointConfig(save_checkpoint_steps=SAVE_EVERY, keep_checkpoint_max=3, async_save=async_save)
     train, valid = data(), data()
     model.fit(EPOCHS, train, valid, callbacks=[tr.ModelCheckpoint("fit", run_dir, cfg), printer],
               resume="auto")
@@ -78,12 +79,12 @@ class Position(tr.Stateful):
         self.global_step = int(state["global_step"])
 
 
-def run_loop(run_dir: str) -> None:
+def run_loop(run_dir: str, async_save: bool = False) -> None:
     seed_all()
     net = network()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     pos = Position()
-    mgr = tr.CheckpointManager(run_dir, model=net, optimizer=opt, prefix="loop", keep=3,
+    mgr = tr.CheckpointManager(run_dir, model=net, optimizer=opt, prefix="loop", keep=3, async_save=async_save,
                                extra={"position": pos})
     mgr.restore_latest()
     total = EPOCHS * STEPS
@@ -106,4 +107,4 @@ def run_loop(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    {"fit": run_fit, "loop": run_loop}[sys.argv[1]](sys.argv[2])
+    {"fit": run_fit, "loop": run_loop}[sys.argv[1]](sys.argv[2], sys.argv[3:] == ["async"])

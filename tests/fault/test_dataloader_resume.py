@@ -29,8 +29,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
-def _cmd(run: Path, kind: str, workers: int, shuffle: bool) -> list[str]:
-    return [sys.executable, SCRIPT, str(run), kind, str(workers), "1" if shuffle else "0"]
+def _cmd(run: Path, kind: str, workers: int, shuffle: bool, mode: str = "sync") -> list[str]:
+    return [sys.executable, SCRIPT, str(run), kind, str(workers), "1" if shuffle else "0",
+            *(["3", "async"] if mode == "async" else [])]
 
 
 def _progress(run: Path) -> int:
@@ -93,9 +94,9 @@ def test_plain_dataloader_killed_once(tmp_path, tmp_path_factory, shuffle, worke
     _assert_bitwise(tmp_path, _reference(tmp_path_factory, "plain", workers, shuffle))
 
 
-@pytest.mark.parametrize("kind", ["plain", "stateful"])
-def test_random_sigkills_end_bitwise_equal(tmp_path, tmp_path_factory, kind) -> None:
-    cmd = _cmd(tmp_path, kind, 2, True)
+@pytest.mark.parametrize(("kind", "mode"), [("plain", "sync"), ("stateful", "sync"), ("plain", "async")])
+def test_random_sigkills_end_bitwise_equal(tmp_path, tmp_path_factory, kind, mode) -> None:
+    cmd = _cmd(tmp_path, kind, 2, True, mode)
     rng = random.Random(11 if kind == "plain" else 12)
     kills = 0
     while kills < 5:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import torchresume as tr
@@ -19,19 +20,24 @@ from torchresume.storage.local import clean_stale_temps
 
 WRITER = """
 import sys, torch, torchresume as tr
-path = sys.argv[1]
+path, background = sys.argv[1], sys.argv[2] == "async"
 state = {f"t{i}": torch.full((1 << 20,), float(i)) for i in range(48)}  # 192 MiB
 n = 0
 while True:
     n += 1
     for t in state.values():
         t.fill_(float(n))
-    tr.save_checkpoint(state, path, append_dict={"n": n})
+    tr.save_checkpoint(state, path, append_dict={"n": n}, async_save=background)
+    if background:  # training changes the state while the write runs, then waits for it
+        for t in state.values():
+            t.fill_(-1.0)
+        tr.wait_async_saves()
     print(n, flush=True)
 """
 
 
-def test_sigkill_mid_save_never_leaves_a_bad_file(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sigkill_mid_save_never_leaves_a_bad_file(tmp_path, mode) -> None:
     path = str(tmp_path / "ckpt" / "state.ckpt")
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -39,7 +45,7 @@ def test_sigkill_mid_save_never_leaves_a_bad_file(tmp_path) -> None:
     directory = os.path.dirname(path)
     mid_save = 0
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, str(script), path], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, str(script), path, mode], stdout=subprocess.PIPE,
                                 text=True)
         assert proc.stdout is not None
         proc.stdout.readline()  # one save committed; the next ones are in flight
@@ -60,5 +66,5 @@ def test_sigkill_mid_save_never_leaves_a_bad_file(tmp_path) -> None:
         assert torch.all(d["t40"] == float(d["n"]))
         clean_stale_temps(directory)
         assert os.listdir(directory) == ["state.ckpt"]
-    print(f"\nwriter: 6 kills: 0 mid-step, {mid_save} mid-save", flush=True)
+    print(f"\nwriter ({mode} saves): 6 kills: 0 mid-step, {mid_save} mid-save", flush=True)
     assert mid_save == 6

@@ -8,6 +8,7 @@ file-size limit (RLIMIT_FSIZE) in a subprocess, which runs anywhere.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -48,11 +49,16 @@ def test_enospc_on_a_real_small_filesystem(small_fs) -> None:
     assert torch.equal(tr.load_checkpoint(first)["w"], torch.ones(16 << 10))
 
 
-def test_training_stops_with_one_line_when_the_disk_is_full(small_fs, tmp_path) -> None:
-    """The CLI: a full disk stops training with exit 1 and one line; the earlier checkpoint verifies."""
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_training_stops_with_one_line_when_the_disk_is_full(small_fs, tmp_path, mode) -> None:
+    """The CLI: a full disk stops training with exit 1 and one line; the earlier checkpoint verifies.
+
+    With --async-save the failed background write is reported by the next save or at the end.
+    """
     exe = os.path.join(os.path.dirname(sys.executable), "torchresume")
+    background = ["--async-save"] if mode == "async" else []
     done = subprocess.run([exe, "train", "--model", "lenet5", "--epochs", "1", "--steps-per-epoch", "6",
-                           "--save-steps", "2", "--keep-max", "9", "--train-url", small_fs],
+                           "--save-steps", "2", "--keep-max", "9", "--train-url", small_fs, *background],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("torchresume: error:")]
@@ -62,7 +68,11 @@ def test_training_stops_with_one_line_when_the_disk_is_full(small_fs, tmp_path) 
     assert leftovers == []
     saved = sorted(n for n in os.listdir(small_fs) if n.endswith(".ckpt"))
     assert saved and all(verify(os.path.join(small_fs, n)).valid for n in saved), saved
-    failed = errors[0].split("torchresume: error: ", 1)[1].split(":", 1)[0]
+    named = re.search(r"(\S+\.ckpt): cannot write the checkpoint", errors[0])
+    assert named is not None, errors[0]
+    failed = named.group(1)
+    if mode == "async":
+        assert errors[0].startswith(f"torchresume: error: background save of {failed} failed: "), errors[0]
     assert os.path.basename(failed) not in saved and failed.startswith(small_fs)
 
 

@@ -23,10 +23,10 @@ LOSS_LINE = re.compile(r"^epoch: \d+ step: \d+, loss is ")  # LossMonitor, one p
 TOTAL = EPOCHS * STEPS
 
 
-def _cmd(run_dir: Path, save_steps: int = 5) -> list[str]:
+def _cmd(run_dir: Path, save_steps: int = 5, mode: str = "sync") -> list[str]:
     return [sys.executable, "-m", "torchresume", "train", "--deterministic", "--epochs", str(EPOCHS),
             "--steps-per-epoch", str(STEPS), "--save-steps", str(save_steps), "--keep-max", "3",
-            "--train-url", str(run_dir), "--print-every", "1000"]
+            "--train-url", str(run_dir), "--print-every", "1000", *(["--async-save"] if mode == "async" else [])]
 
 
 def _env() -> dict[str, str]:
@@ -103,8 +103,9 @@ def _assert_same(run_dir: Path, reference) -> None:
 
 @pytest.mark.parametrize(("where", "min_step"), [("before first checkpoint", 2), ("mid-epoch", 12),
                                                  ("epoch boundary", 20), ("late", 47)])
-def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, min_step) -> None:
-    cmd = _cmd(tmp_path)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, min_step, mode) -> None:
+    cmd = _cmd(tmp_path, mode=mode)
     _run_until(tmp_path, cmd, min_step, 0.0, signal.SIGKILL)
     out = _finish(tmp_path, cmd)
     if min_step >= 5:
@@ -112,25 +113,30 @@ def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, 
     _assert_same(tmp_path, reference)
 
 
-def test_twenty_random_kills(tmp_path, reference) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_twenty_random_kills(tmp_path, reference, mode) -> None:
     """20 SIGKILLs, each after new steps of the restarted process (its own stdout, not the log),
-    aimed alternately at a checkpoint write in flight and at training between saves."""
-    cmd = _print_every_step(_cmd(tmp_path, save_steps=2))  # one progress line per step
+    aimed alternately at a checkpoint write in flight (a background one with async saves) and at
+    training between saves."""
+    cmd = _print_every_step(_cmd(tmp_path, save_steps=2, mode=mode))  # one progress line per step
 
     def committed_files_verify(run_dir: Path) -> None:
         for path in run_dir.glob("*.ckpt"):
             assert verify(str(path)).valid, path
 
+    if mode == "async":  # the run has its first checkpoint before the aimed kills (killing.py says why)
+        killing.kill_after_first_checkpoint(cmd, tmp_path, "lenet-*.ckpt", LOSS_LINE)
     landed = killing.random_kills(cmd, tmp_path, 20, seed=7, max_new_steps=6, progress=LOSS_LINE,
                                   check=committed_files_verify)
-    killing.report("torchresume train", landed)
+    killing.report(f"torchresume train ({mode} saves)", landed)
     assert landed["mid-save"] >= 5 and landed["mid-step"] >= 5, landed
     _finish(tmp_path, cmd)
     _assert_same(tmp_path, reference)
 
 
-def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, reference) -> None:
-    cmd = _cmd(tmp_path, save_steps=100)  # no periodic save before the signal
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, reference, mode) -> None:
+    cmd = _cmd(tmp_path, save_steps=100, mode=mode)  # no periodic save before the signal
     rc = _run_until(tmp_path, cmd, 7, 0.0, signal.SIGTERM)
     assert rc == 128 + signal.SIGTERM
     saved = [p for p in tmp_path.glob("lenet-*.ckpt")]

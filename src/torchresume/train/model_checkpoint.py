@@ -151,7 +151,7 @@ class ModelCheckpoint(Callback):
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, ctx: RunContext, *, breakpoint: bool = False,
-             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> str:
+             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> str | None:
         manager = manager or self.manager
         if manager is None:
             raise RuntimeError("ModelCheckpoint.save() before on_train_begin(): pass the callback to "
@@ -167,10 +167,11 @@ class ModelCheckpoint(Callback):
         parts = ctx.run_state().parts(ctx)
         state: dict[str, Any] = dict(info=parts["info"], append=append, callbacks=parts["callbacks"],
                                      rng_state=parts["rng"], sampler_state=parts["sampler"])
+        path: str | None
         if reason is not None:
             path = manager.save_breakpoint(ctx.epoch, step, ctx.global_step, reason=reason, **state)
         else:
             path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint, **state)
-        if manager is self.manager:
+        if manager is self.manager and path is not None:  # None: skipped, a save was running
             self.latest_ckpt_file_name = path
         return path

@@ -1,0 +1,293 @@
+"""How long training stops per save, and how much slower it runs around saves.
+
+Run: .venv/bin/python benchmarks/save_stall.py [--gib 1.0] [--minutes 5] [--every 30] [--saves 3]
+
+One process trains an MLP whose parameters plus Adam state make about ``--gib`` GiB, and
+saves while it trains, method after method, side by side in one run:
+
+* stall per save: how long the training loop is stopped by one save call (median of
+  ``--saves`` saves) for torchresume sync, torchresume async, DCP ``dcp.save``, DCP
+  ``async_save`` (with a reused ``DefaultStager``; on CPU its pinned-memory option is
+  ignored by PyTorch, since pinning needs CUDA, so it stages into plain cached host
+  memory) and ``torch.save`` + fsync;
+* training steps while a background write runs vs steps without one (ratio);
+* first-touch vs warm copy: staging into fresh memory vs into the reused buffers;
+* overhead: a ``--minutes`` run with a torchresume async save every ``--every`` seconds;
+  overhead = (stalls + extra step time during background writes) / wall time, where the
+  extra is measured against the same run's steps with no write running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+from torchresume import CheckpointManager
+from torchresume.staging import StagingBuffers
+
+LAYERS = 8
+
+
+class Trainer:
+    """An MLP of LAYERS square layers whose weights + Adam moments make ``gib`` GiB."""
+
+    def __init__(self, gib: float) -> None:
+        width = int(((gib * (1 << 30)) / (3 * 4 * LAYERS)) ** 0.5)
+        torch.manual_seed(0)
+        self.model = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.x = torch.randn(8, width)
+        self.step()  # Adam's moments exist from here on
+
+    @property
+    def nbytes(self) -> int:
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return 3 * params
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        loss = self.model(self.x).pow(2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return time.perf_counter() - t0
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optim": self.opt.state_dict()}
+
+
+@dataclass
+class Result:
+    stalls: list[float] = field(default_factory=list)
+    clean: list[float] = field(default_factory=list)  # step times with no write running
+    during: list[float] = field(default_factory=list)  # step times while a write runs
+
+    @property
+    def stall(self) -> float:
+        return statistics.median(self.stalls[1:] if len(self.stalls) > 1 else self.stalls)
+
+    @property
+    def slowdown(self) -> float | None:
+        if not self.during or not self.clean:
+            return None
+        return statistics.median(self.during) / statistics.median(self.clean)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Method:
+    """One way to save: ``save(i)`` returns a done() probe for its background part, or None."""
+
+    name = ""
+
+    def __init__(self, trainer: Trainer, workdir: str) -> None:
+        self.trainer, self.dir = trainer, os.path.join(workdir, self.name.replace(" ", "_"))
+        os.makedirs(self.dir, exist_ok=True)
+
+    def save(self, i: int) -> Callable[[], bool] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TorchResume(Method):
+    def __init__(self, trainer: Trainer, workdir: str, async_save: bool) -> None:
+        self.name = "torchresume async" if async_save else "torchresume sync"
+        super().__init__(trainer, workdir)
+        self.m = CheckpointManager(self.dir, model=trainer.model, optimizer=trainer.opt, keep=1,
+                                   async_save=async_save)
+
+    def save(self, i: int) -> Callable[[], bool] | None:
+        self.m.save(1, i)
+        return None if self.m.saving is None else (lambda: self.m.saving is None)
+
+    def close(self) -> None:
+        self.m.close()
+        super().close()
+
+
+class DcpSave(Method):
+    name = "dcp.save"
+
+    def save(self, i: int) -> Callable[[], bool] | None:
+        dcp.save(self.trainer.state(), checkpoint_id=self.dir)  # the same files each time
+        return None
+
+
+class DcpAsync(Method):
+    name = "dcp.async_save"
+
+    def __init__(self, trainer: Trainer, workdir: str) -> None:
+        super().__init__(trainer, workdir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "pinning needs CUDA": said in the module docstring
+            self.stager = DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
+                                                       use_async_staging=False,
+                                                       use_non_blocking_copy=False))
+        self.future: Any = None
+
+    def save(self, i: int) -> Callable[[], bool] | None:
+        if self.future is not None:
+            self.future.result()  # at most one in flight, as torchresume's wait policy
+        self.future = dcp.async_save(self.trainer.state(), checkpoint_id=self.dir, async_stager=self.stager)
+        return self.future.done
+
+    def close(self) -> None:
+        if self.future is not None:
+            self.future.result()
+        self.stager.close()
+        super().close()
+
+
+class TorchSave(Method):
+    name = "torch.save+fsync"
+
+    def save(self, i: int) -> Callable[[], bool] | None:
+        path = os.path.join(self.dir, "state.pt")
+        torch.save(self.trainer.state(), path)
+        fsync_file(path)
+        return None
+
+
+def run_method(method: Method, saves: int, gap_steps: int) -> Result:
+    """``saves`` saves, ``gap_steps`` clean steps apart; steps run while a background write does."""
+    r = Result()
+    t = method.trainer
+    for i in range(1, saves + 1):
+        r.clean += [t.step() for _ in range(gap_steps)]
+        t0 = time.perf_counter()
+        done = method.save(i)
+        r.stalls.append(time.perf_counter() - t0)
+        while done is not None and not done():
+            step = t.step()
+            if not done():
+                r.during.append(step)  # the write ran for the whole step
+    method.close()
+    return r
+
+
+def copy_costs(trainer: Trainer) -> tuple[float, float]:
+    """Seconds to copy the state into freshly allocated memory, and into reused staging buffers."""
+    state = trainer.state()
+    buffers = StagingBuffers()
+    buffers.stage(state)  # allocate + first touch once
+    t0 = time.perf_counter()
+    fresh = StagingBuffers().stage(state)
+    first = time.perf_counter() - t0
+    del fresh
+    t0 = time.perf_counter()
+    buffers.stage(state)
+    return first, time.perf_counter() - t0
+
+
+def overhead_run(trainer: Trainer, workdir: str, minutes: float, every: float) -> tuple[float, int, Result]:
+    """Train ``minutes`` with an async save every ``every`` s: (overhead fraction, saves, timings)."""
+    method = TorchResume(trainer, workdir, async_save=True)
+    r = Result()
+    start = time.perf_counter()
+    next_save, saves, done = start + every, 0, None
+    while time.perf_counter() - start < minutes * 60:
+        if time.perf_counter() >= next_save:
+            saves += 1
+            t0 = time.perf_counter()
+            done = method.save(saves)
+            r.stalls.append(time.perf_counter() - t0)
+            next_save += every
+        step = trainer.step()
+        writing = done is not None and not done()
+        (r.during if writing else r.clean).append(step)
+        if not writing:
+            done = None
+    method.close()
+    wall = time.perf_counter() - start
+    base = statistics.mean(r.clean)
+    extra = sum(r.stalls) + sum(s - base for s in r.during)
+    return extra / wall, saves, r
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="state size: weights + Adam moments (GiB)")
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the overhead run")
+    parser.add_argument("--every", type=float, default=30.0, help="seconds between saves in the overhead run")
+    parser.add_argument("--saves", type=int, default=3, help="saves per method for the stall table")
+    parser.add_argument("--gap-steps", type=int, default=2, help="clean steps between saves")
+    parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Detected an existing checkpoint")  # DCP rewrites its dir
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    workdir = tempfile.mkdtemp(prefix="save_stall_", dir=args.dir)
+    try:
+        report(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        dist.destroy_process_group()
+
+
+def report(args: argparse.Namespace, workdir: str) -> None:
+    trainer = Trainer(args.gib)
+    print(f"state {trainer.nbytes / (1 << 30):.2f} GiB (MLP {LAYERS} layers + Adam), {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}, writing to {workdir}", flush=True)
+    first, warm = copy_costs(trainer)
+    print(f"copy of the state: fresh memory {first:.3f} s, reused buffers {warm:.3f} s "
+          f"(first touch {first / warm:.1f}x slower)", flush=True)
+    methods: list[Callable[[], Method]] = [
+        lambda: TorchResume(trainer, workdir, async_save=False),
+        lambda: TorchResume(trainer, workdir, async_save=True),
+        lambda: DcpSave(trainer, workdir),
+        lambda: DcpAsync(trainer, workdir),
+        lambda: TorchSave(trainer, workdir),
+    ]
+    results: dict[str, Result] = {}
+    for make in methods:
+        method = make()
+        results[method.name] = run_method(method, args.saves, args.gap_steps)
+        print(f"  {method.name}: stalls {', '.join(f'{s:.3f}' for s in results[method.name].stalls)} s",
+              flush=True)
+    sync = results["torchresume sync"].stall
+    print(f"\n{'method':20} {'stall/save s':>12} {'vs tr sync':>10} {'step during write':>18}")
+    for name, r in results.items():
+        slow = f"{r.slowdown:.2f}x" if r.slowdown is not None else "-"
+        print(f"{name:20} {r.stall:12.3f} {r.stall / sync:9.3f}x {slow:>18}")
+    overhead, saves, r = overhead_run(trainer, workdir, args.minutes, args.every)
+    tr_async, dcp_async = results["torchresume async"], results["dcp.async_save"]
+    print(f"\noverhead: {args.minutes:g} min run, a torchresume async save every {args.every:g} s "
+          f"({saves} saves): {overhead * 100:.2f}% of the run; steps during writes "
+          f"{r.slowdown or 0:.2f}x clean ({len(r.during)} of {len(r.during) + len(r.clean)} steps)")
+    print("\ntargets:")
+    checks = [("async stall <= 0.05x torchresume sync", tr_async.stall <= 0.05 * sync,
+               f"{tr_async.stall / sync:.3f}x"),
+              ("async stall <= DCP async_save stall", tr_async.stall <= dcp_async.stall,
+               f"{tr_async.stall:.3f} vs {dcp_async.stall:.3f} s"),
+              ("steps during a background write <= 1.10x", (tr_async.slowdown or 0) <= 1.10,
+               f"{tr_async.slowdown or 0:.2f}x"),
+              (f"overhead of a save every {args.every:g} s < 1%", overhead < 0.01, f"{overhead * 100:.2f}%")]
+    for what, ok, got in checks:
+        print(f"  {'met ' if ok else 'MISS'} {what}: {got}")
+
+
+if __name__ == "__main__":
+    main()
