@@ -55,12 +55,15 @@ def test_unique_prefix(tmp_path) -> None:
     (tmp_path / "ckpt-1_1.ckpt").write_bytes(b"x")
     assert unique_prefix(d, "ckpt") == "ckpt_1"
     (tmp_path / "ckpt_1-1_1.ckpt").write_bytes(b"x")
-    (tmp_path / "ckpt_4-graph.json").write_text("{}")
+    (tmp_path / "ckpt_4-1_1.ckpt").write_bytes(b"x")
     assert unique_prefix(d, "ckpt") == "ckpt_5"
     assert unique_prefix(d, "other") == "other"
     assert unique_prefix(d, "ckp") == "ckp"
+    # a run killed before its first commit left only its graph: its restart keeps the prefix
     (tmp_path / "net-graph.json").write_text("{}")
-    assert unique_prefix(d, "net") == "net_1"
+    (tmp_path / "ckpt_9-graph.json").write_text("{}")
+    assert unique_prefix(d, "net") == "net"
+    assert unique_prefix(d, "ckpt") == "ckpt_5"
     assert unique_prefix(str(tmp_path / "missing"), "ckpt") == "ckpt"
 
 

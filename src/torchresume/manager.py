@@ -41,14 +41,21 @@ from torchresume.storage.staged import StagedRemote
 
 
 def unique_prefix(directory: str, prefix: str) -> str:
-    """MindSpore's rule: a fresh run into a directory that has ``prefix`` files gets ``prefix_N``."""
+    """MindSpore's rule: a fresh run into a directory that has ``prefix`` checkpoints gets ``prefix_N``.
+
+    Only committed checkpoints take a prefix: a run killed before its first commit leaves at most
+    its graph file, and its restart continues under the same prefix (not ``prefix_1``, which a
+    second early kill would turn into an ambiguous directory).
+    """
     storage, where = resolve(directory)
     taken = -1
     for info in storage.list(where):
         if info.is_dir and not is_committed(info.path):
             continue  # a directory is a checkpoint only once its manifest is committed
         parsed = catalog.parse_name(info.name)
-        name_prefix = parsed[0] if parsed else info.name.rsplit("-graph.json", 1)[0]
+        if parsed is None:
+            continue
+        name_prefix = parsed[0]
         if name_prefix == prefix:
             taken = max(taken, 0)
         elif name_prefix.startswith(prefix + "_") and name_prefix[len(prefix) + 1:].isdigit():

@@ -151,23 +151,6 @@ def _aim_at_save(child: Child, run_dir: Path, rng: random.Random) -> str:
     return "finished"
 
 
-def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, pattern: str,
-                                progress: re.Pattern[str] = STEP) -> None:
-    """Run ``cmd`` until a checkpoint matching ``pattern`` is committed in ``run_dir``, then SIGKILL it.
-
-    With async saves the first commit comes late, so a first kill before it is likely; the restart
-    is then a fresh run ``prefix_1`` and a third start meets AmbiguousRunError (``prefix_1`` but
-    no ``prefix``). That path exists with sync saves too and is not what the kill tests check.
-    """
-    child = Child(cmd, progress)
-    deadline = time.monotonic() + STARTUP_LIMIT_S
-    while not list(run_dir.glob(pattern)) and child.proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    child.proc.send_signal(signal.SIGKILL)
-    child.finish()
-    assert list(run_dir.glob(pattern)), child.stderr
-
-
 def random_kills(cmd: list[str], run_dir: Path, kills: int, seed: int, *,
                  max_new_steps: int = 20, progress: re.Pattern[str] = STEP,
                  check: Callable[[Path], None] | None = None) -> Counter[str]:

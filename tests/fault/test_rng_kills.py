@@ -53,8 +53,6 @@ def test_sigkills_resume_every_rng_bitwise(tmp_path, kind, mode) -> None:
     assert any(k.startswith("rng.") for k in expected) and "ballast" in expected
 
     run_dir = tmp_path / "killed"
-    if mode == "async":  # the run has its first checkpoint before the aimed kills (killing.py says why)
-        killing.kill_after_first_checkpoint(_cmd(kind, run_dir, mode), run_dir, f"{kind}-*.ckpt")
     landed = killing.random_kills(_cmd(kind, run_dir, mode), run_dir, KILLS, seed=sum(map(ord, kind)),
                                   check=_committed_files_verify)
     killing.report(f"{kind} workload ({mode} saves)", landed)

@@ -34,6 +34,15 @@ def test_second_fresh_run_gets_prefix_1_then_2(tmp_path) -> None:
     assert (tmp_path / "toy_2-graph.json").exists()
 
 
+def test_a_run_that_never_committed_leaves_its_prefix_free(tmp_path) -> None:
+    """Killed before its first save (only the graph file left), twice: the restart is still run 'toy'."""
+    (tmp_path / "toy-graph.json").write_text('{"stale": true}')
+    cfg = CheckpointConfig(save_checkpoint_steps=8)
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="auto")
+    assert _ckpts(tmp_path) == ["toy-1_8.ckpt"]
+    assert "parameters" in json.loads((tmp_path / "toy-graph.json").read_text())  # this network's graph
+
+
 def test_keep_checkpoint_max_deletes_oldest_after_commit(tmp_path) -> None:
     cfg = CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=3)
     toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])

@@ -96,9 +96,8 @@ class ModelCheckpoint(Callback):
     def _write_graph(self, network: nn.Module) -> None:
         storage, where = resolve(self.directory)
         path = storage.join(where, f"{self.prefix}-graph.json")
-        if not storage.exists(path):
-            storage.write_atomic(path, [json.dumps(graph_description(network), indent=1).encode()],
-                                 read_only=False)
+        # written at every start: a prefix reused after a run that never committed gets this network's graph
+        storage.write_atomic(path, [json.dumps(graph_description(network), indent=1).encode()], read_only=False)
 
     def on_train_step_end(self, ctx: RunContext) -> None:
         cfg = self.config
