@@ -61,3 +61,30 @@ def test_save_argument_errors(tmp_path: Path) -> None:
         mgr.save([torch.ones(1)], epoch=1, step=1)  # type: ignore[arg-type]
     with pytest.raises(CheckpointConfigError, match="step must be an int >= 0, got -1"):
         mgr.save({"w": torch.ones(1)}, epoch=1, step=-1)
+
+
+def test_saving_a_committed_step_again_keeps_the_committed_checkpoint(tmp_path: Path, capsys) -> None:
+    """A second save of the same (epoch, step) never deletes the good checkpoint already there."""
+    net = nn.Linear(4, 3)
+    mgr = DistributedCheckpointManager(str(tmp_path), prefix="same", keep=2)
+    path = mgr.save({"model": net.state_dict()}, epoch=1, step=3)
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net.weight.add_(5.0)
+    assert mgr.save({"model": net.state_dict()}, epoch=1, step=3) == path
+    assert f"{path} is already committed (this step was saved before); keeping it" in capsys.readouterr().out
+    state = {"model": nn.Linear(4, 3).state_dict()}
+    assert mgr.restore(state) is not None
+    assert all(torch.equal(state["model"][k], saved[k]) for k in saved)
+
+
+def test_an_unfinished_save_at_the_same_name_is_replaced(tmp_path: Path) -> None:
+    net = nn.Linear(4, 3)
+    mgr = DistributedCheckpointManager(str(tmp_path), prefix="left", keep=2)
+    leftover = tmp_path / "left-1_3.ckpt"
+    leftover.mkdir()
+    (leftover / "shard-0-0.safetensors").write_bytes(b"half a part")
+    path = mgr.save({"model": net.state_dict()}, epoch=1, step=3)
+    part = leftover / "shard-0-0.safetensors"
+    assert not part.exists() or part.read_bytes() != b"half a part"
+    assert mgr.newest() == path

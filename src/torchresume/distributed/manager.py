@@ -122,9 +122,8 @@ class DistributedCheckpointManager:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
         path = self.path_for(epoch, step)
-        if _rank() == 0:
-            self._clear(path)
-        _barrier()
+        if _broadcast(self._clear(path) if _rank() == 0 else None):
+            return path  # this step is already committed: keep it rather than delete a good checkpoint
         writer = PartWriter(path, threads=self.threads, rank_state=rank_state,
                             info={**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix})
         try:
@@ -144,12 +143,17 @@ class DistributedCheckpointManager:
         _barrier()
         return path
 
-    def _clear(self, path: str) -> None:
-        """Remove what a previous save left at ``path`` (an unfinished one, or the same step saved again)."""
+    def _clear(self, path: str) -> bool:
+        """Whether ``path`` is already a committed checkpoint; else remove what an unfinished save left there."""
         storage, where = resolve(path)
-        if storage.exists(where):
-            log.warning("%s exists (an unfinished save, or this step saved again); replacing it", path)
-            catalog.delete(path)
+        if not storage.exists(where):
+            return False
+        if is_committed(path):
+            log.info("%s is already committed (this step was saved before); keeping it", path)
+            return True
+        log.warning("%s holds an unfinished save's parts; replacing them", path)
+        storage.delete(where)
+        return False
 
     def _discard(self, path: str) -> None:
         """Remove the parts a failed save left (never a committed checkpoint); every rank has stopped writing."""
