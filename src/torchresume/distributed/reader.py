@@ -111,10 +111,11 @@ class PartReader(StorageReader):
         fut.set_result(None)
         return fut
 
-    @staticmethod
-    def _load_item(planner: LoadPlanner, item: ReadItem, saved: torch.Tensor) -> None:
+    def _load_item(self, planner: LoadPlanner, item: ReadItem, saved: torch.Tensor) -> None:
         if item.type == LoadItemType.BYTE_IO:
-            planner.load_bytes(item, io.BytesIO(saved.numpy().tobytes()))
+            data = saved.numpy().tobytes()
+            _check_plain_data(data, f"{self.path}: {item.storage_index.fqn}")
+            planner.load_bytes(item, io.BytesIO(data))
             return
         source = narrow(saved, item.storage_offsets, item.lengths)
         target = planner.resolve_tensor(item).detach()
@@ -127,3 +128,20 @@ class PartReader(StorageReader):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
         return True
+
+
+def _check_plain_data(data: bytes, where: str) -> None:
+    """Refuse a non-tensor value that is more than plain data before DCP's planner unpickles it.
+
+    DCP stores non-tensor values (optimizer param_groups) with torch.save and its default
+    planner loads them with ``weights_only=False``, which would run whatever a hostile file
+    names. The same bytes must first load under the restricted unpickler (``weights_only=True``):
+    then the full unpickler meets only the globals the restricted one allowed.
+    """
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"{where}: a non-tensor value is not plain data ({type(exc).__name__}); refusing to unpickle "
+            "it. Only load sharded checkpoints from sources you trust, or re-save this one") from None
+

@@ -1,0 +1,74 @@
+"""A hostile sharded checkpoint cannot run code: DCP's pickled non-tensor values are checked first.
+
+The attacker here rewrites a part with a pickle that would create a file when unpickled and
+recomputes every checksum and the manifest record, so only the plain-data check stands between
+the file and ``torch.load(weights_only=False)`` inside DCP's default load planner.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed.reader import read_part
+from torchresume.errors import CorruptCheckpointError
+from torchresume.files.directory import write_part
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.makedirs, (self.marker,))
+
+
+def _pickled_values(tree: dict[str, Any]) -> list[str]:
+    names = []
+    for name, value in tree.items():
+        if isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1:
+            try:
+                torch.load(io.BytesIO(value.numpy().tobytes()), weights_only=True)
+            except Exception:
+                continue
+            names.append(name)
+    return names
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path) -> None:
+    net = nn.Linear(4, 3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x", keep=2)
+    path = mgr.save({"model": net.state_dict(), "optim": opt.state_dict()}, epoch=1, step=1)
+    manifest_file = Path(path) / "manifest.json"
+    doc = json.loads(manifest_file.read_text())
+    marker = tmp_path / "pwned"
+    rewritten = 0
+    for record in doc["parts"]:
+        tree = read_part(path, record)
+        names = _pickled_values(tree)
+        if not names:
+            continue
+        buffer = io.BytesIO()
+        torch.save(_Payload(str(marker)), buffer)  # what DCP's torch.load(weights_only=False) would run
+        for name in names:
+            tree[name] = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+        new = write_part(path, record["file"].removesuffix(".safetensors"), "tensors", tree)
+        record.update(size=new.size, header_xxh3=new.header_xxh3)
+        rewritten += len(names)
+    assert rewritten >= 1, "the optimizer's param_groups should be stored as pickled bytes"
+    manifest_file.write_text(json.dumps(doc))
+
+    state = {"model": nn.Linear(4, 3).state_dict(), "optim": torch.optim.SGD(net.parameters(), lr=0.1).state_dict()}
+    with pytest.raises(CorruptCheckpointError, match=r"a non-tensor value is not plain data \(.*\); refusing to "
+                                                    r"unpickle it"):
+        mgr.restore(state)
+    assert not marker.exists()
