@@ -1,0 +1,43 @@
+"""Async distributed saves under a real torchrun (2 ranks, gloo, CPU).
+
+The save returns while the write still runs (writes are slowed by 2 s per part); the
+tensors changed right after the call do not reach the checkpoint; the previous
+checkpoint stays the newest and is not pruned until the background save finished;
+a new launch restores the values at call time bitwise, every rank's state included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.distributed.conftest import torchrun
+
+
+def test_async_save_snapshot_commit_then_retention_restore_bitwise(tmp_path: Path) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    saved = torchrun(2, "async_save", ckpt, out)
+    assert saved.returncode == 0, saved.output[-3000:]
+    new, prev, oldest = (str(ckpt / f"ddp-1_{s}.ckpt") for s in (2, 1, 0))
+    for r in (0, 1):
+        res = saved.results[r]
+        assert res["path"] == new
+        assert res["returned_s"] < 2.0, res  # each part write sleeps 2 s: the call did not wait for it
+        assert res["saving_at_return"] == new and res["saving_during"] == new
+        assert res["changed"] is True  # the live tensors really moved after the call
+        assert res["newest_before"] == prev
+        assert res["newest_during"] == prev  # in flight: the previous one is still the newest ...
+        during = res["listing_during"]
+        assert during["ddp-1_0.ckpt"] and during["ddp-1_1.ckpt"]  # ... and nothing was pruned yet
+        assert during.get("ddp-1_2.ckpt", False) is False  # not committed while in flight
+        assert res["newest_after"] == new  # after wait(): committed, then keep=2 pruned the oldest
+        assert res["listing_after"] == {"ddp-1_1.ckpt": True, "ddp-1_2.ckpt": True}
+        assert (res["allocations_before"], res["allocations_after"]) == (1, 2)  # reused for equal layouts
+    assert not Path(oldest).exists()
+
+    restored = torchrun(2, "ddp_restore", ckpt, out)  # a new launch: values at call time, bitwise
+    assert restored.returncode == 0, restored.output[-3000:]
+    for r in (0, 1):
+        res = restored.results[r]
+        assert (res["epoch"], res["step"], res["world_size"], res["path"]) == (1, 2, 2, new)
+        assert res["model_equal"] is True and res["optim_equal"] is True, res
+        assert res["rank_states_equal"] == [True, True]
