@@ -41,3 +41,32 @@ def test_async_save_snapshot_commit_then_retention_restore_bitwise(tmp_path: Pat
         assert (res["epoch"], res["step"], res["world_size"], res["path"]) == (1, 2, 2, new)
         assert res["model_equal"] is True and res["optim_equal"] is True, res
         assert res["rank_states_equal"] == [True, True]
+
+
+def test_background_failure_raises_typed_error_on_every_rank_at_next_save(tmp_path: Path) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    launch = torchrun(2, "async_fail", ckpt, out)
+    assert launch.returncode == 0, launch.output[-3000:]
+    for r in (0, 1):
+        res = launch.results[r]
+        assert res["error"] == "AsyncSaveError", res
+        assert "ddp-1_2.ckpt: sharded save failed (rank 1: OSError: [Errno 28] No space left" in res["message"]
+        assert res["newest"] == str(ckpt / "ddp-1_1.ckpt")  # keep=1 pruned nothing: the failed save never counted
+    assert sorted(p.name for p in ckpt.iterdir()) == ["ddp-1_1.ckpt"]  # step 2 discarded, step 3 never started
+
+
+def test_sigkill_during_background_write_commits_nothing_previous_restores(tmp_path: Path) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    killed = torchrun(2, "async_kill", ckpt, out)
+    assert killed.returncode != 0
+    assert "Signal 9 (SIGKILL)" in killed.output or "exitcode  : -9" in killed.output, killed.output[-2000:]
+    assert not (ckpt / "ddp-1_2.ckpt" / "manifest.json").exists()
+    assert (ckpt / "ddp-1_1.ckpt" / "manifest.json").exists()  # not pruned: the new save never finished
+    if 0 in killed.results:  # rank 0 saw the failure before torchrun stopped it: a typed error
+        assert killed.results[0]["error"] == "AsyncSaveError", killed.results[0]
+        assert "ddp-1_2.ckpt: sharded save failed" in killed.results[0]["message"]
+    restored = torchrun(2, "restore_any", ckpt, tmp_path / "restored")
+    assert restored.returncode == 0, restored.output[-3000:]
+    for res in restored.results.values():
+        assert (res["path"], res["epoch"], res["step"]) == (str(ckpt / "ddp-1_1.ckpt"), 1, 1)
+        assert [s["rank"] for s in res["rank_states"]] == [0, 1]

@@ -288,7 +288,25 @@ def async_kill(directory: str, out: str) -> dict[str, Any]:
     return {"error": None}
 
 
-SCENARIOS = {"async_save": async_save, "async_kill": async_kill,
+def async_fail(directory: str, out: str) -> dict[str, Any]:
+    """Rank 1's storage fails in the background write; the next save raises on every rank."""
+    model, opt = ddp_model(0)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=1, async_save=True)
+    mgr.save({"model": model.state_dict()}, epoch=1, step=1, rank_state={"rank": rank()})
+    mgr.wait()
+    train(model, opt)
+    _fail_on_rank1("fail")
+    mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})  # returns
+    try:
+        mgr.save({"model": model.state_dict()}, epoch=1, step=3, rank_state={"rank": rank()})
+    except Exception as exc:
+        newest = mgr.newest()
+        mgr.close()
+        return {"error": type(exc).__name__, "message": str(exc), "newest": newest}
+    return {"error": None}
+
+
+SCENARIOS = {"async_save": async_save, "async_kill": async_kill, "async_fail": async_fail,
              "restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),
