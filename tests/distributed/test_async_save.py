@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from tests.distributed.conftest import torchrun
+from tests.distributed.launch import committed, every_tensor, run, torchrun_cmd, train_cli
 
 
 def test_async_save_snapshot_commit_then_retention_restore_bitwise(tmp_path: Path) -> None:
@@ -70,3 +73,21 @@ def test_sigkill_during_background_write_commits_nothing_previous_restores(tmp_p
     for res in restored.results.values():
         assert (res["path"], res["epoch"], res["step"]) == (str(ckpt / "ddp-1_1.ckpt"), 1, 1)
         assert [s["rank"] for s in res["rank_states"]] == [0, 1]
+
+
+def test_train_cli_async_save_checkpoints_equal_sync_ones_bitwise(tmp_path: Path) -> None:
+    """``torchrun ... train --async-save``: the same checkpoints, every tensor, as a synchronous run."""
+    finals = {}
+    for mode in ("sync", "async"):
+        flags = ["--epochs", "1", "--steps-per-epoch", "12", "--save-steps", "4", "--keep-max", "2"]
+        cli = train_cli(tmp_path / mode, *flags, *(["--async-save"] if mode == "async" else []))
+        done = run(torchrun_cmd(2, cli), tmp_path)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        kept = committed(tmp_path / mode, "mlp")
+        assert [p.name for p in kept] == ["mlp-1_8.ckpt", "mlp-1_12.ckpt"]  # keep=2 after the last commit
+        finals[mode] = {name: t for name, t in every_tensor(kept[-1]).items()}
+    assert "in the background" in done.stderr + done.stdout
+    assert finals["async"].keys() == finals["sync"].keys()
+    assert any(name.startswith("rank-00001") for name in finals["async"])  # rank 1's RNG and position
+    for name, tensor in finals["sync"].items():
+        assert torch.equal(finals["async"][name], tensor), name
