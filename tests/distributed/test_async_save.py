@@ -46,6 +46,20 @@ def test_async_save_snapshot_commit_then_retention_restore_bitwise(tmp_path: Pat
         assert res["rank_states_equal"] == [True, True]
 
 
+def test_fsdp2_dtensor_shards_staged_async_then_loaded_into_plain_module(tmp_path: Path) -> None:
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    saved = torchrun(2, "fsdp_async_save", ckpt, out)
+    assert saved.returncode == 0, saved.output[-3000:]
+    for res in saved.results.values():
+        assert res["sharded"] is True and res["changed"] is True
+        assert res["saving"] == res["path"] == str(ckpt / "fsdp-1_2.ckpt")
+    loaded = torchrun(1, "plain_load", ckpt, out)  # the full tensors as they were at the call
+    assert loaded.returncode == 0, loaded.output[-3000:]
+    res = loaded.results[0]
+    assert res["world_size"] == 2 and res["rank_states"] == [{"rank": 0}, {"rank": 1}]
+    assert res["equal"] == {name: True for name in res["names"]} and len(res["names"]) == 6
+
+
 def test_background_failure_raises_typed_error_on_every_rank_at_next_save(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     launch = torchrun(2, "async_fail", ckpt, out)

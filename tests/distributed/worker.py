@@ -136,6 +136,26 @@ def fsdp_save(directory: str, out: str) -> dict[str, Any]:
     return {"path": path, "sharded": any(hasattr(v, "full_tensor") for v in model.state_dict().values())}
 
 
+def fsdp_async_save(directory: str, out: str) -> dict[str, Any]:
+    """FSDP2 (DTensor shards) saved async; the sharded parameters are changed right after the call."""
+    model = fsdp_model(0)
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    full = full_state(model)
+    mgr = DistributedCheckpointManager(directory, prefix="fsdp", async_save=True)
+    _slow_writes(1.0)
+    path = mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
+    saving = mgr.saving
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(100.0)
+    changed = not torch.equal(full_state(model)["fc1.weight"], full["fc1.weight"])
+    mgr.close()
+    if rank() == 0:
+        dump(out, "expected.pt", full)
+    return {"path": path, "saving": saving, "changed": changed,
+            "sharded": any(hasattr(v, "full_tensor") for v in model.state_dict().values())}
+
+
 def compare_loaded(directory: str, out: str, model: nn.Module) -> dict[str, Any]:
     state = {"model": model.state_dict()}
     info = DistributedCheckpointManager(directory, prefix="fsdp").restore(state)
@@ -307,6 +327,7 @@ def async_fail(directory: str, out: str) -> dict[str, Any]:
 
 
 SCENARIOS = {"async_save": async_save, "async_kill": async_kill, "async_fail": async_fail,
+             "fsdp_async_save": fsdp_async_save,
              "restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),
