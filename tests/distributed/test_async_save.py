@@ -14,6 +14,8 @@ import torch
 
 from tests.distributed.conftest import torchrun
 from tests.distributed.launch import committed, every_tensor, run, torchrun_cmd, train_cli
+from tests.storage.conftest import bucket, s3_server  # noqa: F401 - the fixtures
+from torchresume import storage
 
 
 def test_async_save_snapshot_commit_then_retention_restore_bitwise(tmp_path: Path) -> None:
@@ -105,3 +107,20 @@ def test_train_cli_async_save_checkpoints_equal_sync_ones_bitwise(tmp_path: Path
     assert any(name.startswith("rank-00001") for name in finals["async"])  # rank 1's RNG and position
     for name, tensor in finals["sync"].items():
         assert torch.equal(finals["async"][name], tensor), name
+
+
+def test_async_save_on_s3_every_rank_uploads_committed_restores(bucket: str, tmp_path: Path) -> None:  # noqa: F811
+    url, out = bucket + "/run", tmp_path / "out"
+    saved = torchrun(2, "ddp_save_async", url, out)
+    assert saved.returncode == 0, saved.output[-3000:]
+    path = url + "/ddp-1_2.ckpt"
+    assert saved.results[0]["path"] == path == saved.results[0]["newest"] == saved.results[1]["newest"]
+    assert saved.results[0]["kept"] == ["ddp-1_1.ckpt", "ddp-1_2.ckpt"]
+    s3, _ = storage.resolve(url)
+    names = {i.name for i in s3.list(path)}
+    assert {"manifest.json", "dcp_metadata.json", "rank-00000.safetensors", "rank-00001.safetensors"} <= names
+    restored = torchrun(2, "ddp_restore", url, out)
+    assert restored.returncode == 0, restored.output[-3000:]
+    for res in restored.results.values():
+        assert res["path"] == path
+        assert res["model_equal"] and res["optim_equal"] and res["rank_states_equal"] == [True, True], res

@@ -78,14 +78,15 @@ def ddp_model(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.Adam(model.parameters(), lr=0.01)
 
 
-def ddp_save(directory: str, out: str) -> dict[str, Any]:
+def ddp_save(directory: str, out: str, async_save: bool = False) -> dict[str, Any]:
     model, opt = ddp_model(0)
     train(model, opt)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2, async_save=async_save)
     for step in (0, 1):  # older checkpoints: retention keeps the newest two after the last commit
         mgr.save({"model": model.state_dict()}, epoch=1, step=step)
     path = mgr.save({"model": model.state_dict(), "optim": opt.state_dict()}, epoch=1, step=2,
                     rank_state=rank_state())
+    mgr.wait()  # async: committed, then retention, on every rank
     if rank() == 0:
         dump(out, "expected.pt", {"model": model.state_dict(), "optim": opt.state_dict()})
     dump(out, f"rank_state{rank()}.pt", rank_state())
@@ -328,6 +329,7 @@ def async_fail(directory: str, out: str) -> dict[str, Any]:
 
 SCENARIOS = {"async_save": async_save, "async_kill": async_kill, "async_fail": async_fail,
              "fsdp_async_save": fsdp_async_save,
+             "ddp_save_async": lambda d, o: ddp_save(d, o, async_save=True),
              "restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),
