@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,6 +173,7 @@ class DistributedCheckpointManager:
         self._writer: AsyncWriter | None = None
         self._staging: StagingBuffers | None = None
         self._group: Any = None  # the gloo group of background saves, made on the first one
+        self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
 
     def path_for(self, epoch: int, step: int) -> str:
         storage, _ = resolve(self.directory)
@@ -270,20 +272,22 @@ class DistributedCheckpointManager:
 
     def checkpoints(self) -> list[Entry]:
         """This prefix's committed sharded checkpoints, newest first (manifests and headers only)."""
-        storage, where = resolve(self.directory)
-        if not storage.isdir(where):
-            return []
-        entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)
-        return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
+        with self._listing:  # never while background retention is deleting
+            storage, where = resolve(self.directory)
+            if not storage.isdir(where):
+                return []
+            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)
+            return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete checkpoints beyond the newest ``keep`` (never the newest, never ``protect``)."""
-        entries = sorted((e for e in self.checkpoints() if not e.breakpoint), key=Entry.order_key)
-        kept = KeepLast(self.keep).keep(entries) | ({entries[-1].path} if entries else set())
-        doomed = [e.path for e in entries if e.path not in kept and e.path != protect]
-        for path in doomed:
-            catalog.delete(path)
-        return doomed
+        with self._listing:
+            entries = sorted((e for e in self.checkpoints() if not e.breakpoint), key=Entry.order_key)
+            kept = KeepLast(self.keep).keep(entries) | ({entries[-1].path} if entries else set())
+            doomed = [e.path for e in entries if e.path not in kept and e.path != protect]
+            for path in doomed:
+                catalog.delete(path)
+            return doomed
 
     def newest(self) -> str | None:
         """Collective: the newest committed checkpoint, as rank 0 sees it."""
