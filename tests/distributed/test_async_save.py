@@ -8,14 +8,65 @@ a new launch restores the values at call time bitwise, every rank's state includ
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
 import torch
+from torch import nn
 
 from tests.distributed.conftest import torchrun
 from tests.distributed.launch import committed, every_tensor, run, torchrun_cmd, train_cli
 from tests.storage.conftest import bucket, s3_server  # noqa: F401 - the fixtures
 from torchresume import storage
+from torchresume.distributed import DistributedCheckpointManager, manager
+from torchresume.errors import AsyncSaveError, CheckpointConfigError
+
+
+def test_async_without_process_group_snapshot_newest_after_wait(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process (no process group), fast: the write is held until the test lets it go."""
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", keep=1, async_save=True)
+    first = mgr.save({"model": net.state_dict()}, epoch=1, step=1, rank_state={"pos": [1]})
+    mgr.wait()
+    release = threading.Event()
+    real_write = manager.DistributedCheckpointManager._write
+
+    def held(self: DistributedCheckpointManager, *args: object, **kwargs: object) -> None:
+        release.wait(30)
+        real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(manager.DistributedCheckpointManager, "_write", held)
+    at_call = {k: v.clone() for k, v in net.state_dict().items()}
+    pos = {"pos": [2]}
+    second = mgr.save({"model": net.state_dict()}, epoch=1, step=2, rank_state=pos)
+    with torch.no_grad():
+        net.weight.add_(5.0)
+    pos["pos"][0] = -1
+    assert mgr.saving == second and mgr.newest() == first  # in flight: the previous is the newest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["solo-1_1.ckpt"]  # and is not pruned
+    release.set()
+    mgr.close()
+    assert mgr.newest() == second and sorted(p.name for p in tmp_path.iterdir()) == ["solo-1_2.ckpt"]
+    state = {"model": nn.Linear(4, 3).state_dict()}
+    info = DistributedCheckpointManager(str(tmp_path), prefix="solo").restore(state)
+    assert info is not None and info.rank_states == [{"pos": [2]}]
+    assert all(torch.equal(state["model"][k], at_call[k]) for k in at_call)
+    assert not torch.equal(net.weight, at_call["weight"])
+
+
+def test_async_failure_reraised_at_next_save_and_async_flag_checked(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointConfigError, match="async_save must be True or False"):
+        DistributedCheckpointManager(str(tmp_path), async_save="yes")  # type: ignore[arg-type]
+    mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", async_save=True)
+    mgr.save({"model": {"w": torch.ones(2)}}, epoch=1, step=1, rank_state=object())  # cannot be stored
+    with pytest.raises(AsyncSaveError, match=r"solo-1_1.ckpt: sharded save failed"):
+        mgr.save({"model": {"w": torch.ones(2)}}, epoch=1, step=2)
+    assert mgr.newest() is None  # the failed save left nothing; the raising call saved nothing
+    assert mgr.save({"model": {"w": torch.ones(2)}}, epoch=1, step=2) == str(tmp_path / "solo-1_2.ckpt")
+    mgr.close()  # the error was reported once: this one succeeds
+    assert mgr.newest() == str(tmp_path / "solo-1_2.ckpt")
 
 
 def test_async_save_snapshot_commit_then_retention_restore_bitwise(tmp_path: Path) -> None:
