@@ -4,6 +4,9 @@ The save returns while the write still runs (writes are slowed by 2 s per part);
 tensors changed right after the call do not reach the checkpoint; the previous
 checkpoint stays the newest and is not pruned until the background save finished;
 a new launch restores the values at call time bitwise, every rank's state included.
+The main test is two launches; the further torchrun tests are marked slow
+(``-m "not slow"`` leaves them out): FSDP2 shards, a failing and a SIGKILLed rank,
+the train CLI against a synchronous run, object storage.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ def test_async_save_snapshot_commit_then_retention_restore_bitwise(tmp_path: Pat
         assert res["rank_states_equal"] == [True, True]
 
 
+@pytest.mark.slow  # torchrun launches beyond the main test's two
 def test_fsdp2_dtensor_shards_staged_async_then_loaded_into_plain_module(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     saved = torchrun(2, "fsdp_async_save", ckpt, out)
@@ -113,6 +117,7 @@ def test_fsdp2_dtensor_shards_staged_async_then_loaded_into_plain_module(tmp_pat
     assert res["equal"] == {name: True for name in res["names"]} and len(res["names"]) == 6
 
 
+@pytest.mark.slow  # torchrun launches beyond the main test's two
 def test_background_failure_raises_typed_error_on_every_rank_at_next_save(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     launch = torchrun(2, "async_fail", ckpt, out)
@@ -125,6 +130,7 @@ def test_background_failure_raises_typed_error_on_every_rank_at_next_save(tmp_pa
     assert sorted(p.name for p in ckpt.iterdir()) == ["ddp-1_1.ckpt"]  # step 2 discarded, step 3 never started
 
 
+@pytest.mark.slow  # torchrun launches beyond the main test's two
 def test_sigkill_during_background_write_commits_nothing_previous_restores(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     killed = torchrun(2, "async_kill", ckpt, out)
@@ -142,6 +148,7 @@ def test_sigkill_during_background_write_commits_nothing_previous_restores(tmp_p
         assert [s["rank"] for s in res["rank_states"]] == [0, 1]
 
 
+@pytest.mark.slow  # torchrun launches beyond the main test's two
 def test_train_cli_async_save_checkpoints_equal_sync_ones_bitwise(tmp_path: Path) -> None:
     """``torchrun ... train --async-save``: the same checkpoints, every tensor, as a synchronous run."""
     finals = {}
@@ -160,6 +167,7 @@ def test_train_cli_async_save_checkpoints_equal_sync_ones_bitwise(tmp_path: Path
         assert torch.equal(finals["async"][name], tensor), name
 
 
+@pytest.mark.slow  # torchrun launches beyond the main test's two
 def test_async_save_on_s3_every_rank_uploads_committed_restores(bucket: str, tmp_path: Path) -> None:  # noqa: F811
     url, out = bucket + "/run", tmp_path / "out"
     saved = torchrun(2, "ddp_save_async", url, out)
