@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from torchresume.distributed import DistributedCheckpointManager
-from torchresume.errors import CheckpointConfigError
+from torchresume.errors import AsyncSaveError, CheckpointConfigError
 from torchresume.log import log
 from torchresume.state import rng
 from torchresume.train.callback import RunContext
@@ -93,7 +93,10 @@ class DistributedModelCheckpoint(ModelCheckpoint):
         if self.dist_manager is not None and not isinstance(exc, SystemExit):
             log.warning("no breakpoint checkpoint under torchrun (a save needs every rank, and one "
                         "failed); the newest committed checkpoint resumes")
-            self.dist_manager.close()
+            try:
+                self.dist_manager.close()  # waits for a background save still in flight
+            except AsyncSaveError as err:  # the run's own exception is the one to raise
+                log.warning("%s", err)
 
     def save(self, ctx: RunContext, *, breakpoint: bool = False, manager: Any = None,
              reason: BaseException | None = None) -> str:
