@@ -3,8 +3,8 @@
     torchrun --nproc-per-node N tests/distributed/worker.py SCENARIO DIR OUT
 
 Each rank writes ``OUT/rank{r}.json`` with what it observed; the tests assert on it.
-Scenarios: ddp_save, ddp_restore, fsdp_save, fsdp_load, plain_load, fail_save, kill_save, async_save,
-async_kill, restore_any.
+Scenarios: ddp_save, ddp_restore, fsdp_save, fsdp_load, plain_load, fail_save, kill_save, restore_any;
+async saves: async_save, async_fail, async_kill, fsdp_async_save, ddp_save_async.
 """
 
 from __future__ import annotations
