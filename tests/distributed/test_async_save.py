@@ -59,6 +59,22 @@ def test_async_without_process_group_snapshot_newest_after_wait(tmp_path: Path,
     assert not torch.equal(net.weight, at_call["weight"])
 
 
+def test_async_top_level_stateful_is_snapshotted_at_the_call(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    at_call = {k: v.clone() for k, v in net.state_dict().items()}
+    mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", async_save=True)
+    mgr.save({"model": net}, epoch=1, step=1)  # a Stateful: DCP would call net.state_dict() itself
+    staged = mgr._staging
+    assert staged is not None and staged.nbytes == (4 * 3 + 3) * 4  # its tensors staged, not the module copied
+    with torch.no_grad():
+        net.weight.add_(5.0)
+    mgr.close()
+    fresh = nn.Linear(4, 3)
+    assert DistributedCheckpointManager(str(tmp_path), prefix="solo").restore({"model": fresh}) is not None
+    assert all(torch.equal(fresh.state_dict()[k], at_call[k]) for k in at_call)
+
+
 def test_async_failure_reraised_at_next_save_and_async_flag_checked(tmp_path: Path) -> None:
     with pytest.raises(CheckpointConfigError, match="async_save must be True or False"):
         DistributedCheckpointManager(str(tmp_path), async_save="yes")  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog
 from torchresume.async_writer import AsyncWriter
@@ -108,6 +109,7 @@ def _copy_leaves(node: Any) -> Any:
 def stage_state(buffers: StagingBuffers, state: Any) -> Any:
     """A snapshot of ``state`` in ``buffers``: plain tensors copied, DTensors as their staged local shard.
 
+    A top-level ``Stateful`` (a module, an optimizer) is replaced by its ``state_dict()`` first.
     A DTensor is rebuilt around its staged local tensor with the same mesh, placements, global
     shape and stride (no collective), so DCP plans the snapshot exactly as it would the live state.
     """
@@ -122,6 +124,8 @@ def stage_state(buffers: StagingBuffers, state: Any) -> Any:
         specs.append(None)
         return t
 
+    if isinstance(state, dict):  # DCP calls a top-level Stateful's state_dict(): now, not in the background
+        state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
     staged = buffers.stage(map_tensors(state, unwrap))
     spec_iter = iter(specs)
 
