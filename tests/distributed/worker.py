@@ -3,15 +3,18 @@
     torchrun --nproc-per-node N tests/distributed/worker.py SCENARIO DIR OUT
 
 Each rank writes ``OUT/rank{r}.json`` with what it observed; the tests assert on it.
-Scenarios: ddp_save, ddp_restore, fsdp_save, fsdp_load, plain_load, fail_save, kill_save.
+Scenarios: ddp_save, ddp_restore, fsdp_save, fsdp_load, plain_load, fail_save, kill_save, restore_any;
+async saves: async_save, async_fail, async_kill, fsdp_async_save, ddp_save_async.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import torch
@@ -75,14 +78,15 @@ def ddp_model(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.Adam(model.parameters(), lr=0.01)
 
 
-def ddp_save(directory: str, out: str) -> dict[str, Any]:
+def ddp_save(directory: str, out: str, async_save: bool = False) -> dict[str, Any]:
     model, opt = ddp_model(0)
     train(model, opt)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2, async_save=async_save)
     for step in (0, 1):  # older checkpoints: retention keeps the newest two after the last commit
         mgr.save({"model": model.state_dict()}, epoch=1, step=step)
     path = mgr.save({"model": model.state_dict(), "optim": opt.state_dict()}, epoch=1, step=2,
                     rank_state=rank_state())
+    mgr.wait()  # async: committed, then retention, on every rank
     if rank() == 0:
         dump(out, "expected.pt", {"model": model.state_dict(), "optim": opt.state_dict()})
     dump(out, f"rank_state{rank()}.pt", rank_state())
@@ -131,6 +135,26 @@ def fsdp_save(directory: str, out: str) -> dict[str, Any]:
     if rank() == 0:
         dump(out, "expected.pt", full)
     return {"path": path, "sharded": any(hasattr(v, "full_tensor") for v in model.state_dict().values())}
+
+
+def fsdp_async_save(directory: str, out: str) -> dict[str, Any]:
+    """FSDP2 (DTensor shards) saved async; the sharded parameters are changed right after the call."""
+    model = fsdp_model(0)
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    full = full_state(model)
+    mgr = DistributedCheckpointManager(directory, prefix="fsdp", async_save=True)
+    _slow_writes(1.0)
+    path = mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
+    saving = mgr.saving
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(100.0)
+    changed = not torch.equal(full_state(model)["fc1.weight"], full["fc1.weight"])
+    mgr.close()
+    if rank() == 0:
+        dump(out, "expected.pt", full)
+    return {"path": path, "saving": saving, "changed": changed,
+            "sharded": any(hasattr(v, "full_tensor") for v in model.state_dict().values())}
 
 
 def compare_loaded(directory: str, out: str, model: nn.Module) -> dict[str, Any]:
@@ -202,7 +226,111 @@ def restore_any(directory: str, out: str) -> dict[str, Any]:
     return {"path": info.path, "epoch": info.epoch, "step": info.step, "rank_states": info.rank_states}
 
 
-SCENARIOS = {"restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
+def _slow_writes(seconds: float, kill_rank: int | None = None) -> None:
+    """Every part write of this rank sleeps ``seconds`` first (rank ``kill_rank`` is SIGKILLed instead)."""
+    from torchresume.distributed import writer
+
+    real = writer.write_part
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        if rank() == kill_rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+    writer.write_part = slow  # type: ignore[assignment]
+
+
+def _listing(directory: str) -> dict[str, bool]:
+    """Each entry of ``directory`` and whether it holds a manifest (the commit)."""
+    return {n: os.path.exists(os.path.join(directory, n, "manifest.json")) for n in sorted(os.listdir(directory))}
+
+
+def async_save(directory: str, out: str) -> dict[str, Any]:
+    """Async saves: the call returns before the write, later updates are not written, commit then retention."""
+    model, opt = ddp_model(0)
+    train(model, opt)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2, async_save=True)
+    for step in (0, 1):  # the second waits for the first; same layout: the staging buffers are reused
+        mgr.save({"model": model.state_dict()}, epoch=1, step=step)
+    mgr.wait()
+    allocations_before = mgr._staging.allocations if mgr._staging else -1
+    newest_before = mgr.newest()
+    train(model, opt)
+    state = {"model": model.state_dict(), "optim": opt.state_dict()}
+    expected = copy.deepcopy(state)
+    live_rank_state = rank_state()
+    dump(out, f"rank_state{rank()}.pt", copy.deepcopy(live_rank_state))
+    if rank() == 0:
+        dump(out, "expected.pt", expected)
+    _slow_writes(2.0)
+    start = time.monotonic()
+    path = mgr.save(state, epoch=1, step=2, rank_state=live_rank_state)
+    returned_s = time.monotonic() - start
+    saving_at_return = mgr.saving
+    with torch.no_grad():  # in place, right after the call: the checkpoint must not see any of it
+        for p in model.parameters():
+            p.add_(100.0)
+        for per_param in opt.state.values():
+            for v in per_param.values():
+                if isinstance(v, torch.Tensor):
+                    v.add_(7.0)
+    live_rank_state["noise"].add_(1.0)
+    live_rank_state["position"][0] = -1
+    changed = not torch.equal(expected["model"]["module.fc1.weight"], model.state_dict()["module.fc1.weight"])
+    newest_during = mgr.newest()
+    listing_during = _listing(directory)
+    saving_during = mgr.saving
+    mgr.wait()
+    newest_after = mgr.newest()
+    listing_after = _listing(directory)
+    allocations_after = mgr._staging.allocations if mgr._staging else -1
+    mgr.close()
+    return {"path": path, "returned_s": returned_s, "saving_at_return": saving_at_return,
+            "saving_during": saving_during, "changed": changed, "newest_before": newest_before,
+            "newest_during": newest_during, "listing_during": listing_during, "newest_after": newest_after,
+            "listing_after": listing_after, "allocations_before": allocations_before,
+            "allocations_after": allocations_after}
+
+
+def async_kill(directory: str, out: str) -> dict[str, Any]:
+    """Rank 1 is SIGKILLed while its background write runs; rank 0 waits for the save."""
+    model, opt = ddp_model(0)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2, async_save=True)
+    mgr.save({"model": model.state_dict()}, epoch=1, step=1, rank_state={"rank": rank()})
+    mgr.wait()
+    train(model, opt)
+    _slow_writes(0.5, kill_rank=1)
+    mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
+    try:
+        mgr.close()
+    except Exception as exc:
+        write_result(out, {"error": type(exc).__name__, "message": str(exc)})
+        sys.exit(1)
+    return {"error": None}
+
+
+def async_fail(directory: str, out: str) -> dict[str, Any]:
+    """Rank 1's storage fails in the background write; the next save raises on every rank."""
+    model, opt = ddp_model(0)
+    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=1, async_save=True)
+    mgr.save({"model": model.state_dict()}, epoch=1, step=1, rank_state={"rank": rank()})
+    mgr.wait()
+    train(model, opt)
+    _fail_on_rank1("fail")
+    mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})  # returns
+    try:
+        mgr.save({"model": model.state_dict()}, epoch=1, step=3, rank_state={"rank": rank()})
+    except Exception as exc:
+        newest = mgr.newest()
+        mgr.close()
+        return {"error": type(exc).__name__, "message": str(exc), "newest": newest}
+    return {"error": None}
+
+
+SCENARIOS = {"async_save": async_save, "async_kill": async_kill, "async_fail": async_fail,
+             "fsdp_async_save": fsdp_async_save,
+             "ddp_save_async": lambda d, o: ddp_save(d, o, async_save=True),
+             "restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),
              "kill_save": lambda d, o: faulty_save(d, o, "kill")}

@@ -7,21 +7,35 @@ rank 0 applies retention and every rank passes a barrier. ``restore`` loads the
 newest committed checkpoint in place, resharding through DCP when the world
 size changed, and returns every old rank's ``rank_state``. Without an
 initialised process group it works as a single process.
+
+With ``async_save=True`` a save stages the state into reused host buffers
+(``staging.StagingBuffers``; DTensor local shards included) and returns; one
+background thread (``async_writer.AsyncWriter``) runs the same DCP save on a
+separate gloo process group, then retention and a barrier. At most one save is
+in flight: the next save, ``restore``, ``wait`` and ``close`` wait for it and
+re-raise its failure as AsyncSaveError. ``newest`` names the in-flight
+checkpoint only once its background work finished on every rank.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog
+from torchresume.async_writer import AsyncWriter
 from torchresume.catalog import Entry
 from torchresume.distributed.reader import PartReader, is_sharded, read_part, sharded_manifest
 from torchresume.distributed.writer import PartWriter
@@ -34,6 +48,8 @@ from torchresume.errors import (
 from torchresume.files.directory import is_committed
 from torchresume.log import log
 from torchresume.retention import KeepLast
+from torchresume.staging import StagingBuffers
+from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
 
 
@@ -74,9 +90,53 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
-def _barrier() -> None:
+def _barrier(group: Any = None) -> None:
     if _distributed():
-        dist.barrier()
+        dist.barrier(group=group)
+
+
+def _copy_leaves(node: Any) -> Any:
+    """``node`` with every non-tensor leaf deep-copied (tensors kept): the snapshot of the rest of the state."""
+    if isinstance(node, torch.Tensor):
+        return node
+    if isinstance(node, dict):
+        return {k: _copy_leaves(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_copy_leaves(v) for v in node)
+    return copy.deepcopy(node)
+
+
+def stage_state(buffers: StagingBuffers, state: Any) -> Any:
+    """A snapshot of ``state`` in ``buffers``: plain tensors copied, DTensors as their staged local shard.
+
+    A top-level ``Stateful`` (a module, an optimizer) is replaced by its ``state_dict()`` first.
+    A DTensor is rebuilt around its staged local tensor with the same mesh, placements, global
+    shape and stride (no collective), so DCP plans the snapshot exactly as it would the live state.
+    """
+    from torch.distributed.tensor import DTensor
+
+    specs: list[tuple[Any, Any, Any, Any] | None] = []
+
+    def unwrap(t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, DTensor):
+            specs.append((t.device_mesh, t.placements, t.size(), t.stride()))
+            return t.to_local()
+        specs.append(None)
+        return t
+
+    if isinstance(state, dict):  # DCP calls a top-level Stateful's state_dict(): now, not in the background
+        state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
+    staged = buffers.stage(map_tensors(state, unwrap))
+    spec_iter = iter(specs)
+
+    def rewrap(t: torch.Tensor) -> torch.Tensor:
+        spec = next(spec_iter)
+        if spec is None:
+            return t
+        mesh, placements, size, stride = spec
+        return DTensor.from_local(t, mesh, placements, run_check=False, shape=size, stride=stride)
+
+    return _copy_leaves(map_tensors(staged, rewrap))
 
 
 def failure_line(path: str, exc: CheckpointException) -> str:
@@ -94,9 +154,13 @@ class DistributedCheckpointManager:
 
     ``keep``: committed checkpoints of ``prefix`` kept by retention (the newest always).
     ``threads``: part files each rank writes in parallel (its chunks split by size).
+    ``async_save``: ``save`` stages the state into reused host buffers and returns; the write,
+    the commit and retention run in a background thread. Call ``close()`` (or ``wait()``) on
+    every rank before ``dist.destroy_process_group()``.
     """
 
-    def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2) -> None:
+    def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2,
+                 async_save: bool = False) -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         if not prefix or "/" in prefix or "-" in prefix:
@@ -107,6 +171,13 @@ class DistributedCheckpointManager:
         self.prefix = prefix
         self.keep = keep
         self.threads = threads
+        if not isinstance(async_save, bool):
+            raise CheckpointConfigError(f"async_save must be True or False, got {async_save!r}")
+        self.async_save = async_save
+        self._writer: AsyncWriter | None = None
+        self._staging: StagingBuffers | None = None
+        self._group: Any = None  # the gloo group of background saves, made on the first one
+        self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
 
     def path_for(self, epoch: int, step: int) -> str:
         storage, _ = resolve(self.directory)
@@ -114,7 +185,13 @@ class DistributedCheckpointManager:
 
     def save(self, state: dict[str, Any], epoch: int, step: int, *, rank_state: Any = None,
              info: dict[str, Any] | None = None) -> str:
-        """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the committed path."""
+        """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the path.
+
+        Synchronous: returns once the checkpoint is committed and retention ran. With
+        ``async_save``: first waits for the previous background save (re-raising its failure as
+        AsyncSaveError), then copies ``state`` and ``rank_state`` and returns; the path is
+        committed later, when the background save finished (``wait``/``close``/the next save).
+        """
         if not isinstance(state, dict):
             raise CheckpointConfigError(f"state must be a dict of state_dicts (e.g. {{'model': model.state_dict()}}), "
                                         f"got {type(state).__name__}")
@@ -122,13 +199,35 @@ class DistributedCheckpointManager:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
         path = self.path_for(epoch, step)
+        if self._writer is not None:
+            running = self._writer.running()
+            if running is not None:
+                log.info("saving %s waits for the background save of %s (saves are due faster than they "
+                         "are written; save less often)", path, running)
+            self._writer.wait()  # buffers and the gloo group are free again; a failure raises here
         if _broadcast(self._clear(path) if _rank() == 0 else None):
             return path  # this step is already committed: keep it rather than delete a good checkpoint
-        writer = PartWriter(path, threads=self.threads, rank_state=rank_state,
-                            info={**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix})
+        full_info = {**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix}
+        if not self.async_save:
+            self._write(state, path, rank_state, full_info, group=None)
+            return path
+        if self._group is None and _distributed():  # collective: every rank's first async save, together
+            self._group = dist.new_group(backend="gloo")
+        staging = self._staging = self._staging or StagingBuffers()
+        writer = self._writer = self._writer or AsyncWriter(name="torchresume-dist-writer")
+        snapshot = stage_state(staging, state)  # complete on return: later updates are not written
+        job = functools.partial(self._write, snapshot, path, copy.deepcopy(rank_state), copy.deepcopy(full_info),
+                                group=self._group)
+        writer.submit(job, path)
+        return path
+
+    def _write(self, state: dict[str, Any], path: str, rank_state: Any, info: dict[str, Any], *,
+               group: Any) -> None:
+        """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``)."""
+        writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info)
         try:
             with _single_process_quiet():
-                dcp.save(state, storage_writer=writer, no_dist=not _distributed())
+                dcp.save(state, storage_writer=writer, process_group=group, no_dist=not _distributed())
         except CheckpointException as exc:
             if _rank() == 0:
                 self._discard(path)
@@ -139,9 +238,24 @@ class DistributedCheckpointManager:
                                        "nothing was committed; restart the job to resume from the "
                                        "newest committed checkpoint") from None
         if _rank() == 0:
-            self.apply_retention(protect=path)
-        _barrier()
-        return path
+            try:
+                self.apply_retention(protect=path)
+            except OSError as exc:  # committed; the other ranks wait at the barrier, so never skip it
+                log.warning("%s is committed but retention failed: %s; older checkpoints were kept", path, exc)
+        _barrier(group)
+
+    @property
+    def saving(self) -> str | None:
+        """The checkpoint a background save is writing now (this rank's view), or None."""
+        return self._writer.running() if self._writer is not None else None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the background save (every rank calls it); re-raise its failure as AsyncSaveError.
+
+        With ``timeout`` (seconds) a TimeoutError is raised when it is still running then.
+        """
+        if self._writer is not None:
+            self._writer.wait(timeout)
 
     def _clear(self, path: str) -> bool:
         """Whether ``path`` is already a committed checkpoint; else remove what an unfinished save left there."""
@@ -166,31 +280,38 @@ class DistributedCheckpointManager:
 
     def checkpoints(self) -> list[Entry]:
         """This prefix's committed sharded checkpoints, newest first (manifests and headers only)."""
-        storage, where = resolve(self.directory)
-        if not storage.isdir(where):
-            return []
-        entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)
-        return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
+        with self._listing:  # never while background retention is deleting
+            storage, where = resolve(self.directory)
+            if not storage.isdir(where):
+                return []
+            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)
+            return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete checkpoints beyond the newest ``keep`` (never the newest, never ``protect``)."""
-        entries = sorted((e for e in self.checkpoints() if not e.breakpoint), key=Entry.order_key)
-        kept = KeepLast(self.keep).keep(entries) | ({entries[-1].path} if entries else set())
-        doomed = [e.path for e in entries if e.path not in kept and e.path != protect]
-        for path in doomed:
-            catalog.delete(path)
-        return doomed
+        with self._listing:
+            entries = sorted((e for e in self.checkpoints() if not e.breakpoint), key=Entry.order_key)
+            kept = KeepLast(self.keep).keep(entries) | ({entries[-1].path} if entries else set())
+            doomed = [e.path for e in entries if e.path not in kept and e.path != protect]
+            for path in doomed:
+                catalog.delete(path)
+            return doomed
 
     def newest(self) -> str | None:
         """Collective: the newest committed checkpoint, as rank 0 sees it."""
         local = None
         if _rank() == 0:
-            entries = self.checkpoints()
+            busy = self.saving  # committed maybe, but not yet finished on every rank
+            entries = [e for e in self.checkpoints() if e.path != busy]
             local = entries[0].path if entries else None
         return _broadcast(local)
 
     def restore(self, state: dict[str, Any]) -> RestoreInfo | None:
-        """Collective: load the newest committed checkpoint into ``state`` in place; None when there is none."""
+        """Collective: load the newest committed checkpoint into ``state`` in place; None when there is none.
+
+        A background save still running is waited for first (its failure raises AsyncSaveError).
+        """
+        self.wait()
         path = self.newest()
         if path is None:
             return None
@@ -218,7 +339,15 @@ class DistributedCheckpointManager:
         return _broadcast(found)
 
     def close(self) -> None:
-        """Nothing runs in the background yet; kept so callers close like CheckpointManager."""
+        """Wait for the background save (re-raising its failure), then free the staging buffers."""
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if self._staging is not None:
+                self._staging.release()
+                self._staging = None
 
 
 def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:

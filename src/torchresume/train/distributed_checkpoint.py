@@ -9,6 +9,9 @@ identical on every rank) is its ``rank_state`` inside the same checkpoint.
 Restore loads the newest committed checkpoint at any world size; each rank
 takes back the RNG streams of the old rank with its number (exact at the same
 world size) and everyone takes rank 0's data position (world-size free).
+With ``CheckpointConfig(async_save=True)`` each save is staged and written in
+the background (see DistributedCheckpointManager); the next save, the end of
+training and the stop path wait for it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from torchresume.distributed import DistributedCheckpointManager
-from torchresume.errors import CheckpointConfigError
+from torchresume.errors import AsyncSaveError, CheckpointConfigError
 from torchresume.log import log
 from torchresume.state import rng
 from torchresume.train.callback import RunContext
@@ -31,14 +34,9 @@ from torchresume.train.model_checkpoint import ModelCheckpoint
 
 
 class TrainingCheckpoints(DistributedCheckpointManager):
-    """The manager as Model's stop path uses it: ``wait`` for pending work, no local staging."""
+    """The manager as Model's stop path uses it: ``wait`` for the background save, no local staging."""
 
     staging = None
-
-    def wait(self, timeout: float | None = None) -> None:
-        waiter = getattr(super(), "wait", None)
-        if callable(waiter):
-            waiter(timeout=timeout)
 
 
 class DistributedModelCheckpoint(ModelCheckpoint):
@@ -63,7 +61,8 @@ class DistributedModelCheckpoint(ModelCheckpoint):
 
     def on_train_begin(self, ctx: RunContext) -> None:
         keep = self.config.keep_checkpoint_max or 5
-        self.dist_manager = TrainingCheckpoints(self.directory, prefix=self.prefix, keep=keep)
+        self.dist_manager = TrainingCheckpoints(self.directory, prefix=self.prefix, keep=keep,
+                                                async_save=bool(self.config.async_save))
         self.manager = self.dist_manager  # type: ignore[assignment]  # what Model's stop path waits on
         if self.resume not in (None, "none"):
             source = self.dist_manager if self._directory() == self.directory else \
@@ -94,7 +93,10 @@ class DistributedModelCheckpoint(ModelCheckpoint):
         if self.dist_manager is not None and not isinstance(exc, SystemExit):
             log.warning("no breakpoint checkpoint under torchrun (a save needs every rank, and one "
                         "failed); the newest committed checkpoint resumes")
-            self.dist_manager.close()
+            try:
+                self.dist_manager.close()  # waits for a background save still in flight
+            except AsyncSaveError as err:  # the run's own exception is the one to raise
+                log.warning("%s", err)
 
     def save(self, ctx: RunContext, *, breakpoint: bool = False, manager: Any = None,
              reason: BaseException | None = None) -> str:
@@ -109,7 +111,10 @@ class DistributedModelCheckpoint(ModelCheckpoint):
         path = self.dist_manager.save(model_state(ctx.network, ctx.optimizer), ctx.epoch, ctx.step,
                                       rank_state=rank_state(ctx, parts), info=_jsonable(info))
         self.latest_ckpt_file_name = self.original.latest_ckpt_file_name = path
-        log.info("saved %s", path)
+        if self.dist_manager.async_save:
+            log.info("saving %s in the background (committed when every rank finished)", path)
+        else:
+            log.info("saved %s", path)
         return path
 
 
