@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from torchresume.format import crypto, mindspore, mindspore_crypto
+from torchresume.format import crypto, mindspore_crypto
 
 
 class Kind(str, Enum):
@@ -21,6 +21,11 @@ class Kind(str, Enum):
 HEAD_BYTES = 9
 
 
+def _looks_like_mindspore(first: bytes) -> bool:
+    from torchresume.format import mindspore  # the protobuf codec loads only when a file may need it
+    return mindspore.looks_like(first)
+
+
 def _is_safetensors(first: bytes, size: int) -> bool:
     """A u64 header length that fits the file, then the JSON header's opening brace."""
     return len(first) >= 9 and first[8:9] == b"{" and 8 + int.from_bytes(first[:8], "little") <= size
@@ -32,7 +37,7 @@ def detect(first: bytes, size: int) -> Kind:
         return Kind.EMPTY
     if first.startswith(crypto.MAGIC):
         return Kind.ENCRYPTED
-    if mindspore_crypto.mode_of(first) or mindspore.looks_like(first):
+    if mindspore_crypto.mode_of(first) or _looks_like_mindspore(first):
         return Kind.MINDSPORE
     if first.startswith(b"PK\x03\x04"):
         return Kind.TORCH_ZIP

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from torchresume.errors import StateMismatchError
-from torchresume.format import name_mapping
 from torchresume.state.train_state import is_training_part
 
 
@@ -28,6 +27,7 @@ def load_param_into_net(net: nn.Module | torch.optim.Optimizer, parameter_dict: 
     shape mismatches; strict loading raises StateMismatchError listing every
     difference. Nothing is modified unless the whole load can succeed.
     """
+    from torchresume.format import name_mapping  # MindSpore's names: loaded by the first load, not on import
     if not isinstance(parameter_dict, dict):
         raise TypeError(f"parameter_dict must be a dict, got {type(parameter_dict).__name__}")
     if isinstance(net, torch.optim.Optimizer):
