@@ -13,13 +13,19 @@ from torchresume.data.sampler import ResumableBatchSampler
 class ArrayDataset:
     """Batches of (images, labels) from tensors in memory, in resumable order."""
 
+    sampler: Any  # ResumableBatchSampler here; DistributedResumableSampler in the per-rank view
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 32, *,
                  shuffle: bool = True, seed: int = 0, drop_remainder: bool = True,
                  steps_per_epoch: int | None = None) -> None:
-        self.images, self.labels = images, labels
-        self.sampler = ResumableBatchSampler(len(images), batch_size, shuffle=shuffle, seed=seed,
-                                             drop_remainder=drop_remainder)
-        self.steps_per_epoch = min(steps_per_epoch or len(self.sampler), len(self.sampler))
+        sampler = ResumableBatchSampler(len(images), batch_size, shuffle=shuffle, seed=seed,
+                                        drop_remainder=drop_remainder)
+        self._hold(images, labels, sampler, batch_size, steps_per_epoch)
+
+    def _hold(self, images: torch.Tensor, labels: torch.Tensor, sampler: Any, eval_batch: int,
+              steps_per_epoch: int | None) -> None:
+        self.images, self.labels, self.sampler, self.eval_batch = images, labels, sampler, eval_batch
+        self.steps_per_epoch = min(steps_per_epoch or len(sampler), len(sampler))
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -35,7 +41,7 @@ class ArrayDataset:
 
     def ordered_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every batch in file order, leaving the training position untouched (for evaluation)."""
-        size = self.sampler.batch_size
+        size = self.eval_batch
         for i in range(len(self)):
             yield self.images[i * size:(i + 1) * size], self.labels[i * size:(i + 1) * size]
 
