@@ -12,6 +12,8 @@ saves while it trains, method after method, side by side in one run:
   memory) and ``torch.save`` + fsync;
 * training steps while a background write runs vs steps without one (ratio);
 * first-touch vs warm copy: staging into fresh memory vs into the reused buffers;
+* writer CPU: the CPU seconds one write of the state costs, buffered vs O_DIRECT
+  (storage/direct.py): what a background write takes from training;
 * overhead: a ``--minutes`` run with a torchresume async save every ``--every`` seconds;
   overhead = (stalls + extra step time during background writes) / wall time, where the
   extra is measured against the same run's steps with no write running.
@@ -36,7 +38,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-from torchresume import CheckpointManager
+from torchresume import CheckpointManager, save_checkpoint
 from torchresume.staging import StagingBuffers
 
 LAYERS = 8
@@ -201,6 +203,28 @@ def copy_costs(trainer: Trainer) -> tuple[float, float]:
     return first, time.perf_counter() - t0
 
 
+def writer_cpu(trainer: Trainer, workdir: str) -> dict[str, tuple[float, float]]:
+    """CPU seconds and wall seconds of writing the staged state once, buffered and with O_DIRECT.
+
+    The CPU is what a background write takes from training; it is measured in this thread
+    (``time.thread_time``), which runs the whole write, fsync included.
+    """
+    import torchresume.storage.local as local
+    snapshot = StagingBuffers().stage(trainer.state())
+    saved, out = local.DIRECT_MIN_BYTES, {}
+    try:
+        for name, threshold in (("buffered", 1 << 62), ("O_DIRECT", 0)):
+            local.DIRECT_MIN_BYTES = threshold
+            path = os.path.join(workdir, f"cpu_{name}.ckpt")
+            cpu, wall = time.thread_time(), time.perf_counter()
+            save_checkpoint(snapshot, path)
+            out[name] = (time.thread_time() - cpu, time.perf_counter() - wall)
+            os.unlink(path)
+    finally:
+        local.DIRECT_MIN_BYTES = saved
+    return out
+
+
 def overhead_run(trainer: Trainer, workdir: str, minutes: float, every: float) -> tuple[float, int, Result]:
     """Train ``minutes`` with an async save every ``every`` s: (overhead fraction, saves, timings)."""
     method = TorchResume(trainer, workdir, async_save=True)
@@ -254,6 +278,8 @@ def report(args: argparse.Namespace, workdir: str) -> None:
     first, warm = copy_costs(trainer)
     print(f"copy of the state: fresh memory {first:.3f} s, reused buffers {warm:.3f} s "
           f"(first touch {first / warm:.1f}x slower)", flush=True)
+    for name, (cpu, wall) in writer_cpu(trainer, workdir).items():
+        print(f"writer CPU, one {name} write of the state: {cpu:.3f} s CPU ({wall:.2f} s wall)", flush=True)
     methods: list[Callable[[], Method]] = [
         lambda: TorchResume(trainer, workdir, async_save=False),
         lambda: TorchResume(trainer, workdir, async_save=True),

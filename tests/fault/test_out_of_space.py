@@ -49,6 +49,22 @@ def test_enospc_on_a_real_small_filesystem(small_fs) -> None:
     assert torch.equal(tr.load_checkpoint(first)["w"], torch.ones(16 << 10))
 
 
+def test_enospc_through_o_direct(small_fs, monkeypatch) -> None:
+    """The O_DIRECT path (storage/direct.py, used for large files) fails the same way on a full disk."""
+    from torchresume.storage import local
+    monkeypatch.setattr(local, "DIRECT_MIN_BYTES", 0)
+    first = os.path.join(small_fs, "net-1_1.ckpt")
+    tr.save_checkpoint({"w": torch.ones(16 << 10)}, first)
+    second = os.path.join(small_fs, "net-1_2.ckpt")
+    with pytest.raises(CheckpointWriteError) as info:
+        tr.save_checkpoint({"w": torch.zeros(1 << 20)}, second)
+    expected = f"{second}: cannot write the checkpoint: No space left on device; it needs 4.0 MiB, "
+    assert str(info.value).startswith(expected)
+    assert info.value.errno == 28
+    assert sorted(os.listdir(small_fs)) == ["net-1_1.ckpt"]
+    assert torch.equal(tr.load_checkpoint(first)["w"], torch.ones(16 << 10))
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_training_stops_with_one_line_when_the_disk_is_full(small_fs, tmp_path, mode) -> None:
     """The CLI: a full disk stops training with exit 1 and one line; the earlier checkpoint verifies.

@@ -1,0 +1,116 @@
+"""Large local writes that bypass the page cache (O_DIRECT), through one aligned bounce buffer.
+
+Why: a buffered write copies every byte into page-cache pages the kernel
+allocates for it, and on this machine those pages are new guest memory each
+time (first touch runs at a fraction of memcpy speed), so writing a 1 GiB
+checkpoint took 0.4-1.9 s of CPU before the fsync even began. That CPU is taken
+from training while an async save runs. With O_DIRECT the disk reads the bytes
+straight from our buffer: the CPU cost is one copy into a warm, reused 16 MiB
+buffer (numpy's copy releases the interpreter) plus the syscalls, about 0.2 s
+per GiB (measured by benchmarks/save_stall.py's "writer CPU" line).
+
+O_DIRECT wants the buffer address, the length and the file offset aligned to
+the device's block size: the bounce buffer is an anonymous mapping (page
+aligned), every write but the last is a full buffer, and the last is padded to
+``ALIGN`` with zeros and the file truncated back to its true length. A file
+system that refuses O_DIRECT (at open or at the first write: EINVAL) gets the
+same bytes buffered; nothing else changes. Durability is the caller's fsync,
+as for a buffered file: O_DIRECT does not flush the device's write cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+
+import numpy as np
+
+from torchresume.storage.base import Buffer
+
+ALIGN = 4096  # a multiple of every logical block size in use (512 and 4096)
+BOUNCE_BYTES = 16 * 1024 * 1024
+DIRECT_MIN_BYTES = 32 * 1024 * 1024  # smaller files: buffered (the bounce buffer would cost more)
+_SMALL_COPY = 64 * 1024  # below this a plain memoryview copy beats numpy's call overhead
+
+
+def open_direct(path: str, flags: int, mode: int) -> tuple[int, bool]:
+    """Open ``path`` with O_DIRECT where the file system allows it: (fd, direct?)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if direct:
+        try:
+            return os.open(path, flags | direct, mode), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+    return os.open(path, flags, mode), False
+
+
+class DirectSink:
+    """Appends bytes to ``fd`` (opened with O_DIRECT) in full, aligned bounce-buffer writes."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._mm = mmap.mmap(-1, BOUNCE_BYTES)
+        self._bounce = np.frombuffer(self._mm, dtype=np.uint8)
+        self._fill = 0
+        self.direct = True
+
+    def write(self, data: Buffer) -> int:
+        """Take all of ``data``; returns how many bytes reached the file so far in this call."""
+        src = memoryview(data).cast("B")
+        pos = 0
+        while pos < src.nbytes:
+            n = min(BOUNCE_BYTES - self._fill, src.nbytes - pos)
+            self._copy(src[pos:pos + n], self._fill)
+            self._fill += n
+            pos += n
+            if self._fill == BOUNCE_BYTES:
+                self._flush(BOUNCE_BYTES)
+        return pos
+
+    def finish(self, length: int) -> None:
+        """Write what is left (padded to ALIGN) and cut the file to ``length`` bytes."""
+        if self._fill:
+            padded = -(-self._fill // ALIGN) * ALIGN
+            self._bounce[self._fill:padded] = 0
+            self._flush(padded)
+            os.ftruncate(self._fd, length)
+        self.close()
+
+    def close(self) -> None:
+        self._bounce = np.empty(0, dtype=np.uint8)  # drop the export before closing the map
+        # A failed write's traceback may still hold a view of the buffer; then the map is
+        # freed with its last reference instead of now.
+        with contextlib.suppress(BufferError):
+            self._mm.close()
+
+    def _copy(self, src: memoryview, at: int) -> None:
+        if src.nbytes < _SMALL_COPY:
+            self._mm[at:at + src.nbytes] = src
+        else:
+            np.copyto(self._bounce[at:at + src.nbytes], np.frombuffer(src, dtype=np.uint8))
+
+    def _flush(self, length: int) -> None:
+        view = memoryview(self._mm)[:length]
+        try:
+            done = 0
+            while done < length:
+                done += self._write(view[done:])
+        finally:
+            view.release()
+        self._fill = 0
+
+    def _write(self, view: memoryview) -> int:
+        try:
+            return os.write(self._fd, view)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self.direct:
+                raise
+            # The file system took O_DIRECT at open but not for this write: go on buffered.
+            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            self.direct = False
+            return os.write(self._fd, view)
