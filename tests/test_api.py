@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 
 import pytest
 import torch
@@ -173,6 +174,76 @@ def test_async_save_snapshots_and_waits(tmp_path, net) -> None:
         net.fc1.weight.add_(1.0)  # training continues while the file is written
     tr.wait_async_saves()
     assert torch.equal(tr.load_checkpoint(path)["fc1.weight"], expected)
+
+
+class HeldApiWrites:
+    """Holds every api background write until released: a slow disk, made deterministic."""
+
+    def __init__(self, monkeypatch) -> None:
+        from torchresume import api
+        self.gate, self.started = threading.Event(), threading.Event()
+        real = api.write_encoded
+
+        def held(*args, **kwargs):
+            self.started.set()
+            assert self.gate.wait(30), "the held write was never released"
+            return real(*args, **kwargs)
+        monkeypatch.setattr(api, "write_encoded", held)
+
+
+def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_async_saves_reuse_the_staging_buffers_and_each_file_is_its_own_snapshot(tmp_path, net,
+                                                                                 monkeypatch) -> None:
+    """The second async save of the same layout copies into the first one's buffers (no allocation):
+    it first waits for the first write, held here until after the weights changed, so both files
+    hold the state at their own save call, bit for bit."""
+    from torchresume import api
+    tr.wait_async_saves()
+    held = HeldApiWrites(monkeypatch)
+    first, second = str(tmp_path / "e1.ckpt"), str(tmp_path / "e2.ckpt")
+    at_first = _snapshot(net)
+    tr.save_checkpoint(net, first, async_save=True)
+    allocations = api._staging.allocations
+    assert held.started.wait(10)  # the first write runs (held) from here on
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(-3.0).add_(1.0)  # training goes on right after save_checkpoint returned
+    at_second = _snapshot(net)
+    release = threading.Timer(0.2, held.gate.set)
+    release.start()
+    tr.save_checkpoint(net, second, async_save=True)  # waits for the first write: its buffers
+    assert held.gate.is_set()
+    assert api._staging.allocations == allocations  # the same buffers, not allocated again
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(7.0)
+    tr.wait_async_saves()
+    release.join()
+    for path, expected in ((first, at_first), (second, at_second)):
+        loaded = tr.load_checkpoint(path)
+        assert set(loaded) == set(expected)
+        for name, value in expected.items():
+            assert torch.equal(loaded[name], value), (path, name)  # bitwise, the state at save time
+
+
+def test_async_saves_of_two_layouts_alternately_reallocate_and_stay_exact(tmp_path, net) -> None:
+    from torchresume import api
+    other = {"w": torch.randn(7, 3), "i": torch.arange(5)}
+    tr.wait_async_saves()
+    before = api._staging.allocations
+    for i in range(2):
+        tr.save_checkpoint(net, str(tmp_path / f"net{i}.ckpt"), async_save=True)
+        tr.save_checkpoint(other, str(tmp_path / f"other{i}.ckpt"), async_save=True)
+    tr.wait_async_saves()
+    assert api._staging.allocations - before in (3, 4)  # every switch of layout (the first maybe not)
+    for i in range(2):
+        for name, value in net.state_dict().items():
+            assert torch.equal(tr.load_checkpoint(str(tmp_path / f"net{i}.ckpt"))[name], value)
+        back = tr.load_checkpoint(str(tmp_path / f"other{i}.ckpt"))
+        assert all(torch.equal(back[k], v) for k, v in other.items())
 
 
 def test_async_error_surfaces_on_wait(tmp_path, net) -> None:

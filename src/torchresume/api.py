@@ -12,6 +12,7 @@ dict (model parameters under their state_dict names) and
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,11 +22,25 @@ from torch import nn
 from torchresume.async_writer import AsyncWriter
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
+from torchresume.log import log
+from torchresume.staging import StagingBuffers
 from torchresume.state.loading import load_param_into_net
-from torchresume.state.tree import flat_view, map_tensors
+from torchresume.state.tree import flat_view
 
 _APPEND_TYPES = (bool, int, float, str)
 _writer: AsyncWriter | None = None
+# Async saves snapshot into ONE module-level set of staging buffers, reused across calls.
+# Why one set, not one per destination path: the usual loop saves each epoch to a new file
+# name ("net_3.ckpt"), so per-path buffers would never be reused and would pile up (one
+# copy of the state per file ever saved). Why not one per layout: every model ever saved
+# would keep a full host copy alive. One set holds one copy, the size of the last state
+# saved; two different models saved alternately reallocate it on each save (correct, only
+# as slow as before this reuse), one model saved repeatedly never does. The buffers hold
+# the snapshot until its background write finished, so a save first waits for the previous
+# async save (at most one in flight, as CheckpointManager does) and the lock keeps two
+# threads from staging into the same buffers at once.
+_staging = StagingBuffers()
+_staging_lock = threading.Lock()
 
 
 def _async_writer() -> AsyncWriter:
@@ -92,8 +107,10 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     xxh3 checksums (always written). ``format="ckpt"`` writes MindSpore's
     protobuf .ckpt instead (``crc_check`` adds its CRC32 footer; ``enc_mode``
     may be AES-GCM or AES-CBC); see ``mindspore_io.entries_of`` for what it
-    accepts. With ``async_save`` the state is copied now and written in the
-    background; a failure is raised on the next save or by ``wait_async_saves()``.
+    accepts. With ``async_save`` the state is copied now (into host buffers reused
+    across calls while the tensors' shapes and dtypes hold) and written in the
+    background; an async save first waits for the previous one, whose buffers it
+    reuses. A failure is raised on the next save or by ``wait_async_saves()``.
     """
     del integrated_save  # single-process save
     if format not in (None, "safetensors", "torchresume", "ckpt"):
@@ -112,11 +129,17 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     if choice_func is not None:
         tree = _choose(tree, choice_func)
     if async_save:
-        # Snapshot now: training goes on mutating the parameters while we write.
-        tree = map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
-        encoded = encode_state(kind, tree, append=append)
-        _async_writer().submit(lambda: write_encoded(encoded, ckpt_file_name, key),
-                               ckpt_file_name)
+        with _staging_lock:
+            writer = _async_writer()
+            running = writer.running()
+            if running is not None:
+                log.info("saving %s waits for the background save of %s (the staging buffers are "
+                         "reused only after it is written)", ckpt_file_name, running)
+            writer.wait()  # the buffers may still be being written; re-raises its failure
+            # Snapshot now: training goes on mutating the parameters while we write.
+            snapshot = _staging.stage(tree)
+            encoded = encode_state(kind, snapshot, append=append)  # views of the buffers
+            writer.submit(lambda: write_encoded(encoded, ckpt_file_name, key), ckpt_file_name)
         return
     if _writer is not None:
         _writer.raise_if_failed()

@@ -13,8 +13,9 @@ snapshot is complete when the caller gets it (one synchronize per device used). 
 run here (no GPU on the development machine).
 
 The buffers are reused, so a snapshot is only valid until the next ``stage``:
-the caller (CheckpointManager) keeps at most one background save in flight and
-stages again only after it finished.
+the caller (CheckpointManager, or ``save_checkpoint(..., async_save=True)`` with
+one module-level set) keeps at most one background save in flight per set of
+buffers and stages again only after it finished.
 """
 
 from __future__ import annotations

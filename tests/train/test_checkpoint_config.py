@@ -79,3 +79,18 @@ def test_parallel_only_options_are_refused() -> None:
         with pytest.raises(CheckpointConfigError, match="a single-process checkpoint is always whole"):
             CheckpointConfig(**kwargs)
     assert CheckpointConfig(integrated_save=True, remove_redundancy=False).save_checkpoint_steps == 1
+
+
+def test_on_busy_defaults_to_wait_and_takes_skip() -> None:
+    assert CheckpointConfig().on_busy == "wait"
+    assert CheckpointConfig(async_save=True, on_busy="skip").on_busy == "skip"
+
+
+@pytest.mark.parametrize("bad", ["later", "Skip", None, 1])
+def test_an_unknown_on_busy_is_refused_up_front_as_the_manager_refuses_it(bad) -> None:
+    """The config raises the manager's own error and message, before any training starts."""
+    with pytest.raises(CheckpointConfigError) as exc:
+        CheckpointConfig(async_save=True, on_busy=bad)
+    assert str(exc.value) == (f"on_busy={bad!r} is not a policy; use 'wait' (block until the previous "
+                              "background save is committed, then save) or 'skip' (drop this save and "
+                              "keep training)")

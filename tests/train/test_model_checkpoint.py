@@ -126,3 +126,49 @@ def test_save_every_n_seconds(tmp_path, monkeypatch) -> None:
     cfg = CheckpointConfig(save_checkpoint_steps=0, save_checkpoint_seconds=3, keep_checkpoint_max=20)
     toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
     assert _ckpts(tmp_path) == ["toy-1_3.ckpt", "toy-1_6.ckpt", "toy-1_8.ckpt"]
+
+
+def test_on_busy_skip_in_the_config_skips_a_save_due_while_one_is_written(tmp_path, monkeypatch) -> None:
+    """CheckpointConfig(on_busy="skip") reaches the callback's manager: the write of step 2 is held
+    (a slow disk, made deterministic) until step 5, so the save due at step 4 is skipped and logged;
+    from step 5 on every step waits for the writer, so steps 6 and 8 are saved."""
+    import logging
+    import threading
+
+    from torchresume import manager as manager_module
+
+    gate, started = threading.Event(), threading.Event()
+    real = manager_module.write_encoded
+
+    def held(*args, **kwargs):
+        started.set()
+        assert gate.wait(30), "the held write was never released"
+        return real(*args, **kwargs)
+    monkeypatch.setattr(manager_module, "write_encoded", held)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("torchresume")
+    logger.addHandler(handler)
+
+    cfg = CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=10, async_save=True, on_busy="skip")
+    cb = ModelCheckpoint("toy", str(tmp_path), cfg)
+
+    def step_end(ctx) -> None:
+        assert cb.manager is not None and cb.manager.on_busy == "skip"
+        if ctx.global_step == 2:
+            assert started.wait(10)  # the write of step 2 runs (held) from here on
+        if ctx.global_step >= 5:
+            gate.set()
+            cb.manager.wait()  # the writer is idle before the next save is due
+    try:
+        toy_model().train(1, toy_data(), [cb, LambdaCallback(on_train_step_end=step_end)])  # 8 steps
+    finally:
+        gate.set()
+        logger.removeHandler(handler)
+    assert _ckpts(tmp_path) == ["toy-1_2.ckpt", "toy-1_6.ckpt", "toy-1_8.ckpt"]
+    skipped = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert skipped == [f"skipped saving {tmp_path / 'toy-1_4.ckpt'}: the background save of "
+                       f"{tmp_path / 'toy-1_2.ckpt'} is still running (on_busy='skip'; save less often "
+                       "to keep every save)"]
+    assert cb.latest_ckpt_file_name == str(tmp_path / "toy-1_8.ckpt")

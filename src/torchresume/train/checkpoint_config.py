@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from torchresume.errors import CheckpointConfigError
+from torchresume.manager import check_on_busy
 
 _APPEND_KEYS = ("epoch_num", "step_num")
 
@@ -63,6 +64,10 @@ class CheckpointConfig:
       state only, loadable by MindSpore; see mindspore_io).
     - ``monitor`` / ``mode`` / ``keep_best_max``: also keep the best checkpoints
       by a validation metric (``Model.fit``), as ``{prefix}-best-{epoch}_{step}.ckpt``.
+    - ``on_busy`` (with ``async_save``): what a save due while the previous background save
+      is still running does: "wait" (default) for it, or "skip" this save (logged); passed to
+      the callback's CheckpointManager. Breakpoint saves always wait. Under torchrun saves are
+      collective and always wait.
     """
 
     def __init__(self, save_checkpoint_steps: int | None = 1, save_checkpoint_seconds: int | None = 0,
@@ -72,7 +77,8 @@ class CheckpointConfig:
                  enc_key: bytes | None = None, enc_mode: str = "AES-GCM",
                  exception_save: bool = False, crc_check: bool = False,
                  remove_redundancy: bool = False, format: str | None = None,
-                 monitor: str | None = None, mode: str = "max", keep_best_max: int = 1) -> None:
+                 monitor: str | None = None, mode: str = "max", keep_best_max: int = 1,
+                 on_busy: str = "wait") -> None:
         steps = _non_negative_int("save_checkpoint_steps", save_checkpoint_steps)
         seconds = _non_negative_int("save_checkpoint_seconds", save_checkpoint_seconds)
         keep_max = _non_negative_int("keep_checkpoint_max", keep_checkpoint_max)
@@ -110,6 +116,7 @@ class CheckpointConfig:
             raise TypeError(f"monitor must be a metric name (str), got {type(monitor).__name__}")
         if isinstance(keep_best_max, bool) or not isinstance(keep_best_max, int) or keep_best_max < 1:
             raise CheckpointConfigError(f"keep_best_max must be a positive int, got {keep_best_max!r}")
+        check_on_busy(on_busy)  # the manager's check: same error, same message, raised here up front
         self.save_checkpoint_steps = steps
         self.save_checkpoint_seconds = seconds
         self.keep_checkpoint_max = keep_max
@@ -122,6 +129,7 @@ class CheckpointConfig:
         self.exception_save, self.crc_check = exception_save, crc_check
         self.format = format
         self.monitor, self.mode, self.keep_best_max = monitor, mode, keep_best_max
+        self.on_busy = on_busy
 
     def __repr__(self) -> str:
         return (f"CheckpointConfig(save_checkpoint_steps={self.save_checkpoint_steps}, "

@@ -11,7 +11,8 @@ takes back the RNG streams of the old rank with its number (exact at the same
 world size) and everyone takes rank 0's data position (world-size free).
 With ``CheckpointConfig(async_save=True)`` each save is staged and written in
 the background (see DistributedCheckpointManager); the next save, the end of
-training and the stop path wait for it.
+training and the stop path wait for it (``on_busy="skip"`` is not applied here: a
+save is collective; a warning says so).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class DistributedModelCheckpoint(ModelCheckpoint):
 
     def on_train_begin(self, ctx: RunContext) -> None:
         keep = self.config.keep_checkpoint_max or 5
+        if self.config.async_save and self.config.on_busy == "skip" and self.world.rank == 0:
+            # skipping would have to be agreed by every rank (one more collective per save)
+            log.warning("CheckpointConfig(on_busy='skip') is not applied under torchrun: a save is "
+                        "collective, so a save due while the previous one is written waits for it")
         self.dist_manager = TrainingCheckpoints(self.directory, prefix=self.prefix, keep=keep,
                                                 async_save=bool(self.config.async_save))
         self.manager = self.dist_manager  # type: ignore[assignment]  # what Model's stop path waits on

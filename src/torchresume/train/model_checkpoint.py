@@ -80,7 +80,8 @@ class ModelCheckpoint(Callback):
         common: dict[str, Any] = dict(model=live.network, optimizer=live.optimizer, scheduler=live.scheduler,
                                       async_save=cfg.async_save, enc_key=cfg.enc_key,
                                       enc_mode=cfg.enc_mode, saved_network=cfg.saved_network,
-                                      file_format=cfg.format, crc_check=cfg.crc_check)
+                                      file_format=cfg.format, crc_check=cfg.crc_check,
+                                      on_busy=cfg.on_busy)
         self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
                                          **common)
         self.manager.acquire_lock()
