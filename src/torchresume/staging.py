@@ -12,6 +12,14 @@ copies and one ``torch.cuda.synchronize()`` before ``stage`` returns, so the
 snapshot is complete when the caller gets it (one synchronize per device used). That branch is small and has not
 run here (no GPU on the development machine).
 
+The buffers are views of one page-aligned slab, laid out as the native file's
+data region will be (largest element size first, then in tree order, packed):
+the encoder then sees the tensors as one contiguous run of bytes
+(format/native.py merges adjacent tensors), and the O_DIRECT writer sends that
+run to the disk straight from the slab, with no copy (storage/direct.py).
+If the encoder's order differs (a tree with numpy arrays among the tensors),
+runs are shorter and the writer copies what it must; the bytes are the same.
+
 The buffers are reused, so a snapshot is only valid until the next ``stage``:
 the caller (CheckpointManager, or ``save_checkpoint(..., async_save=True)`` with
 one module-level set) keeps at most one background save in flight per set of
@@ -20,6 +28,7 @@ buffers and stages again only after it finished.
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import torch
@@ -74,8 +83,14 @@ class StagingBuffers:
 
     def _allocate(self, layout: list[Layout]) -> None:
         self.release()
-        self._buffers = [torch.empty(shape, dtype=dtype, device="cpu", pin_memory=device == "cuda")
-                         for shape, dtype, device in layout]
+        sizes = [_numel(shape) * dtype.itemsize for shape, dtype, _ in layout]
+        order = sorted(range(len(layout)), key=lambda i: -layout[i][1].itemsize)  # the encoder's order
+        offsets, total = [0] * len(layout), 0
+        for i in order:
+            offsets[i], total = total, total + sizes[i]
+        slab = _slab(total, pinned=any(device == "cuda" for _, _, device in layout))
+        self._buffers = [slab[offsets[i]:offsets[i] + sizes[i]].view(dtype).view(shape)
+                         for i, (shape, dtype, _) in enumerate(layout)]
         self._layout = layout
         self.allocations += 1
         log.debug("staging buffers allocated for %d tensors (%d bytes; allocation %d)",
@@ -84,6 +99,22 @@ class StagingBuffers:
     def release(self) -> None:
         """Free the buffers (the next ``stage`` allocates them again)."""
         self._buffers, self._layout = [], []
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _slab(nbytes: int, pinned: bool) -> torch.Tensor:
+    """``nbytes`` of host memory as one uint8 tensor: pinned for CUDA, else a page-aligned mapping."""
+    if pinned:  # cudaHostAlloc returns page-aligned memory
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)  # the tensor keeps the map alive
 
 
 __all__ = ["StagingBuffers"]

@@ -63,3 +63,38 @@ def test_checkpoint_written_direct_loads_bitwise(small_buffers, tmp_path) -> Non
     loaded = tr.load_checkpoint(path)
     assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
     assert tr.files.verify(path).valid
+
+
+def test_staged_state_is_written_from_memory_without_a_copy(tmp_path, monkeypatch) -> None:
+    """A staged snapshot is one page-aligned run after a page-padded header: no byte is copied
+    but the header and the data's last partial block; the file is the same as a buffered one."""
+    from safetensors.torch import load_file
+
+    from torchresume.files import encode_state, read_checkpoint
+    from torchresume.format import native
+    from torchresume.staging import StagingBuffers
+
+    monkeypatch.setattr(local, "DIRECT_MIN_BYTES", 0)
+    state = {"w": torch.randn(513, 1031), "b": torch.randn(77, dtype=torch.float64),
+             "i": torch.arange(1001, dtype=torch.int16), "e": torch.zeros(0)}
+    encoded = encode_state("train_state", StagingBuffers().stage(state), info={"time": 0})
+    assert len(encoded.header) % native.PAGE == 0 and len(encoded.parts()) == 2
+    path = str(tmp_path / "staged.ckpt")
+    writer = LocalWriter(path, size_hint=encoded.size)
+    for part in encoded.parts():
+        writer.write(part)
+    sink = writer._sink
+    assert sink is not None and sink.direct
+    data = encoded.size - len(encoded.header)
+    assert sink.in_place == data - data % direct.ALIGN
+    assert sink.copied == len(encoded.header) + data % direct.ALIGN
+    writer.commit()
+    buffered = str(tmp_path / "buffered.ckpt")
+    with open(buffered, "wb") as f:
+        for part in encode_state("train_state", state, info={"time": 0}).parts():
+            f.write(part)
+    assert open(path, "rb").read() == open(buffered, "rb").read()
+    loaded = read_checkpoint(path).tree
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    stock = load_file(path)  # the page padding is plain safetensors header whitespace
+    assert torch.equal(stock["w"], state["w"])

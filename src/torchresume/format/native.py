@@ -30,6 +30,10 @@ from torchresume.format.dtypes import FROM_SAFETENSORS, TO_SAFETENSORS, itemsize
 FORMAT_NAME = "torchresume"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+# Files with at least this much tensor data pad the header so the data starts on a page:
+# written with O_DIRECT from page-aligned memory and mapped page-aligned when read.
+PAGE = 4096
+PAGE_ALIGN_MIN = 1 << 20
 
 
 @dataclass
@@ -100,7 +104,6 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None) -> Enc
     # so loading can view the data as the right dtype without copying.
     order = sorted(tensors, key=lambda n: -tensors[n].element_size())
     index: dict[str, Any] = {}
-    chunks: list[memoryview] = []
     digests: dict[str, str] = {}
     offset = 0
     for name in order:
@@ -110,7 +113,7 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None) -> Enc
                        "data_offsets": [offset, offset + data.nbytes]}
         digests[name] = checksum.digest(data)
         offset += data.nbytes
-        chunks.append(data)
+    chunks = [tensor_bytes(run) for run in _adjacent_runs([tensors[n] for n in order])]
     metadata: dict[str, str] = {"format": "pt"}
     if meta is not None:
         full = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta,
@@ -118,8 +121,36 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None) -> Enc
         metadata[FORMAT_NAME] = json.dumps(full, separators=(",", ":"), allow_nan=False)
         metadata["torchresume_check"] = _header_check(index, metadata[FORMAT_NAME])
     header = json.dumps({"__metadata__": metadata, **index}, separators=(",", ":")).encode()
-    header += b" " * (-(len(header) + 8) % 8)
+    align = PAGE if offset >= PAGE_ALIGN_MIN else 8
+    header += b" " * (-(len(header) + 8) % align)
     return Encoded(struct.pack("<Q", len(header)) + header, chunks)
+
+
+def _adjacent_runs(ordered: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``ordered`` with neighbours that sit back to back in one storage merged into one uint8 tensor.
+
+    Tensors staged for an async save are laid out this way (staging.py), so their
+    data region becomes one run the O_DIRECT writer sends from memory as it is.
+    """
+    runs: list[torch.Tensor] = []
+    start = end = 0
+    storage: torch.UntypedStorage | None = None
+    for t in ordered:
+        begin = int(t.storage_offset()) * t.element_size()
+        size = t.numel() * t.element_size()
+        if storage is not None and begin == end and t.untyped_storage().data_ptr() == storage.data_ptr():
+            end += size
+            continue
+        if storage is not None:
+            runs.append(_bytes_of(storage, start, end))
+        storage, start, end = t.untyped_storage(), begin, begin + size
+    if storage is not None:
+        runs.append(_bytes_of(storage, start, end))
+    return runs
+
+
+def _bytes_of(storage: torch.UntypedStorage, begin: int, end: int) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8).set_(storage, begin, (end - begin,))  # type: ignore[call-overload]
 
 
 def _header_check(index: dict[str, Any], meta_json: str) -> str:
