@@ -93,6 +93,12 @@ def _say_retrying(what: str, exc: BaseException, attempt: int, retries: int, del
 # only where the S3 API requires them. A caller's own config_kwargs win.
 CHECKSUM_CONFIG = {"request_checksum_calculation": "when_required",
                    "response_checksum_validation": "when_required"}
+# botocore SHA-256-hashes every uploaded byte to sign the payload over http, and also over https
+# when no checksum header is sent (our case, above): ~1 s of CPU per GB, on the cores the
+# training and a local S3 server share. The same xxh3 checksums make it redundant, so the
+# payload goes UNSIGNED-PAYLOAD (headers and URL are still signed). Set per key into the
+# caller's botocore ``s3`` options: theirs win.
+S3_CONFIG = {"payload_signing_enabled": False}
 
 
 def storage_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -143,13 +149,17 @@ def filesystem(protocol: str, options: dict[str, Any]) -> Any:
         if endpoint:
             opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
         opts.setdefault("use_listings_cache", False)
-        config = dict(opts.get("config_kwargs") or {})
-        for key, value in CHECKSUM_CONFIG.items():
-            config.setdefault(key, value)
-        opts["config_kwargs"] = config
+        opts["config_kwargs"] = botocore_config(opts.get("config_kwargs"))
         protocol = "s3"
     opts.setdefault("skip_instance_cache", True)
     return fsspec.filesystem(protocol, **opts)
+
+
+def botocore_config(given: dict[str, Any] | None) -> dict[str, Any]:
+    """The caller's botocore Config kwargs over our defaults (CHECKSUM_CONFIG, S3_CONFIG)."""
+    config = {**CHECKSUM_CONFIG, **(given or {})}
+    config["s3"] = {**S3_CONFIG, **(config.get("s3") or {})}
+    return config
 
 
 def _open_upload(fs: Any, key: str, size_hint: int | None) -> Any:
