@@ -16,16 +16,23 @@ saves while it trains, method after method, side by side in one run:
   (storage/direct.py): what a background write takes from training;
 * overhead: a ``--minutes`` run with a torchresume async save every ``--every`` seconds;
   overhead = (stalls + extra step time during background writes) / wall time, where the
-  extra is measured against the same run's steps with no write running.
+  extra is measured against the same run's steps with no write running;
+* the floor under that overhead: a ``--floor-minutes`` run in which a plain thread writes
+  the same number of bytes, prepared once, with O_DIRECT + fsync every ``--every`` seconds
+  (no snapshot, no hashing, no format). In a VM the host's disk emulation runs on the
+  VM's own CPU allowance, invisible to the guest, so writing costs training time whatever
+  the writer's priority; overhead minus floor is what torchresume itself adds.
 """
 
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -162,6 +169,45 @@ class DcpAsync(Method):
         super().close()
 
 
+class RawDirectWrite(Method):
+    """The I/O alone: the state's bytes (prepared once) written by a plain thread with O_DIRECT + fsync.
+
+    No snapshot, no hashing, no format: what moving that many bytes to this disk costs a
+    training run that goes on meanwhile. The floor under any background save's overhead.
+    """
+
+    name = "raw O_DIRECT write"
+
+    def __init__(self, trainer: Trainer, workdir: str) -> None:
+        super().__init__(trainer, workdir)
+        self.size = -(-trainer.nbytes // 4096) * 4096
+        self.buf = mmap.mmap(-1, self.size)
+        torch.frombuffer(self.buf, dtype=torch.uint8).fill_(1)  # every page touched once, here
+        self.thread: threading.Thread | None = None
+
+    def save(self, i: int) -> Callable[[], bool] | None:
+        if self.thread is not None:
+            self.thread.join()
+        self.thread = threading.Thread(target=self._write, args=(os.path.join(self.dir, "raw.bin"),))
+        self.thread.start()
+        return lambda: self.thread is None or not self.thread.is_alive()
+
+    def _write(self, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+        try:
+            view = memoryview(self.buf)
+            for a in range(0, self.size, 64 << 20):
+                os.write(fd, view[a:a + (64 << 20)])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        super().close()
+
+
 class TorchSave(Method):
     name = "torch.save+fsync"
 
@@ -225,9 +271,9 @@ def writer_cpu(trainer: Trainer, workdir: str) -> dict[str, tuple[float, float]]
     return out
 
 
-def overhead_run(trainer: Trainer, workdir: str, minutes: float, every: float) -> tuple[float, int, Result]:
-    """Train ``minutes`` with an async save every ``every`` s: (overhead fraction, saves, timings)."""
-    method = TorchResume(trainer, workdir, async_save=True)
+def overhead_run(method: Method, minutes: float, every: float) -> tuple[float, int, Result]:
+    """Train ``minutes`` with ``method`` saving every ``every`` s: (overhead fraction, saves, timings)."""
+    trainer = method.trainer
     r = Result()
     start = time.perf_counter()
     next_save, saves, done = start + every, 0, None
@@ -255,6 +301,8 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0, help="state size: weights + Adam moments (GiB)")
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the overhead run")
     parser.add_argument("--every", type=float, default=30.0, help="seconds between saves in the overhead run")
+    parser.add_argument("--floor-minutes", type=float, default=5.0,
+                        help="length of the raw-write run (the I/O alone) measured after it; 0: skip")
     parser.add_argument("--saves", type=int, default=3, help="saves per method for the stall table")
     parser.add_argument("--gap-steps", type=int, default=2, help="clean steps between saves")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
@@ -298,11 +346,18 @@ def report(args: argparse.Namespace, workdir: str) -> None:
     for name, r in results.items():
         slow = f"{r.slowdown:.2f}x" if r.slowdown is not None else "-"
         print(f"{name:20} {r.stall:12.3f} {r.stall / sync:9.3f}x {slow:>18}")
-    overhead, saves, r = overhead_run(trainer, workdir, args.minutes, args.every)
+    overhead, saves, r = overhead_run(TorchResume(trainer, workdir, async_save=True), args.minutes, args.every)
     tr_async, dcp_async = results["torchresume async"], results["dcp.async_save"]
     print(f"\noverhead: {args.minutes:g} min run, a torchresume async save every {args.every:g} s "
           f"({saves} saves): {overhead * 100:.2f}% of the run; steps during writes "
-          f"{r.slowdown or 0:.2f}x clean ({len(r.during)} of {len(r.during) + len(r.clean)} steps)")
+          f"{r.slowdown or 0:.2f}x clean ({len(r.during)} of {len(r.during) + len(r.clean)} steps)", flush=True)
+    if args.floor_minutes > 0:
+        floor, floor_saves, f = overhead_run(RawDirectWrite(trainer, workdir), args.floor_minutes, args.every)
+        print(f"floor: {args.floor_minutes:g} min run, the same bytes written raw (O_DIRECT + fsync, no "
+              f"snapshot or hashing) every {args.every:g} s ({floor_saves} writes): {floor * 100:.2f}% of the "
+              f"run; steps during writes {f.slowdown or 0:.2f}x clean ({len(f.during)} of "
+              f"{len(f.during) + len(f.clean)} steps)\n=> torchresume's own share of the overhead: "
+              f"{(overhead - floor) * 100:.2f}% of the run")
     print("\ntargets:")
     checks = [("async stall <= 0.05x torchresume sync", tr_async.stall <= 0.05 * sync,
                f"{tr_async.stall / sync:.3f}x"),
