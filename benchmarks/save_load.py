@@ -5,7 +5,8 @@ Run: .venv/bin/python benchmarks/save_load.py [--sizes-mib 512 1024] [--runs 5]
 Each method saves the same state, in turn, run after run, (many 4 MiB float32 tensors, allocated once
 and reused) to the same disk and fsyncs it; loads read those files back. The
 disk's direct write bandwidth (one preallocated buffer, os.write + fsync) is
-measured in the same run. Medians over --runs; ratios printed side by side.
+measured in the same run, and torchresume's save with its O_DIRECT path turned off
+("tr buffered": the page cache, then fsync). Medians over --runs; ratios printed side by side.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from safetensors.torch import load_file as st_load
 from safetensors.torch import save_file as st_save
 
 import torchresume as tr
+import torchresume.storage.local as local
 from torchresume.format import checksum
 from torchresume.format.native import tensor_bytes
 from torchresume.inspection import describe
@@ -48,6 +50,16 @@ def direct_write(path: str, buf: torch.Tensor) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def buffered_save(state: dict[str, torch.Tensor], path: str) -> None:
+    """torchresume's save with the O_DIRECT path off (storage/direct.py): page cache + fsync."""
+    saved = local.DIRECT_MIN_BYTES
+    local.DIRECT_MIN_BYTES = 1 << 62
+    try:
+        tr.save_checkpoint(state, path)
+    finally:
+        local.DIRECT_MIN_BYTES = saved
 
 
 def torch_save(state: dict[str, torch.Tensor], path: str) -> None:
@@ -92,7 +104,7 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
     state = {f"layer{i}.weight": torch.randn(TENSOR_ELEMS) for i in range(n)}
     nbytes = n * TENSOR_ELEMS * 4
     flat = torch.empty(nbytes, dtype=torch.uint8).fill_(1)
-    paths = {k: os.path.join(workdir, k) for k in ("direct", "tr.ckpt", "pt", "st")}
+    paths = {k: os.path.join(workdir, k) for k in ("direct", "tr.ckpt", "trb.ckpt", "pt", "st")}
 
     def unlink(key: str) -> Callable[[], None]:
         def go() -> None:
@@ -104,6 +116,7 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
     savers: dict[str, tuple[Callable[[], object], Callable[[], None]]] = {
         "direct write": (lambda: direct_write(paths["direct"], flat), unlink("direct")),
         "torchresume": (lambda: tr.save_checkpoint(state, paths["tr.ckpt"]), unlink("tr.ckpt")),
+        "tr buffered": (lambda: buffered_save(state, paths["trb.ckpt"]), unlink("trb.ckpt")),
         "torch.save": (lambda: torch_save(state, paths["pt"]), unlink("pt")),
         "safetensors": (lambda: safetensors_save(state, paths["st"]), unlink("st")),
     }
@@ -124,6 +137,7 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
     print(f"torchresume / torch.save      = {gbs['torchresume'] / gbs['torch.save']:.2f}x")
     print(f"torchresume / best other      = {gbs['torchresume'] / best_other:.2f}x")
     print(f"torchresume / direct write    = {gbs['torchresume'] / gbs['direct write']:.2f}x")
+    print(f"O_DIRECT / buffered (tr)      = {gbs['torchresume'] / gbs['tr buffered']:.2f}x")
     print(f"checksums (xxh3) = {100 * hashing / save['torchresume']:.1f}% of the torchresume save")
     print(f"{'load':<14}{'s':>8}{'GB/s':>8}")
     for k, v in load.items():
