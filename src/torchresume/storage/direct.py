@@ -16,7 +16,9 @@ the device's block size: the bounce buffer is an anonymous mapping (page
 aligned), every write but the last is a full buffer, and the last is padded to
 ``ALIGN`` with zeros and the file truncated back to its true length. A file
 system that refuses O_DIRECT (at open or at the first write: EINVAL) gets the
-same bytes buffered; nothing else changes. Durability is the caller's fsync,
+same bytes buffered; nothing else changes. Two bounce buffers alternate: a helper
+thread writes one while the caller fills the other, so the copy is hidden behind
+the disk (benchmarks/save_load.py, "O_DIRECT / buffered"). Durability is the caller's fsync,
 as for a buffered file: O_DIRECT does not flush the device's write cache.
 """
 
@@ -27,6 +29,7 @@ import errno
 import fcntl
 import mmap
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -53,19 +56,27 @@ def open_direct(path: str, flags: int, mode: int) -> tuple[int, bool]:
 
 
 class DirectSink:
-    """Appends bytes to ``fd`` (opened with O_DIRECT) in full, aligned bounce-buffer writes."""
+    """Appends bytes to ``fd`` (opened with O_DIRECT) in full, aligned bounce-buffer writes.
+
+    Two bounce buffers: while one is written by a helper thread (the write releases
+    the interpreter), the caller copies into the other, so the copy costs no wall
+    time. Only one write is in flight at a time, so the file grows in order.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._mm = mmap.mmap(-1, BOUNCE_BYTES)
-        self._bounce = np.frombuffer(self._mm, dtype=np.uint8)
+        self._maps = [mmap.mmap(-1, BOUNCE_BYTES) for _ in range(2)]
+        self._arrays = [np.frombuffer(m, dtype=np.uint8) for m in self._maps]
+        self._cur = 0  # the buffer being filled
         self._fill = 0
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="torchresume-direct")
+        self._pending: Future[None] | None = None
         self.direct = True
-        self.copied = 0  # bytes that went through the bounce buffer
+        self.copied = 0  # bytes that went through a bounce buffer
         self.in_place = 0  # bytes written straight from the caller's memory
 
     def write(self, data: Buffer) -> int:
-        """Take all of ``data``; returns how many bytes reached the file so far in this call."""
+        """Take all of ``data``; returns how many bytes were taken (all, or an OSError)."""
         src = memoryview(data).cast("B")
         pos = self._write_in_place(src)
         while pos < src.nbytes:
@@ -82,17 +93,23 @@ class DirectSink:
         """Write what is left (padded to ALIGN) and cut the file to ``length`` bytes."""
         if self._fill:
             padded = -(-self._fill // ALIGN) * ALIGN
-            self._bounce[self._fill:padded] = 0
+            self._arrays[self._cur][self._fill:padded] = 0
             self._flush(padded)
-            os.ftruncate(self._fd, length)
+        self._wait()
+        os.ftruncate(self._fd, length)
         self.close()
 
     def close(self) -> None:
-        self._bounce = np.empty(0, dtype=np.uint8)  # drop the export before closing the map
-        # A failed write's traceback may still hold a view of the buffer; then the map is
+        """Stop the helper thread (after its write) and free the buffers; errors were raised already."""
+        with contextlib.suppress(OSError):
+            self._wait()
+        self._io.shutdown(wait=True)
+        self._arrays = []  # drop the exports before closing the maps
+        # A failed write's traceback may still hold a view of a buffer; then that map is
         # freed with its last reference instead of now.
-        with contextlib.suppress(BufferError):
-            self._mm.close()
+        for m in self._maps:
+            with contextlib.suppress(BufferError):
+                m.close()
 
     def _write_in_place(self, src: memoryview) -> int:
         """Send the aligned whole blocks at the start of ``src`` straight from its memory.
@@ -100,12 +117,15 @@ class DirectSink:
         Possible when ``src`` starts on a page and the file so far ends on a block
         (the staged data region after a page-padded header): no copy at all.
         """
-        if src.nbytes < DIRECT_FROM_MEMORY_MIN or self._fill % ALIGN or not self.direct:
+        if src.nbytes < DIRECT_FROM_MEMORY_MIN or self._fill % ALIGN:
             return 0
         if np.frombuffer(src, dtype=np.uint8).ctypes.data % ALIGN:
             return 0
         if self._fill:
             self._flush(self._fill)
+        self._wait()
+        if not self.direct:
+            return 0
         whole = src.nbytes - src.nbytes % ALIGN
         done = 0
         while done < whole:
@@ -115,19 +135,30 @@ class DirectSink:
 
     def _copy(self, src: memoryview, at: int) -> None:
         if src.nbytes < _SMALL_COPY:
-            self._mm[at:at + src.nbytes] = src
+            self._maps[self._cur][at:at + src.nbytes] = src
         else:
-            np.copyto(self._bounce[at:at + src.nbytes], np.frombuffer(src, dtype=np.uint8))
+            np.copyto(self._arrays[self._cur][at:at + src.nbytes], np.frombuffer(src, dtype=np.uint8))
 
     def _flush(self, length: int) -> None:
-        view = memoryview(self._mm)[:length]
+        """Hand the current buffer to the helper thread and go on filling the other one."""
+        self._wait()  # the other buffer's write: it must be done before that buffer is reused
+        self._pending = self._io.submit(self._write_buffer, self._cur, length)
+        self._cur ^= 1
+        self._fill = 0
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises the write's OSError here, in the caller
+
+    def _write_buffer(self, index: int, length: int) -> None:
+        view = memoryview(self._maps[index])[:length]
         try:
             done = 0
             while done < length:
                 done += self._write(view[done:])
         finally:
             view.release()
-        self._fill = 0
 
     def _write(self, view: memoryview) -> int:
         try:
