@@ -37,6 +37,7 @@ from torchresume.state.stateful import Stateful
 from torchresume.state.tree import map_tensors
 from torchresume.storage import is_remote, resolve
 from torchresume.storage.local import LocalStorage, clean_stale_temps
+from torchresume.storage.pacing import Pace, check_write_rate
 from torchresume.storage.staged import StagedRemote
 
 
@@ -112,7 +113,8 @@ class CheckpointManager:
                  enc_key: bytes | None = None, enc_mode: str = "AES-GCM",
                  saved_network: nn.Module | None = None,
                  stateful: dict[str, Stateful] | None = None, file_format: str | None = None,
-                 crc_check: bool = False, on_busy: str = "wait") -> None:
+                 crc_check: bool = False, on_busy: str = "wait",
+                 write_mb_per_s: float | None = None) -> None:
         self.directory = str(directory)
         self.storage, self._where = resolve(self.directory)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -135,6 +137,12 @@ class CheckpointManager:
         # Async saves: one snapshot in reused host buffers, at most one save in flight.
         self._staging = StagingBuffers() if async_save else None
         self.on_busy = check_on_busy(on_busy)
+        # Background writes only (a sync save's caller waits for it): storage/pacing.py says why.
+        self.write_mb_per_s = check_write_rate(write_mb_per_s)
+        if self.write_mb_per_s is not None and not async_save:
+            raise ValueError(f"write_mb_per_s={write_mb_per_s!r} paces background saves; pass async_save=True "
+                             "too, or leave write_mb_per_s=None")
+        self._pace: Pace | None = None  # the background write in flight, when paced
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
@@ -229,7 +237,8 @@ class CheckpointManager:
             self._commit(kind, tree, full_info, append, path)
         else:  # snapshot now; the live tensors keep changing while the writer works
             copy = self._staging.stage(tree)
-            self._writer.submit(lambda: self._commit(kind, copy, full_info, append, path), path)
+            pace = self._pace = None if self.write_mb_per_s is None or breakpoint else Pace(self.write_mb_per_s * 1e6)
+            self._writer.submit(lambda: self._commit(kind, copy, full_info, append, path, pace), path)
         return path
 
     @property
@@ -250,11 +259,17 @@ class CheckpointManager:
             return False
         log.info("saving %s waits for the background save of %s (saves are due faster than they are "
                  "written; save less often, or on_busy='skip')", path, running)
+        self._hurry()
         self._writer.wait()
         return True
 
+    def _hurry(self) -> None:
+        """Somebody waits for the background write: lift its pacing."""
+        if self._pace is not None:
+            self._pace.hurry.set()
+
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
-                path: str) -> None:
+                path: str, pace: Pace | None = None) -> None:
         start = time.perf_counter()
         encoded: Any = encode_state(kind, tree, info=info, append=append)
         enc_key = self.enc_key
@@ -264,13 +279,13 @@ class CheckpointManager:
                 mindspore_io.entries_of(tree, global_step=info.get("global_step")), append=append,
                 crc_check=self.crc_check, enc_key=self.enc_key, enc_mode=self.enc_mode)), None
         if self.remote is None:
-            size = write_encoded(encoded, path, enc_key)
+            size = write_encoded(encoded, path, enc_key, pace=pace)
             self.last_saved = path  # committed: only now is it the newest
             self._report("saved", path, size, start)
             self.apply_retention(protect=path)
             return
         local = self.remote.local_path(path)
-        size = write_encoded(encoded, local, enc_key)
+        size = write_encoded(encoded, local, enc_key, pace=pace)
         self.last_saved = path
         self._report("saved", local, size, start, f"; uploading to {path}")
         self.remote.upload(local, path, after=lambda: self.apply_retention(protect=path))
@@ -303,6 +318,7 @@ class CheckpointManager:
         With ``timeout``, raises TimeoutError if uploads are still running then.
         """
         if self._writer is not None:
+            self._hurry()
             self._writer.wait(timeout)
         if self.remote is not None:
             self.remote.wait(timeout)
@@ -310,6 +326,7 @@ class CheckpointManager:
     def close(self) -> None:
         try:
             if self._writer is not None:
+                self._hurry()
                 self._writer.close()
             if self._staging is not None:
                 self._staging.release()

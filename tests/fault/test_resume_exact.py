@@ -26,7 +26,11 @@ TOTAL = EPOCHS * STEPS
 def _cmd(run_dir: Path, save_steps: int = 5, mode: str = "sync") -> list[str]:
     return [sys.executable, "-m", "torchresume", "train", "--deterministic", "--epochs", str(EPOCHS),
             "--steps-per-epoch", str(STEPS), "--save-steps", str(save_steps), "--keep-max", "3",
-            "--train-url", str(run_dir), "--print-every", "1000", *(["--async-save"] if mode == "async" else [])]
+            "--train-url", str(run_dir), "--print-every", "1000", *MODES[mode]]
+
+
+# "paced": background writes held to 1 MB/s, so each stays in flight for about a second.
+MODES = {"sync": [], "async": ["--async-save"], "paced": ["--async-save", "--write-mb-per-s", "1"]}
 
 
 def _env() -> dict[str, str]:
@@ -113,7 +117,7 @@ def test_sigkill_then_same_command_is_bitwise_exact(tmp_path, reference, where, 
     _assert_same(tmp_path, reference)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "paced"])
 def test_twenty_random_kills(tmp_path, reference, mode) -> None:
     """20 SIGKILLs, each after new steps of the restarted process (its own stdout, not the log),
     aimed alternately at a checkpoint write in flight (a background one with async saves) and at
@@ -132,7 +136,7 @@ def test_twenty_random_kills(tmp_path, reference, mode) -> None:
     _assert_same(tmp_path, reference)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "paced"])
 def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, reference, mode) -> None:
     cmd = _cmd(tmp_path, save_steps=100, mode=mode)  # no periodic save before the signal
     rc = _run_until(tmp_path, cmd, 7, 0.0, signal.SIGTERM)

@@ -40,7 +40,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="bitwise-repeatable run")
-    p.add_argument("--async-save", action="store_true")
+    p.add_argument("--async-save", action="store_true", help="write checkpoints in the background")
+    p.add_argument("--write-mb-per-s", type=float, default=None, metavar="MB",
+                   help="with --async-save: write each checkpoint at most this fast (MB/s), to spread "
+                        "its I/O over more steps (default: as fast as the disk goes)")
     p.add_argument("--print-every", type=int, default=None, help="loss print period in steps")
     p.set_defaults(func=cmd_train)
 
@@ -83,6 +86,11 @@ def _check_flags(args: argparse.Namespace) -> None:
                                ("--print-every", args.print_every, 1)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.write_mb_per_s is not None:
+        if args.write_mb_per_s <= 0:
+            raise ValueError(f"--write-mb-per-s must be a positive number of MB/s, got {args.write_mb_per_s:g}")
+        if not args.async_save:
+            raise ValueError("--write-mb-per-s paces background saves; add --async-save")
     if args.prefix is not None and ("-" in args.prefix or "/" in args.prefix or not args.prefix):
         raise ValueError(f"--prefix must be a name without '-' or '/', got {args.prefix!r}")
 
@@ -102,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = CheckpointConfig(
         save_checkpoint_steps=args.save_steps if args.save_seconds is None else 0,
         save_checkpoint_seconds=args.save_seconds or 0, keep_checkpoint_max=args.keep_max,
-        async_save=args.async_save, exception_save=True)
+        async_save=args.async_save, write_mb_per_s=args.write_mb_per_s, exception_save=True)
     if args.save_steps is None and args.save_seconds is None:
         cfg.save_checkpoint_steps = steps
     prefix = args.prefix or ("lenet" if args.model == "lenet5" else args.model)

@@ -19,6 +19,7 @@ from torchresume.format.reader import Checkpoint
 from torchresume.state.tree import flat_view, flatten, unflatten
 from torchresume.storage import resolve
 from torchresume.storage.base import Buffer, write_all
+from torchresume.storage.pacing import Pace
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 
@@ -41,13 +42,17 @@ def encoded_parts(encoded: native.Encoded, enc_key: bytes | None) -> tuple[Itera
     return crypto.encrypt_stream(encoded.parts(), encoded.size, enc_key), size
 
 
-def write_encoded(encoded: native.Encoded, path: str, enc_key: bytes | None) -> int:
-    """Stream ``encoded`` to ``path`` on its storage and commit; returns the bytes written."""
+def write_encoded(encoded: native.Encoded, path: str, enc_key: bytes | None, *,
+                  pace: Pace | None = None) -> int:
+    """Stream ``encoded`` to ``path`` on its storage and commit; returns the bytes written.
+
+    ``pace``: write at most that fast (a background save), else as fast as the storage takes it.
+    """
     storage, where = resolve(path)
 
     def attempt() -> int:  # encoding is replayable, so a transient upload failure retries whole
         parts, size = encoded_parts(encoded, enc_key)
-        write_all(storage, where, parts, size_hint=size)
+        write_all(storage, where, parts, size_hint=size, pace=pace)
         return size
     return storage.retrying(f"upload of {path}", attempt)
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from torchresume.storage.pacing import Pace
 
 T = TypeVar("T")
 Buffer = bytes | bytearray | memoryview
@@ -90,9 +93,15 @@ class Storage(Protocol):
 
 
 def write_all(storage: Storage, path: str, parts: Iterable[Buffer], *, read_only: bool = True,
-              size_hint: int | None = None) -> None:
-    """Write ``parts`` through a Writer and commit; abort on any failure (the shared write_atomic)."""
+              size_hint: int | None = None, pace: Pace | None = None) -> None:
+    """Write ``parts`` through a Writer and commit; abort on any failure (the shared write_atomic).
+
+    ``pace`` bounds the write's rate (storage/pacing.py): for background saves only.
+    """
     writer = storage.open_writer(path, read_only=read_only, size_hint=size_hint)
+    if pace is not None:
+        from torchresume.storage.pacing import PacedWriter  # pacing builds on this module
+        writer = PacedWriter(writer, pace)
     try:
         for part in parts:
             writer.write(part)

@@ -8,6 +8,7 @@ from torch import nn
 
 from torchresume.errors import CheckpointConfigError
 from torchresume.manager import check_on_busy
+from torchresume.storage.pacing import check_write_rate
 
 _APPEND_KEYS = ("epoch_num", "step_num")
 
@@ -68,6 +69,9 @@ class CheckpointConfig:
       is still running does: "wait" (default) for it, or "skip" this save (logged); passed to
       the callback's CheckpointManager. Breakpoint saves always wait. Under torchrun saves are
       collective and always wait.
+    - ``write_mb_per_s`` (with ``async_save``): write each background save at most this many
+      MB/s (10**6 bytes), to spread its I/O over more training steps; None (default): as fast
+      as the disk goes. A save, signal or close that waits for the write lifts the limit.
     """
 
     def __init__(self, save_checkpoint_steps: int | None = 1, save_checkpoint_seconds: int | None = 0,
@@ -78,7 +82,7 @@ class CheckpointConfig:
                  exception_save: bool = False, crc_check: bool = False,
                  remove_redundancy: bool = False, format: str | None = None,
                  monitor: str | None = None, mode: str = "max", keep_best_max: int = 1,
-                 on_busy: str = "wait") -> None:
+                 on_busy: str = "wait", write_mb_per_s: float | None = None) -> None:
         steps = _non_negative_int("save_checkpoint_steps", save_checkpoint_steps)
         seconds = _non_negative_int("save_checkpoint_seconds", save_checkpoint_seconds)
         keep_max = _non_negative_int("keep_checkpoint_max", keep_checkpoint_max)
@@ -116,7 +120,11 @@ class CheckpointConfig:
             raise TypeError(f"monitor must be a metric name (str), got {type(monitor).__name__}")
         if isinstance(keep_best_max, bool) or not isinstance(keep_best_max, int) or keep_best_max < 1:
             raise CheckpointConfigError(f"keep_best_max must be a positive int, got {keep_best_max!r}")
-        check_on_busy(on_busy)  # the manager's check: same error, same message, raised here up front
+        check_on_busy(on_busy)  # the manager's checks: same errors, same messages, raised here up front
+        check_write_rate(write_mb_per_s)
+        if write_mb_per_s is not None and not async_save:
+            raise CheckpointConfigError(f"write_mb_per_s={write_mb_per_s!r} paces background saves; "
+                                        "set async_save=True too, or leave write_mb_per_s=None")
         self.save_checkpoint_steps = steps
         self.save_checkpoint_seconds = seconds
         self.keep_checkpoint_max = keep_max
@@ -130,6 +138,7 @@ class CheckpointConfig:
         self.format = format
         self.monitor, self.mode, self.keep_best_max = monitor, mode, keep_best_max
         self.on_busy = on_busy
+        self.write_mb_per_s = write_mb_per_s
 
     def __repr__(self) -> str:
         return (f"CheckpointConfig(save_checkpoint_steps={self.save_checkpoint_steps}, "

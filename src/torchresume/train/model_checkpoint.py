@@ -81,7 +81,7 @@ class ModelCheckpoint(Callback):
                                       async_save=cfg.async_save, enc_key=cfg.enc_key,
                                       enc_mode=cfg.enc_mode, saved_network=cfg.saved_network,
                                       file_format=cfg.format, crc_check=cfg.crc_check,
-                                      on_busy=cfg.on_busy)
+                                      on_busy=cfg.on_busy, write_mb_per_s=cfg.write_mb_per_s)
         self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
                                          **common)
         self.manager.acquire_lock()
