@@ -272,3 +272,14 @@ def test_the_writer_thread_runs_at_a_lower_cpu_priority(writer) -> None:
     writer.wait()
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen == [min(19, main + 10)]
+
+
+def test_waiting_for_a_job_calls_its_on_wait_first() -> None:
+    """A paced write is told when somebody waits for it (and then goes at full speed)."""
+    hurry = threading.Event()
+    w = AsyncWriter()
+    w.submit(lambda: hurry.wait(60), "paced", on_wait=hurry.set)
+    start = time.monotonic()
+    w.wait()
+    assert hurry.is_set() and time.monotonic() - start < 30
+    w.close()

@@ -44,11 +44,16 @@ class AsyncWriter:
         self._lock = threading.Lock()
         atexit.register(self._at_exit)
 
-    def submit(self, job: Callable[[], object], what: str) -> None:
-        """Queue ``job``; first re-raise any failure of an earlier job."""
+    def submit(self, job: Callable[[], object], what: str, on_wait: Callable[[], None] | None = None) -> None:
+        """Queue ``job``; first re-raise any failure of an earlier job.
+
+        ``on_wait`` is called once somebody waits for the job (``wait``, ``close``, exit):
+        a paced write uses it to go at full speed from then on.
+        """
         self.raise_if_failed()
         future = self._pool.submit(job)
         future.what = what  # type: ignore[attr-defined]
+        future.on_wait = on_wait  # type: ignore[attr-defined]
         with self._lock:
             self._pending.append(future)
 
@@ -74,6 +79,10 @@ class AsyncWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             pending = list(self._pending)
+        for f in pending:
+            on_wait = getattr(f, "on_wait", None)
+            if on_wait is not None:
+                on_wait()
         for f in pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:

@@ -142,7 +142,6 @@ class CheckpointManager:
         if self.write_mb_per_s is not None and not async_save:
             raise ValueError(f"write_mb_per_s={write_mb_per_s!r} paces background saves; pass async_save=True "
                              "too, or leave write_mb_per_s=None")
-        self._pace: Pace | None = None  # the background write in flight, when paced
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
@@ -237,8 +236,9 @@ class CheckpointManager:
             self._commit(kind, tree, full_info, append, path)
         else:  # snapshot now; the live tensors keep changing while the writer works
             copy = self._staging.stage(tree)
-            pace = self._pace = None if self.write_mb_per_s is None or breakpoint else Pace(self.write_mb_per_s * 1e6)
-            self._writer.submit(lambda: self._commit(kind, copy, full_info, append, path, pace), path)
+            pace = None if self.write_mb_per_s is None or breakpoint else Pace(self.write_mb_per_s * 1e6)
+            self._writer.submit(lambda: self._commit(kind, copy, full_info, append, path, pace), path,
+                                on_wait=pace.hurry.set if pace is not None else None)
         return path
 
     @property
@@ -259,14 +259,8 @@ class CheckpointManager:
             return False
         log.info("saving %s waits for the background save of %s (saves are due faster than they are "
                  "written; save less often, or on_busy='skip')", path, running)
-        self._hurry()
         self._writer.wait()
         return True
-
-    def _hurry(self) -> None:
-        """Somebody waits for the background write: lift its pacing."""
-        if self._pace is not None:
-            self._pace.hurry.set()
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str, pace: Pace | None = None) -> None:
@@ -318,7 +312,6 @@ class CheckpointManager:
         With ``timeout``, raises TimeoutError if uploads are still running then.
         """
         if self._writer is not None:
-            self._hurry()
             self._writer.wait(timeout)
         if self.remote is not None:
             self.remote.wait(timeout)
@@ -326,7 +319,6 @@ class CheckpointManager:
     def close(self) -> None:
         try:
             if self._writer is not None:
-                self._hurry()
                 self._writer.close()
             if self._staging is not None:
                 self._staging.release()
