@@ -33,7 +33,25 @@ def test_bad_usage_is_exit_2(capsys) -> None:
 
 def test_bad_storage_option(tmp_path, capsys) -> None:
     assert main(["ls", str(tmp_path), "--storage-option", "novalue"]) == 1
-    assert "--storage-option must be KEY=VALUE, got 'novalue'" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "torchresume: error: --storage-option must be KEY=VALUE (KEY may be dotted: "
+        "config_kwargs.s3.payload_signing_enabled=true), got 'novalue'\n")
+    assert main(["ls", str(tmp_path), "--storage-option", "config_kwargs=x",
+                 "--storage-option", "config_kwargs.s3.addressing_style=path"]) == 1
+    assert capsys.readouterr().err == ("torchresume: error: --storage-option "
+                                       "'config_kwargs.s3.addressing_style=path': 'config_kwargs' was given "
+                                       "a value already\n")
+
+
+def test_dotted_storage_options_nest_and_type_botocore_settings() -> None:
+    from torchresume.cli.main import parse_storage_options
+    assert parse_storage_options(["key=0123", "endpoint_url=http://127.0.0.1:9000",
+                                  "config_kwargs.s3.payload_signing_enabled=TRUE",
+                                  "config_kwargs.s3.addressing_style=path",
+                                  "config_kwargs.max_pool_connections=20"]) == {
+        "key": "0123", "endpoint_url": "http://127.0.0.1:9000",
+        "config_kwargs": {"s3": {"payload_signing_enabled": True, "addressing_style": "path"},
+                          "max_pool_connections": 20}}
 
 
 def test_resume_with_changed_settings_says_so(tmp_path, capsys) -> None:

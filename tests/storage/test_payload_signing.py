@@ -69,3 +69,13 @@ def test_defaults_merge_under_the_callers_config() -> None:
         "s3": {"payload_signing_enabled": False, "addressing_style": "path"}}
     assert botocore_config(None)["s3"] == {"payload_signing_enabled": False}
     assert given["s3"] == {"addressing_style": "path"}  # the caller's dicts are not modified
+
+
+def test_the_cli_option_signs_the_payload(any_bucket: str) -> None:
+    """``--storage-option config_kwargs.s3.payload_signing_enabled=true`` reaches botocore."""
+    from torchresume.cli.main import parse_storage_options
+    remote = RemoteStorage("s3", parse_storage_options(["config_kwargs.s3.payload_signing_enabled=true"]))
+    sent = record_payload_hashes(remote, any_bucket)
+    body = b"signed, because the command line asked"
+    remote.fs.pipe_file(remote.key(any_bucket + "/cli.bin"), body)
+    assert sent["PutObject"] == [hashlib.sha256(body).hexdigest()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from torchresume import run_lock
 from torchresume.cli import files, training
@@ -71,16 +72,40 @@ def _closed_pipe() -> int:
 
 
 def _configure_storage(options: list[str]) -> None:
-    if not options:
-        return
-    from torchresume.storage import configure
-    parsed = {}
-    for item in options:
+    if options:
+        from torchresume.storage import configure
+        configure(**parse_storage_options(options))
+
+
+def parse_storage_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as fsspec options; a dotted KEY nests (``config_kwargs.s3.x=true``).
+
+    Top-level values stay strings (keys, secrets and URLs are strings even when they look like
+    numbers); nested values, which are botocore settings, read ``true``/``false`` as booleans
+    and whole numbers as ints.
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--storage-option must be KEY=VALUE, got {item!r}")
-        parsed[key] = value
-    configure(**parsed)
+        names = key.split(".")
+        if not sep or not all(names):
+            raise ValueError(f"--storage-option must be KEY=VALUE (KEY may be dotted: "
+                             f"config_kwargs.s3.payload_signing_enabled=true), got {item!r}")
+        where = parsed
+        for name in names[:-1]:
+            inner = where.setdefault(name, {})
+            if not isinstance(inner, dict):
+                raise ValueError(f"--storage-option {item!r}: {name!r} was given a value already")
+            where = inner
+        where[names[-1]] = _setting(value) if len(names) > 1 else value
+    return parsed
+
+
+def _setting(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return int(value) if value.lstrip("-").isdigit() else value
 
 
 if __name__ == "__main__":
