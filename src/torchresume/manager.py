@@ -257,8 +257,9 @@ class CheckpointManager:
             log.warning("skipped saving %s: the background save of %s is still running (on_busy='skip'; "
                         "save less often to keep every save)", path, running)
             return False
+        paced = "" if self.write_mb_per_s is None else f", raise write_mb_per_s (now {self.write_mb_per_s:g} MB/s)"
         log.info("saving %s waits for the background save of %s (saves are due faster than they are "
-                 "written; save less often, or on_busy='skip')", path, running)
+                 "written; save less often%s, or on_busy='skip')", path, running, paced)
         self._writer.wait()
         return True
 

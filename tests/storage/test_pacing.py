@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -69,7 +70,8 @@ def test_config_refuses_a_rate_without_async_saves() -> None:
     assert CheckpointConfig(save_checkpoint_steps=10, async_save=True, write_mb_per_s=200).write_mb_per_s == 200
 
 
-def test_manager_paces_background_saves_and_waiting_hurries_them(tmp_path) -> None:
+def test_manager_paces_background_saves_and_waiting_hurries_them(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="torchresume")
     torch.manual_seed(0)
     net = nn.Linear(2048, 2048)  # 16.8 MB of weights: 8.4 s a save at 2 MB/s
     m = CheckpointManager(str(tmp_path), model=net, async_save=True, write_mb_per_s=2, keep=5)
@@ -82,6 +84,9 @@ def test_manager_paces_background_saves_and_waiting_hurries_them(tmp_path) -> No
         second = m.save(1, 2)  # waits for the first, which stops pacing
         m.wait()  # the second is hurried too
         assert time.monotonic() - start < 8, "waiting should have lifted the pacing"
+        assert (f"saving {second} waits for the background save of {first} (saves are due faster than they "
+                "are written; save less often, raise write_mb_per_s (now 2 MB/s), or on_busy='skip')"
+                in caplog.messages)
     finally:
         m.close()
     assert verify(first).valid and verify(second).valid
