@@ -66,6 +66,9 @@ class DistributedModelCheckpoint(ModelCheckpoint):
             # skipping would have to be agreed by every rank (one more collective per save)
             log.warning("CheckpointConfig(on_busy='skip') is not applied under torchrun: a save is "
                         "collective, so a save due while the previous one is written waits for it")
+        if self.config.write_mb_per_s is not None and self.world.rank == 0:
+            log.warning("CheckpointConfig(write_mb_per_s=%g) is not applied under torchrun: each rank "
+                        "writes its part of a sharded save at full speed", self.config.write_mb_per_s)
         self.dist_manager = TrainingCheckpoints(self.directory, prefix=self.prefix, keep=keep,
                                                 async_save=bool(self.config.async_save))
         self.manager = self.dist_manager  # type: ignore[assignment]  # what Model's stop path waits on
