@@ -318,8 +318,7 @@ def overhead_run(method: Method, minutes: float, every: float) -> tuple[float, i
     return extra / wall, saves, r
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gib", type=float, default=1.0, help="state size: weights + Adam moments (GiB)")
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the overhead run")
     parser.add_argument("--every", type=float, default=30.0, help="seconds between saves in the overhead run")
@@ -332,20 +331,33 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=3, help="saves per method for the stall table")
     parser.add_argument("--gap-steps", type=int, default=2, help="clean steps between saves")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
-    args = parser.parse_args()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    measure(parser.parse_args())
+
+
+def measure(args: argparse.Namespace) -> list[Check]:
+    """Everything above, in a temporary directory, under a one-rank gloo group (DCP needs one)."""
     warnings.filterwarnings("ignore", message="Detected an existing checkpoint")  # DCP rewrites its dir
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     dist.init_process_group("gloo", rank=0, world_size=1)
     workdir = tempfile.mkdtemp(prefix="save_stall_", dir=args.dir)
     try:
-        report(args, workdir)
+        return report(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         dist.destroy_process_group()
 
 
-def report(args: argparse.Namespace, workdir: str) -> None:
+Check = tuple[str, bool, str]  # (target, met?, what was measured)
+
+
+def report(args: argparse.Namespace, workdir: str) -> list[Check]:
+    """Run every measurement, print the tables, and return the targets with their outcomes."""
     trainer = Trainer(args.gib)
     print(f"state {trainer.nbytes / (1 << 30):.2f} GiB (MLP {LAYERS} layers + Adam), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}, writing to {workdir}", flush=True)
@@ -398,7 +410,7 @@ def report(args: argparse.Namespace, workdir: str) -> None:
     tr_async, dcp_async = results["torchresume async"], results["dcp.async_save"]
     paced = results[f"tr async {args.write_mb_per_s:g} MB/s"]
     print("\ntargets:")
-    checks = [("async stall <= 0.05x torchresume sync", tr_async.stall <= 0.05 * sync,
+    checks: list[Check] = [("async stall <= 0.05x torchresume sync", tr_async.stall <= 0.05 * sync,
                f"{tr_async.stall / sync:.3f}x"),
               ("async stall <= DCP async_save stall", tr_async.stall <= dcp_async.stall,
                f"{tr_async.stall:.3f} vs {dcp_async.stall:.3f} s"),
@@ -408,6 +420,11 @@ def report(args: argparse.Namespace, workdir: str) -> None:
                f"{paced.slowdown or 0:.2f}x"),
               (f"overhead of a save every {args.every:g} s < 1%", overheads[0] < 0.01, f"{overheads[0] * 100:.2f}%"),
               ("the same, paced", overheads[1] < 0.01, f"{overheads[1] * 100:.2f}%")]
+    print_checks(checks)
+    return checks
+
+
+def print_checks(checks: list[Check]) -> None:
     for what, ok, got in checks:
         print(f"  {'met ' if ok else 'MISS'} {what}: {got}")
 
