@@ -56,14 +56,12 @@ class PacedWriter:
         self.inner = inner
         self.path = inner.path
         self._pace = pace
-        self._start: float | None = None
+        self._start = time.monotonic()
         self.sent = 0
         self.paused = 0.0  # seconds spent pausing, for tests and reports
 
     def write(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
-        if self._start is None:
-            self._start = time.monotonic()
         for pos in range(0, view.nbytes, PACE_CHUNK):
             piece = view[pos:pos + PACE_CHUNK]
             self.inner.write(piece)
@@ -71,7 +69,6 @@ class PacedWriter:
             self._keep_pace()
 
     def _keep_pace(self) -> None:
-        assert self._start is not None
         if self._pace.hurry.is_set():
             return
         ahead = self.sent / self._pace.bytes_per_s - (time.monotonic() - self._start)
