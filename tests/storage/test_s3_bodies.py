@@ -1,4 +1,4 @@
-"""storage/s3body.py against real servers: parts sent as PartBuffers.
+"""storage/s3body.py against real servers: parts sent as PartBuffers, ranges streamed into buffers.
 
 moto and ``rclone serve s3`` run on 127.0.0.1 (tests/storage/conftest.py); faults come
 from tests/storage/faulty_s3.py (moto behind a middleware), never from a mock.
@@ -14,6 +14,7 @@ import pytest
 
 from tests.storage.faulty_s3 import FaultyS3
 from torchresume import storage
+from torchresume.errors import StorageError
 from torchresume.storage import remote, s3body
 from torchresume.storage.base import write_all
 
@@ -107,3 +108,57 @@ def test_part_failed_once_is_sent_again_whole(bucket, small_parts, faulty) -> No
     assert statuses.count(503) == 3 and statuses.count(200) == 3, faulty.requests
     assert store.fs.cat_file(store.key(url)) == data
 
+
+def test_range_cut_short_is_fetched_again(bucket, small_parts, faulty) -> None:
+    """A GET whose body stops half way (the connection dropped) is retried for that range alone."""
+    url = bucket + "/cut.bin"
+    store = _store(url)
+    data = os.urandom(3 * MIB + 5)
+    store.write_atomic(url, [data])
+    cut: list[str] = []
+
+    def one_range_once(method: str, path: str, query: str) -> bool:
+        if method != "GET" or not path.endswith("/cut.bin") or cut:
+            return False
+        cut.append(path)
+        return True
+
+    faulty.cut_when = one_range_once
+    f, _ = store.open_read(url)
+    with f:
+        assert f.read() == data
+    gets = [r for r in faulty.requests if r[0] == "GET" and r[1].endswith("/cut.bin")]
+    assert [r[3] for r in gets].count(-1) == 1 and len(gets) == 5  # 4 ranges, one of them twice
+
+
+def test_object_shorter_than_its_size_is_one_clear_error(server_bucket, small_parts) -> None:
+    """The object is replaced by a shorter one after the reader learnt its size: the range
+    that comes back short is reported, never padded or read past."""
+    url = server_bucket + "/changing.bin"
+    store = _store(url)
+    store.write_atomic(url, [os.urandom(3 * MIB)])
+    f, _ = store.open_read(url)
+    store.fs.pipe_file(store.key(url), os.urandom(MIB + MIB // 2))
+    with f, pytest.raises(StorageError, match=r"bytes \[1048576, 2097152\) returned 524288 bytes"):
+        f.read()
+
+
+def test_range_buffers_are_reused(server_bucket, small_parts, monkeypatch) -> None:
+    """Ten ranges through a window of four: the ranges land in a few buffers, used again and again."""
+    monkeypatch.setattr(remote, "STREAMS", 4)
+    url = server_bucket + "/many.bin"
+    store = _store(url)
+    data = os.urandom(10 * MIB)
+    store.write_atomic(url, [data])
+    buffers: list[int] = []
+    real = s3body.read_range
+
+    def recording(fs: Any, key: str, begin: int, end: int, into: memoryview) -> int:
+        buffers.append(id(into.obj))
+        return real(fs, key, begin, end, into)
+
+    monkeypatch.setattr(s3body, "read_range", recording)
+    f, _ = store.open_read(url)
+    with f:
+        assert f.read() == data
+    assert len(buffers) == 10 and len(set(buffers)) <= 5, buffers

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 import xxhash
 
 from torchresume.errors import CheckpointNotFoundError, StorageError
+from torchresume.storage import s3body
 from torchresume.storage.base import Buffer, FileInfo, write_all
 from torchresume.storage.multipart import ParallelUpload
 from torchresume.storage.ranged import open_ranged
@@ -255,7 +256,8 @@ class RemoteStorage:
             return None
 
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
-        """The object as a file read ahead by STREAMS parallel range GETs (storage/ranged.py)."""
+        """The object as a file read ahead by STREAMS parallel range GETs (storage/ranged.py),
+        each streamed into a reused buffer (storage/s3body.py)."""
         key = self.key(path)
         try:
             info = with_retries(f"stat of {path}", lambda: self.fs.info(key))
@@ -265,9 +267,9 @@ class RemoteStorage:
             raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint object")
         size = int(info["size"])
 
-        def fetch(begin: int, end: int) -> bytes:
+        def fetch(begin: int, end: int, into: memoryview) -> int:
             return with_retries(f"download of bytes {begin}-{end} of {path}",
-                                lambda: self.fs.cat_file(key, start=begin, end=end))
+                                lambda: s3body.read_range(self.fs, key, begin, end, into))
         return open_ranged(fetch, size, path, part=RANGE_BYTES, streams=STREAMS), size
 
     def open_header(self, path: str) -> tuple[BinaryIO, int]:

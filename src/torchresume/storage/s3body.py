@@ -12,6 +12,9 @@ Measured by benchmarks/s3_paths.py on 127.0.0.1 (rclone serve s3, client CPU sec
   1 MiB memoryview slices, each after the socket took the last. A file-like body would
   do the same but brings ``Expect: 100-continue``, which aiohttp waits for with no
   timeout (a store that never answers it would hang); this one does not.
+* Download (``read_range``). s3fs's ``cat_file`` joins a GET's chunks into a new bytes
+  object (fresh memory: page faults) that the reader then copies again; ``read_range``
+  streams the body into a buffer of the caller's with aiobotocore's ``readinto``.
 """
 
 from __future__ import annotations
@@ -57,3 +60,50 @@ def _register_payload() -> None:
 
     payload.PAYLOAD_REGISTRY.register(PartPayload, PartBuffer)
 
+
+def read_range(fs: Any, key: str, begin: int, end: int, into: memoryview) -> int:
+    """Bytes ``[begin, end)`` of object ``key`` into ``into``; returns the length the server sent.
+
+    S3 (s3fs): one ranged GetObject, its body read straight into ``into``. A length other
+    than ``end - begin`` (the object changed, or the server ignored Range) is returned
+    without reading the body, for the caller to report. Another fsspec store: ``cat_file``.
+    A failure while the body streams in is a ConnectionError (worth another try).
+    """
+    if getattr(fs, "_call_s3", None) is None:
+        data = fs.cat_file(key, start=begin, end=end)
+        if len(data) == into.nbytes:
+            into[:] = data
+        return len(data)
+    from fsspec.asyn import sync
+    return int(sync(fs.loop, _get_into, fs, key, begin, end, into))
+
+
+async def _get_into(fs: Any, path: str, begin: int, end: int, into: memoryview) -> int:
+    from s3fs.core import version_id_kw
+    bucket, key, version = fs.split_path(path)
+    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={begin}-{end - 1}",
+                             **version_id_kw(version))
+    body = resp["Body"]
+    try:
+        sent = int(resp.get("ContentLength", end - begin))
+        if sent != into.nbytes:
+            return sent
+        await _stream_into(body, into, f"bytes {begin}-{end} of {path}")
+        return sent
+    finally:
+        body.close()
+
+
+async def _stream_into(body: Any, into: memoryview, what: str) -> None:
+    """Fill ``into`` from a response body; a short body or a dropped connection is a ConnectionError."""
+    got = 0
+    try:
+        while got < into.nbytes:
+            n = await body.readinto(into[got:])
+            if not n:
+                break
+            got += n
+    except Exception as exc:  # aiohttp/botocore stream errors: the GET as a whole is retried
+        raise ConnectionError(f"reading {what} failed: {type(exc).__name__}: {exc}") from exc
+    if got != into.nbytes:
+        raise ConnectionError(f"reading {what}: the connection closed after {got} of {into.nbytes} bytes")
