@@ -1,13 +1,13 @@
 """S3 request and response bodies moved without the copies aiohttp would make of them.
 
 s3fs's client (aiobotocore on aiohttp) is kept, with its credentials, endpoint and
-options; only how a part's bytes go out and a range's bytes come in changes.
-Measured by benchmarks/s3_paths.py on 127.0.0.1 (rclone serve s3, client CPU seconds per GB):
+options; only how a part's bytes go out and a range's bytes come in changes. Each path
+is measured alone by benchmarks/s3_paths.py, the whole transfer by s3_throughput.py.
 
 * Upload (``PartBuffer``). botocore takes a part as bytes or bytearray, and aiohttp
-  sends such a body by slicing it (a copy of the whole part, aiohttp >= 3.12), joining
-  it to the headers (another, Python < 3.12.9) and buffering what the socket did not
-  take (a third), into fresh memory each time. A ``PartBuffer`` is a bytearray botocore
+  sends such a body by slicing it (a copy of the whole part), joining it to the
+  headers (another, on Python < 3.12.9) and buffering what the socket did not take
+  (a third), into fresh memory each time. A ``PartBuffer`` is a bytearray botocore
   treats as any other, which aiohttp sends through ``PartPayload``: headers first, then
   1 MiB memoryview slices, each after the socket took the last. A file-like body would
   do the same but brings ``Expect: 100-continue``, which aiohttp waits for with no
@@ -52,7 +52,7 @@ def _register_payload() -> None:
         async def write_with_length(self, writer: Any, content_length: int | None) -> None:
             view = memoryview(self._value)
             end = view.nbytes if content_length is None else min(content_length, view.nbytes)
-            send_headers = getattr(writer, "send_headers", None)  # aiohttp < 3.12 sent them already
+            send_headers = getattr(writer, "send_headers", None)  # else the first slice carries them
             if send_headers is not None:
                 send_headers()
             for begin in range(0, end, UPLOAD_SLICE):
