@@ -328,7 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the paced async method's write rate (MB/s; CheckpointManager(write_mb_per_s=))")
     parser.add_argument("--paced-minutes", type=float, default=5.0,
                         help="length of the overhead run with paced async saves; 0: skip")
-    parser.add_argument("--saves", type=int, default=3, help="saves per method for the stall table")
+    parser.add_argument("--saves", type=int, default=5, help="saves per method for the stall table")
     parser.add_argument("--gap-steps", type=int, default=2, help="clean steps between saves")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
 
@@ -394,6 +394,7 @@ def report(args: argparse.Namespace, workdir: str) -> list[Check]:
             ("floor: the same bytes written raw (O_DIRECT + fsync, no snapshot or hashing) by a plain thread",
              args.floor_minutes, lambda: RawDirectWrite(trainer, workdir))]
     overheads: list[float] = []
+    cpus = os.cpu_count() or 1
     print()
     for what, minutes, make in runs:
         if minutes <= 0:
@@ -403,8 +404,8 @@ def report(args: argparse.Namespace, workdir: str) -> list[Check]:
         overheads.append(overhead)
         print(f"overhead, {minutes:g} min, {what} ({saves} saves): {overhead * 100:.2f}% of the run; steps "
               f"during writes {r.slowdown or 0:.2f}x clean ({len(r.during)} of {len(r.during) + len(r.clean)} "
-              f"steps); hypervisor steal {r.steal[0]:.1f} s ({r.steal[0] / (minutes * 60) * 100:.2f}% of the run, "
-              f"{r.steal[0] / max(saves, 1):.2f} s per save)", flush=True)
+              f"steps); hypervisor steal {r.steal[0]:.1f} CPU-s ({r.steal[0] / cpus / (minutes * 60) * 100:.2f}% of "
+              f"the run's CPU time, {r.steal[0] / max(saves, 1):.2f} s per save)", flush=True)
     if overheads[2] == overheads[2]:  # not NaN: the floor ran
         print(f"=> torchresume's own share of the overhead: {(overheads[0] - overheads[2]) * 100:.2f}% of the run")
     tr_async, dcp_async = results["torchresume async"], results["dcp.async_save"]
