@@ -27,6 +27,7 @@ import atexit
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -43,6 +44,7 @@ class AsyncWriter:
         self._pending: list[Future[object]] = []
         self._lock = threading.Lock()
         atexit.register(self._at_exit)
+        _LIVE.add(self)
 
     def submit(self, job: Callable[[], object], what: str, on_wait: Callable[[], None] | None = None) -> None:
         """Queue ``job``; first re-raise any failure of an earlier job.
@@ -79,10 +81,7 @@ class AsyncWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             pending = list(self._pending)
-        for f in pending:
-            on_wait = getattr(f, "on_wait", None)
-            if on_wait is not None:
-                on_wait()
+        self.hurry()
         for f in pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -93,6 +92,15 @@ class AsyncWriter:
             self._pending = [f for f in self._pending if f not in pending]
         for f in pending:
             _raise(f)
+
+    def hurry(self) -> None:
+        """Tell every queued job that somebody waits for it now (its ``on_wait``)."""
+        with self._lock:
+            pending = list(self._pending)
+        for f in pending:
+            on_wait = getattr(f, "on_wait", None)
+            if on_wait is not None:
+                on_wait()
 
     def close(self) -> None:
         try:
@@ -107,6 +115,21 @@ class AsyncWriter:
         except AsyncSaveError as exc:
             from torchresume.log import log
             log.warning("%s", exc)
+
+
+_LIVE: weakref.WeakSet[AsyncWriter] = weakref.WeakSet()
+
+
+def _hurry_all() -> None:
+    """At interpreter shutdown, before concurrent.futures joins its worker threads (which happens
+    before any atexit hook, so ``_at_exit`` alone would wait out a paced write at its pace):
+    threading runs these hooks last-registered first, and this one is registered after its."""
+    for writer in list(_LIVE):
+        writer.hurry()
+
+
+if hasattr(threading, "_register_atexit"):  # CPython 3.9+; elsewhere an exit waits at the pace
+    threading._register_atexit(_hurry_all)
 
 
 def _lower_priority(nice: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -107,3 +109,23 @@ def test_breakpoints_are_never_paced_and_sync_managers_refuse_a_rate(tmp_path) -
     finally:
         m.close()
     assert verify(path).valid
+
+
+EXIT_WITHOUT_CLOSE = """
+import sys, torch
+from torch import nn
+from torchresume.manager import CheckpointManager
+torch.manual_seed(0)
+m = CheckpointManager(sys.argv[1], model=nn.Linear(2048, 2048), async_save=True, write_mb_per_s=0.5)
+print(m.save(1, 1), flush=True)  # 34 s at 0.5 MB/s; the script ends without wait() or close()
+"""
+
+
+def test_interpreter_exit_lifts_the_pacing_and_still_commits(tmp_path) -> None:
+    """concurrent.futures joins its threads before atexit hooks run: the hurry must come before that."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", EXIT_WITHOUT_CLOSE, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 25, "the exit waited for the paced write at its pace"
+    assert verify(done.stdout.strip()).valid

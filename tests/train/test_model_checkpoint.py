@@ -11,6 +11,7 @@ import torch
 import torchresume as tr
 from tests.train.helpers import toy_data, toy_model
 from torchresume import CheckpointConfig, LambdaCallback, ModelCheckpoint
+from torchresume.files import verify
 
 
 def _ckpts(d) -> list[str]:
@@ -172,3 +173,17 @@ def test_on_busy_skip_in_the_config_skips_a_save_due_while_one_is_written(tmp_pa
                        f"{tmp_path / 'toy-1_2.ckpt'} is still running (on_busy='skip'; save less often "
                        "to keep every save)"]
     assert cb.latest_ckpt_file_name == str(tmp_path / "toy-1_8.ckpt")
+
+
+def test_on_busy_skip_never_skips_the_last_steps_save(tmp_path) -> None:
+    """Paced to 1 kB/s, each background save stays in flight for seconds: the periodic saves due
+    meanwhile are skipped, but the end-of-training save waits for it and saves the last step."""
+    cfg = CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=10, async_save=True, on_busy="skip",
+                           write_mb_per_s=0.001)
+    cb = ModelCheckpoint("toy", str(tmp_path), cfg)
+    toy_model().train(1, toy_data(), [cb])  # 8 steps: saves due at 2, 4, 6, 8
+    saved = _ckpts(tmp_path)
+    assert saved[0] == "toy-1_2.ckpt" and saved[-1] == "toy-1_8.ckpt", saved
+    assert len(saved) < 4, saved  # some were skipped
+    assert cb.latest_ckpt_file_name == str(tmp_path / "toy-1_8.ckpt")
+    assert all(verify(str(tmp_path / name)).valid for name in saved)

@@ -107,7 +107,8 @@ class DistributedModelCheckpoint(ModelCheckpoint):
                 log.warning("%s", err)
 
     def save(self, ctx: RunContext, *, breakpoint: bool = False, manager: Any = None,
-             reason: BaseException | None = None) -> str:
+             reason: BaseException | None = None, on_busy: str | None = None) -> str:
+        """One collective save; ``on_busy`` is accepted for the base class's callers: it always waits."""
         if self.dist_manager is None:
             raise RuntimeError("DistributedModelCheckpoint.save() before on_train_begin(): Model.train/fit "
                                "starts the callback")

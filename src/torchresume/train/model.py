@@ -193,6 +193,9 @@ class Model:
             if cb.manager is not None:
                 saved.append(cb.save_if_unsaved(ctx))
                 _wait_bounded(cb.manager)
+            best = getattr(cb, "best_manager", None)  # a best-checkpoint save may still be writing
+            if best is not None:
+                _wait_bounded(best)
         where = f"; checkpoint {saved[-1]}" if saved else " (no ModelCheckpoint: nothing saved)"
         log.warning("%s at epoch %d step %d%s; exiting with %d", signals.name(sig), ctx.epoch, ctx.step, where,
                     signals.exit_code(sig))

@@ -110,9 +110,13 @@ class ModelCheckpoint(Callback):
             self.save(ctx)
 
     def save_if_unsaved(self, ctx: RunContext) -> str | None:
-        """Save the current step unless it was just saved; the newest checkpoint's path."""
+        """Save the current step unless it was just saved; the newest checkpoint's path.
+
+        The stop-signal and end-of-training save: it waits for a background save in flight,
+        whatever ``on_busy`` says (skipping it would lose the run's last steps).
+        """
         if self.manager is not None and self._last_saved_step != ctx.global_step and ctx.global_step > 0:
-            self.save(ctx)
+            self.save(ctx, on_busy="wait")
         return self.latest_ckpt_file_name
 
     def on_train_end(self, ctx: RunContext) -> None:
@@ -151,7 +155,8 @@ class ModelCheckpoint(Callback):
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, ctx: RunContext, *, breakpoint: bool = False,
-             manager: CheckpointManager | None = None, reason: BaseException | None = None) -> str | None:
+             manager: CheckpointManager | None = None, reason: BaseException | None = None,
+             on_busy: str | None = None) -> str | None:
         manager = manager or self.manager
         if manager is None:
             raise RuntimeError("ModelCheckpoint.save() before on_train_begin(): pass the callback to "
@@ -161,9 +166,6 @@ class ModelCheckpoint(Callback):
         append = {k: names[k] for k in cfg.append_names}
         append.update(cfg.append_dict)
         step = ctx.step + 1 if breakpoint and ctx.in_step else ctx.step
-        if manager is self.manager and not breakpoint:
-            self._last_saved_step = ctx.global_step
-            self._last_save_time = time.monotonic()
         parts = ctx.run_state().parts(ctx)
         state: dict[str, Any] = dict(info=parts["info"], append=append, callbacks=parts["callbacks"],
                                      rng_state=parts["rng"], sampler_state=parts["sampler"])
@@ -171,7 +173,11 @@ class ModelCheckpoint(Callback):
         if reason is not None:
             path = manager.save_breakpoint(ctx.epoch, step, ctx.global_step, reason=reason, **state)
         else:
-            path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint, **state)
-        if manager is self.manager and path is not None:  # None: skipped, a save was running
+            path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint, on_busy=on_busy, **state)
+        if manager is self.manager and not breakpoint:
+            self._last_save_time = time.monotonic()  # a skipped save is not retried at once either
+            if path is not None:  # None: skipped, a save was running, so this step is still unsaved
+                self._last_saved_step = ctx.global_step
+        if manager is self.manager and path is not None:
             self.latest_ckpt_file_name = path
         return path
