@@ -138,10 +138,7 @@ class CheckpointManager:
         self._staging = StagingBuffers() if async_save else None
         self.on_busy = check_on_busy(on_busy)
         # Background writes only (a sync save's caller waits for it): storage/pacing.py says why.
-        self.write_mb_per_s = check_write_rate(write_mb_per_s)
-        if self.write_mb_per_s is not None and not async_save:
-            raise ValueError(f"write_mb_per_s={write_mb_per_s!r} paces background saves; pass async_save=True "
-                             "too, or leave write_mb_per_s=None")
+        self.write_mb_per_s = check_write_rate(write_mb_per_s, async_save)
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None

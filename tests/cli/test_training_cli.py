@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from torchresume.cli.main import main
 
 
@@ -45,6 +47,9 @@ def test_bad_storage_option(tmp_path, capsys) -> None:
 
 def test_dotted_storage_options_nest_and_type_botocore_settings() -> None:
     from torchresume.cli.main import parse_storage_options
+    with pytest.raises(ValueError, match="'config_kwargs' already holds dotted settings"):
+        parse_storage_options(["config_kwargs.s3.x=1", "config_kwargs=x"])
+    assert parse_storage_options(["c.n=-12", "c.m=--5"]) == {"c": {"n": -12, "m": "--5"}}
     assert parse_storage_options(["key=0123", "endpoint_url=http://127.0.0.1:9000",
                                   "config_kwargs.s3.payload_signing_enabled=TRUE",
                                   "config_kwargs.s3.addressing_style=path",

@@ -69,6 +69,8 @@ def test_flags_are_named_as_typed(tmp_path) -> None:
         "torchresume: error: --write-mb-per-s paces background saves; add --async-save\n"
     assert train(tmp_path, "--async-save", "--write-mb-per-s", "0", check=1).stderr == \
         "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got 0\n"
+    assert train(tmp_path, "--async-save", "--write-mb-per-s", "nan", check=1).stderr == \
+        "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got nan\n"
 
 
 def test_a_failed_save_names_the_file_and_the_cause(tmp_path) -> None:

@@ -8,6 +8,7 @@ signal-triggered save.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -97,6 +98,8 @@ def parse_storage_options(items: list[str]) -> dict[str, Any]:
             if not isinstance(inner, dict):
                 raise ValueError(f"--storage-option {item!r}: {name!r} was given a value already")
             where = inner
+        if isinstance(where.get(names[-1]), dict):
+            raise ValueError(f"--storage-option {item!r}: {key!r} already holds dotted settings")
         where[names[-1]] = _setting(value) if len(names) > 1 else value
     return parsed
 
@@ -105,7 +108,7 @@ def _setting(value: str) -> Any:
     lowered = value.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    return int(value) if value.lstrip("-").isdigit() else value
+    return int(value) if re.fullmatch(r"-?[0-9]+", value) else value
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 import torch
@@ -87,7 +88,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
     if args.write_mb_per_s is not None:
-        if args.write_mb_per_s <= 0:
+        if not math.isfinite(args.write_mb_per_s) or args.write_mb_per_s <= 0:
             raise ValueError(f"--write-mb-per-s must be a positive number of MB/s, got {args.write_mb_per_s:g}")
         if not args.async_save:
             raise ValueError("--write-mb-per-s paces background saves; add --async-save")

@@ -18,18 +18,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from torchresume.errors import CheckpointConfigError
 from torchresume.storage.base import Buffer, Writer
 
 PACE_CHUNK = 8 * 1024 * 1024  # bytes passed on between two looks at the clock
 
 
-def check_write_rate(value: float | None, name: str = "write_mb_per_s") -> float | None:
-    """``value`` (MB/s, 10**6 bytes per second) if it is None or a positive, finite number."""
+def check_write_rate(value: float | None, async_save: bool) -> float | None:
+    """``write_mb_per_s`` (MB/s, 10**6 bytes per second) checked: None, or a positive finite number
+    given with ``async_save`` (only background saves are paced). CheckpointConfigError otherwise."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} is not a write rate; give a positive number of MB/s "
-                         f"(e.g. {name}=200) or None for no limit")
+        raise CheckpointConfigError(f"write_mb_per_s={value!r} is not a write rate; give a positive number of "
+                                    "MB/s (e.g. write_mb_per_s=200) or None for no limit")
+    if not async_save:
+        raise CheckpointConfigError(f"write_mb_per_s={value!r} paces background saves; set async_save=True "
+                                    "too, or leave write_mb_per_s=None")
     return float(value)
 
 

@@ -58,7 +58,10 @@ def _register_payload() -> None:
             for begin in range(0, end, UPLOAD_SLICE):
                 await writer.write(view[begin:min(begin + UPLOAD_SLICE, end)])  # drains when buffered
 
-    payload.PAYLOAD_REGISTRY.register(PartPayload, PartBuffer)
+    try:  # ahead of BytesPayload, which also takes a bytearray subclass, on every aiohttp version
+        payload.PAYLOAD_REGISTRY.register(PartPayload, PartBuffer, order=payload.Order.try_first)
+    except (AttributeError, TypeError):  # an aiohttp without orders
+        payload.PAYLOAD_REGISTRY.register(PartPayload, PartBuffer)
 
 
 def read_range(fs: Any, key: str, begin: int, end: int, into: memoryview) -> int:
@@ -97,9 +100,15 @@ async def _get_into(fs: Any, path: str, begin: int, end: int, into: memoryview) 
 async def _stream_into(body: Any, into: memoryview, what: str) -> None:
     """Fill ``into`` from a response body; a short body or a dropped connection is a ConnectionError."""
     got = 0
+    readinto = getattr(body, "readinto", None)  # aiobotocore's StreamingBody; older ones only read()
     try:
         while got < into.nbytes:
-            n = await body.readinto(into[got:])
+            if readinto is not None:
+                n = await readinto(into[got:])
+            else:
+                chunk = await body.read(into.nbytes - got)
+                n = len(chunk)
+                into[got:got + n] = chunk
             if not n:
                 break
             got += n

@@ -121,10 +121,7 @@ class CheckpointConfig:
         if isinstance(keep_best_max, bool) or not isinstance(keep_best_max, int) or keep_best_max < 1:
             raise CheckpointConfigError(f"keep_best_max must be a positive int, got {keep_best_max!r}")
         check_on_busy(on_busy)  # the manager's checks: same errors, same messages, raised here up front
-        check_write_rate(write_mb_per_s)
-        if write_mb_per_s is not None and not async_save:
-            raise CheckpointConfigError(f"write_mb_per_s={write_mb_per_s!r} paces background saves; "
-                                        "set async_save=True too, or leave write_mb_per_s=None")
+        check_write_rate(write_mb_per_s, async_save)
         self.save_checkpoint_steps = steps
         self.save_checkpoint_seconds = seconds
         self.keep_checkpoint_max = keep_max
