@@ -1,10 +1,95 @@
-"""Shared fixtures: small models and optimizers with real state."""
+"""Shared fixtures (small models and optimizers with real state) and the suite's two tiers.
+
+Tiers: the full tier (`bash scripts/test.sh`, what CI runs) is every test. The quick tier
+(`bash scripts/test.sh --quick`, pytest's `-m "not full"`) is for the edit-test loop: every
+module's unit tests, and from the modules that start real processes (training runs killed by
+signals, torchrun jobs, the installed CLI, S3 servers) only the tests marked `quick`, one of each
+kind. The modules of that second sort are listed below, each on purpose; a test lands in a tier
+by this list and its `quick` mark, never by how long it happens to take.
+"""
 
 from __future__ import annotations
+
+import os
+
+# Every process a test starts (training runs, torchrun ranks, the CLI) trains with one intra-op
+# thread unless the test says otherwise: two tests run side by side on two cores, and OpenMP's
+# spinning threads slow a step 20-30x when their cores are shared. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
 from torch import nn
+
+# Modules whose tests start real processes or servers: the full tier only, except tests marked
+# `quick`. Listed longest first: pytest-xdist hands out whole files in this order, so the long
+# ones start early and the run ends evenly on both workers.
+PROCESS_MODULES = (
+    "tests/fault/test_resume_exact.py",
+    "tests/cli/test_real_files_cli.py",
+    "tests/integration/test_examples.py",
+    "tests/fault/test_dataloader_resume.py",
+    "tests/storage/test_rclone_cli.py",
+    "tests/fault/test_rng_kills.py",
+    "tests/integration/test_s3_training.py",
+    "tests/distributed/test_async_save.py",
+    "tests/storage/test_directory_checkpoints.py",
+    "tests/cli/test_user_story_cli.py",
+    "tests/integration/test_benchmarks.py",
+    "tests/fault/test_kill_during_save.py",
+    "tests/distributed/test_resharding.py",
+    "tests/cli/test_mindspore_cli.py",
+    "tests/fault/test_distributed_kills.py",
+    "tests/cli/test_training_cli.py",
+    "tests/distributed/test_cli.py",
+    "tests/distributed/test_elastic.py",
+    "tests/distributed/test_faults.py",
+    "tests/storage/test_run_lock.py",
+    "tests/distributed/test_object_storage.py",
+    "tests/distributed/test_two_nodes.py",
+    "tests/distributed/test_torchrun_cli.py",
+    "tests/integration/test_package.py",
+    "tests/distributed/test_replicated.py",
+    "tests/fault/test_out_of_space.py",
+)
+
+
+# From those modules, the quick tier keeps one test of each kind (tests/test_tiers.py checks each
+# id still names a test): a kill-and-resume, a kill mid-save, every RNG, a DataLoader, out of space,
+# a rank killed mid-save under torchrun, a signal to an S3 run, the run lock, the CLI, MindSpore
+# files, a directory checkpoint, an example, the package's import.
+QUICK = (
+    "tests/fault/test_resume_exact.py::test_sigkill_then_same_command_is_bitwise_exact[sync-mid-epoch-12]",
+    "tests/fault/test_kill_during_save.py::test_sigkill_mid_save_never_leaves_a_bad_file[sync]",
+    "tests/fault/test_rng_kills.py::test_sigkills_resume_every_rng_bitwise[loop-sync]",
+    "tests/fault/test_dataloader_resume.py::test_plain_dataloader_killed_once[True-0-12]",
+    "tests/fault/test_out_of_space.py::test_enospc_on_a_real_small_filesystem",
+    "tests/fault/test_out_of_space.py::test_training_stops_with_one_line_when_the_disk_is_full[sync]",
+    "tests/distributed/test_faults.py::test_sigkill_of_one_rank_mid_save_commits_nothing",
+    "tests/integration/test_s3_training.py::test_sigterm_saves_uploads_and_exits_143",
+    "tests/storage/test_run_lock.py::test_second_process_is_refused_with_the_holder_named",
+    "tests/cli/test_training_cli.py::test_train_eval_infer",
+    "tests/cli/test_training_cli.py::test_bad_usage_is_exit_2",
+    "tests/cli/test_mindspore_cli.py::test_eval_a_mindspore_trained_lenet",
+    "tests/storage/test_directory_checkpoints.py::test_manifest_damage_is_typed",
+    "tests/integration/test_examples.py::test_quickstart",
+    "tests/integration/test_package.py::test_import_loads_the_core_only",
+)
+
+
+def _module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(PROCESS_MODULES)}
+    for item in items:
+        if item.nodeid in QUICK:
+            item.add_marker(pytest.mark.quick)
+        elif _module_of(item) in rank:
+            item.add_marker(pytest.mark.full)
+    # Stable: within a module, and among unit-test modules, collection order is kept.
+    items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))
 
 
 class TinyNet(nn.Module):

@@ -1,0 +1,31 @@
+"""The quick tier is what tests/conftest.py says it is: every listed test exists, every kind is in it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import PROCESS_MODULES, QUICK
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _collected(*args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-o", "addopts=", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {line for line in proc.stdout.splitlines() if "::" in line}
+
+
+def test_every_quick_id_names_a_test_and_only_those_process_tests_are_quick() -> None:
+    every = _collected()
+    quick = _collected("-m", "not full")
+    assert sorted(set(QUICK) - every) == [], "a QUICK id in tests/conftest.py names no test (renamed?)"
+    process_quick = {t for t in quick if t.split("::")[0] in PROCESS_MODULES}
+    assert process_quick == set(QUICK)
+    assert all(Path(ROOT, m).exists() for m in PROCESS_MODULES), "a PROCESS_MODULES entry names no file"
+    unit = {t for t in every if t.split("::")[0] not in PROCESS_MODULES}
+    assert unit <= quick, "every unit test is in the quick tier"
+    fault_modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests" / "fault").glob("test_*.py")}
+    assert fault_modules - {"tests/fault/test_distributed_kills.py"} <= {t.split("::")[0] for t in QUICK}
