@@ -93,6 +93,7 @@ def test_manager_paces_background_saves_and_waiting_hurries_them(tmp_path, caplo
             net.weight.add_(1.0)
         second = m.save(1, 2)  # waits for the first, which stops pacing
         m.wait()  # the second is hurried too
+        # Hurried, both saves take 1-2 s unloaded; 60 s is 30x that and still tells them from 168 s paced.
         assert time.monotonic() - start < 60, "waiting should have lifted the pacing (unhurried: 168 s)"
         assert (f"saving {second} waits for the background save of {first} (saves are due faster than they "
                 "are written; save less often, raise write_mb_per_s (now 0.2 MB/s), or on_busy='skip')"
@@ -112,7 +113,7 @@ def test_breakpoints_are_never_paced_and_sync_managers_refuse_a_rate(tmp_path) -
     m = CheckpointManager(str(tmp_path), model=net, async_save=True, write_mb_per_s=0.1)  # 168 s if paced
     try:
         path = m.save(1, 1, breakpoint=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30  # unpaced, the write takes under a second unloaded; paced 168 s
         while m.saving is not None and time.monotonic() < deadline:  # nobody waits: no hurry either
             time.sleep(0.05)
         assert m.saving is None, "the breakpoint's write was paced"
@@ -137,5 +138,6 @@ def test_interpreter_exit_lifts_the_pacing_and_still_commits(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", EXIT_WITHOUT_CLOSE, str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    # Unloaded the script runs 3-4 s (start-up, one hurried save); 90 s is over 20x that, and under 168 s.
     assert time.monotonic() - start < 90, "the exit waited for the paced write at its pace (168 s)"
     assert verify(done.stdout.strip()).valid
