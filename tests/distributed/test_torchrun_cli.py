@@ -17,7 +17,7 @@ STOP = re.compile(r"SIGTERM at epoch (\d+) step (\d+); checkpoint (\S+); exiting
 
 
 def readme_command() -> list[str]:
-    """The documented torchrun block (README.md, marked ``id=torchrun-resume``), run as ``python -m torch.distributed.run``."""
+    """The block marked ``id=torchrun-resume`` (README.md), run as ``python -m torch.distributed.run``."""
     [line] = [x for x in block("torchrun-resume").code.splitlines() if x.strip() and not x.startswith("#")]
     words = shlex.split(line.split(" #", 1)[0])
     assert words[0] == "torchrun"

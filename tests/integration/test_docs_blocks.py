@@ -165,7 +165,7 @@ def test_public_names_have_docstrings() -> None:
 
 
 class _Page:
-    class file:  # noqa: N801  (the shape of mkdocs' Page.file)
+    class file:
         src_uri = docs_hooks.API_PAGE
 
 
