@@ -190,6 +190,16 @@ def test_cli_reference_has_every_subcommand() -> None:
             assert f"usage: torchresume {name}" in rendered
 
 
+def test_readme_links_resolve() -> None:
+    """The site build checks the links between docs/ pages; the README is not part of the site."""
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert len(links) >= 10
+    for link in links:
+        if "://" not in link:
+            assert (ROOT / link).exists(), link
+
+
 def test_readme_is_short_and_has_no_history() -> None:
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200
