@@ -1,6 +1,6 @@
 """The issue-12 benchmark command runs end to end at a tiny size and reports every target.
 
-Not a speed test (figures at this size mean nothing): it keeps the command the README names
+Not a speed test (figures at this size mean nothing): it keeps the command docs/benchmarks.md names
 working as the code under it changes.
 """
 
