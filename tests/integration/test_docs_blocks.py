@@ -161,6 +161,7 @@ EXAMPLES = _docstring_examples()
 @pytest.mark.parametrize(("name", "code"), EXAMPLES, ids=[n for n, _ in EXAMPLES])
 def test_docstring_example_runs(name: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    shutil.copy(FIXTURES / "lenet-2_1875.ckpt", tmp_path / "lenet-2_1875.ckpt")
     exec(compile(code, f"{name} docstring", "exec"), _prelude())
 
 
