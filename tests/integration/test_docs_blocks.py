@@ -201,6 +201,24 @@ def test_readme_links_resolve() -> None:
             assert (ROOT / link).exists(), link
 
 
+def test_every_headline_figure_names_its_command() -> None:
+    """Each row of the README's figures table names a command that exists and the benchmarks page names."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Headline figures", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| question")]
+    assert len(rows) >= 6
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    for row in rows:
+        command = row.split(" | ")[3]
+        script = re.search(r"`(benchmarks/\w+\.py)", command)
+        if script:
+            assert (ROOT / script.group(1)).is_file(), row
+            assert script.group(1) in page, row
+        else:
+            assert "`torchresume demo`" in command and "torchresume demo" in page, row
+        assert re.search(r"\| 20\d\d-\d\d-\d\d \|$", row), row  # when it was measured
+
+
 def test_readme_is_short_and_has_no_history() -> None:
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200
