@@ -9,5 +9,5 @@ bash scripts/setup.sh
 # does not parse, a public name without an API entry or a docstring (scripts/docs_hooks.py).
 site="$(mktemp -d)"
 trap 'rm -rf "$site"' EXIT
-NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$site"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d "$site"  # no --quiet: it hides the warnings --strict counts
 .venv/bin/python -m pytest "$@"
