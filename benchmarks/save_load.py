@@ -1,6 +1,7 @@
 """Save/load throughput of torchresume vs torch.save and safetensors, fsync included.
 
-Run: .venv/bin/python benchmarks/save_load.py [--sizes-mib 512 1024] [--runs 5]
+Run: .venv/bin/python benchmarks/save_load.py [--sizes-mib 512 1024] [--runs 5] [--record]
+(--record stores the table in benchmarks/results.json for docs/benchmarks.md and plots.py)
 
 Each method saves the same state, in turn, run after run, (many 4 MiB float32 tensors, allocated once
 and reused) to the same disk and fsyncs it; loads read those files back. The
@@ -18,7 +19,9 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import results  # benchmarks/results.py: the script's own directory is on sys.path
 import torch
 from safetensors.torch import load_file as st_load
 from safetensors.torch import save_file as st_save
@@ -98,7 +101,8 @@ def round_robin(jobs: dict[str, tuple[Callable[[], object], Callable[[], None]]]
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def bench(size_mib: int, runs: int, workdir: str) -> None:
+def bench(size_mib: int, runs: int, workdir: str) -> list[dict[str, object]]:
+    """Measure one size, print its table; returns one row per method (seconds and GB/s)."""
     n = size_mib * (1 << 20) // (TENSOR_ELEMS * 4)
     torch.manual_seed(0)
     state = {f"layer{i}.weight": torch.randn(TENSOR_ELEMS) for i in range(n)}
@@ -145,6 +149,15 @@ def bench(size_mib: int, runs: int, workdir: str) -> None:
     print(f"torchresume load / torch.load = {load['torch.load'] / load['torchresume']:.2f}x speed")
     print(f"torchresume load / safetensors= {load['safetensors'] / load['torchresume']:.2f}x speed")
     print(f"metadata only (inspect header): {meta * 1000:.1f} ms")
+    rows: list[dict[str, object]] = []
+    for k, v in save.items():
+        row: dict[str, object] = {"size_mib": size_mib, "method": k, "save_s": round(v, 4),
+                                  "save_gbs": round(gbs[k], 3)}
+        loader = {"torchresume": "torchresume", "torch.save": "torch.load", "safetensors": "safetensors"}.get(k)
+        if loader:
+            row.update(load_s=round(load[loader], 4), load_gbs=round(nbytes / load[loader] / 1e9, 3))
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -152,14 +165,21 @@ def main() -> None:
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir in ./)")
+    parser.add_argument("--record", action="store_true", help="store the tables in --results")
+    parser.add_argument("--results", default=str(results.RESULTS), help="the results file (JSON)")
     args = parser.parse_args()
     workdir = args.dir or tempfile.mkdtemp(prefix=".bench-", dir=".")
+    rows = []
     try:
         for size in args.sizes_mib:
-            bench(size, args.runs, workdir)
+            rows += bench(size, args.runs, workdir)
     finally:
         if not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.record:
+        results.record("save_load", rows, path=Path(args.results),
+                       units={"save_s": "s", "save_gbs": "GB/s", "load_s": "s", "load_gbs": "GB/s"},
+                       notes=f"durable saves (fsync), loads from the page cache; medians of {args.runs}")
 
 
 if __name__ == "__main__":

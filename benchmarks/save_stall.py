@@ -42,6 +42,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -331,6 +332,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saves", type=int, default=5, help="saves per method for the stall table")
     parser.add_argument("--gap-steps", type=int, default=2, help="clean steps between saves")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    parser.add_argument("--record", action="store_true",
+                        help="store the stall table in --results (benchmarks/results.json)")
+    parser.add_argument("--results", default=None, help="the results file (default: benchmarks/results.json)")
 
 
 def main() -> None:
@@ -387,6 +391,17 @@ def report(args: argparse.Namespace, workdir: str) -> list[Check]:
         slow = f"{r.slowdown:.2f}x" if r.slowdown is not None else "-"
         print(f"{name:22} {r.stall:12.3f} {r.stall / sync:9.3f}x {slow:>18} "
               f"{statistics.median(r.steal) / gib:12.2f}")
+    if args.record:
+        import results as results_file  # benchmarks/results.py
+        rows = [{"method": name, "stall_s": round(r.stall, 4), "vs_sync": round(r.stall / sync, 4),
+                 "steps_during_write": round(r.slowdown, 3) if r.slowdown is not None else None,
+                 "steal_per_gib_s": round(statistics.median(r.steal) / gib, 3)} for name, r in results.items()]
+        results_file.record("save_stall", rows,
+                            path=Path(args.results) if args.results else results_file.RESULTS,
+                            units={"stall_s": "s", "vs_sync": "x", "steps_during_write": "x",
+                                   "steal_per_gib_s": "s"},
+                            notes=f"{gib:.2f} GiB state (MLP + Adam) trained while it saves; {args.saves} "
+                                  "saves per method, medians without the first")
     runs = [(f"a torchresume async save every {args.every:g} s", args.minutes,
              lambda: TorchResume(trainer, workdir, async_save=True)),
             (f"the same, written at {args.write_mb_per_s:g} MB/s", args.paced_minutes,

@@ -8,7 +8,7 @@ requests as fast as they go, 8 MiB requests paced to 200 and 100 MB/s, 2 MiB req
 50 MB/s. For each: the training seconds lost to the write (sum of step times during it minus as
 many clean steps), the write's wall time, the hypervisor's steal meanwhile (the steal column of
 /proc/stat, all CPUs) and the median step slowdown. Medians over ``--rounds`` rounds, modes
-interleaved. What it showed (README, Performance): the steal is about the same at every size
+interleaved. What it showed (docs/benchmarks.md, "Async stall"): the steal is about the same at every size
 and rate; pacing only spreads it over more steps.
 """
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs lint, type checks and the tests, two at a time (pytest-xdist).
+# Sets everything up, then runs lint, type checks, the documentation site build and the tests,
+# two at a time (pytest-xdist).
 #   bash scripts/test.sh            the full tier: every test (what CI runs)
 #   bash scripts/test.sh --quick    the quick tier for the edit-test loop (tests/conftest.py says what)
 # Further arguments go to pytest. TORCHRESUME_TEST_WORKERS sets the number of workers (default 2).
@@ -13,5 +14,10 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/mypy
+# The docs site (mkdocs.yml, docs/): any warning fails it: a broken link or anchor, a docstring that
+# does not parse, a public name without an API entry or a docstring (scripts/docs_hooks.py).
+site="$(mktemp -d)"
+trap 'rm -rf "$site"' EXIT
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d "$site"  # no --quiet: it hides the warnings --strict counts
 # loadfile: a module's tests stay on one worker, so its module-scoped fixtures (reference runs) run once.
 .venv/bin/python -m pytest -n "${TORCHRESUME_TEST_WORKERS:-2}" --dist loadfile --durations=15 "${tier[@]}" "$@"

@@ -51,7 +51,7 @@ def test_same_dict_loads_into_net_and_optimizer(tmp_path, trained) -> None:
     for i, p in enumerate(net.parameters()):
         assert torch.equal(opt2.state_dict()["state"][i]["momentum_buffer"],
                            opt.state_dict()["state"][i]["momentum_buffer"])
-    # the optimizer keeps the rate it was built with (see README: resuming at a new lr)
+    # the optimizer keeps the rate it was built with (docs/concepts/exact-resume.md: a new optimizer keeps its lr)
     assert opt2.param_groups[0]["lr"] == 0.001
 
 

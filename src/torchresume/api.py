@@ -51,7 +51,14 @@ def _async_writer() -> AsyncWriter:
 
 
 def wait_async_saves() -> None:
-    """Wait for background saves started with ``async_save=True``; re-raise their errors."""
+    """Wait for background saves started with ``async_save=True``; re-raise their errors.
+
+    Example:
+        ```python
+        tr.save_checkpoint(net, "bg.ckpt", async_save=True)
+        tr.wait_async_saves()
+        ```
+    """
     if _writer is not None:
         _writer.wait()
 
@@ -111,6 +118,14 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     across calls while the tensors' shapes and dtypes hold) and written in the
     background; an async save first waits for the previous one, whose buffers it
     reuses. A failure is raised on the next save or by ``wait_async_saves()``.
+
+    Example:
+        ```python
+        tr.save_checkpoint(net, "net.ckpt", append_dict={"epoch_num": 3})
+        tr.save_checkpoint(net, "net-ms.ckpt", format="ckpt", crc_check=True)   # for MindSpore
+        tr.save_checkpoint(net, "net-async.ckpt", async_save=True)
+        tr.wait_async_saves()
+        ```
     """
     del integrated_save  # single-process save
     if format not in (None, "safetensors", "torchresume", "ckpt"):
@@ -169,6 +184,13 @@ def load_checkpoint(ckpt_file_name: str, net: nn.Module | None = None, *,
     keeps only those, ``choice_func(name)`` keeps names it returns True for.
     Checksums are verified (``crc_check=False`` skips that). The format is
     detected from the bytes; ``format`` is accepted for MindSpore compatibility.
+
+    Example:
+        ```python
+        tr.save_checkpoint(net, "net.ckpt", append_dict={"epoch_num": 3})
+        params = tr.load_checkpoint("net.ckpt", filter_prefix="fc3.")   # without the last layer
+        assert "fc3.weight" not in params and params["epoch_num"] == 3
+        ```
     """
     del format
     skip = _prefixes(filter_prefix, "filter_prefix")

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 
 class TorchResumeError(Exception):
-    """Base of every error torchresume raises on purpose."""
+    """Base of every error torchresume raises on purpose.
+
+    Example:
+        ```python
+        try:
+            tr.load_checkpoint("no-such.ckpt")
+        except FileNotFoundError as exc:            # a CheckpointNotFoundError is one
+            assert isinstance(exc, tr.TorchResumeError)
+        ```
+    """
 
 
 class CheckpointNotFoundError(TorchResumeError, FileNotFoundError):

@@ -103,7 +103,31 @@ def check_on_busy(on_busy: str) -> str:
 
 
 class CheckpointManager:
-    """Saves and restores full training state in ``directory`` under one prefix."""
+    """Saves and restores full training state in ``directory`` (a path or an ``s3://`` URL) under one prefix.
+
+    A checkpoint holds the model's weights at the top level, the optimizer, scheduler, sampler,
+    AMP scaler and every registered ``Stateful`` by name, the RNG streams (python, numpy, torch,
+    each CUDA device), epoch and step. Files are named ``{prefix}-{epoch}_{step}.ckpt``.
+
+    Args:
+        directory: where checkpoints go; a URL writes through durable local staging, then uploads.
+        keep: an int (keep the newest N) or retention policies (``KeepLast``, ``KeepBest``,
+            ``KeepEveryNMinutes``); applied only after a save is committed.
+        async_save: ``save()`` copies the state into reused host buffers and returns; one
+            background thread writes and commits it. ``on_busy`` says what a save does while the
+            previous one still runs (``"wait"`` or ``"skip"``); ``write_mb_per_s`` paces it.
+        enc_key: encrypt every checkpoint at rest with this 16/24/32-byte key.
+        enc_mode: ``"AES-GCM"`` (``"AES-CBC"`` too for MindSpore files).
+        file_format: ``None`` (native) or ``"ckpt"`` (MindSpore's protobuf ``.ckpt``).
+
+    Example:
+        ```python
+        mgr = tr.CheckpointManager("runs/doc", model=net, optimizer=opt, prefix="net", keep=2)
+        info = mgr.restore_latest()          # None on a fresh start
+        mgr.save(epoch=1, step=10)
+        mgr.close()
+        ```
+    """
 
     def __init__(self, directory: str, *, model: nn.Module | None = None,
                  optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,

@@ -20,7 +20,13 @@ class RetentionPolicy(Protocol):
 
 @dataclass(frozen=True)
 class KeepLast:
-    """Keep the newest ``n`` checkpoints."""
+    """Keep the newest ``n`` checkpoints.
+
+    Example:
+        ```python
+        mgr = tr.CheckpointManager("runs/keep-last", model=net, prefix="net", keep=[tr.KeepLast(2)])
+        ```
+    """
 
     n: int
 
@@ -30,7 +36,14 @@ class KeepLast:
 
 @dataclass(frozen=True)
 class KeepEveryNMinutes:
-    """Keep one checkpoint per ``minutes`` of wall time (by file time), plus the newest."""
+    """Keep one checkpoint per ``minutes`` of wall time (by file time), plus the newest.
+
+    Example:
+        ```python
+        keep = [tr.KeepLast(3), tr.KeepEveryNMinutes(60)]     # the last 3, and one an hour
+        mgr = tr.CheckpointManager("runs/keep-hourly", model=net, prefix="net", keep=keep)
+        ```
+    """
 
     minutes: float
 
@@ -48,7 +61,16 @@ class KeepEveryNMinutes:
 
 @dataclass(frozen=True)
 class KeepBest:
-    """Keep the ``n`` checkpoints with the best ``metric`` recorded in their info."""
+    """Keep the ``n`` checkpoints with the best ``metric`` recorded in their info.
+
+    Example:
+        ```python
+        mgr = tr.CheckpointManager("runs/keep-best", model=net, prefix="net",
+                                   keep=[tr.KeepLast(1), tr.KeepBest(2, "acc", mode="max")])
+        mgr.save(epoch=1, step=1, info={"metrics": {"acc": 0.91}})   # the metric retention reads
+        mgr.close()
+        ```
+    """
 
     n: int
     metric: str

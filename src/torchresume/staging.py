@@ -9,8 +9,8 @@ same; when they change the buffers are allocated again (logged at DEBUG).
 
 CUDA tensors are staged into pinned host memory with non-blocking device-to-host
 copies and one ``torch.cuda.synchronize()`` before ``stage`` returns, so the
-snapshot is complete when the caller gets it (one synchronize per device used). That branch is small and has not
-run here (no GPU on the development machine).
+snapshot is complete when the caller gets it (one synchronize per device used). That branch is small and is
+not run by the CPU-only test suite.
 
 The buffers are views of one page-aligned slab, laid out as the native file's
 data region will be (largest element size first, then in tree order, packed):
@@ -75,7 +75,7 @@ class StagingBuffers:
             if on_cuda:
                 devices.add(t.device)
             next(buffers).copy_(t.detach(), non_blocking=on_cuda)
-        for device in devices:  # untested here: no GPU on the development machine
+        for device in devices:  # not run by the CPU-only test suite
             torch.cuda.synchronize(device)  # every stream of the device: the copies are complete
         buffers = iter(self._buffers)
         return map_tensors(tree, lambda t: next(buffers) if _stageable(t) else

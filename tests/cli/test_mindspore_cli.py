@@ -131,7 +131,7 @@ def test_training_continues_from_mindspore_with_its_momentum(tmp_path: Path) -> 
                        strict=True):
         assert torch.equal(opt.state[p]["momentum_buffer"], params[f"moments.{name}"])
     assert "state.0.momentum_buffer" in optimizer_from_mindspore(opt, params)
-    # Continue training in torchresume (200 steps here; the README shows a full epoch 3
+    # Continue training in torchresume (200 steps here; docs/benchmarks.md shows a full epoch 3
     # with `torchresume train --resume lenet-2_1875.ckpt --epochs 3 --lr 0.001`).
     from torch import nn
 

@@ -1,4 +1,5 @@
-"""The README's torchrun command: 2 ranks, SIGTERM to the launcher, the same command resumes."""
+"""The README's torchrun command (the block marked ``id=torchrun-resume``): 2 ranks, SIGTERM to the
+launcher, the same command resumes."""
 
 from __future__ import annotations
 
@@ -9,17 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-from tests.distributed.launch import ROOT, Launcher, committed, every_tensor, manifest_info
+from tests.distributed.launch import Launcher, committed, every_tensor, manifest_info
+from tests.docs_blocks import block
 
 STOP = re.compile(r"SIGTERM at epoch (\d+) step (\d+); checkpoint (\S+); exiting with 143")
 
 
 def readme_command() -> list[str]:
-    """The bash block of the README's torchrun section, run as ``python -m torch.distributed.run``."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## Many processes: torchrun", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    [line] = [x for x in block.splitlines() if x.strip()]
-    words = shlex.split(line)
+    """The block marked ``id=torchrun-resume`` (README.md), run as ``python -m torch.distributed.run``."""
+    [line] = [x for x in block("torchrun-resume").code.splitlines() if x.strip() and not x.startswith("#")]
+    words = shlex.split(line.split(" #", 1)[0])
     assert words[0] == "torchrun"
     return [sys.executable, "-m", "torch.distributed.run", *words[1:]]
 

@@ -1,11 +1,12 @@
 """The issue-12 benchmark command runs end to end at a tiny size and reports every target.
 
-Not a speed test (figures at this size mean nothing): it keeps the command the README names
+Not a speed test (figures at this size mean nothing): it keeps the command docs/benchmarks.md names
 working as the code under it changes.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_save_costs_runs_and_reports_every_target(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "save_costs.py"), "--gib", "0.02", "--saves", "2",
            "--minutes", "0.05", "--paced-minutes", "0.05", "--floor-minutes", "0.05", "--every", "1",
-           "--load-gib", "0.02", "--load-runs", "1", "--dir", str(tmp_path)]
+           "--load-gib", "0.02", "--load-runs", "1", "--dir", str(tmp_path),
+           "--record", "--results", str(tmp_path / "results.json")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout.split("== every target of this run\n", 1)[1]
@@ -29,3 +31,43 @@ def test_save_costs_runs_and_reports_every_target(tmp_path: Path) -> None:
     cold_lines = 2 if "cannot drop the page cache" not in done.stdout else 0
     assert len(names) == 6 + cold_lines
     assert "hypervisor steal" in done.stdout and "tr async 100 MB/s" in done.stdout
+    recorded = json.loads((tmp_path / "results.json").read_text())["save_stall"]  # what plots.py draws
+    assert [row["method"] for row in recorded["rows"]] == [
+        "torchresume sync", "torchresume async", "tr async 100 MB/s", "dcp.save", "dcp.async_save", "torch.save+fsync"]
+    assert all(row["stall_s"] > 0 for row in recorded["rows"])
+
+
+def test_plots_are_drawn_from_the_results_file(tmp_path: Path) -> None:
+    """benchmarks/plots.py makes every PNG the benchmarks page shows, from benchmarks/results.json."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plots.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    shown = set(re.findall(r"\(img/([\w.]+\.png)\)", page))
+    made = {p.name for p in tmp_path.glob("*.png")}
+    assert shown and shown <= made, (shown, made)
+    for name in made:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (ROOT / "docs" / "img" / name).exists(), f"docs/img/{name} not committed: run benchmarks/plots.py"
+
+
+def test_results_entries_say_command_date_commit_machine() -> None:
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    for name, entry in results.items():
+        for key in ("command", "date", "commit", "machine", "rows", "units"):
+            assert entry.get(key), (name, key)
+        script = entry["command"].split()[1]
+        assert (ROOT / script).is_file(), (name, script)
+
+
+def test_save_load_records_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "save_load.py"), "--sizes-mib", "4", "--runs", "1",
+           "--dir", str(tmp_path), "--record", "--results", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = json.loads(out.read_text())["save_load"]
+    assert entry["command"].startswith(".venv/bin/python benchmarks/save_load.py --sizes-mib 4")
+    methods = {row["method"]: row for row in entry["rows"]}
+    assert set(methods) == {"direct write", "torchresume", "tr buffered", "torch.save", "safetensors"}
+    assert methods["torchresume"]["save_gbs"] > 0 and methods["torchresume"]["load_gbs"] > 0

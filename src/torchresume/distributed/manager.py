@@ -157,6 +157,22 @@ class DistributedCheckpointManager:
     ``async_save``: ``save`` stages the state into reused host buffers and returns; the write,
     the commit and retention run in a background thread. Call ``close()`` (or ``wait()``) on
     every rank before ``dist.destroy_process_group()``.
+
+    Every method is collective under torchrun; without a process group it works in one process.
+
+    Example:
+        ```python
+        from torchresume.app.models import LeNet5
+        from torchresume.distributed import DistributedCheckpointManager
+
+        net = LeNet5()
+        mgr = DistributedCheckpointManager("runs/sharded", prefix="net", keep=2)
+        mgr.save({"model": net.state_dict()}, epoch=1, step=10, rank_state={"seen": 320})
+        state = {"model": LeNet5().state_dict()}
+        found = mgr.restore(state)               # loads in place; None when there is none
+        assert found.step == 10 and found.rank_states == [{"seen": 320}]
+        mgr.close()
+        ```
     """
 
     def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2,

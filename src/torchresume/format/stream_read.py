@@ -8,10 +8,10 @@ byte arrived; there is no second pass over memory.
   faults the pages in while the kernel reads ahead, and the tensors are the
   page-cache pages, never copied. ``HASH_THREADS`` > 1 hashes that many
   contiguous slices at once, each front to back (several read-ahead streams).
-  Measured here (benchmarks/cold_load.py) this beats ``readinto`` into
-  preallocated memory cold and warm: first-touch of fresh memory in this VM
-  runs at ~0.4 GB/s, and even a copy into memory already touched costs more
-  than the hash. Unverified loads stay lazy.
+  This beats ``readinto`` into preallocated memory cold and warm where first
+  touch of fresh memory is slow (a VM), and even a copy into memory already
+  touched costs more than the hash (benchmarks/cold_load.py; figures on
+  docs/benchmarks.md). Unverified loads stay lazy.
 * Any other file object (an object-storage reader) is read with ``readinto``
   into one preallocated buffer: a thread fills chunk ``i + 1`` (the read
   releases the interpreter) while chunk ``i``, still hot, is hashed here
@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # native imports this module to read tensor data
     from torchresume.format.native import Entry, Header
 
 CHUNK_BYTES = 16 * 1024 * 1024  # large enough for full-speed reads, small enough to stay in L2/L3
-# Slices of a mapped file hashed at once. 1: on this 2-core machine 2 threads were slower
-# (warm 1.07 s vs 0.33 s, cold 2.5 s vs 1.2 s for 1 GiB, medians of 3, measured side by side).
+# Slices of a mapped file hashed at once. 1: with few cores 2 threads were slower, warm and cold
+# (measured side by side; docs/benchmarks.md, "Loading: hashing threads").
 HASH_THREADS = 1
 
 

@@ -26,6 +26,13 @@ def load_param_into_net(net: nn.Module | torch.optim.Optimizer, parameter_dict: 
     Non-strict loading casts float<->float and int<->int and skips (reporting)
     shape mismatches; strict loading raises StateMismatchError listing every
     difference. Nothing is modified unless the whole load can succeed.
+
+    Example:
+        ```python
+        params = tr.load_checkpoint("lenet-2_1875.ckpt")        # MindSpore's names map to torch's
+        param_not_load, ckpt_not_load = tr.load_param_into_net(net, params)
+        tr.load_param_into_net(opt, params)                     # optimizer state from the same dict
+        ```
     """
     from torchresume.format import name_mapping  # MindSpore's names: loaded by the first load, not on import
     if not isinstance(parameter_dict, dict):

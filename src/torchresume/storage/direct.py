@@ -1,13 +1,14 @@
 """Large local writes that bypass the page cache (O_DIRECT), through one aligned bounce buffer.
 
 Why: a buffered write copies every byte into page-cache pages the kernel
-allocates for it, and on this machine those pages are new guest memory each
-time (first touch runs at a fraction of memcpy speed), so writing a 1 GiB
-checkpoint took 0.4-1.9 s of CPU before the fsync even began. That CPU is taken
+allocates for it, and in a VM those pages can be new guest memory each time
+(first touch runs at a fraction of memcpy speed), so a buffered write of a large
+checkpoint costs a lot of CPU before the fsync even begins. That CPU is taken
 from training while an async save runs. With O_DIRECT the disk reads the bytes
 straight from our buffer: the CPU cost is one copy into a warm, reused 16 MiB
-buffer (numpy's copy releases the interpreter) plus the syscalls, about 0.3 s
-per GiB instead of 0.8 s (benchmarks/save_stall.py's "writer CPU" line), and
+buffer (numpy's copy releases the interpreter) plus the syscalls, a fraction of
+the buffered cost (benchmarks/save_stall.py's "writer CPU" line; figures on
+docs/benchmarks.md), and
 page-aligned data at a block-aligned file offset (a staged async save: see
 staging.py) is written straight from its memory with no copy at all.
 

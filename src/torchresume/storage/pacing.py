@@ -1,11 +1,11 @@
 """Background writes at a bounded rate: a Writer that passes bytes on at most N MB/s.
 
-Why: in a VM the host's disk emulation runs on the guest's own CPU allowance. On
-this machine every GiB written costs 1.0-1.35 CPU-seconds of hypervisor steal (the
-steal column of /proc/stat), whoever writes it, at any request size or speed
-(benchmarks/write_pacing.py). Written as fast as the disk takes it, that cost lands
-on the one or two training steps the write overlaps, which then run about 1.4x
-slower; spread over 10 s (100 MB/s) it is a few percent per step. Pacing does not
+Why: in a VM the host's disk emulation may run on the guest's own CPU allowance, so
+every GiB written costs a fixed amount of hypervisor steal (the steal column of
+/proc/stat), whoever writes it, at any request size or speed (benchmarks/write_pacing.py;
+figures on docs/benchmarks.md). Written as fast as the disk takes it, that cost lands
+on the one or two training steps the write overlaps, which then run slower; spread
+over 10 s (100 MB/s) it is a few percent per step. Pacing does not
 make a write cheaper in total: it trades a longer write (an older newest
 checkpoint if the run dies meanwhile) for steadier steps. So it is off by default
 and applies only to background (async) saves, where nobody waits for the write.

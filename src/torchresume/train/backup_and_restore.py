@@ -13,6 +13,19 @@ from torchresume.train.callback import Callback, RunContext
 
 
 class BackupAndRestore(Callback):
+    """Keep a backup of the full training state in ``backup_dir`` and resume from it on restart.
+
+    Args:
+        backup_dir: directory of the backup file (``backup.ckpt``).
+        save_freq: ``"epoch"`` (at each epoch's end) or every N steps.
+        delete_checkpoint: remove the backup when training ends normally.
+
+    Example:
+        ```python
+        model.train(2, train_ds, callbacks=[tr.BackupAndRestore("backup")])
+        ```
+    """
+
     def __init__(self, backup_dir: str, save_freq: str | int = "epoch",
                  delete_checkpoint: bool = True) -> None:
         if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int)

@@ -77,7 +77,25 @@ class RunContext:
 
 class Callback:
     """Base class: override the hooks you need. Stateful callbacks also define
-    ``state_dict`` / ``load_state_dict`` and are saved in every checkpoint."""
+    ``state_dict`` / ``load_state_dict`` and are saved in every checkpoint.
+
+    Example:
+        ```python
+        class CountSteps(tr.Callback):
+            def __init__(self):
+                self.steps = 0
+            def on_train_step_end(self, ctx):
+                self.steps += 1
+            def state_dict(self):                 # saved with the run, restored on resume
+                return {"steps": self.steps}
+            def load_state_dict(self, state):
+                self.steps = state["steps"]
+
+        counter = CountSteps()
+        model.train(1, train_ds, callbacks=[counter])
+        assert counter.steps == 4
+        ```
+    """
 
     def on_train_begin(self, ctx: RunContext) -> None: ...
     def on_train_end(self, ctx: RunContext) -> None: ...

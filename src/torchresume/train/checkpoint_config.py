@@ -72,6 +72,13 @@ class CheckpointConfig:
     - ``write_mb_per_s`` (with ``async_save``): write each background save at most this many
       MB/s (10**6 bytes), to spread its I/O over more training steps; None (default): as fast
       as the disk goes. A save, signal or close that waits for the write lifts the limit.
+
+    Example:
+        ```python
+        config = tr.CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=3, async_save=True,
+                                     on_busy="skip")
+        best = tr.CheckpointConfig(save_checkpoint_steps=4, monitor="acc", keep_best_max=1)
+        ```
     """
 
     def __init__(self, save_checkpoint_steps: int | None = 1, save_checkpoint_seconds: int | None = 0,

@@ -12,6 +12,18 @@ from torchresume.train.callback import Callback, RunContext
 
 
 class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    ``monitor`` names a training value (``"loss"``) or, with the ``eval_`` prefix, a validation
+    metric (``"eval_acc"``); ``mode="auto"`` maximises names containing ``acc`` and minimises the
+    rest. Its counters and best value are saved in checkpoints, so a resumed run keeps counting.
+
+    Example:
+        ```python
+        model.fit(2, train_ds, valid_ds, callbacks=[tr.EarlyStopping("eval_loss", patience=3)])
+        ```
+    """
+
     def __init__(self, monitor: str = "eval_loss", min_delta: float = 0.0, patience: int = 0,
                  mode: str = "auto", baseline: float | None = None,
                  restore_best_weights: bool = False) -> None:

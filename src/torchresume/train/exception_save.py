@@ -22,6 +22,18 @@ def save_on_exception(manager: CheckpointManager, *, epoch_arg: str = "epoch",
     """Decorate a training function: if it raises, save a breakpoint, then re-raise.
 
     The epoch (and step, if given) are read from the call's keyword arguments.
+
+    Example:
+        ```python
+        mgr = tr.CheckpointManager("runs/soe", model=net, prefix="net")
+
+        @tr.save_on_exception(mgr)
+        def train_epoch(epoch):
+            ...                                  # an exception here leaves net-{epoch}_0_breakpoint.ckpt
+
+        train_epoch(epoch=1)
+        mgr.close()
+        ```
     """
     def decorate(func: F) -> F:
         @functools.wraps(func)

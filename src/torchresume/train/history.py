@@ -8,6 +8,18 @@ from torchresume.train.callback import Callback, RunContext
 
 
 class History(Callback):
+    """Per-epoch loss (``history["loss"]``) and validation metrics (``history["eval_acc"]``, ...).
+
+    Saved in checkpoints, so after a resume the lists continue instead of starting over.
+
+    Example:
+        ```python
+        history = tr.History()
+        model.fit(1, train_ds, valid_ds, callbacks=[history])
+        print(history.epoch, history.history)
+        ```
+    """
+
     def __init__(self) -> None:
         self.epoch: list[int] = []
         self.history: dict[str, list[float]] = {}

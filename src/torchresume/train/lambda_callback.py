@@ -10,7 +10,15 @@ Hook = Callable[[RunContext], None]
 
 
 class LambdaCallback(Callback):
-    """``LambdaCallback(on_train_step_end=lambda ctx: ...)``; any hook name of Callback."""
+    """``LambdaCallback(on_train_step_end=lambda ctx: ...)``; any hook name of Callback.
+
+    Example:
+        ```python
+        losses = []
+        log_loss = tr.LambdaCallback(on_train_step_end=lambda ctx: losses.append(float(ctx.loss)))
+        model.train(1, train_ds, callbacks=[log_loss])
+        ```
+    """
 
     def __init__(self, on_exception: Callable[[RunContext, BaseException], None] | None = None,
                  **hooks: Hook) -> None:

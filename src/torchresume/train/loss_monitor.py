@@ -9,6 +9,14 @@ from torchresume.train.callback import Callback, RunContext
 
 
 class LossMonitor(Callback):
+    """Log the loss every ``per_print_times`` steps (0: never); a NaN or Inf loss stops training.
+
+    Example:
+        ```python
+        model.train(1, train_ds, callbacks=[tr.LossMonitor(per_print_times=2)])
+        ```
+    """
+
     def __init__(self, per_print_times: int = 1) -> None:
         if isinstance(per_print_times, bool) or not isinstance(per_print_times, int) or per_print_times < 0:
             raise ValueError(f"per_print_times must be a non-negative int, got {per_print_times!r}")

@@ -41,7 +41,28 @@ def select_device(device: str | torch.device | None) -> torch.device:
 
 
 class Model:
-    """MindSpore's Model harness on PyTorch."""
+    """MindSpore's Model harness on PyTorch: train, fit, eval and predict with exact resume.
+
+    Args:
+        network: the ``nn.Module`` to train.
+        loss_fn: ``loss_fn(output, labels)``, e.g. ``nn.CrossEntropyLoss()``.
+        optimizer: a ``torch.optim.Optimizer`` over the network's parameters.
+        metrics: names among ``"acc"``/``"accuracy"`` and ``"loss"`` that ``eval`` reports.
+        scheduler: an LR scheduler stepped once per epoch, saved and restored with the run.
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+
+    The datasets are the bundled ``ArrayDataset``, a ``torch.utils.data.DataLoader`` or torchdata's
+    ``StatefulDataLoader``. Under torchrun the network is wrapped in DDP and saves are sharded.
+
+    Example:
+        ```python
+        model = tr.Model(net, nn.CrossEntropyLoss(), opt, metrics={"acc", "loss"})
+        config = tr.CheckpointConfig(save_checkpoint_steps=2, keep_checkpoint_max=2)
+        model.fit(1, train_ds, valid_ds, callbacks=[tr.ModelCheckpoint("lenet", "ckpt", config)],
+                  resume="auto")
+        print(model.eval(valid_ds))
+        ```
+    """
 
     def __init__(self, network: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None,
                  optimizer: torch.optim.Optimizer | None = None,

@@ -36,7 +36,15 @@ def graph_description(network: nn.Module) -> dict[str, Any]:
 
 
 class ModelCheckpoint(Callback):
-    """Saves the full training state on MindSpore's schedule (see CheckpointConfig)."""
+    """Saves the full training state on MindSpore's schedule (see CheckpointConfig).
+
+    Example:
+        ```python
+        ckpt = tr.ModelCheckpoint("lenet", "runs/mc", tr.CheckpointConfig(save_checkpoint_steps=2))
+        model.train(1, train_ds, callbacks=[ckpt], resume="auto")
+        print(ckpt.latest_ckpt_file_name)
+        ```
+    """
 
     def __init__(self, prefix: str = "CKP", directory: str | None = None,
                  config: CheckpointConfig | None = None) -> None:

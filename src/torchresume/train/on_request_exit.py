@@ -16,6 +16,18 @@ from torchresume.train.callback import Callback, RunContext
 
 
 class OnRequestExit(Callback):
+    """On signal ``sig``, save the full state to ``{directory}/{file_name}.ckpt`` and stop.
+
+    The next run with the same callback loads that file when training starts and continues
+    at the step after it (epoch, step, data position, RNG and callback state included).
+    ``save_mindir`` is accepted for MindSpore compatibility and ignored.
+
+    Example:
+        ```python
+        model.train(1, train_ds, callbacks=[tr.OnRequestExit(file_name="lenet", directory="exit")])
+        ```
+    """
+
     def __init__(self, save_ckpt: bool = True, save_mindir: bool = False, file_name: str = "Net",
                  directory: str = "./", sig: int = signal.SIGTERM) -> None:
         if not isinstance(file_name, str) or not file_name or "/" in file_name:

@@ -11,6 +11,17 @@ from torchresume.train.callback import Callback, RunContext
 
 
 class SummaryCollector(Callback):
+    """Scalars as JSON lines in ``{summary_dir}/summary.jsonl``: step losses, epochs, evaluations.
+
+    One record every ``collect_freq`` steps (loss and learning rate), one per epoch and one per
+    evaluation, each with a ``time``.
+
+    Example:
+        ```python
+        model.train(1, train_ds, callbacks=[tr.SummaryCollector("summary", collect_freq=2)])
+        ```
+    """
+
     def __init__(self, summary_dir: str, collect_freq: int = 10) -> None:
         if isinstance(collect_freq, bool) or not isinstance(collect_freq, int) or collect_freq < 1:
             raise ValueError(f"collect_freq must be a positive int, got {collect_freq!r}")

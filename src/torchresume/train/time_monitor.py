@@ -9,6 +9,14 @@ from torchresume.train.callback import Callback, RunContext
 
 
 class TimeMonitor(Callback):
+    """Log each epoch's time and the mean time per step; ``epoch_times`` keeps the epochs' seconds.
+
+    Example:
+        ```python
+        model.train(1, train_ds, callbacks=[tr.TimeMonitor()])
+        ```
+    """
+
     def __init__(self, data_size: int | None = None) -> None:
         self.data_size = data_size
         self.epoch_times: list[float] = []
