@@ -26,6 +26,7 @@ from torch import nn
 # ones start early and the run ends evenly on both workers.
 PROCESS_MODULES = (
     "tests/fault/test_resume_exact.py",
+    "tests/integration/test_docs_blocks.py",
     "tests/cli/test_real_files_cli.py",
     "tests/integration/test_examples.py",
     "tests/fault/test_dataloader_resume.py",
@@ -51,6 +52,7 @@ PROCESS_MODULES = (
     "tests/integration/test_package.py",
     "tests/distributed/test_replicated.py",
     "tests/fault/test_out_of_space.py",
+    "tests/integration/test_site_build.py",
 )
 
 

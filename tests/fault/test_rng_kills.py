@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,24 @@ def _committed_files_verify(run_dir: Path) -> None:
         assert verify(str(path)).valid, path
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Callable[[str], dict[str, torch.Tensor]]:
+    """The final state of one uninterrupted (sync) run per workload, made once and shared by its tests."""
+    finals: dict[str, dict[str, torch.Tensor]] = {}
+
+    def final_of(kind: str) -> dict[str, torch.Tensor]:
+        if kind not in finals:
+            ref_dir = tmp_path_factory.mktemp(f"reference-{kind}")
+            subprocess.run(_cmd(kind, ref_dir), check=True, env=killing.env(), capture_output=True, timeout=600)
+            finals[kind] = _final(ref_dir)
+        return finals[kind]
+    return final_of
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("kind", ["fit", "loop"])
-def test_sigkills_resume_every_rng_bitwise(tmp_path, kind, mode) -> None:
-    ref_dir = tmp_path / "reference"
-    subprocess.run(_cmd(kind, ref_dir), check=True, env=killing.env(), capture_output=True, timeout=600)
-    expected = _final(ref_dir)
+def test_sigkills_resume_every_rng_bitwise(tmp_path, uninterrupted, kind, mode) -> None:
+    expected = uninterrupted(kind)
     assert any(k.startswith("rng.") for k in expected) and "ballast" in expected
 
     run_dir = tmp_path / "killed"
