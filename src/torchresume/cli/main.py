@@ -63,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchresume: error: {exc}", file=sys.stderr)
         return run_lock.EXIT_CODE
     except (TorchResumeError, OSError, ValueError, TypeError, ImportError) as exc:
-        if not _said_by_rank_0(exc):
+        lost = _lost_peer(exc)  # e.g. a sharded save that failed because a rank died
+        if lost is not None:
+            print(f"torchresume: error: {lost}", file=sys.stderr)
+        elif not _said_by_rank_0(exc):
             text = _os_words(exc) if type(exc) in _OS_ERRORS else str(exc)
             message = files.cli_words(text.replace("\n", " | ") or type(exc).__name__)
             print(f"torchresume: error: {message}", file=sys.stderr)
@@ -100,7 +103,7 @@ def _said_by_rank_0(exc: BaseException) -> bool:
 def _lost_peer(exc: BaseException) -> str | None:
     """Under torchrun, a collective that failed because another rank died: one line, not a traceback."""
     from torchresume.train.distributed import launched
-    if not launched() or not isinstance(exc, RuntimeError):
+    if not launched():
         return None
     from torchresume.train.distributed import lost_peer_message
     return lost_peer_message(exc)
