@@ -60,3 +60,18 @@ def test_readme_python_block_runs(index: int, tmp_path: Path, monkeypatch: pytes
     for path in tmp_path.rglob("*.ckpt"):
         if path.name != "lenet-2_1875.ckpt":
             assert verify(str(path)).valid, path
+
+
+def test_the_custom_loop_example_saves_on_a_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a user copies it: checkpoints every 100 steps, so a kill -9 never loses the whole run;
+    run again, it continues from the newest one."""
+    [block] = [b for b in _blocks() if "mgr.guard()" in b and "restore_latest" in b]
+    monkeypatch.chdir(tmp_path)
+    namespace = {**_prelude(), "steps": 250}
+    exec(compile(block, "README.md custom loop", "exec"), namespace)
+    assert sorted(p.name for p in (tmp_path / "runs" / "x").glob("*.ckpt")) == [
+        "net-1_100.ckpt", "net-1_200.ckpt", "net-1_250.ckpt"]
+    again = {**_prelude(), "steps": 300}
+    exec(compile(block, "README.md custom loop", "exec"), again)
+    assert again["start"] == 250
+    assert (tmp_path / "runs" / "x" / "net-1_300.ckpt").exists()

@@ -8,6 +8,7 @@ and what ``resume`` restores, so a restarted run continues at the next batch.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -331,5 +332,6 @@ def _signal_catcher(ctx: RunContext, enabled: bool) -> StopSignals:
     """Turns SIGTERM/SIGINT/SIGUSR1 into ``ctx.stop_signal``: a stop at the next step boundary."""
     def on_signal(signum: int) -> None:
         ctx.stop_signal = signum
-        log.warning("\n%s received; stopping after this step (Ctrl-C again to abort)", signals.name(signum))
+        again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""  # only a second SIGINT aborts
+        log.warning("\n%s received; stopping after this step%s", signals.name(signum), again)
     return StopSignals(STOP_SIGNALS, enabled=enabled, on_signal=on_signal)
