@@ -54,13 +54,14 @@ def usage_words(message: str) -> str:
 
 def whole(least: int, most: int | None = None) -> Callable[[str], int]:
     """A whole number in [least, most]."""
+    bound = f"at least {least}" if most is None else f"from {least} to {most}"
+
     def convert(text: str) -> int:
         try:
             value = int(text.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be a whole number {bound}, got {text.strip()}") from None
         if value < least or (most is not None and value > most):
-            bound = f"at least {least}" if most is None else f"from {least} to {most}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
     convert.__name__ = "whole number"
@@ -74,7 +75,7 @@ def number(*, above: float | None = None, least: float | None = None,
         try:
             value = float(text.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {what or _range(above, least, below)}, got {text.strip()}") from None
         bad = not math.isfinite(value) or (above is not None and value <= above) or (
             least is not None and value < least) or (below is not None and value >= below)
         if bad:
