@@ -142,7 +142,8 @@ def select_run(entries: list[Entry], prefix: str, directory: str) -> list[Entry]
 
 def _read_whole(entry: Entry, dec_key: bytes | None) -> None:
     try:
-        ckpt = files.read_checkpoint(entry.path, dec_key=dec_key if dec_key is not None and _encrypted(entry.path) else None)
+        key = dec_key if dec_key is not None and _encrypted(entry.path) else None
+        ckpt = files.read_checkpoint(entry.path, dec_key=key)
     except TorchResumeError as exc:
         entry.valid, entry.reason = False, str(exc)
         return

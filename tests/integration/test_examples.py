@@ -50,8 +50,9 @@ def test_demo_short(tmp_path) -> None:
                 tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "learning rate: 0.001" in proc.stdout
-    from torchresume.app.demo import cpu_kind
     import torch
+
+    from torchresume.app.demo import cpu_kind
     assert re.search(rf"after resuming \(torch {re.escape(torch.__version__)}, \d+ threads, CPU "
                      rf"{re.escape(cpu_kind())}: the same", proc.stdout), proc.stdout[-600:]
     assert cpu_kind() and cpu_kind() != "unknown CPU"

@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from torchresume import inspection
-from torchresume.cli import options
 from torchresume.catalog import list_checkpoints
+from torchresume.cli import options
 from torchresume.errors import CheckpointNotFoundError
 from torchresume.storage import LocalStorage, resolve
 

@@ -71,15 +71,17 @@ def whole(least: int, most: int | None = None) -> Callable[[str], int]:
 def number(*, above: float | None = None, least: float | None = None,
            below: float | None = None, what: str = "") -> Callable[[str], float]:
     """A finite float in the range given (``above``/``below`` exclusive, ``least`` inclusive)."""
+    wanted = what or _range(above, least, below)
+
     def convert(text: str) -> float:
         try:
             value = float(text.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what or _range(above, least, below)}, got {text.strip()}") from None
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text.strip()}") from None
         bad = not math.isfinite(value) or (above is not None and value <= above) or (
             least is not None and value < least) or (below is not None and value >= below)
         if bad:
-            raise argparse.ArgumentTypeError(f"must be {what or _range(above, least, below)}, got {text.strip()}")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text.strip()}")
         return value
     convert.__name__ = "number"
     return convert

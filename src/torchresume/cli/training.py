@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from torchresume.api import load_checkpoint
-from torchresume.cli import options
 from torchresume.app.mnist import create_dataset, default_mnist_dir
 from torchresume.app.models import MODELS
+from torchresume.cli import options
 from torchresume.state.rng import make_deterministic, seed_everything
 from torchresume.train import (
     CheckpointConfig,
