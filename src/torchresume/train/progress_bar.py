@@ -29,6 +29,7 @@ class ProgressBar(Callback):
         self._bar = tqdm(total=ctx.steps_per_epoch, initial=ctx.step, desc=f"epoch {ctx.epoch}",
                          leave=False, ncols=size.columns or 100, nrows=size.lines or 20,
                          mininterval=0, miniters=1)  # updated every refresh_every steps: draw each one
+        self._loss_sum, self._losses = 0.0, 0
 
         def through(line: str, stream: TextIO) -> None:
             tqdm.write(line, file=stream)
