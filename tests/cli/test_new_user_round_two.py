@@ -218,3 +218,21 @@ def test_the_signal_line_offers_a_second_ctrl_c_only_for_sigint(capsys) -> None:
     err = capsys.readouterr().err
     assert "torchresume: SIGTERM received; stopping after this step\n" in err
     assert "torchresume: SIGINT received; stopping after this step (Ctrl-C again to abort)\n" in err
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    import argparse
+
+    from torchresume.cli.main import build_parser
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for command, p in sub.choices.items():
+        for action in p._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or "-h" in action.option_strings:
+                continue
+            assert action.help, (command, action.option_strings)
+            shown = action.default not in (None, [], argparse.SUPPRESS) and action.default is not False
+            if shown:  # "(default: 32)" or the help's own words for it
+                assert "default" in p._get_formatter()._expand_help(action), (command, action.option_strings)
+    assert "SGD learning rate (default: 0.01)" in " ".join(sub.choices["train"].format_help().split())
+    assert "checkpoints of each prefix to keep" in sub.choices["prune"].format_help()
