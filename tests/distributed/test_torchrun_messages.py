@@ -53,3 +53,15 @@ def test_a_batch_that_does_not_split_is_said_once_and_resume_is_said_once(tmp_pa
     again = run(torchrun_cmd(2, train_cli(ckpt, "--epochs", "2", "--steps-per-epoch", "4")), tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("resumed from") == 1, again.stdout
+
+
+def test_only_a_collective_failure_is_a_lost_peer() -> None:
+    """An object-storage connection error under torchrun is not reported as a lost rank."""
+    from torchresume.errors import StorageError
+    from torchresume.train.distributed import lost_peer_message
+    assert lost_peer_message(StorageError("upload failed: Connection reset by peer")) is None
+    gloo = RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:4: "
+                        "Connection reset by peer")
+    assert lost_peer_message(gloo) == ("rank 0: lost a peer rank (the connection to it closed); this job cannot "
+                                       "go on. Rerun the same command: it resumes from the newest committed "
+                                       "checkpoint")

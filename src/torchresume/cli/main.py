@@ -96,14 +96,17 @@ def _said_by_rank_0(exc: BaseException) -> bool:
     if not isinstance(exc, (CheckpointConfigError, DataError, AmbiguousRunError, DamagedRunError,
                             DivergedRunError)):
         return False
-    from torchresume.train.distributed import launched
-    return launched() and os.environ.get("RANK", "0") != "0"
+    return _under_torchrun() and os.environ.get("RANK", "0") != "0"
+
+
+def _under_torchrun() -> bool:
+    """Cheaply (no torch.distributed import): whether torchrun started this process as one of several."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
 def _lost_peer(exc: BaseException) -> str | None:
     """Under torchrun, a collective that failed because another rank died: one line, not a traceback."""
-    from torchresume.train.distributed import launched
-    if not launched():
+    if not _under_torchrun():
         return None
     from torchresume.train.distributed import lost_peer_message
     return lost_peer_message(exc)

@@ -101,8 +101,10 @@ def _gone(pid: int) -> bool:
         return True
 
 
-_PEER_WORDS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "closed by peer",
-               "Connection refused", "ECONNRESET", "EPIPE", "NCCL communicator was aborted")
+# What a collective's failure says when a peer went away (gloo, NCCL, our sharded save's words);
+# an object-storage connection error is not one of them.
+_PEER_WORDS = ("gloo/transport", "Connection closed by peer", "NCCL communicator was aborted",
+               "the process group broke")
 
 
 def lost_peer_message(exc: BaseException) -> str | None:
@@ -110,8 +112,12 @@ def lost_peer_message(exc: BaseException) -> str | None:
 
     Names the lost rank(s) when they ran on this host (their processes have ended).
     """
-    text = str(exc)
-    if type(exc).__name__ != "DistBackendError" and not any(w in text for w in _PEER_WORDS):
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(type(e).__name__ == "DistBackendError" or any(w in str(e) for w in _PEER_WORDS) for e in chain):
         return None
     import socket
     me = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
