@@ -12,6 +12,7 @@ the last failure, is raised as one StorageError line.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import posixpath
@@ -213,7 +214,7 @@ CLIENT_CONFIG = {"connect_timeout": CONNECT_TIMEOUT_S, "retries": {"total_max_at
 
 def botocore_config(given: dict[str, Any] | None) -> dict[str, Any]:
     """The caller's botocore Config kwargs over our defaults (CLIENT_CONFIG, CHECKSUM_CONFIG, S3_CONFIG)."""
-    config = {**CLIENT_CONFIG, **CHECKSUM_CONFIG, **(given or {})}
+    config = {**copy.deepcopy(CLIENT_CONFIG), **CHECKSUM_CONFIG, **(given or {})}  # botocore edits "retries"
     config["s3"] = {**S3_CONFIG, **(config.get("s3") or {})}
     return config
 
