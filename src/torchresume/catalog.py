@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from torchresume import files
-from torchresume.errors import AmbiguousRunError, CorruptCheckpointError, DivergedRunError, TorchResumeError
+from torchresume.errors import (
+    AmbiguousRunError,
+    CorruptCheckpointError,
+    DamagedRunError,
+    DivergedRunError,
+    TorchResumeError,
+)
 from torchresume.files import CHECKPOINT_SUFFIXES
 from torchresume.files import directory as directory_layout
 from torchresume.format.reader import Checkpoint
@@ -45,6 +51,7 @@ class Entry:
     metrics: dict[str, float] = field(default_factory=dict)
     saved_at: float | None = None
     is_dir: bool = False
+    finite: bool | None = None  # every weight finite (None: not read, only the header)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,9 +84,13 @@ def parse_name(name: str) -> tuple[str, int, int, bool] | None:
     return m["prefix"], int(m["epoch"]), int(m["step"]), bool(m["bp"])
 
 
-def list_checkpoints(directory: str, *, verify: bool = True,
-                     prefix: str | None = None) -> list[Entry]:
-    """Checkpoint files in ``directory``, newest first, each with its validity."""
+def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None = None,
+                     dec_key: bytes | None = None) -> list[Entry]:
+    """Checkpoint files in ``directory``, newest first, each with its validity.
+
+    ``verify``: read each one whole (checksums; ``dec_key`` for encrypted ones) and note
+    whether its weights are finite.
+    """
     storage, where = resolve(directory)
     out = []
     for info in storage.list(where):
@@ -95,8 +106,7 @@ def list_checkpoints(directory: str, *, verify: bool = True,
             continue
         _read_header_facts(entry)
         if verify and entry.valid:
-            verdict = files.verify(entry.path)
-            entry.valid, entry.reason = verdict.valid, verdict.reason
+            _read_whole(entry, dec_key)
         out.append(entry)
     return sorted(out, key=Entry.order_key, reverse=True)
 
@@ -130,6 +140,26 @@ def select_run(entries: list[Entry], prefix: str, directory: str) -> list[Entry]
         f"--prefix {siblings[-1]} (ModelCheckpoint prefix), or start a new run with --resume none")
 
 
+def _read_whole(entry: Entry, dec_key: bytes | None) -> None:
+    try:
+        key = dec_key if dec_key is not None and _encrypted(entry.path) else None
+        ckpt = files.read_checkpoint(entry.path, dec_key=key)
+    except TorchResumeError as exc:
+        entry.valid, entry.reason = False, str(exc)
+        return
+    except (OSError, ValueError) as exc:
+        entry.valid, entry.reason = False, f"{entry.path}: {exc}"
+        return
+    entry.finite = tree_finite(ckpt.tree)
+
+
+def _encrypted(path: str) -> bool:
+    try:
+        return files.describe(path).encrypted
+    except (TorchResumeError, OSError, ValueError):
+        return False
+
+
 def _read_header_facts(entry: Entry) -> None:
     try:
         desc = files.describe(entry.path)
@@ -158,10 +188,12 @@ def newest_readable(candidates: list[Entry], directory: str, *, run: str | None 
     ``run``: only that run's checkpoints (select_run: never another run's). Best-model copies
     (prefix ``*-best``) are for evaluation and never resumed from. ``require_finite``: skip,
     saying so, checkpoints whose weights hold NaN or Inf; if every one does, DivergedRunError.
+    If there are candidates and none reads, DamagedRunError (never a silent fresh start).
     """
     if run is not None:
         candidates = select_run(candidates, run, directory)
     diverged: list[str] = []
+    damaged: list[tuple[str, str]] = []  # (name, reason): named once the outcome is known
     for entry in candidates:
         if entry.prefix is not None and entry.prefix.endswith("-best"):
             continue
@@ -170,19 +202,34 @@ def newest_readable(candidates: list[Entry], directory: str, *, run: str | None 
                 raise CorruptCheckpointError(entry.reason)
             ckpt = files.read_checkpoint(entry.path, dec_key=dec_key)
         except (TorchResumeError, OSError) as exc:
-            log.warning("skipping invalid checkpoint %s", exc)
+            damaged.append((entry.name, str(exc)))
             continue
         if require_finite and not tree_finite(ckpt.tree):
             log.warning("skipping %s: its weights are not finite (NaN or Inf: the run diverged there)", entry.path)
             diverged.append(entry.name)
             continue
+        for _, reason in damaged:
+            log.warning("skipping invalid checkpoint %s", reason)
         return entry, ckpt
     if diverged:
+        for _, reason in damaged:
+            log.warning("skipping invalid checkpoint %s", reason)
         raise DivergedRunError(
             f"{directory}: every checkpoint of the run ({', '.join(diverged)}) has non-finite "
-            "weights (the run diverged); start over with --resume none (resume='none'), "
-            "e.g. at a lower learning rate")
+            "weights (the run diverged); start over with resume='none', e.g. at a lower learning rate")
+    if damaged:
+        names = ", ".join(name for name, _ in damaged)
+        raise DamagedRunError(
+            f"{directory}: no checkpoint of the run can be read ({names}; the newest: "
+            f"{_reason_only(damaged[0][1])}); nothing to resume from: put back a good copy, or "
+            "start over with resume='none' (the damaged files are kept)")
     return None
+
+
+def _reason_only(reason: str) -> str:
+    """A reader's message without the path it starts with (the names are listed already)."""
+    head, sep, rest = reason.partition(": ")
+    return rest if sep and ("/" in head or head.endswith(".ckpt")) else reason
 
 
 def tree_finite(tree: Any) -> bool:

@@ -76,5 +76,13 @@ class DivergedRunError(TorchResumeError, ValueError):
     """Every checkpoint a resume could continue from holds non-finite weights."""
 
 
+class DamagedRunError(TorchResumeError, ValueError):
+    """Every checkpoint a resume could continue from is damaged (none reads and verifies)."""
+
+
+class DeviceError(TorchResumeError, ValueError):
+    """The device asked for does not exist or is not available here."""
+
+
 class AsyncSaveError(TorchResumeError, RuntimeError):
     """A background save failed; raised on the next save or at close."""

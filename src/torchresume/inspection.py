@@ -57,6 +57,15 @@ def diff(a: str, b: str, *, load: Callable[[str], Any] | None = None) -> list[Te
     return sorted(out, key=lambda c: c.name)
 
 
+def diff_metadata(a: dict[str, Any], b: dict[str, Any], section: str) -> list[TensorChange]:
+    """Header entries (``info``: time, config, steps...; ``append``) added, removed or changed."""
+    fa, fb = flat_view(a), flat_view(b)
+    out = [TensorChange(f"{section}.{k}", "removed") for k in fa if k not in fb]
+    out += [TensorChange(f"{section}.{k}", "added") for k in fb if k not in fa]
+    out += [c for c in (_compare(f"{section}.{k}", fa[k], fb[k]) for k in fa if k in fb) if c]
+    return sorted(out, key=lambda c: c.name)
+
+
 def _as_tensor(value: Any) -> Any:
     """numpy arrays (RNG states, user arrays) compare as tensors."""
     if isinstance(value, np.ndarray):

@@ -15,10 +15,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import TextIO
 
 log = logging.getLogger("torchresume")
 monitor = logging.getLogger("torchresume.monitor")
 progress = logging.getLogger("torchresume.progress")
+
+
+_through: Callable[[str, TextIO], None] | None = None
+
+
+def write_through(writer: Callable[[str, TextIO], None] | None) -> None:
+    """While a progress bar is drawn, console lines go through ``writer(line, stream)`` (its
+    ``tqdm.write``), so they never land in the middle of the bar or leave stale copies of it."""
+    global _through
+    _through = writer
 
 
 class _ConsoleHandler(logging.Handler):
@@ -32,6 +44,9 @@ class _ConsoleHandler(logging.Handler):
         to_stderr = self.always_stderr or record.levelno >= logging.WARNING
         stream = sys.stderr if to_stderr else sys.stdout
         try:
+            if _through is not None:  # a progress bar is on screen: it clears, prints, redraws
+                _through(self.format(record).lstrip("\n"), stream)
+                return
             stream.write(self.format(record) + "\n")
             stream.flush()
         except (BrokenPipeError, ValueError):
@@ -68,4 +83,4 @@ def _install() -> None:
 
 _install()
 
-__all__ = ["log", "monitor", "progress"]
+__all__ = ["log", "monitor", "progress", "write_through"]

@@ -102,6 +102,9 @@ def check_on_busy(on_busy: str) -> str:
     return on_busy
 
 
+_SAID_STALE: set[str] = set()  # staged files already named as too old to upload (once per process)
+
+
 class CheckpointManager:
     """Saves and restores full training state in ``directory`` (a path or an ``s3://`` URL) under one prefix.
 
@@ -356,27 +359,48 @@ class CheckpointManager:
                                         prefix=None if all_prefixes else self.prefix)
 
     def _resume_candidates(self) -> list[Entry]:
-        """Every checkpoint in the directory and, for a remote one, staged files not uploaded yet."""
+        """Every checkpoint in the directory and, for a remote one, staged files not uploaded yet
+        (none older than the newest committed remotely)."""
         entries = self.checkpoints(all_prefixes=True)
         if self.staging:
-            uploaded = {e.name for e in entries}
-            entries += [e for e in catalog.list_checkpoints(self.staging, verify=False)
-                        if e.name not in uploaded]
+            entries += self._staged_not_uploaded(entries, verify=False)
             entries.sort(key=Entry.order_key, reverse=True)
         return entries
 
+    def _staged_not_uploaded(self, remote: list[Entry], *, verify: bool, say: bool = False) -> list[Entry]:
+        """Staged checkpoints the remote lacks and that are newer than its newest; older ones are
+        never uploaded (``say``: a line for each, naming the newer remote one)."""
+        assert self.staging is not None
+        names = {e.name for e in remote}
+        newest = max(remote, key=Entry.order_key, default=None)
+        out = []
+        for entry in catalog.list_checkpoints(self.staging, verify=verify):
+            if entry.name in names or not entry.valid:
+                continue
+            if newest is not None and entry.order_key() < newest.order_key():
+                if say and entry.path not in _SAID_STALE:
+                    _SAID_STALE.add(entry.path)
+                    log.warning("not uploading %s, staged by an earlier process: %s, committed there, is "
+                                "newer (the staged copy stays in %s)", entry.name, newest.path, self.staging)
+                continue
+            out.append(entry)
+        return out
+
     def upload_pending(self) -> list[str]:
-        """Queue uploads of staged checkpoints the remote lacks (a kill came before their upload)."""
+        """Queue uploads of staged checkpoints the remote lacks (a kill came before their upload).
+
+        Staging is per endpoint and URL, and a staged file older than the remote's newest
+        checkpoint is never uploaded; each upload queued is one status line.
+        """
         if self.remote is None or self.staging is None:
             return []
-        uploaded = {e.name for e in self.checkpoints(all_prefixes=True)}
         queued = []
-        for entry in catalog.list_checkpoints(self.staging, verify=True):
-            if entry.name not in uploaded and entry.valid:
-                remote = self.storage.join(self.directory, entry.name)
-                log.info("uploading %s, saved locally before the last run stopped", remote)
-                self.remote.upload(entry.path, remote, after=lambda r=remote: self.apply_retention(protect=r))  # type: ignore[misc]
-                queued.append(remote)
+        for entry in self._staged_not_uploaded(self.checkpoints(all_prefixes=True), verify=True, say=True):
+            remote = self.storage.join(self.directory, entry.name)
+            log.info("uploading %s, saved locally before the last run stopped (staged in %s)", remote,
+                     self.staging)
+            self.remote.upload(entry.path, remote, after=lambda r=remote: self.apply_retention(protect=r))  # type: ignore[misc]
+            queued.append(remote)
         return queued
 
     def newest_readable(self, run: str | None = None, *,

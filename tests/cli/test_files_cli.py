@@ -50,7 +50,7 @@ def test_diff(tmp_path, net, capsys) -> None:
         net.fc1.weight[0, 0] += 0.5
     b = str(tmp_path / "b.ckpt")
     tr.save_checkpoint({**net.state_dict(), "extra": torch.ones(1)}, b)
-    assert main(["diff", a, b]) == 0
+    assert main(["diff", a, b]) == 1  # they differ, as diff and cmp say
     out = capsys.readouterr().out.splitlines()
     assert "+ extra" in out
     assert any(line.startswith("~ fc1.weight  max|a-b|=0.5") for line in out)

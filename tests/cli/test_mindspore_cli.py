@@ -68,7 +68,7 @@ def test_ls_and_diff_mixed_directory(tmp_path: Path) -> None:
     assert "INVALID" in [line for line in lines if "lenet-1_1875" in line][0]
     assert all("valid" in line for line in lines if "lenet-1_1875" not in line)
     proc = cli("diff", str(tmp_path / "lenet-2_1875.ckpt"), str(tmp_path / "lenet-3_1875.ckpt"))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # they differ
     assert "- moments.fc1.weight" in proc.stdout and "- global_step" in proc.stdout
     assert "fc1.weight" not in proc.stdout.replace("moments.fc1.weight", "")  # weights equal
 

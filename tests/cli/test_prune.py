@@ -49,7 +49,7 @@ def test_prune_command_in_a_real_process_and_bad_keep(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     run = [sys.executable, "-m", "torchresume", "prune", str(tmp_path)]
     bad = subprocess.run([*run, "--keep", "0"], env=env, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "--keep must be at least 1, got 0" in bad.stderr
+    assert bad.returncode == 2 and "--keep must be at least 1, got 0" in bad.stderr
     assert len([n for n in _names(tmp_path) if n.endswith(".ckpt")]) == 9  # nothing deleted
     ok = subprocess.run([*run, "--keep", "1"], env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr

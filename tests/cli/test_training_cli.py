@@ -34,15 +34,15 @@ def test_bad_usage_is_exit_2(capsys) -> None:
 
 
 def test_bad_storage_option(tmp_path, capsys) -> None:
-    assert main(["ls", str(tmp_path), "--storage-option", "novalue"]) == 1
+    assert main(["ls", str(tmp_path), "--storage-option", "novalue"]) == 2
     assert capsys.readouterr().err == (
         "torchresume: error: --storage-option must be KEY=VALUE (KEY may be dotted: "
-        "config_kwargs.s3.payload_signing_enabled=true), got 'novalue'\n")
+        "config_kwargs.s3.payload_signing_enabled=true), got 'novalue' (see: torchresume ls --help)\n")
     assert main(["ls", str(tmp_path), "--storage-option", "config_kwargs=x",
-                 "--storage-option", "config_kwargs.s3.addressing_style=path"]) == 1
+                 "--storage-option", "config_kwargs.s3.addressing_style=path"]) == 2
     assert capsys.readouterr().err == ("torchresume: error: --storage-option "
                                        "'config_kwargs.s3.addressing_style=path': 'config_kwargs' was given "
-                                       "a value already\n")
+                                       "a value already (see: torchresume ls --help)\n")
 
 
 def test_dotted_storage_options_nest_and_type_botocore_settings() -> None:

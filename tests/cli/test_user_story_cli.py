@@ -56,21 +56,22 @@ def test_a_diverged_run_is_never_finished(tmp_path) -> None:
     assert f"torchresume: skipping {tmp_path}/lenet-1_10_breakpoint.ckpt: its weights are not finite" in again.stderr
     assert again.stderr.endswith(
         f"torchresume: error: {tmp_path}: every checkpoint of the run (lenet-1_10_breakpoint.ckpt, lenet-1_10.ckpt, "
-        "lenet-1_5.ckpt) has non-finite weights (the run diverged); start over with --resume none "
-        "(resume='none'), e.g. at a lower learning rate\n")
+        "lenet-1_5.ckpt) has non-finite weights (the run diverged); start over with --resume none, "
+        "e.g. at a lower learning rate\n")
 
 
 def test_flags_are_named_as_typed(tmp_path) -> None:
-    assert train(tmp_path, "--save-steps", "-5", check=1).stderr == \
-        "torchresume: error: --save-steps must be at least 1, got -5\n"
-    assert train(tmp_path, "--keep-max", "0", check=1).stderr == \
-        "torchresume: error: --keep-max must be at least 1, got 0\n"
-    assert train(tmp_path, "--write-mb-per-s", "200", check=1).stderr == \
-        "torchresume: error: --write-mb-per-s paces background saves; add --async-save\n"
-    assert train(tmp_path, "--async-save", "--write-mb-per-s", "0", check=1).stderr == \
-        "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got 0\n"
-    assert train(tmp_path, "--async-save", "--write-mb-per-s", "nan", check=1).stderr == \
-        "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got nan\n"
+    see = " (see: torchresume train --help)\n"  # usage errors: one line, exit 2
+    assert train(tmp_path, "--save-steps", "-5", check=2).stderr == \
+        "torchresume: error: --save-steps must be at least 1, got -5" + see
+    assert train(tmp_path, "--keep-max", "0", check=2).stderr == \
+        "torchresume: error: --keep-max must be at least 1, got 0" + see
+    assert train(tmp_path, "--write-mb-per-s", "200", check=2).stderr == \
+        "torchresume: error: --write-mb-per-s paces background saves; add --async-save" + see
+    assert train(tmp_path, "--async-save", "--write-mb-per-s", "0", check=2).stderr == \
+        "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got 0" + see
+    assert train(tmp_path, "--async-save", "--write-mb-per-s", "nan", check=2).stderr == \
+        "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got nan" + see
 
 
 def test_a_failed_save_names_the_file_and_the_cause(tmp_path) -> None:
@@ -96,7 +97,8 @@ def test_a_bar_on_terminals(tmp_path) -> None:
     import pty
     master, slave = pty.openpty()  # a terminal of size 0x0, as some consoles report
     proc = subprocess.Popen([TR, "train", "--train-url", str(tmp_path), "--epochs", "1", "--steps-per-epoch",
-                             "40", "--save-steps", "40"], stdin=slave, stdout=slave, stderr=slave,
+                             "40", "--save-steps", "20", "--print-every", "20"], stdin=slave, stdout=slave,
+                            stderr=slave,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     os.close(slave)
     out = b""
@@ -112,3 +114,7 @@ def test_a_bar_on_terminals(tmp_path) -> None:
     text = out.decode()
     assert re.search(r"\repoch 1:  50%\|\S+ +\| 20/40 \[", text), text[-2000:]
     assert "torchresume: epoch 1/1 step" not in text  # bars, not log lines, on a terminal
+    # saved and loss lines clear the bar first (tqdm.write), never land on its line
+    printed = re.findall(r"(.)(torchresume: saved |epoch: 1 step: )", text, re.S)
+    assert len(printed) == 4 and all(before == "\r" for before, _ in printed), printed
+    assert re.search(r"\| 20/40 \[.*, mean loss of 20 steps \d\.\d{4}\]", text)  # the bar says it is a mean

@@ -76,7 +76,8 @@ def _env(workdir: Path) -> dict[str, str]:
 
 
 def _run_shell(block: Block, workdir: Path) -> None:
-    code = block.code.replace(S3_ADDR, f"127.0.0.1:{_free_port()}")
+    port = _free_port()
+    code = block.code.replace(S3_ADDR, f"127.0.0.1:{port}").replace(S3_ADDR.replace(":", "/"), f"127.0.0.1/{port}")
     out = workdir / ".block-output"
     with open(out, "wb") as log:  # a file, not a pipe: a server the block left running cannot hold it
         proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", code], cwd=workdir, env=_env(workdir),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,12 @@ def test_demo_short(tmp_path) -> None:
                 tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "learning rate: 0.001" in proc.stdout
+    import torch
+
+    from torchresume.app.demo import cpu_kind
+    assert re.search(rf"after resuming \(torch {re.escape(torch.__version__)}, \d+ threads, CPU "
+                     rf"{re.escape(cpu_kind())}: the same", proc.stdout), proc.stdout[-600:]
+    assert cpu_kind() and cpu_kind() != "unknown CPU"
     for name in ("prediction.png", "curves.png", "summary.json"):
         assert (tmp_path / "d" / name).stat().st_size > 1000 or name == "summary.json"
     assert sorted(os.listdir(tmp_path / "d" / "ckpt")) == [

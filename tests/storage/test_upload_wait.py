@@ -27,12 +27,16 @@ def holding(bucket, s3_server, monkeypatch) -> Iterator[FaultyS3]:
     server = FaultyS3()
     server.hold_when = lambda method, path, query: method == "PUT" and path.endswith(".ckpt")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    saved = dict(storage._options)
     storage.configure(endpoint_url=server.endpoint)
     try:
         yield server
     finally:
         server.stop()  # releases anything still held
-        storage.configure(endpoint_url=s3_server)
+        # the options as they were: an endpoint_url left behind would outlive the test (and key
+        # later tests' staging directories by this module's server)
+        storage._options.clear()
+        storage.configure(**saved)
 
 
 def _staged(name: str) -> list[str]:

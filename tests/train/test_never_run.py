@@ -133,7 +133,8 @@ def test_progress_bar_on_a_terminal_only(monkeypatch, capsys) -> None:
     tty = b"".join(chunks).decode(errors="replace")
     for epoch in (1, 2):
         assert f"epoch {epoch}: " in tty, tty
-    assert "40/50" in tty and "loss=" in tty, tty  # refreshed every 20 steps, with the loss
+    assert "40/50" in tty and "mean loss of 20 steps" in tty, tty  # refreshed every 20 steps, with the mean loss
+    assert "mean loss of 30 steps" not in tty  # a new epoch's bar starts its own mean
 
     capsys.readouterr()
     toy_model().train(1, toy_data(n=400), [])  # stderr captured by pytest: not a terminal

@@ -144,3 +144,38 @@ def test_resume_takes_a_directory_or_a_manager(tmp_path) -> None:
         assert summary["already_finished"] and summary["resumed_from"].endswith("toy-1_8.ckpt")
         for a, b in zip(model.network.parameters(), again.network.parameters(), strict=True):
             assert torch.equal(a, b)
+
+
+def _flip_middle(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(path, 0o600)
+    path.write_bytes(bytes(data))
+
+
+def test_a_run_whose_every_checkpoint_is_damaged_stops(tmp_path, capsys) -> None:
+    """Never a silent fresh start: one error naming every file and resume='none'; nothing new written."""
+    from torchresume.errors import DamagedRunError
+    cfg = CheckpointConfig(save_checkpoint_steps=4, keep_checkpoint_max=10)
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)])
+    for name in ("toy-1_4.ckpt", "toy-1_8.ckpt"):
+        _flip_middle(tmp_path / name)
+    before = sorted(os.listdir(tmp_path))
+    capsys.readouterr()
+    with pytest.raises(DamagedRunError) as exc:
+        toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="auto")
+    message = str(exc.value)
+    assert message.startswith(f"{tmp_path}: no checkpoint of the run can be read (toy-1_8.ckpt, toy-1_4.ckpt; "
+                              "the newest: ")
+    assert message.endswith("start over with resume='none' (the damaged files are kept)")
+    assert sorted(os.listdir(tmp_path)) == before  # no toy_1 run opened
+    assert capsys.readouterr().err == ""  # the error is the one line
+
+
+def test_resuming_from_a_named_directory_without_checkpoints_is_an_error(tmp_path) -> None:
+    from torchresume.errors import CheckpointNotFoundError
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointNotFoundError, match=f"^{empty} holds no checkpoint to resume from; name a "
+                       "directory or file that holds one, or start over with resume='none'$"):
+        toy_model().train(1, toy_data(), resume=str(empty))

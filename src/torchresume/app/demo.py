@@ -79,6 +79,20 @@ def _phase(title: str, lr: float, data: str, ckpt_dir: str, steps_per_epoch: int
     return metrics, seconds
 
 
+def cpu_kind() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says."""
+    import platform
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def run_demo(workdir: str, data: str, steps_per_epoch: int | None = None) -> dict[str, Any]:
     ckpt_dir = os.path.join(workdir, "ckpt")
     if os.path.isdir(ckpt_dir):
@@ -115,11 +129,12 @@ def run_demo(workdir: str, data: str, steps_per_epoch: int | None = None) -> dic
                "train_seconds": [round(t1, 2), round(t2, 2)], "lr": [0.01, 0.001],
                "files_after_first_training": listing1, "files_after_resuming": listing2,
                "inference_checkpoint": final, "prediction_png": pred_png, "curves_png": curve_png,
-               "predictions": [int(p) for p in preds], "truth": [int(t) for t in labels]}
+               "predictions": [int(p) for p in preds], "truth": [int(t) for t in labels],
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_kind()}
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     print(f"\nwrote {pred_png}, {curve_png} and {os.path.join(workdir, 'summary.json')}")
     print(f"accuracy: {m1['acc']:.4f} after 2 epochs, {m2['acc']:.4f} after resuming (torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads: the same on every run with the "
-          "same torch build, CPU kind and thread count)", flush=True)
+          f"{torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_kind()}: the same on every "
+          "run with the same torch build, CPU kind and thread count)", flush=True)
     return summary

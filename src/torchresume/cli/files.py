@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Any
 
 from torchresume import inspection
 from torchresume.catalog import list_checkpoints
+from torchresume.cli import options
 from torchresume.errors import CheckpointNotFoundError
-from torchresume.storage import resolve
+from torchresume.storage import LocalStorage, resolve
 
 # API parameter names in library messages -> the flags a CLI user types.
 _FLAG_WORDS = {"pass dec_key=<the key used to save it>": "pass --dec-key-hex <the key, as hex>",
-               "dec_key=": "--dec-key-hex", "enc_key=": "--enc-key-hex"}
+               "dec_key=": "--dec-key-hex", "enc_key=": "--enc-key-hex", "drop dec_key": "drop --dec-key-hex",
+               "resume='none'": "--resume none"}
 
 
 def cli_words(message: str) -> str:
@@ -24,61 +27,76 @@ def cli_words(message: str) -> str:
     return message
 
 
+def key_options() -> argparse.ArgumentParser:
+    """The key options of every command that reads a checkpoint's contents."""
+    keys = argparse.ArgumentParser(add_help=False)
+    keys.add_argument("--dec-key-hex", type=options.hex_key, default=None, metavar="HEX",
+                      help="key of an encrypted checkpoint, as hex (unencrypted files need none)")
+    return keys
+
+
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("inspect", parents=parents, help="describe a checkpoint without model code")
-    p.add_argument("path")
+    keys = [*parents, key_options()]
+    p = sub.add_parser("inspect", parents=keys, help="describe a checkpoint without model code",
+                       description="Describe a checkpoint (format, kind, info, tensors) without model code.")
+    p.add_argument("path", type=options.url, help="checkpoint file, directory checkpoint or URL")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("verify", parents=parents, help="check a file (or every checkpoint in a directory)")
-    p.add_argument("path")
-    p.add_argument("--dec-key-hex", help="key of an encrypted checkpoint, as hex")
+    p = sub.add_parser("verify", parents=keys, help="check a file (or every checkpoint in a directory)",
+                       description="Read every byte and check every checksum; exit 0 valid, 1 invalid.")
+    p.add_argument("path", type=options.url, help="checkpoint, or a directory of checkpoints")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("diff", parents=parents, help="tensors added, removed or changed between two checkpoints")
-    p.add_argument("a")
-    p.add_argument("b")
+    p = sub.add_parser("diff", parents=keys, help="tensors added, removed or changed between two checkpoints",
+                       description="Tensors, values and metadata added, removed or changed from A to B; "
+                                   "exit 0 when they are the same, 1 when they differ (as diff and cmp do).")
+    p.add_argument("a", type=options.url, help="the first checkpoint")
+    p.add_argument("b", type=options.url, help="the second checkpoint")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("convert", parents=parents,
+    p = sub.add_parser("convert", parents=keys,
                        help="rewrite any readable checkpoint as a native one or (--to mindspore) a MindSpore .ckpt")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--dec-key-hex", help="key of an encrypted source, as hex")
-    p.add_argument("--enc-key-hex", help="encrypt the result with this key (hex, 16/24/32 bytes)")
+    p.add_argument("src", type=options.url, help="the checkpoint to read")
+    p.add_argument("dst", type=options.url, help="the file to write (its folder must exist)")
+    p.add_argument("--enc-key-hex", type=options.hex_key, default=None, metavar="HEX",
+                   help="encrypt the result with this key (hex, 16/24/32 bytes)")
     p.add_argument("--to", choices=("native", "mindspore"), default="native",
-                   help="native torchresume file (default) or MindSpore protobuf .ckpt")
-    p.add_argument("--enc-mode", default="AES-GCM", help="with --to mindspore: AES-GCM or AES-CBC")
+                   help="native torchresume file or MindSpore protobuf .ckpt")
+    p.add_argument("--enc-mode", choices=("AES-GCM", "AES-CBC"), default="AES-GCM",
+                   help="with --to mindspore and --enc-key-hex: the cipher")
     p.add_argument("--crc", action="store_true", help="with --to mindspore: add the CRC32 footer")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("copy", parents=parents, help="parallel, resumable copy between local disk and object storage")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("src", type=options.url, help="file or directory, local or s3://")
+    p.add_argument("dst", type=options.url, help="destination directory, local or s3://")
+    p.add_argument("--workers", type=options.whole(1, 256), default=8, help="files copied at once")
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("prune", parents=parents, help="delete all but the newest K checkpoints of each prefix")
-    p.add_argument("directory")
-    p.add_argument("--keep", type=int, required=True)
+    p.add_argument("directory", type=options.url, help="directory or URL of checkpoints")
+    p.add_argument("--keep", type=options.whole(1), required=True,
+                   help="checkpoints of each prefix to keep (the newest valid one is always kept)")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("ls", parents=parents, help="checkpoints in a directory, newest first")
-    p.add_argument("directory")
+    p = sub.add_parser("ls", parents=keys, help="checkpoints in a directory, newest first")
+    p.add_argument("directory", type=options.url, help="directory or URL of checkpoints")
     p.add_argument("--quick", action="store_true", help="check headers only, not checksums")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_ls)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    d = inspection.describe(args.path)
+    d = inspection.describe(args.path, args.dec_key_hex)
     if args.json:
         print(json.dumps(d.to_json(), default=str))
         return 0
     rows: list[tuple[str, str]] = [
         ("file", f"{d.path} ({inspection.human_bytes(d.size)})"),
-        ("format", d.format + ("  (encrypted: pass --dec-key-hex to read it)" if d.encrypted else "")),
+        ("format", d.format + ("  (encrypted: pass --dec-key-hex to read it)" if d.kind == "encrypted"
+                               else "  (encrypted)" if d.encrypted else "")),
         ("kind", d.kind)]
     rows += [(key, _readable(key, value)) for key, value in {**d.info, **d.append}.items() if value is not None]
     if d.tensors:
@@ -137,17 +155,17 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    key = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
+    key = args.dec_key_hex
+    _must_exist(args.path)
     if inspection.is_directory(args.path) and not _checkpoint_dir(args.path):
         paths = inspection.checkpoint_files(args.path)
         if not paths:
-            print(f"torchresume: error: {args.path}: no checkpoint files", file=sys.stderr)
-            return 1
+            raise CheckpointNotFoundError(f"{args.path}: no checkpoint files in this directory")
     else:
         paths = [args.path]
     bad = 0
     for path in paths:
-        verdict = inspection.verify(path, key)
+        verdict = inspection.verify(path, key if key is None or _encrypted(path) else None)
         if verdict.valid:
             print(f"OK       {path}")
         else:
@@ -156,16 +174,47 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _must_exist(path: str) -> None:
+    storage, where = resolve(path)
+    if not storage.exists(where):
+        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+
+
+def _encrypted(path: str) -> bool:
+    try:
+        return inspection.describe(path).encrypted
+    except (OSError, ValueError):
+        return False
+
+
+def _read(path: str, key: bytes | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(tree, info, append) of any checkpoint; sharded ones consolidated; the key used if encrypted."""
+    from torchresume.files import read_checkpoint
+    if _tree_loader(path) is not None:
+        from torchresume.distributed.consolidate import consolidate
+        tree, info = consolidate(path)
+        return tree, info, {}
+    ckpt = read_checkpoint(path, dec_key=key if key is not None and _encrypted(path) else None)
+    return ckpt.tree, ckpt.info, ckpt.append
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
-    changes = inspection.diff(args.a, args.b, load=_tree_loader(args.a, args.b))
-    if not changes:
+    a_tree, a_info, a_append = _read(args.a, args.dec_key_hex)
+    b_tree, b_info, b_append = _read(args.b, args.dec_key_hex)
+    trees = {args.a: a_tree, args.b: b_tree}
+    changes = inspection.diff(args.a, args.b, load=trees.__getitem__)
+    meta = inspection.diff_metadata(a_info, b_info, "info") + inspection.diff_metadata(a_append, b_append, "append")
+    if not changes and not meta:
         print("identical: same tensors, values and metadata")
-    for c in changes:
+        return 0
+    for c in changes + meta:
         mark = {"added": "+", "removed": "-", "changed": "~"}[c.change]
         extra = f"  max|a-b|={c.max_abs_diff:.6g}" if c.max_abs_diff is not None else ""
         detail = f"  {c.detail}" if c.detail and c.detail != "values" else ""
         print(f"{mark} {c.name}{detail}{extra}")
-    return 0
+    if not changes:
+        print("same tensors and values; metadata differs")
+    return 1
 
 
 def _print_logical(path: str) -> None:
@@ -207,7 +256,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         raise CheckpointNotFoundError(f"{args.directory}: no such directory"
                                       + ("" if "://" in args.directory or ":" not in args.directory
                                          else " (a URL is written s3://bucket/prefix)"))
-    entries = list_checkpoints(args.directory, verify=not args.quick)
+    entries = list_checkpoints(args.directory, verify=not args.quick, dec_key=args.dec_key_hex)
     # Valid checkpoints first, newest first; then the invalid ones (never resumed from).
     entries = [e for e in entries if e.valid] + [e for e in entries if not e.valid]
     if args.json:
@@ -218,7 +267,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     print(f"{'name':<32} {'epoch':>5} {'step':>6} {'size':>10}  status")
     for e in entries:
-        status = "valid" if e.valid else f"INVALID: {e.reason}"
+        status = ("valid, non-finite (NaN or Inf weights: the run diverged)" if e.finite is False
+                  else "valid") if e.valid else f"INVALID: {cli_words(e.reason)}"
         print(f"{e.name:<32} {_dash(e.epoch):>5} {_dash(e.step):>6} "
               f"{inspection.human_bytes(e.size):>10}  {status}")
     return 0
@@ -228,13 +278,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from torchresume.files import encode_state, read_checkpoint, write_encoded
     from torchresume.format import crypto
     from torchresume.storage import resolve
-    dec = bytes.fromhex(args.dec_key_hex) if args.dec_key_hex else None
-    enc = bytes.fromhex(args.enc_key_hex) if args.enc_key_hex else None
+    dec, enc = args.dec_key_hex, args.enc_key_hex
+    if args.to != "mindspore" and (args.crc or args.enc_mode != "AES-GCM"):
+        raise options.UsageError(f"{'--crc' if args.crc else '--enc-mode ' + args.enc_mode} applies to "
+                                 "MindSpore files only; add --to mindspore (a native file has per-tensor "
+                                 "checksums and is encrypted with AES-GCM)")
     if enc is not None and args.to == "native":
         enc = crypto.check_key(enc, "AES-GCM", "enc_key")
+    _must_exist(args.src)
     storage, where = resolve(args.dst)
     if storage.exists(where) and not args.force:
         raise FileExistsError(f"{args.dst} exists; pass --force to overwrite it")
+    folder = os.path.dirname(where)
+    if isinstance(storage, LocalStorage) and folder and not os.path.isdir(folder):
+        raise CheckpointNotFoundError(f"{args.dst}: the folder {folder} does not exist; create it first "
+                                      f"(mkdir -p {folder})")
     if args.to == "mindspore":
         from torchresume.files.mindspore_io import convert
         print(f"wrote {args.dst} ({convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)})")
@@ -269,8 +327,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from torchresume.manager import prune
-    if args.keep < 1:
-        raise ValueError(f"--keep must be at least 1, got {args.keep}")
+    if not inspection.is_directory(args.directory):
+        raise CheckpointNotFoundError(f"{args.directory}: no such directory")
     for path in prune(args.directory, args.keep):
         print(f"deleted {path}")
     return 0

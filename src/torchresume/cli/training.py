@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 from torchresume.api import load_checkpoint
 from torchresume.app.mnist import create_dataset, default_mnist_dir
 from torchresume.app.models import MODELS
+from torchresume.cli import options
 from torchresume.state.rng import make_deterministic, seed_everything
 from torchresume.train import (
     CheckpointConfig,
@@ -25,53 +25,109 @@ from torchresume.train import (
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    from torchresume.cli.files import key_options
     p = sub.add_parser("train", parents=parents, help="train on MNIST with checkpoints; the same command resumes")
     _common(p)
-    p.add_argument("--train-url", "--train_url", dest="train_url", default="ckpt",
-                   help="directory for checkpoints (default ./ckpt)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--train-url", "--train_url", dest="train_url", default="ckpt", type=options.url,
+                   help="directory or s3:// URL for checkpoints")
+    p.add_argument("--epochs", type=options.whole(1), default=2, help="epochs to train in all (a resumed "
+                   "run trains up to this many)")
+    p.add_argument("--lr", type=options.number(above=0), default=0.01, help="SGD learning rate")
+    p.add_argument("--momentum", type=options.number(least=0, below=1), default=0.9, help="SGD momentum")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--save-steps", type=int, default=None, help="default: once per epoch")
-    group.add_argument("--save-seconds", type=int, default=None)
-    p.add_argument("--keep-max", type=int, default=5)
+    group.add_argument("--save-steps", type=options.whole(1), default=None,
+                       help="save every N steps (default: once per epoch)")
+    group.add_argument("--save-seconds", type=options.whole(1), default=None,
+                       help="save every S seconds instead")
+    p.add_argument("--keep-max", type=options.whole(1), default=5, help="checkpoints kept (the newest K)")
     p.add_argument("--prefix", default=None, help="checkpoint name prefix (default: the model name)")
-    p.add_argument("--resume", default="auto", help="auto (default) | none | PATH")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default="auto", type=options.url,
+                   help="auto: continue this run's newest valid checkpoint in --train-url | none: start "
+                        "over | PATH: a checkpoint, or a directory of them")
+    p.add_argument("--steps-per-epoch", type=options.whole(1), default=None,
+                   help="steps per epoch (default: the whole training set)")
+    p.add_argument("--seed", type=options.whole(0, 2**32 - 1), default=0, help="random seed")
     p.add_argument("--deterministic", action="store_true", help="bitwise-repeatable run")
     p.add_argument("--async-save", action="store_true", help="write checkpoints in the background")
-    p.add_argument("--write-mb-per-s", type=float, default=None, metavar="MB",
+    p.add_argument("--write-mb-per-s", type=options.number(above=0, what="a positive number of MB/s"),
+                   default=None, metavar="MB",
                    help="with --async-save: write each checkpoint at most this fast (MB/s), to spread "
                         "its I/O over more steps (default: as fast as the disk goes)")
-    p.add_argument("--print-every", type=int, default=None, help="loss print period in steps")
+    p.add_argument("--print-every", type=options.whole(1), default=None,
+                   help="loss print period in steps (default: once per epoch)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", parents=parents, help="evaluate a checkpoint on the MNIST test set (one JSON line)")
+    p = sub.add_parser("eval", parents=[*parents, key_options()],
+                       help="evaluate a checkpoint on the MNIST test set (one JSON line)")
     _common(p)
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, type=options.url, help="the checkpoint to evaluate")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("infer", parents=parents, help="predict test digits and draw them like the seed")
+    p = sub.add_parser("infer", parents=[*parents, key_options()],
+                       help="predict test digits and draw them like the seed")
     _common(p)
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", default="predictions.png")
+    p.add_argument("--ckpt", required=True, type=options.url, help="the checkpoint to predict with")
+    p.add_argument("--out", default="predictions.png", help="the picture to write (PNG)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("demo", parents=parents, help="the seed 003 experiment end to end")
-    p.add_argument("--workdir", default="demo-out")
-    p.add_argument("--data-url", "--data_url", dest="data_url", default=None)
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="shorten the demo (testing)")
+    p.add_argument("--workdir", default="demo-out", help="where checkpoints, plots and summary.json go")
+    p.add_argument("--data-url", "--data_url", dest="data_url", default=None, type=options.url,
+                   help="directory with the MNIST idx files (default: the bundled copy)")
+    p.add_argument("--steps-per-epoch", type=options.whole(1), default=None,
+                   help="shorten the demo (testing; default: the whole training set)")
+    _threads(p)
     p.set_defaults(func=cmd_demo)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
-    p.add_argument("--data-url", "--data_url", dest="data_url", default=None,
+    p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="the network")
+    p.add_argument("--data-url", "--data_url", dest="data_url", default=None, type=options.url,
                    help="directory with the MNIST idx files (default: the bundled copy)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=options.whole(1), default=32,
+                   help="batch size (under torchrun: the global batch, split over the ranks)")
+    p.add_argument("--device", default="auto", type=_device,
+                   help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    _threads(p)
+
+
+def _threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=options.whole(1, 1024), default=None, metavar="N",
+                   help="CPU threads for torch's operators (default: torch's choice, or OMP_NUM_THREADS). "
+                        "On a busy or small machine fewer are often faster: try 1")
+
+
+def _device(text: str) -> str:
+    kind = text.split(":", 1)[0]
+    if kind not in DEVICES or (":" in text and (kind != "cuda" or not text.split(":", 1)[1].isdigit())):
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(DEVICES)} (or cuda:N), got {text!r}")
+    return text
+
+
+_device.__name__ = "device"
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply --threads and say how many intra-op threads this process uses (one status line)."""
+    import os
+
+    from torchresume.log import log
+    if threads is not None:
+        torch.set_num_threads(threads)
+        source = "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        source = "OMP_NUM_THREADS"
+    else:
+        source = "torch's default; --threads N to change"
+    log.info("CPU threads: %d (%s)", torch.get_num_threads(), source)
+
+
+def _quiet_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _resize(model: str) -> int:
@@ -79,25 +135,19 @@ def _resize(model: str) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """Out-of-range flags are named as the user typed them."""
-    for flag, value, least in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                               ("--save-steps", args.save_steps, 1),
-                               ("--save-seconds", args.save_seconds, 1), ("--keep-max", args.keep_max, 1),
-                               ("--steps-per-epoch", args.steps_per_epoch, 1),
-                               ("--print-every", args.print_every, 1)):
-        if value is not None and value < least:
-            raise ValueError(f"{flag} must be at least {least}, got {value}")
-    if args.write_mb_per_s is not None:
-        if not math.isfinite(args.write_mb_per_s) or args.write_mb_per_s <= 0:
-            raise ValueError(f"--write-mb-per-s must be a positive number of MB/s, got {args.write_mb_per_s:g}")
-        if not args.async_save:
-            raise ValueError("--write-mb-per-s paces background saves; add --async-save")
+    """Options that do not work together are usage errors, named as the user typed them."""
+    if args.write_mb_per_s is not None and not args.async_save:
+        raise options.UsageError("--write-mb-per-s paces background saves; add --async-save")
     if args.prefix is not None and ("-" in args.prefix or "/" in args.prefix or not args.prefix):
-        raise ValueError(f"--prefix must be a name without '-' or '/', got {args.prefix!r}")
+        raise options.UsageError(f"--prefix must be a name without '-' or '/', got {args.prefix!r}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     _check_flags(args)
+    if _rank_from_env() == 0:
+        set_threads(args.threads)
+    elif args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.deterministic:
         make_deterministic(args.seed)
     else:
@@ -129,6 +179,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank_from_env() -> int:
+    import os
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def _rank(device: torch.device) -> int:
     """This process's rank under torchrun (joining the process group), 0 otherwise."""
     from torchresume.train.distributed import init_world, launched
@@ -147,7 +205,9 @@ def _load_model(args: argparse.Namespace) -> Model:
     from torchresume.errors import StateMismatchError
     from torchresume.format.name_mapping import is_optimizer_entry
     net = MODELS[args.model]()
-    params = {k: v for k, v in load_checkpoint(args.ckpt).items()
+    from torchresume.cli.files import _encrypted
+    key = args.dec_key_hex if args.dec_key_hex is not None and _encrypted(args.ckpt) else None
+    params = {k: v for k, v in load_checkpoint(args.ckpt, dec_key=key).items()
               if not is_optimizer_entry(k)}  # a MindSpore file's optimizer state is not the network's
     try:
         load_param_into_net(net, params, strict_load=True)
@@ -159,6 +219,7 @@ def _load_model(args: argparse.Namespace) -> Model:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _quiet_threads(args.threads)  # stdout is one JSON line
     model = _load_model(args)
     ds = create_dataset(args.data_url or default_mnist_dir(), False, args.batch_size,
                         resize=_resize(args.model))
@@ -168,6 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     from torchresume.app.plots import prediction_grid
+    _quiet_threads(args.threads)
     model = _load_model(args)
     ds = create_dataset(args.data_url or default_mnist_dir(), False, args.batch_size,
                         resize=_resize(args.model), shuffle=False)
@@ -181,6 +243,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from torchresume.app.demo import run_demo
+    set_threads(args.threads)
     run_demo(args.workdir, args.data_url or default_mnist_dir(), args.steps_per_epoch)
     return 0
 

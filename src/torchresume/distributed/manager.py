@@ -322,7 +322,7 @@ class DistributedCheckpointManager:
             local = entries[0].path if entries else None
         return _broadcast(local)
 
-    def restore(self, state: dict[str, Any]) -> RestoreInfo | None:
+    def restore(self, state: dict[str, Any], *, announce: bool = True) -> RestoreInfo | None:
         """Collective: load the newest committed checkpoint into ``state`` in place; None when there is none.
 
         A background save still running is waited for first (its failure raises AsyncSaveError).
@@ -337,7 +337,8 @@ class DistributedCheckpointManager:
         except CheckpointException as exc:
             raise restore_error(path, exc) from None
         restored = self._rank_states(path)
-        log.info("resumed from %s", path)
+        if announce:  # Model.train says it once, with the position
+            log.info("resumed from %s", path)
         return restored
 
     def _rank_states(self, path: str) -> RestoreInfo:

@@ -108,8 +108,12 @@ class Description:
         return asdict(self)
 
 
-def describe(path: str) -> Description:
-    """Header-level description; reads only headers of native/safetensors files (and a manifest)."""
+def describe(path: str, dec_key: bytes | None = None) -> Description:
+    """Header-level description; reads only headers of native/safetensors files (and a manifest).
+
+    An encrypted file is described by its envelope, or with ``dec_key`` by what it holds
+    (decrypted whole).
+    """
     storage, where = resolve(path)
     from torchresume.files import directory
     if storage.isdir(where):
@@ -126,18 +130,29 @@ def describe(path: str) -> Description:
             desc.append = dict(header.meta.get("append", {}))
             desc.values = scalars(header.meta.get("skeleton"))
         return desc
+    if fmt == "encrypted" and dec_key is not None:
+        mode = str(extra.get("mode", "AES-GCM")).split()[0]
+        ckpt = read_checkpoint(path, dec_key=dec_key, dec_mode=mode)
+        desc.format, desc.kind = ckpt.format, ckpt.kind
+        desc.info, desc.append = ckpt.info, ckpt.append
+        _describe_tree(desc, ckpt.tree)
+        return desc
     if fmt == "encrypted":
         desc.kind = "encrypted"
         desc.info = {"mode": extra["mode"], "plain_size": extra["plain_size"]}
         return desc
     ckpt = read_checkpoint(path)  # torch files have no separate header
     desc.kind = ckpt.kind
-    flat = flat_view(ckpt.tree)
+    _describe_tree(desc, ckpt.tree)
+    return desc
+
+
+def _describe_tree(desc: Description, tree: Any) -> None:
+    flat = flat_view(tree)
     desc.tensors = [{"name": k, "dtype": str(v.dtype).replace("torch.", ""),
                      "shape": list(v.shape), "bytes": v.numel() * v.element_size()}
                     for k, v in flat.items() if isinstance(v, torch.Tensor)]
     desc.values = {k: v for k, v in flat.items() if not isinstance(v, torch.Tensor)}
-    return desc
 
 
 def tensor_rows(header: native.Header) -> list[dict[str, Any]]:

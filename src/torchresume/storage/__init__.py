@@ -14,7 +14,7 @@ from torchresume.errors import UnsupportedFormatError
 from torchresume.storage.base import FileInfo, Storage
 from torchresume.storage.local import LocalStorage
 
-__all__ = ["FileInfo", "LocalStorage", "Storage", "configure", "is_remote", "resolve", "staging_dir"]
+__all__ = ["FileInfo", "LocalStorage", "Storage", "configure", "endpoint", "is_remote", "resolve", "staging_dir"]
 
 _LOCAL = LocalStorage()
 _REMOTE_PROTOCOLS = ("s3", "s3a", "obs", "memory")
@@ -49,13 +49,24 @@ def resolve(url: str) -> tuple[Storage, str]:
     return _remotes[protocol], url
 
 
+def endpoint(url: str) -> str:
+    """The server that holds remote ``url``: its configured endpoint, else the provider's default."""
+    if not is_remote(url):
+        return ""
+    import os
+    given = _options.get("endpoint_url") or (_options.get("client_kwargs") or {}).get("endpoint_url")
+    return str(given or os.environ.get("AWS_ENDPOINT_URL") or "default")
+
+
 def staging_dir(url: str) -> str:
     """Local directory where checkpoints for remote ``url`` are written before upload.
 
-    $TORCHRESUME_STAGING/<hash> or ~/.cache/torchresume/staging/<hash>.
+    $TORCHRESUME_STAGING/<hash> or ~/.cache/torchresume/staging/<hash>, the hash of the
+    endpoint and the URL: the same bucket name on another server is another directory.
     """
     import hashlib
     import os
     root = os.environ.get("TORCHRESUME_STAGING") or os.path.join(
         os.path.expanduser("~"), ".cache", "torchresume", "staging")
-    return os.path.join(root, hashlib.sha1(str(url).encode()).hexdigest()[:16])
+    key = f"{endpoint(str(url))}\n{url}" if is_remote(str(url)) else str(url)
+    return os.path.join(root, hashlib.sha1(key.encode()).hexdigest()[:16])

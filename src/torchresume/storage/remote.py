@@ -12,6 +12,7 @@ the last failure, is raised as one StorageError line.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import posixpath
@@ -66,15 +67,40 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or any(w in text for w in transient_words)
 
 
+_reached = False  # a request to object storage succeeded in this process
+
+
+def no_connection(exc: BaseException) -> str | None:
+    """The endpoint, when ``exc`` says no connection could be opened to it (refused, unreachable,
+    unknown host, connect timeout); None for anything else (a connection dropped mid-request...)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if type(seen).__name__ in ("EndpointConnectionError", "ConnectTimeoutError"):
+            from urllib.parse import urlsplit
+            url = urlsplit(str(getattr(seen, "kwargs", {}).get("endpoint_url", "")))
+            return f"{url.scheme}://{url.netloc}" if url.netloc else "the endpoint"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
+    global _reached
     delay = BACKOFF_S
     first = time.monotonic()
     for attempt in range(1, retries + 1):
         try:
-            return fn()
+            result = fn()
+            _reached = True
+            return result
         except (FileNotFoundError, StorageError):
             raise  # a StorageError was retried already, by an inner step (e.g. the commit marker)
         except Exception as exc:
+            endpoint = None if _reached else no_connection(exc)
+            if endpoint is not None:  # never reached: a wrong endpoint or a server not started
+                raise StorageError(f"{what} failed: cannot connect to {endpoint} ({_cause(exc)}); check "
+                                   "endpoint_url (or AWS_ENDPOINT_URL) and that the server is running") from exc
             if attempt == retries or not is_transient(exc):
                 raise StorageError(f"{what} failed after {attempt} attempt(s): "
                                    f"{type(exc).__name__}: {str(exc)[:300]}") from exc
@@ -82,6 +108,22 @@ def with_retries(what: str, fn: Callable[[], T], retries: int = RETRIES) -> T:
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost reason in an exception chain, e.g. ``connection refused``."""
+    seen: BaseException | None = exc
+    last = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        last = seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(last, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(last, (TimeoutError,)) or "timeout" in type(last).__name__.lower():
+        return "connect timeout"
+    return f"{type(last).__name__}: {str(last)[:120]}"
 
 
 def _say_retrying(what: str, exc: BaseException, attempt: int, retries: int, delay: float,
@@ -157,12 +199,22 @@ def filesystem(protocol: str, options: dict[str, Any]) -> Any:
         opts["config_kwargs"] = botocore_config(opts.get("config_kwargs"))
         protocol = "s3"
     opts.setdefault("skip_instance_cache", True)
-    return fsspec.filesystem(protocol, **opts)
+    fs = fsspec.filesystem(protocol, **opts)
+    if protocol == "s3":
+        fs.retries = 1  # s3fs's own retry loop (a class setting): ours, with_retries, is the one
+    return fs
+
+
+# with_retries is the one retry loop: botocore's own (legacy: 5 attempts, with backoff) and s3fs's
+# (5 more around each) made every attempt of ours wait ~8 s on a refused connection, ~40 s in all
+# while the lines said "retry 1/4 in 0.2 s". A connection is given CONNECT_TIMEOUT_S to open.
+CONNECT_TIMEOUT_S = 5
+CLIENT_CONFIG = {"connect_timeout": CONNECT_TIMEOUT_S, "retries": {"total_max_attempts": 1}}
 
 
 def botocore_config(given: dict[str, Any] | None) -> dict[str, Any]:
-    """The caller's botocore Config kwargs over our defaults (CHECKSUM_CONFIG, S3_CONFIG)."""
-    config = {**CHECKSUM_CONFIG, **(given or {})}
+    """The caller's botocore Config kwargs over our defaults (CLIENT_CONFIG, CHECKSUM_CONFIG, S3_CONFIG)."""
+    config = {**copy.deepcopy(CLIENT_CONFIG), **CHECKSUM_CONFIG, **(given or {})}  # botocore edits "retries"
     config["s3"] = {**S3_CONFIG, **(config.get("s3") or {})}
     return config
 

@@ -17,6 +17,7 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,7 +76,63 @@ def init_world(device: torch.device) -> World:
     world = World(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if world.rank != 0:
         quiet()
+    if not _peers:
+        _know_peers(world)
     return world
+
+
+# Each rank's (host, pid), gathered once at start: when a collective fails, which rank is gone.
+_peers: list[tuple[str, int]] = []
+
+
+def _know_peers(world: World) -> None:
+    import socket
+    found: list[Any] = [None] * world.world_size
+    dist.all_gather_object(found, (socket.gethostname(), os.getpid()))
+    _peers[:] = [tuple(p) for p in found]
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` on this host has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+# What a collective's failure says when a peer went away (gloo, NCCL, our sharded save's words);
+# an object-storage connection error is not one of them.
+_PEER_WORDS = ("gloo/transport", "Connection closed by peer", "NCCL communicator was aborted",
+               "the process group broke")
+
+
+def lost_peer_message(exc: BaseException) -> str | None:
+    """One line for a collective that failed because a peer rank went away; None otherwise.
+
+    Names the lost rank(s) when they ran on this host (their processes have ended).
+    """
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(type(e).__name__ == "DistBackendError" or any(w in str(e) for w in _PEER_WORDS) for e in chain):
+        return None
+    import socket
+    me = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    host = socket.gethostname()
+    here = [(r, pid) for r, (h, pid) in enumerate(_peers) if r != me and h == host]
+    lost: list[int] = []
+    deadline = time.monotonic() + 2.0  # a killed process closes its sockets before it has ended
+    while not lost and here and time.monotonic() < deadline:
+        lost = [r for r, pid in here if _gone(pid)]
+        if not lost:
+            time.sleep(0.05)
+    who = (f"lost rank {', '.join(map(str, lost))} (its process ended)" if lost else
+           "lost a peer rank (the connection to it closed)")
+    return (f"rank {me}: {who}; this job cannot go on. Rerun the same command: it resumes from the "
+            "newest committed checkpoint")
 
 
 def attempt_store(timeout: timedelta) -> dist.Store | None:
@@ -164,4 +221,4 @@ def shard_data(dataset: Any, world: World) -> Any:
     return dataset
 
 
-__all__ = ["World", "die_with_launcher", "init_world", "launched", "prepare", "shard_data"]
+__all__ = ["World", "die_with_launcher", "init_world", "launched", "lost_peer_message", "prepare", "shard_data"]

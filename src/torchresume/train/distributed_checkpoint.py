@@ -75,7 +75,11 @@ class DistributedModelCheckpoint(ModelCheckpoint):
         if self.resume not in (None, "none"):
             source = self.dist_manager if self._directory() == self.directory else \
                 DistributedCheckpointManager(self._directory(), prefix=self.prefix, keep=keep)
-            restore_run(ctx, source, self.world)
+            if not restore_run(ctx, source, self.world) and self.resume != "auto":
+                from torchresume.errors import CheckpointNotFoundError
+                raise CheckpointNotFoundError(
+                    f"{self._directory()} holds no checkpoint to resume from; name a directory that "
+                    "holds one, or start over with resume='none'")
         if self.world.rank == 0:
             self._write_graph(ctx.network)
         self._last_save_time = time.monotonic()
@@ -154,12 +158,13 @@ def _json_ok(json: Any, value: Any) -> bool:
     return True
 
 
-def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: World) -> None:
-    """Collective: load the newest committed checkpoint of ``manager`` and set ctx's position."""
+def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: World) -> bool:
+    """Collective: load the newest committed checkpoint of ``manager`` and set ctx's position;
+    False when there is none."""
     state = model_state(ctx.network, ctx.optimizer)
-    found = manager.restore(state)
+    found = manager.restore(state, announce=False)
     if found is None:
-        return
+        return False
     optimizers = (ctx.optimizer,) if ctx.optimizer is not None else ()
     set_state_dict(ctx.network, optimizers, model_state_dict=state["model"],
                    optim_state_dict=state.get("optim", {}))
@@ -173,6 +178,7 @@ def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: W
         log.info("resumed at %d ranks from a checkpoint of %d ranks: the data continues exactly "
                  "once; rank r < %d continues old rank r's RNG streams, any other keeps its seed",
                  world.world_size, found.world_size, found.world_size)
+    return True
 
 
 def _restore_shared(ctx: RunContext, shared: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ and what ``resume`` restores, so a restarted run continues at the next batch.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,11 +33,16 @@ _METRICS = {"acc", "accuracy", "loss"}
 
 def select_device(device: str | torch.device | None) -> torch.device:
     """``auto``/None -> CUDA when present, else CPU."""
+    from torchresume.errors import DeviceError
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {str(device)!r} is not a torch device; use 'auto', 'cpu' or "
+                          "'cuda' (or 'cuda:N')") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+        raise DeviceError(f"device {str(device)!r} was asked for but CUDA is not available here; use 'cpu'")
     return dev
 
 
@@ -89,8 +95,9 @@ class Model:
               config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train for ``epoch`` epochs (counting from 0, or ``initial_epoch``).
 
-        ``resume``: None/"none" starts fresh; a directory or URL of checkpoints, or a
-        CheckpointManager, restores the newest valid one there (if any); a checkpoint
+        ``resume``: None/"none" starts fresh; a directory or URL of checkpoints restores the
+        newest valid one there (CheckpointNotFoundError if it holds none); a CheckpointManager,
+        its newest valid one (if any); a checkpoint
         path restores that one; "auto" means the ModelCheckpoint callback's directory.
         Returns a summary: {"resumed_from", "global_step", "finished", ...}.
         """
@@ -227,6 +234,7 @@ class Model:
         from torchresume.manager import CheckpointManager
         from torchresume.train.model_checkpoint import ModelCheckpoint
         run = None  # an explicit directory or manager: its newest run
+        named = isinstance(resume, str) and resume != "auto"  # a directory the caller named
         if resume == "auto":
             ckpt_cbs = cbs.find(ModelCheckpoint)
             if not ckpt_cbs:
@@ -244,6 +252,11 @@ class Model:
         found = resume.newest_readable(run, require_finite=True)
         if found is not None:
             ctx.run_state().restore(found[0].path, ctx, ckpt=found[1])
+        elif named:  # a directory named to resume from must hold something to resume
+            from torchresume.errors import CheckpointNotFoundError
+            raise CheckpointNotFoundError(
+                f"{resume.directory} holds no checkpoint to resume from; name a directory or file "
+                "that holds one, or start over with resume='none'")
 
     def _summary(self, ctx: RunContext, *, finished: bool, already: bool = False) -> dict[str, Any]:
         return {"resumed_from": ctx.resumed_from, "global_step": ctx.global_step,
@@ -340,5 +353,6 @@ def _signal_catcher(ctx: RunContext, enabled: bool) -> StopSignals:
     """Turns SIGTERM/SIGINT/SIGUSR1 into ``ctx.stop_signal``: a stop at the next step boundary."""
     def on_signal(signum: int) -> None:
         ctx.stop_signal = signum
-        log.warning("\n%s received; stopping after this step (Ctrl-C again to abort)", signals.name(signum))
+        again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""  # only a second SIGINT aborts
+        log.warning("\n%s received; stopping after this step%s", signals.name(signum), again)
     return StopSignals(STOP_SIGNALS, enabled=enabled, on_signal=on_signal)
