@@ -111,7 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = CheckpointConfig(
         save_checkpoint_steps=args.save_steps if args.save_seconds is None else 0,
         save_checkpoint_seconds=args.save_seconds or 0, keep_checkpoint_max=args.keep_max,
-        async_save=args.async_save, write_mb_per_s=args.write_mb_per_s, exception_save=True)
+        async_save=args.async_save, write_mb_per_s=args.write_mb_per_s,
+        exception_save=not _launched())  # under torchrun a breakpoint would need the failed rank too
     if args.save_steps is None and args.save_seconds is None:
         cfg.save_checkpoint_steps = steps
     prefix = args.prefix or ("lenet" if args.model == "lenet5" else args.model)
@@ -127,6 +128,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"done: {summary['global_step']} steps; latest checkpoint "
               f"{checkpoints.latest_ckpt_file_name}", flush=True)
     return 0
+
+
+def _launched() -> bool:
+    from torchresume.train.distributed import launched
+    return launched()
 
 
 def _rank(device: torch.device) -> int:
