@@ -34,6 +34,7 @@ PROCESS_MODULES = (
     "tests/fault/test_rng_kills.py",
     "tests/integration/test_s3_training.py",
     "tests/distributed/test_async_save.py",
+    "tests/distributed/test_torchrun_parity.py",
     "tests/storage/test_directory_checkpoints.py",
     "tests/cli/test_user_story_cli.py",
     "tests/integration/test_benchmarks.py",

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from torchresume.data import ArrayDataset
@@ -100,6 +101,9 @@ def main() -> None:
     }
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump(result, f)
+    # leave together: a rank tearing gloo down while its peer still talks to it can abort (SIGABRT)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
