@@ -50,14 +50,19 @@ def _data() -> ArrayDataset:
     return ArrayDataset(x, x[:, :2] * 3.0, batch_size=4, seed=2)  # 8 global batches of 4
 
 
-def train_runs(out: str) -> dict[str, Model]:
-    """Every run of ``configs()`` into ``out/<name>``; the trained models."""
+def train_runs(out: str) -> tuple[dict[str, Model], str]:
+    """Every run of ``configs()`` into ``out/<name>``: the trained models, and where the "enc" run's
+    second epoch resumed from (a new Model, ``resume="auto"``: the encrypted checkpoint read with the key)."""
     models = {}
     for name, cfg in configs().items():
         model = _model()
         model.train(1, _data(), [ModelCheckpoint(PREFIX, os.path.join(out, name), cfg)], resume="none")
         models[name] = model
-    return models
+    resumed = _model()
+    summary = resumed.train(2, _data(), [ModelCheckpoint(PREFIX, os.path.join(out, "enc"), configs()["enc"])],
+                            resume="auto")
+    models["enc"] = resumed
+    return models, os.path.basename(str(summary["resumed_from"]))
 
 
 def seconds_run(out: str) -> None:
@@ -88,11 +93,12 @@ def _restore(directory: str, key: bytes | None) -> tuple[nn.Module, str]:
 
 def main() -> None:
     out = sys.argv[1]
-    models = train_runs(out)
+    models, resumed_from = train_runs(out)
     seconds_run(out)
-    trained = models["enc"].network.state_dict()
+    trained = models["enc"].network.state_dict()  # after the resumed second epoch
     restored, error = _restore(os.path.join(out, "enc"), KEY)
     result: dict[str, Any] = {
+        "resumed_from": resumed_from,
         "restore_error": error,
         "bitwise": sorted(name for name, t in restored.state_dict().items() if torch.equal(t, trained[name])),
         "names": sorted(trained),

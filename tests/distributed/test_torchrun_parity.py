@@ -32,15 +32,16 @@ def test_honoured_options_under_torchrun(tmp_path: Path, capsys: pytest.CaptureF
     sharded.mkdir()
     done = run(torchrun_cmd(2, [str(Path(parity_worker.__file__)), str(sharded)]), ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    parity_worker.train_runs(str(single))  # the same runs in this process: the single-process result
+    _, resumed_from = parity_worker.train_runs(str(single))  # the same runs in one process
+    assert resumed_from == "par-1_8.ckpt"
 
     # keep_checkpoint_max=2 exactly, and keep_checkpoint_per_n_minutes=1 (the first and the newest):
     # the same checkpoints kept as in one process
-    assert _names(sharded / "enc") == _names(single / "enc") == ["par-1_6.ckpt", "par-1_8.ckpt"]
+    assert _names(sharded / "enc") == _names(single / "enc") == ["par-2_6.ckpt", "par-2_8.ckpt"]
     assert _names(sharded / "minutes") == _names(single / "minutes") == ["par-1_2.ckpt", "par-1_8.ckpt"]
 
     # enc_key: every part encrypted, stock safetensors reads none of them
-    newest = sharded / "enc" / "par-1_8.ckpt"
+    newest = sharded / "enc" / "par-2_8.ckpt"
     parts = sorted(newest.glob("*.safetensors"))
     assert {p.name for p in parts} >= {"rank-00000.safetensors", "rank-00001.safetensors"}
     for part in parts:
@@ -49,21 +50,23 @@ def test_honoured_options_under_torchrun(tmp_path: Path, capsys: pytest.CaptureF
         assert b"weight" not in part.read_bytes()
 
     # append_info: the same values as the one-process file, and `torchresume inspect` shows them
-    appended = {"epoch_num": 1, "step_num": 8, "run": "parity"}
+    appended = {"epoch_num": 2, "step_num": 16, "run": "parity"}
     assert read_checkpoint(str(newest), dec_key=parity_worker.KEY).append == appended
-    assert read_checkpoint(str(single / "enc" / "par-1_8.ckpt"), dec_key=parity_worker.KEY).append == appended
+    assert read_checkpoint(str(single / "enc" / "par-2_8.ckpt"), dec_key=parity_worker.KEY).append == appended
     capsys.readouterr()
     assert main(["inspect", str(newest)]) == 0
     rows = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines() if not line.startswith(" "))
     shown = {key: value.strip() for key, value in rows.items()}
     assert shown["format"] == "torchresume-directory  (encrypted: pass --dec-key-hex to read it)"
-    assert (shown["epoch_num"], shown["step_num"], shown["run"]) == ("1", "8", "parity")
+    assert (shown["epoch_num"], shown["step_num"], shown["run"]) == ("2", "16", "parity")
 
-    # restore with the key: bitwise the trained weights on both ranks; a wrong key and no key: a typed
-    # error on every rank
+    # the second epoch resumed (Model.train, resume="auto") from the encrypted checkpoint, and a restore
+    # with the key is bitwise the trained weights on both ranks; a wrong key and no key: a typed error on
+    # every rank
     part0 = f"{newest}/shard-00000-0.safetensors"
     for rank in (0, 1):
         result = json.loads((sharded / f"rank{rank}.json").read_text())
+        assert result["resumed_from"] == "par-1_8.ckpt"
         assert result["restore_error"] == ""
         assert result["bitwise"] == result["names"] == ["0.bias", "0.weight", "2.bias", "2.weight"]
         assert result["wrong_key"] == (f"DecryptionError: {part0}: decryption failed: the key is wrong or "
@@ -71,10 +74,9 @@ def test_honoured_options_under_torchrun(tmp_path: Path, capsys: pytest.CaptureF
         assert result["no_key"] == (f"DecryptionError: {part0}: the checkpoint is encrypted (AES-GCM); "
                                     "pass dec_key=<the key used to save it>")
 
-    # async_save: the background saves committed (kept above), the same weights as the synchronous run
-    for run_name in ("enc", "minutes"):
-        assert (sharded / run_name / "par-1_8.ckpt" / "manifest.json").is_file()
-    sync = read_checkpoint(str(newest), dec_key=parity_worker.KEY).tree
+    # async_save: the background saves committed (kept above), the same weights as the synchronous
+    # "seconds" run of the same training
+    sync = read_checkpoint(str(sharded / "seconds" / "par-1_8.ckpt")).tree
     background = read_checkpoint(str(sharded / "minutes" / "par-1_8.ckpt")).tree
     model_keys = sorted(k for k in sync if k.startswith("model."))
     assert model_keys == ["model.0.bias", "model.0.weight", "model.2.bias", "model.2.weight"]
