@@ -12,8 +12,8 @@ world size) and everyone takes rank 0's data position (world-size free).
 With ``CheckpointConfig(async_save=True)`` each save is staged and written in
 the background (see DistributedCheckpointManager); the next save, the end of
 training and the stop path wait for it. Options the sharded path cannot honour yet
-(``on_busy="skip"``, ``monitor=``, ...) are refused when the callback is made, on every rank
-alike (``train/torchrun_options.py``).
+(``on_busy="skip"``, ``monitor=``, ...) never reach it: ``train.distributed.prepare`` refuses
+them first, on every rank alike (``train/torchrun_options.py``).
 """
 
 from __future__ import annotations
