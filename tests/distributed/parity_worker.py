@@ -102,6 +102,7 @@ def main() -> None:
         "restore_error": error,
         "bitwise": sorted(name for name, t in restored.state_dict().items() if torch.equal(t, trained[name])),
         "names": sorted(trained),
+        "trained": {name: t.flatten().tolist() for name, t in trained.items()},
         "wrong_key": _restore(os.path.join(out, "enc"), bytes(32))[1],
         "no_key": _restore(os.path.join(out, "enc"), None)[1],
     }

@@ -60,12 +60,21 @@ def test_honoured_options_under_torchrun(tmp_path: Path, capsys: pytest.CaptureF
     assert shown["format"] == "torchresume-directory  (encrypted: pass --dec-key-hex to read it)"
     assert (shown["epoch_num"], shown["step_num"], shown["run"]) == ("2", "16", "parity")
 
-    # the second epoch resumed (Model.train, resume="auto") from the encrypted checkpoint, and a restore
-    # with the key is bitwise the trained weights on both ranks; a wrong key and no key: a typed error on
-    # every rank
+    # `torchresume convert` consolidates it with --dec-key-hex; without the key: the one-line error
     part0 = f"{newest}/shard-00000-0.safetensors"
+    assert main(["convert", str(newest), str(tmp_path / "whole.ckpt"), "--dec-key-hex", parity_worker.KEY.hex()]) == 0
+    whole = read_checkpoint(str(tmp_path / "whole.ckpt")).tree
+    capsys.readouterr()
+    assert main(["convert", str(newest), str(tmp_path / "nokey.ckpt")]) == 1
+    assert capsys.readouterr().err == (f"torchresume: error: {part0}: the checkpoint is encrypted (AES-GCM); pass "
+                                       "--dec-key-hex <the key, as hex>\n")
+
+    # the second epoch resumed (Model.train, resume="auto") from the encrypted checkpoint, and a restore
+    # with the key is bitwise the trained weights on both ranks (and the converted file holds them);
+    # a wrong key and no key: a typed error on every rank
     for rank in (0, 1):
         result = json.loads((sharded / f"rank{rank}.json").read_text())
+        assert result["trained"] == {name: whole["model"][name].flatten().tolist() for name in result["names"]}
         assert result["resumed_from"] == "par-1_8.ckpt"
         assert result["restore_error"] == ""
         assert result["bitwise"] == result["names"] == ["0.bias", "0.weight", "2.bias", "2.weight"]

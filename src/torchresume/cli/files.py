@@ -245,7 +245,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return 0
     if _tree_loader(args.src) is not None:
         from torchresume.distributed.consolidate import consolidate
-        tree, info = consolidate(args.src)
+        tree, info = consolidate(args.src, dec_key=dec)
         write_encoded(encode_state("state", tree, info=info), args.dst, enc)
         print(f"wrote {args.dst} (state, consolidated from {info.get('world_size')} ranks' shards)")
         return 0
