@@ -108,9 +108,15 @@ def main() -> None:
     }
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump(result, f)
-    # leave together: a rank tearing gloo down while its peer still talks to it can abort (SIGABRT)
+    # Leave together, then skip the interpreter's teardown: about 1 launch in 10 under pytest on this
+    # loaded 2-core machine, a rank aborted there ("terminate called without an active exception",
+    # SIGABRT) after all of the above was done and the group destroyed. Not investigated yet (issue 19
+    # report); this test checks the options, the exit of a trainer process is not what it is about.
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
