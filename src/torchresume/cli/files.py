@@ -24,10 +24,6 @@ def cli_words(message: str) -> str:
     return message
 
 
-# CheckpointConfig options that `torchresume train` sets from a flag (refusals under torchrun name them).
-_FLAG_WORDS.update({"leave write_mb_per_s=None": "drop --write-mb-per-s", "write_mb_per_s=": "--write-mb-per-s "})
-
-
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("inspect", parents=parents, help="describe a checkpoint without model code")
     p.add_argument("path")
@@ -282,3 +278,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+# CheckpointConfig options that `torchresume train` sets from a flag (refusals under torchrun name them).
+_FLAG_WORDS.update({"leave write_mb_per_s=None": "drop --write-mb-per-s", "write_mb_per_s=": "--write-mb-per-s "})

@@ -130,11 +130,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launched() -> bool:
-    from torchresume.train.distributed import launched
-    return launched()
-
-
 def _rank(device: torch.device) -> int:
     """This process's rank under torchrun (joining the process group), 0 otherwise."""
     from torchresume.train.distributed import init_world, launched
@@ -189,6 +184,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from torchresume.app.demo import run_demo
     run_demo(args.workdir, args.data_url or default_mnist_dir(), args.steps_per_epoch)
     return 0
+
+
+def _launched() -> bool:
+    from torchresume.train.distributed import launched
+    return launched()
 
 
 __all__ = ["register"]
