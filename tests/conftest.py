@@ -34,6 +34,7 @@ PROCESS_MODULES = (
     "tests/fault/test_rng_kills.py",
     "tests/integration/test_s3_training.py",
     "tests/distributed/test_async_save.py",
+    "tests/distributed/test_torchrun_parity.py",
     "tests/storage/test_directory_checkpoints.py",
     "tests/cli/test_user_story_cli.py",
     "tests/integration/test_benchmarks.py",
@@ -53,6 +54,8 @@ PROCESS_MODULES = (
     "tests/distributed/test_replicated.py",
     "tests/fault/test_out_of_space.py",
     "tests/integration/test_site_build.py",
+    "tests/cli/test_new_user_round_two.py",
+    "tests/distributed/test_torchrun_messages.py",
 )
 
 
@@ -72,6 +75,7 @@ QUICK = (
     "tests/storage/test_run_lock.py::test_second_process_is_refused_with_the_holder_named",
     "tests/cli/test_training_cli.py::test_train_eval_infer",
     "tests/cli/test_training_cli.py::test_bad_usage_is_exit_2",
+    "tests/cli/test_new_user_round_two.py::test_version",
     "tests/cli/test_mindspore_cli.py::test_eval_a_mindspore_trained_lenet",
     "tests/storage/test_directory_checkpoints.py::test_manifest_damage_is_typed",
     "tests/integration/test_examples.py::test_quickstart",

@@ -49,6 +49,10 @@ class CheckpointConfigError(TorchResumeError, ValueError):
     """A CheckpointConfig / ModelCheckpoint argument is out of range."""
 
 
+class UnsupportedUnderTorchrunError(CheckpointConfigError):
+    """A CheckpointConfig option the torchrun (sharded) path cannot honour yet; raised before training starts."""
+
+
 class StorageError(TorchResumeError, OSError):
     """Object storage failed permanently (after retries)."""
 

@@ -187,3 +187,13 @@ def test_on_busy_skip_never_skips_the_last_steps_save(tmp_path) -> None:
     assert len(saved) < 4, saved  # some were skipped
     assert cb.latest_ckpt_file_name == str(tmp_path / "toy-1_8.ckpt")
     assert all(verify(str(tmp_path / name)).valid for name in saved)
+
+
+def test_resume_auto_of_an_encrypted_run_reads_with_the_configs_key(tmp_path) -> None:
+    """resume="auto" finds the run's encrypted checkpoints with its own enc_key (it used to start over as
+    'toy_1': the checkpoints could not be read without the key)."""
+    cfg = CheckpointConfig(save_checkpoint_steps=8, enc_key=bytes(range(32)))
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="none")
+    summary = toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="auto")
+    assert summary["resumed_from"] == str(tmp_path / "toy-1_8.ckpt")
+    assert _ckpts(tmp_path) == ["toy-1_8.ckpt", "toy-2_8.ckpt"]

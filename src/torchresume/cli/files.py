@@ -192,7 +192,7 @@ def _read(path: str, key: bytes | None) -> tuple[Any, dict[str, Any], dict[str, 
     from torchresume.files import read_checkpoint
     if _tree_loader(path) is not None:
         from torchresume.distributed.consolidate import consolidate
-        tree, info = consolidate(path)
+        tree, info = consolidate(path, dec_key=key)
         return tree, info, {}
     ckpt = read_checkpoint(path, dec_key=key if key is not None and _encrypted(path) else None)
     return ckpt.tree, ckpt.info, ckpt.append
@@ -299,7 +299,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return 0
     if _tree_loader(args.src) is not None:
         from torchresume.distributed.consolidate import consolidate
-        tree, info = consolidate(args.src)
+        tree, info = consolidate(args.src, dec_key=dec)
         write_encoded(encode_state("state", tree, info=info), args.dst, enc)
         print(f"wrote {args.dst} (state, consolidated from {info.get('world_size')} ranks' shards)")
         return 0
@@ -336,3 +336,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+# CheckpointConfig options that `torchresume train` sets from a flag (refusals under torchrun name them).
+_FLAG_WORDS.update({"leave write_mb_per_s=None": "drop --write-mb-per-s", "write_mb_per_s=": "--write-mb-per-s "})

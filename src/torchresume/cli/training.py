@@ -161,7 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = CheckpointConfig(
         save_checkpoint_steps=args.save_steps if args.save_seconds is None else 0,
         save_checkpoint_seconds=args.save_seconds or 0, keep_checkpoint_max=args.keep_max,
-        async_save=args.async_save, write_mb_per_s=args.write_mb_per_s, exception_save=True)
+        async_save=args.async_save, write_mb_per_s=args.write_mb_per_s,
+        exception_save=not _launched())  # under torchrun a breakpoint would need the failed rank too
     if args.save_steps is None and args.save_seconds is None:
         cfg.save_checkpoint_steps = steps
     prefix = args.prefix or ("lenet" if args.model == "lenet5" else args.model)
@@ -246,6 +247,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     run_demo(args.workdir, args.data_url or default_mnist_dir(), args.steps_per_epoch)
     return 0
+
+
+def _launched() -> bool:
+    from torchresume.train.distributed import launched
+    return launched()
 
 
 __all__ = ["register"]

@@ -10,28 +10,35 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from torchresume.distributed.manager import restore_error
 from torchresume.distributed.reader import PartReader, is_sharded, read_part, sharded_manifest
 from torchresume.files import read_checkpoint
 
 RANK_STATES = "rank_states"
 
 
-def rank_states(path: str, doc: dict[str, Any]) -> list[Any]:
+def rank_states(path: str, doc: dict[str, Any], dec_key: bytes | None = None) -> list[Any]:
     """Every saving rank's ``rank_state``, index = rank."""
     parts = {p["file"]: p for p in doc["parts"]}
-    return [read_part(path, parts[file]).get(f"__rank_state_{rank:05d}")
+    return [read_part(path, parts[file], dec_key=dec_key).get(f"__rank_state_{rank:05d}")
             for rank, file in enumerate(doc["info"]["rank_parts"])]
 
 
-def consolidate(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The full saved state of sharded checkpoint ``path`` and its manifest info."""
+def consolidate(path: str, dec_key: bytes | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full saved state of sharded checkpoint ``path`` and its manifest info (parts saved with
+    ``enc_key`` read with ``dec_key``; a missing or wrong key is a DecryptionError)."""
     doc = sharded_manifest(path)
     state: dict[str, Any] = {}
-    _load_state_dict(state, storage_reader=PartReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
-    states = rank_states(path, doc)
+    try:
+        _load_state_dict(state, storage_reader=PartReader(path, dec_key=dec_key),
+                         planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    except CheckpointException as exc:
+        raise restore_error(path, exc) from None
+    states = rank_states(path, doc, dec_key)
     if any(s is not None for s in states):
         state[RANK_STATES] = states
     return state, dict(doc["info"])

@@ -23,7 +23,7 @@ import copy
 import functools
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +46,9 @@ from torchresume.errors import (
     TorchResumeError,
 )
 from torchresume.files.directory import is_committed
+from torchresume.format.crypto import check_key
 from torchresume.log import log
-from torchresume.retention import KeepLast
+from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.staging import StagingBuffers
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
@@ -153,6 +154,9 @@ class DistributedCheckpointManager:
     """Sharded checkpoints of a torch.distributed job in ``directory`` (a path or s3:// URL).
 
     ``keep``: committed checkpoints of ``prefix`` kept by retention (the newest always).
+    ``retention``: policy objects (``torchresume.retention``) used instead of ``KeepLast(keep)``;
+    a checkpoint any of them keeps stays.
+    ``enc_key``: 16/24/32 bytes; every part is AES-GCM encrypted, and restore reads with it.
     ``threads``: part files each rank writes in parallel (its chunks split by size).
     ``async_save``: ``save`` stages the state into reused host buffers and returns; the write,
     the commit and retention run in a background thread. Call ``close()`` (or ``wait()``) on
@@ -176,7 +180,8 @@ class DistributedCheckpointManager:
     """
 
     def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2,
-                 async_save: bool = False) -> None:
+                 async_save: bool = False, retention: Sequence[RetentionPolicy] | None = None,
+                 enc_key: bytes | None = None) -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         if not prefix or "/" in prefix or "-" in prefix:
@@ -186,6 +191,8 @@ class DistributedCheckpointManager:
         self.directory = directory.rstrip("/")
         self.prefix = prefix
         self.keep = keep
+        self.retention: list[RetentionPolicy] = list(retention) if retention else [KeepLast(keep)]
+        self.enc_key = check_key(enc_key, "AES-GCM", "enc_key") if enc_key is not None else None
         self.threads = threads
         if not isinstance(async_save, bool):
             raise CheckpointConfigError(f"async_save must be True or False, got {async_save!r}")
@@ -200,9 +207,10 @@ class DistributedCheckpointManager:
         return storage.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
 
     def save(self, state: dict[str, Any], epoch: int, step: int, *, rank_state: Any = None,
-             info: dict[str, Any] | None = None) -> str:
+             info: dict[str, Any] | None = None, append: dict[str, Any] | None = None) -> str:
         """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the path.
 
+        ``append``: extra key/values kept in the manifest's ``append`` (shown by ``inspect``).
         Synchronous: returns once the checkpoint is committed and retention ran. With
         ``async_save``: first waits for the previous background save (re-raising its failure as
         AsyncSaveError), then copies ``state`` and ``rank_state`` and returns; the path is
@@ -225,7 +233,7 @@ class DistributedCheckpointManager:
             return path  # this step is already committed: keep it rather than delete a good checkpoint
         full_info = {**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix}
         if not self.async_save:
-            self._write(state, path, rank_state, full_info, group=None)
+            self._write(state, path, rank_state, full_info, append, group=None)
             return path
         if self._group is None and _distributed():  # collective: every rank's first async save, together
             self._group = dist.new_group(backend="gloo")
@@ -233,14 +241,15 @@ class DistributedCheckpointManager:
         writer = self._writer = self._writer or AsyncWriter(name="torchresume-dist-writer")
         snapshot = stage_state(staging, state)  # complete on return: later updates are not written
         job = functools.partial(self._write, snapshot, path, copy.deepcopy(rank_state), copy.deepcopy(full_info),
-                                group=self._group)
+                                copy.deepcopy(append), group=self._group)
         writer.submit(job, path)
         return path
 
-    def _write(self, state: dict[str, Any], path: str, rank_state: Any, info: dict[str, Any], *,
-               group: Any) -> None:
+    def _write(self, state: dict[str, Any], path: str, rank_state: Any, info: dict[str, Any],
+               append: dict[str, Any] | None, *, group: Any) -> None:
         """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``)."""
-        writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info)
+        writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info, append=append,
+                            enc_key=self.enc_key)
         try:
             with _single_process_quiet():
                 dcp.save(state, storage_writer=writer, process_group=group, no_dist=not _distributed())
@@ -304,10 +313,12 @@ class DistributedCheckpointManager:
             return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
-        """Delete checkpoints beyond the newest ``keep`` (never the newest, never ``protect``)."""
+        """Delete checkpoints no retention policy keeps (never the newest, never ``protect``)."""
         with self._listing:
             entries = sorted((e for e in self.checkpoints() if not e.breakpoint), key=Entry.order_key)
-            kept = KeepLast(self.keep).keep(entries) | ({entries[-1].path} if entries else set())
+            kept = {entries[-1].path} if entries else set()
+            for policy in self.retention:
+                kept |= policy.keep(entries)
             doomed = [e.path for e in entries if e.path not in kept and e.path != protect]
             for path in doomed:
                 catalog.delete(path)
@@ -333,7 +344,7 @@ class DistributedCheckpointManager:
             return None
         try:
             with _single_process_quiet():
-                dcp.load(state, storage_reader=PartReader(path), no_dist=not _distributed())
+                dcp.load(state, storage_reader=PartReader(path, dec_key=self.enc_key), no_dist=not _distributed())
         except CheckpointException as exc:
             raise restore_error(path, exc) from None
         restored = self._rank_states(path)
@@ -349,7 +360,7 @@ class DistributedCheckpointManager:
             parts = {p["file"]: p for p in doc["parts"]}
             states = []
             for rank, file in enumerate(info["rank_parts"]):
-                tree = read_part(path, parts[file])
+                tree = read_part(path, parts[file], dec_key=self.enc_key)
                 states.append(tree.get(f"__rank_state_{rank:05d}"))
             found = RestoreInfo(path, int(info["epoch"]), int(info["step"]), states,
                                 int(info["world_size"]), dict(info))

@@ -48,15 +48,17 @@ def load_metadata(path: str, doc: dict[str, Any]) -> Metadata:
     return dcp_json.decode(raw, f"{path}/{sharded.METADATA_FILE}")
 
 
-def read_part(path: str, part: dict[str, Any], *, verify: bool = True) -> dict[str, Any]:
-    """The tree of one part file, checked against its manifest record."""
+def read_part(path: str, part: dict[str, Any], *, verify: bool = True,
+              dec_key: bytes | None = None) -> dict[str, Any]:
+    """The tree of one part file, checked against its manifest record (decrypted with ``dec_key``)."""
     storage, where = resolve(path)
     f, size = storage.open_read(storage.join(where, part["file"]))
     with f:
         if size != part["size"]:
             raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
                                          f"{part['size']}; the part is damaged or was replaced")
-        ckpt = reader.read(f, size, f"{path}/{part['file']}", verify=verify, header_xxh3=part["header_xxh3"])
+        ckpt = reader.read(f, size, f"{path}/{part['file']}", dec_key=dec_key, verify=verify,
+                           header_xxh3=part["header_xxh3"])
     if not isinstance(ckpt.tree, dict):
         raise CorruptCheckpointError(f"{path}: part {part['file']} does not hold a dict")
     return ckpt.tree
@@ -71,10 +73,11 @@ def narrow(tensor: torch.Tensor, offsets: Any, lengths: Any) -> torch.Tensor:
 class PartReader(StorageReader):
     """Loads chunks from the part files of one committed sharded checkpoint."""
 
-    def __init__(self, path: str, *, verify: bool = True) -> None:
+    def __init__(self, path: str, *, verify: bool = True, dec_key: bytes | None = None) -> None:
         super().__init__()
         self.path = path
         self.verify = verify
+        self.dec_key = dec_key
         self.parts: dict[str, dict[str, Any]] = {}
         self.storage_data: dict[Any, dcp_json.Location] = {}
 
@@ -104,7 +107,7 @@ class PartReader(StorageReader):
             if file not in self.parts:
                 raise CorruptCheckpointError(f"{self.path}: the metadata names part {file}, which the "
                                              "manifest does not list; the checkpoint is damaged")
-            tree = read_part(self.path, self.parts[file], verify=self.verify)
+            tree = read_part(self.path, self.parts[file], verify=self.verify, dec_key=self.dec_key)
             for item in items:
                 self._load_item(planner, item, tree[self.storage_data[item.storage_index].name])
         fut: Future[None] = Future()

@@ -70,15 +70,21 @@ def _resolved(planner: SavePlanner, item: WriteItem) -> torch.Tensor:
 
 
 class PartWriter(StorageWriter):
-    """Writes one checkpoint directory; ``rank_state`` and ``info`` are set per save by the manager."""
+    """Writes one checkpoint directory; ``rank_state``, ``info`` and ``append`` are set per save by the manager.
+
+    ``enc_key``: every part (shards and rank state) is AES-GCM encrypted with it.
+    """
 
     def __init__(self, path: str, *, threads: int = 1, rank_state: Any = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, append: dict[str, Any] | None = None,
+                 enc_key: bytes | None = None) -> None:
         super().__init__()
         self.path = path
         self.threads = max(1, threads)
         self.rank_state = rank_state
         self.info = dict(info or {})
+        self.append = dict(append or {})
+        self.enc_key = enc_key
         self.rank = 0
         self.save_id = os.urandom(8).hex()
 
@@ -108,7 +114,7 @@ class PartWriter(StorageWriter):
                 records += recs
                 results += res
         records.append(write_part(self.path, f"rank-{self.rank:05d}", "state",
-                                  {f"__rank_state_{self.rank:05d}": self.rank_state}))
+                                  {f"__rank_state_{self.rank:05d}": self.rank_state}, enc_key=self.enc_key))
         results.append(WriteResult(MetadataIndex(f"{PARTS_FQN}/{self.rank}"), 0, records))
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
@@ -117,7 +123,7 @@ class PartWriter(StorageWriter):
     def _write_bucket(self, planner: SavePlanner, name: str,
                       items: list[WriteItem]) -> tuple[list[PartRecord], list[WriteResult]]:
         tree = {chunk_key(item): _resolved(planner, item) for item in items}
-        record = write_part(self.path, name, "tensors", tree)
+        record = write_part(self.path, name, "tensors", tree, enc_key=self.enc_key)
         results = [WriteResult(item.index, int(tree[chunk_key(item)].nbytes), Location(record.file, chunk_key(item)))
                    for item in items]
         return [record], results
@@ -140,7 +146,7 @@ class PartWriter(StorageWriter):
         storage.retrying(f"write of {target}", lambda: write_all(storage, target, [raw]))
         info = {**self.info, "layout": LAYOUT, "world_size": len(results), "rank_parts": rank_parts,
                 "dcp_metadata": {"file": dcp_json.FILE, "size": len(raw), "xxh3": xxhash.xxh3_64_hexdigest(raw)}}
-        commit_directory(self.path, parts, info=info)
+        commit_directory(self.path, parts, info=info, append=self.append)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:

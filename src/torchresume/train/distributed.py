@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from torchresume.errors import CheckpointConfigError
 from torchresume.log import log, monitor
+from torchresume.train import torchrun_options
 from torchresume.train.callback import Callback
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ def prepare(model: Model, dataset: Any, callbacks: Sequence[Callback] | Callback
     and whether this rank shows progress (rank 0 only)."""
     from torchresume.train.model_checkpoint import ModelCheckpoint
     from torchresume.train.stop_agreement import StopAgreement
+    torchrun_options.check_callbacks(callbacks)  # before the process group and DDP: every rank refuses alike
     world = init_world(model.device)
     _wrap(model, world)
     items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])

@@ -11,8 +11,9 @@ takes back the RNG streams of the old rank with its number (exact at the same
 world size) and everyone takes rank 0's data position (world-size free).
 With ``CheckpointConfig(async_save=True)`` each save is staged and written in
 the background (see DistributedCheckpointManager); the next save, the end of
-training and the stop path wait for it (``on_busy="skip"`` is not applied here: a
-save is collective; a warning says so).
+training and the stop path wait for it. Options the sharded path cannot honour yet
+(``on_busy="skip"``, ``monitor=``, ...) never reach it: ``train.distributed.prepare`` refuses
+them first, on every rank alike (``train/torchrun_options.py``).
 """
 
 from __future__ import annotations
@@ -45,9 +46,6 @@ class DistributedModelCheckpoint(ModelCheckpoint):
 
     def __init__(self, original: ModelCheckpoint, resume: str | None, world: World) -> None:
         super().__init__(original.base_prefix, original.directory, original.config)
-        if original.config.monitor:
-            raise CheckpointConfigError("ModelCheckpoint(config=CheckpointConfig(monitor=...)) is not "
-                                        "supported under torchrun yet; drop monitor= for a torchrun run")
         self.original, self.resume, self.world = original, resume, world
         self.dist_manager: TrainingCheckpoints | None = None
 
@@ -61,20 +59,15 @@ class DistributedModelCheckpoint(ModelCheckpoint):
         return str(self.resume)
 
     def on_train_begin(self, ctx: RunContext) -> None:
-        keep = self.config.keep_checkpoint_max or 5
-        if self.config.async_save and self.config.on_busy == "skip" and self.world.rank == 0:
-            # skipping would have to be agreed by every rank (one more collective per save)
-            log.warning("CheckpointConfig(on_busy='skip') is not applied under torchrun: a save is "
-                        "collective, so a save due while the previous one is written waits for it")
-        if self.config.write_mb_per_s is not None and self.world.rank == 0:
-            log.warning("CheckpointConfig(write_mb_per_s=%g) is not applied under torchrun: each rank "
-                        "writes its part of a sharded save at full speed", self.config.write_mb_per_s)
+        keep = self.config.keep_checkpoint_max or 1  # the policies below decide; the int is unused then
+        key = self.config.enc_key
         self.dist_manager = TrainingCheckpoints(self.directory, prefix=self.prefix, keep=keep,
-                                                async_save=bool(self.config.async_save))
+                                                async_save=bool(self.config.async_save),
+                                                retention=self._policies(), enc_key=key)
         self.manager = self.dist_manager  # type: ignore[assignment]  # what Model's stop path waits on
         if self.resume not in (None, "none"):
             source = self.dist_manager if self._directory() == self.directory else \
-                DistributedCheckpointManager(self._directory(), prefix=self.prefix, keep=keep)
+                DistributedCheckpointManager(self._directory(), prefix=self.prefix, keep=keep, enc_key=key)
             if not restore_run(ctx, source, self.world) and self.resume != "auto":
                 from torchresume.errors import CheckpointNotFoundError
                 raise CheckpointNotFoundError(
@@ -122,7 +115,8 @@ class DistributedModelCheckpoint(ModelCheckpoint):
         info = {"epoch": ctx.epoch, "step": ctx.step, "global_step": ctx.global_step,
                 **parts["info"], "world_size": self.world.world_size}
         path = self.dist_manager.save(model_state(ctx.network, ctx.optimizer), ctx.epoch, ctx.step,
-                                      rank_state=rank_state(ctx, parts), info=_jsonable(info))
+                                      rank_state=rank_state(ctx, parts), info=_jsonable(info),
+                                      append=self.append_values(ctx))
         self.latest_ckpt_file_name = self.original.latest_ckpt_file_name = path
         if self.dist_manager.async_save:
             log.info("saving %s in the background (committed when every rank finished)", path)

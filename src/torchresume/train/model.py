@@ -240,7 +240,8 @@ class Model:
             if not ckpt_cbs:
                 raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
                                  "checkpoints live; pass resume=<directory or checkpoint> instead")
-            resume = CheckpointManager(ckpt_cbs[0].directory, keep=None)  # may not exist yet
+            resume = CheckpointManager(ckpt_cbs[0].directory, keep=None,  # may not exist yet
+                                       enc_key=ckpt_cbs[0].config.enc_key)  # an encrypted run's own key
             run = ckpt_cbs[0].base_prefix  # the run this command names, never another one
         if isinstance(resume, str) and _is_checkpoint_directory_of_runs(resume):
             resume = CheckpointManager(resume, keep=None)

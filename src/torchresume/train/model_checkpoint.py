@@ -162,6 +162,13 @@ class ModelCheckpoint(Callback):
             self.manager.release_lock()
 
     # -- saving ---------------------------------------------------------------------------
+    def append_values(self, ctx: RunContext) -> dict[str, Any]:
+        """``CheckpointConfig(append_info=...)`` at this step: epoch_num/step_num and the user's dict."""
+        names = {"epoch_num": ctx.epoch, "step_num": ctx.global_step}
+        append = {k: names[k] for k in self.config.append_names}
+        append.update(self.config.append_dict)
+        return append
+
     def save(self, ctx: RunContext, *, breakpoint: bool = False,
              manager: CheckpointManager | None = None, reason: BaseException | None = None,
              on_busy: str | None = None) -> str | None:
@@ -169,10 +176,7 @@ class ModelCheckpoint(Callback):
         if manager is None:
             raise RuntimeError("ModelCheckpoint.save() before on_train_begin(): pass the callback to "
                                "Model.train/fit, which starts it")
-        cfg = self.config
-        names = {"epoch_num": ctx.epoch, "step_num": ctx.global_step}
-        append = {k: names[k] for k in cfg.append_names}
-        append.update(cfg.append_dict)
+        append = self.append_values(ctx)
         step = ctx.step + 1 if breakpoint and ctx.in_step else ctx.step
         parts = ctx.run_state().parts(ctx)
         state: dict[str, Any] = dict(info=parts["info"], append=append, callbacks=parts["callbacks"],
