@@ -64,6 +64,7 @@ def test_callers_config_still_signs_the_payload(any_bucket: str) -> None:
 def test_defaults_merge_under_the_callers_config() -> None:
     given = {"s3": {"addressing_style": "path"}, "request_checksum_calculation": "when_supported"}
     assert botocore_config(given) == {
+        "connect_timeout": 5, "retries": {"total_max_attempts": 1},  # ours is the one retry loop
         "request_checksum_calculation": "when_supported",
         "response_checksum_validation": "when_required",
         "s3": {"payload_signing_enabled": False, "addressing_style": "path"}}
