@@ -79,8 +79,10 @@ def test_cli_on_a_directory_checkpoint(tmp_path, capsys) -> None:
     assert main(["inspect", os.path.join(run, "net-1_20.ckpt")]) == 0
     out = capsys.readouterr().out
     assert "torchresume-directory" in out and "rank0.w" in out
-    assert main(["diff", os.path.join(run, "net-1_10.ckpt"), os.path.join(run, "net-1_20.ckpt")]) == 0
-    assert "identical" in capsys.readouterr().out  # same seeds, same parts
+    # Same seeds, same parts: the tensors are equal, the headers (step, time) are not: exit 1.
+    assert main(["diff", os.path.join(run, "net-1_10.ckpt"), os.path.join(run, "net-1_20.ckpt")]) == 1
+    out = capsys.readouterr().out
+    assert out.endswith("same tensors and values; metadata differs\n") and "~ info.step  10 -> 20" in out, out
     assert main(["convert", os.path.join(run, "net-1_20.ckpt"), str(tmp_path / "one.ckpt")]) == 0
     assert torch.equal(tr.load_checkpoint(str(tmp_path / "one.ckpt"))["rank1.w"],
                        tr.load_checkpoint(os.path.join(run, "net-1_20.ckpt"))["rank1.w"])
