@@ -44,8 +44,9 @@ class _ConsoleHandler(logging.Handler):
         to_stderr = self.always_stderr or record.levelno >= logging.WARNING
         stream = sys.stderr if to_stderr else sys.stdout
         try:
-            if _through is not None:  # a progress bar is on screen: it clears, prints, redraws
-                _through(self.format(record).lstrip("\n"), stream)
+            through = _through  # read once: the bar's thread may close it (and clear this) meanwhile
+            if through is not None:  # a progress bar is on screen: it clears, prints, redraws
+                through(self.format(record).lstrip("\n"), stream)
                 return
             stream.write(self.format(record) + "\n")
             stream.flush()

@@ -23,6 +23,8 @@ from torchresume.catalog import Entry
 from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,
+    DecryptionError,
+    TorchResumeError,
 )
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.files.directory import is_committed
@@ -64,18 +66,31 @@ def unique_prefix(directory: str, prefix: str) -> str:
     return prefix if taken < 0 else f"{prefix}_{taken + 1}"
 
 
-def prune(directory: str, keep: int) -> list[str]:
+def _encrypted(entry: Entry) -> bool:
+    try:
+        return not entry.is_dir and files.describe(entry.path).encrypted
+    except (TorchResumeError, OSError, ValueError):
+        return False  # unreadable: verify judges it below
+
+
+def prune(directory: str, keep: int, dec_key: bytes | None = None) -> list[str]:
     """Keep the newest ``keep`` checkpoints of every prefix in ``directory``; returns what was deleted.
 
     The newest checkpoint that verifies is kept too, even when newer damaged files fill ``keep``.
+    Encrypted checkpoints verify only with ``dec_key``: without it, nothing is deleted and a
+    DecryptionError says so (a damaged newer file could otherwise push out the only good one).
     """
     deleted: list[str] = []
     entries = catalog.list_checkpoints(directory, verify=False)
+    locked = None if dec_key is not None else next((e.path for e in entries if _encrypted(e)), None)
+    if locked is not None:
+        raise DecryptionError(f"{locked} is encrypted: pruning keeps the newest checkpoint that verifies, "
+                              "which takes the key; pass dec_key=<the key used to save it>")
     for prefix in {e.prefix for e in entries if e.prefix is not None}:
         family = sorted((e for e in entries if e.prefix == prefix and not e.breakpoint),
                         key=lambda e: e.order_key())
         kept = {e.path for e in family[-keep:]} if keep > 0 else set()
-        newest_valid = next((e for e in reversed(family) if e.valid and files.verify(e.path).valid), None)
+        newest_valid = next((e for e in reversed(family) if e.valid and files.verify(e.path, dec_key).valid), None)
         if newest_valid is not None:
             kept.add(newest_valid.path)
         for e in family:
@@ -372,9 +387,10 @@ class CheckpointManager:
         never uploaded (``say``: a line for each, naming the newer remote one)."""
         assert self.staging is not None
         names = {e.name for e in remote}
-        newest = max(remote, key=Entry.order_key, default=None)
+        own = [e for e in remote if e.prefix == self.prefix]  # another run's or a best copy's save is no reason
+        newest = max(own, key=Entry.order_key, default=None)
         out = []
-        for entry in catalog.list_checkpoints(self.staging, verify=verify):
+        for entry in catalog.list_checkpoints(self.staging, verify=verify, dec_key=self.enc_key):
             if entry.name in names or not entry.valid:
                 continue
             if newest is not None and entry.order_key() < newest.order_key():

@@ -72,3 +72,28 @@ def test_prune_never_deletes_the_newest_valid_checkpoint(tmp_path) -> None:
     assert "a-1_1.ckpt" not in left
     info = tr.CheckpointManager(str(tmp_path), model=torch.nn.Linear(3, 2), prefix="a").restore_latest()
     assert info is not None and info["global_step"] == 2
+
+
+def _flip_middle_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_prune_never_deletes_the_only_good_checkpoint_of_an_encrypted_run(tmp_path, capsys) -> None:
+    """Without the key an encrypted file cannot be verified: prune refuses and deletes nothing."""
+    key = bytes(range(32))
+    net = torch.nn.Linear(3, 2)
+    m = tr.CheckpointManager(str(tmp_path), model=net, prefix="e", keep=None, enc_key=key)
+    m.save(1, 1, 1)
+    m.save(2, 2, 2)
+    _flip_middle_byte(tmp_path / "e-2_2.ckpt")
+    before = _names(tmp_path)
+    assert main(["prune", str(tmp_path), "--keep", "1"]) == 1
+    assert capsys.readouterr().err == (
+        f"torchresume: error: {tmp_path}/e-2_2.ckpt is encrypted: pruning keeps the newest checkpoint that "
+        "verifies, which takes the key; pass --dec-key-hex <the key, as hex>\n")
+    assert _names(tmp_path) == before
+    assert main(["prune", str(tmp_path), "--keep", "1", "--dec-key-hex", key.hex()]) == 0
+    assert {"e-1_1.ckpt", "e-2_2.ckpt"} <= _names(tmp_path)  # with the key: e-1_1 is the newest valid one
+    assert tr.inspection.verify(str(tmp_path / "e-1_1.ckpt"), key).valid

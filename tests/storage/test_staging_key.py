@@ -82,3 +82,37 @@ def test_a_staged_checkpoint_older_than_the_remote_newest_is_never_uploaded(buck
     assert err.count(f"torchresume: not uploading run-1_3.ckpt, staged by an earlier process: {url}/run-1_9.ckpt, "
                      f"committed there, is newer (the staged copy stays in {staging_dir(url)})") == 1
     assert os.path.exists(stale)
+
+
+def test_an_encrypted_staged_checkpoint_is_uploaded_with_the_runs_key(bucket, tmp_path) -> None:
+    """The staged file is checked with the run's key before its upload (without it, it never verified)."""
+    url, key = f"{bucket}/enc", bytes(range(32))
+    local = tmp_path / "made"
+    made = tr.CheckpointManager(str(local), model=torch.nn.Linear(2, 2), prefix="run", enc_key=key)
+    path = made.save(1, 4)
+    assert path is not None
+    os.makedirs(staging_dir(url), exist_ok=True)
+    shutil.copy(path, staging_dir(url))
+    mgr = tr.CheckpointManager(url, model=torch.nn.Linear(2, 2), prefix="run", enc_key=key)
+    assert mgr.upload_pending() == [f"{url}/run-1_4.ckpt"]
+    mgr.wait()
+    mgr.close()
+    assert [e.name for e in list_checkpoints(url, dec_key=key)] == ["run-1_4.ckpt"]
+
+
+def test_another_prefix_or_a_best_copy_never_makes_a_staged_checkpoint_stale(bucket, tmp_path) -> None:
+    """Only this run's own newer remote checkpoints make a staged one stale: a best copy uploaded
+    first (its own thread) or another run's save must not drop the run's newest checkpoint."""
+    url = f"{bucket}/mixed"
+    _stage_unuploaded(url, "run-1_3.ckpt", tmp_path, 3)
+    other = tr.CheckpointManager(url, model=torch.nn.Linear(2, 2), prefix="run-best")
+    other.save(1, 9)
+    other.wait()
+    other.close()
+    for name in os.listdir(staging_dir(url)):
+        if name.startswith("run-best"):
+            os.remove(os.path.join(staging_dir(url), name))  # committed remotely, not staged any more
+    mgr = tr.CheckpointManager(url, model=torch.nn.Linear(2, 2), prefix="run")
+    assert mgr.upload_pending() == [f"{url}/run-1_3.ckpt"]
+    mgr.wait()
+    mgr.close()

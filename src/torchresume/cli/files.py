@@ -75,7 +75,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=options.whole(1, 256), default=8, help="files copied at once")
     p.set_defaults(func=cmd_copy)
 
-    p = sub.add_parser("prune", parents=parents, help="delete all but the newest K checkpoints of each prefix")
+    p = sub.add_parser("prune", parents=keys, help="delete all but the newest K checkpoints of each prefix")
     p.add_argument("directory", type=options.url, help="directory or URL of checkpoints")
     p.add_argument("--keep", type=options.whole(1), required=True,
                    help="checkpoints of each prefix to keep (the newest valid one is always kept)")
@@ -329,7 +329,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from torchresume.manager import prune
     if not inspection.is_directory(args.directory):
         raise CheckpointNotFoundError(f"{args.directory}: no such directory")
-    for path in prune(args.directory, args.keep):
+    for path in prune(args.directory, args.keep, args.dec_key_hex):
         print(f"deleted {path}")
     return 0
 
