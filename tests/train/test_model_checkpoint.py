@@ -197,3 +197,13 @@ def test_resume_auto_of_an_encrypted_run_reads_with_the_configs_key(tmp_path) ->
     summary = toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="auto")
     assert summary["resumed_from"] == str(tmp_path / "toy-1_8.ckpt")
     assert _ckpts(tmp_path) == ["toy-1_8.ckpt", "toy-2_8.ckpt"]
+
+
+@pytest.mark.parametrize("named", ["directory", "file"])
+def test_resume_from_a_named_encrypted_directory_or_file_reads_with_the_configs_key(tmp_path, named) -> None:
+    """As under torchrun: naming the run's directory or one of its files resumes with the config's key."""
+    cfg = CheckpointConfig(save_checkpoint_steps=8, enc_key=bytes(range(32)))
+    toy_model().train(1, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume="none")
+    source = str(tmp_path) if named == "directory" else str(tmp_path / "toy-1_8.ckpt")
+    summary = toy_model().train(2, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg)], resume=source)
+    assert summary["resumed_from"] == str(tmp_path / "toy-1_8.ckpt")

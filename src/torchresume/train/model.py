@@ -235,18 +235,18 @@ class Model:
         from torchresume.train.model_checkpoint import ModelCheckpoint
         run = None  # an explicit directory or manager: its newest run
         named = isinstance(resume, str) and resume != "auto"  # a directory the caller named
+        ckpt_cbs = cbs.find(ModelCheckpoint)
+        key = ckpt_cbs[0].config.enc_key if ckpt_cbs else None  # an encrypted run reads with its own key
         if resume == "auto":
-            ckpt_cbs = cbs.find(ModelCheckpoint)
             if not ckpt_cbs:
                 raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
                                  "checkpoints live; pass resume=<directory or checkpoint> instead")
-            resume = CheckpointManager(ckpt_cbs[0].directory, keep=None,  # may not exist yet
-                                       enc_key=ckpt_cbs[0].config.enc_key)  # an encrypted run's own key
+            resume = CheckpointManager(ckpt_cbs[0].directory, keep=None, enc_key=key)  # may not exist yet
             run = ckpt_cbs[0].base_prefix  # the run this command names, never another one
         if isinstance(resume, str) and _is_checkpoint_directory_of_runs(resume):
-            resume = CheckpointManager(resume, keep=None)
+            resume = CheckpointManager(resume, keep=None, enc_key=key)
         if not isinstance(resume, CheckpointManager):
-            ctx.run_state().restore(resume, ctx)
+            ctx.run_state().restore(resume, ctx, dec_key=key)
             return
         resume.upload_pending()  # a kill may have come between a local save and its upload
         resume.wait()

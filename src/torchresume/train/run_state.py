@@ -70,14 +70,17 @@ class RunState:
                 "epoch_end_done": epoch_end_done, **parts["info"]}
         write_checkpoint(path, "train_state", tree, info=info)
 
-    def restore(self, path: str, ctx: RunContext, ckpt: Checkpoint | None = None) -> None:
-        """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position."""
-        from torchresume.files import read_checkpoint
+    def restore(self, path: str, ctx: RunContext, ckpt: Checkpoint | None = None,
+                dec_key: bytes | None = None) -> None:
+        """Restore the run state in ``path`` (or its already read ``ckpt``) and set ctx's position;
+        ``dec_key`` is used if the file is encrypted (the run's own key, given whatever the file)."""
+        from torchresume.files import describe, read_checkpoint
         if ctx.feed is None:
             ctx.feed = feed_for(ctx.dataset)
         sampler = ctx.feed if ctx.feed.kind != "iterable" else None
         if ckpt is None:
-            ckpt = read_checkpoint(path)
+            encrypted = dec_key is not None and describe(path).encrypted
+            ckpt = read_checkpoint(path, dec_key=dec_key if encrypted else None)
         if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names
             from torchresume.files import mindspore_io
             live = SimpleNamespace(model=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
