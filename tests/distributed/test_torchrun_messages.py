@@ -37,7 +37,8 @@ def test_a_lost_peer_rank_is_one_line_naming_it_and_the_rerun(tmp_path: Path) ->
     assert "[rank0]: Traceback" not in out and "/torchresume/" not in out, out[-4000:]
     assert "Traceback (most recent call last)" not in out.split("elastic/multiprocessing/api.py")[0], out[-4000:]
     assert ("torchresume: error: rank 0: lost rank 1 (its process ended); this job cannot go on. Rerun the "
-            "same command: it resumes from the newest committed checkpoint") in out, out[-4000:]
+            "same command: it resumes from the newest committed checkpoint (the failed collective said: ") in out, \
+        out[-4000:]
 
 
 def test_a_batch_that_does_not_split_is_said_once_and_resume_is_said_once(tmp_path: Path) -> None:
@@ -64,4 +65,5 @@ def test_only_a_collective_failure_is_a_lost_peer() -> None:
                         "Connection reset by peer")
     assert lost_peer_message(gloo) == ("rank 0: lost a peer rank (the connection to it closed); this job cannot "
                                        "go on. Rerun the same command: it resumes from the newest committed "
-                                       "checkpoint")
+                                       "checkpoint (the failed collective said: [third_party/gloo/gloo/transport/"
+                                       "tcp/pair.cc:537] Read error [127.0.0.1]:4: Connection reset by peer)")

@@ -116,3 +116,14 @@ def test_another_prefix_or_a_best_copy_never_makes_a_staged_checkpoint_stale(buc
     assert mgr.upload_pending() == [f"{url}/run-1_3.ckpt"]
     mgr.wait()
     mgr.close()
+
+
+def test_one_server_spelt_two_ways_is_one_staging_directory(monkeypatch) -> None:
+    url = "s3://bucket/run"
+    monkeypatch.setattr(storage, "_options", {})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    plain = staging_dir(url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "HTTP://127.0.0.1:9000/")
+    assert staging_dir(url) == plain
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")  # botocore's service-specific one wins
+    assert staging_dir(url) != plain

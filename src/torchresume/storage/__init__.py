@@ -55,7 +55,12 @@ def endpoint(url: str) -> str:
         return ""
     import os
     given = _options.get("endpoint_url") or (_options.get("client_kwargs") or {}).get("endpoint_url")
-    return str(given or os.environ.get("AWS_ENDPOINT_URL") or "default")
+    given = given or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not given:
+        return "default"
+    from urllib.parse import urlsplit
+    parts = urlsplit(str(given).strip())  # one server, one spelling: scheme and host lower case, no final /
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
 
 def staging_dir(url: str) -> str:

@@ -132,8 +132,9 @@ def lost_peer_message(exc: BaseException) -> str | None:
             time.sleep(0.05)
     who = (f"lost rank {', '.join(map(str, lost))} (its process ended)" if lost else
            "lost a peer rank (the connection to it closed)")
+    said = next((str(e).strip().splitlines()[0][:160] for e in chain if str(e).strip()), type(exc).__name__)
     return (f"rank {me}: {who}; this job cannot go on. Rerun the same command: it resumes from the "
-            "newest committed checkpoint")
+            f"newest committed checkpoint (the failed collective said: {said})")
 
 
 def attempt_store(timeout: timedelta) -> dist.Store | None:
