@@ -165,3 +165,14 @@ def test_missing_s3fs_extra_is_one_line(monkeypatch) -> None:
     monkeypatch.setattr(builtins, "__import__", no_s3fs)
     with pytest.raises(ImportError, match=r"s3:// URLs need s3fs: pip install 'torchresume\[s3\]'"):
         remote.filesystem("s3", {})
+
+
+def test_a_name_holding_403_is_no_permission_error() -> None:
+    """A cut body of bucket "b-e4031d..." was once judged permanent (the name holds "403") and not
+    retried: codes count as whole words only."""
+    from torchresume.storage.remote import is_transient
+    cut = ConnectionError("reading bytes 0-1048576 of b-e4031d197f5f/cut.bin failed: ClientPayloadError: "
+                          "Response payload is not completed")
+    assert is_transient(cut)
+    assert not is_transient(OSError("An error occurred (403) when calling the GetObject operation: Forbidden"))
+    assert not is_transient(OSError("AccessDenied: b-e4031d197f5f/x.bin"))

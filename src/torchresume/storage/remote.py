@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import posixpath
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO, TypeVar
@@ -42,8 +43,8 @@ UPLOAD_STREAMS = 3  # parts uploaded at once; each is one PartBuffer of ours, se
 UPLOAD_PART_BYTES = 16 * 1024 * 1024
 MAX_PARTS = 9000  # S3 allows 10,000 parts per upload
 BACKOFF_S = 0.2
-_PERMANENT_CODES = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                    "403", "401")
+# Whole words: a bucket or object name such as "b-e4031d..." must not read as HTTP 403.
+_PERMANENT_CODES = re.compile(r"\b(AccessDenied|NoSuchBucket|InvalidAccessKeyId|SignatureDoesNotMatch|403|401)\b")
 
 
 def marker_path(path: str) -> str:
@@ -59,7 +60,7 @@ def is_transient(exc: BaseException) -> bool:
     # text has lost the error code; the code survives in the ClientError it keeps as __cause__.
     cause = exc.__cause__
     text = f"{type(exc).__name__} {exc}" + (f" {type(cause).__name__} {cause}" if cause is not None else "")
-    if any(code in text for code in _PERMANENT_CODES):
+    if _PERMANENT_CODES.search(text):
         return False
     transient_words = ("500", "502", "503", "504", "SlowDown", "Throttl", "Timeout", "timed out",
                        "Connect", "connection", "Reset", "EndpointConnectionError", "ServiceUnavailable",
