@@ -18,6 +18,7 @@ from torch import nn
 from torchresume.data import ArrayDataset
 from torchresume.state.rng import make_deterministic
 from torchresume.train import CheckpointConfig, LambdaCallback, Model, ModelCheckpoint
+from torchresume.train.distributed import end_process
 
 
 class Logged(nn.Module):
@@ -56,7 +57,11 @@ def main() -> None:
             if getattr(ctx, "global_step", 0) == args.term_at:
                 os.kill(os.getpid(), signal.SIGTERM)
         callbacks.append(LambdaCallback(on_train_step_end=term))
-    model.train(args.epochs, ds, callbacks, resume="auto")
+    try:
+        model.train(args.epochs, ds, callbacks, resume="auto")
+    except SystemExit as exc:  # 128 + 15 after the SIGTERM save
+        end_process(int(exc.code or 0))
+    end_process(0)  # gloo's rare SIGABRT in the interpreter's teardown is not what these tests are about
 
 
 if __name__ == "__main__":

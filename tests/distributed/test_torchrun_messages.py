@@ -67,3 +67,17 @@ def test_only_a_collective_failure_is_a_lost_peer() -> None:
                                        "go on. Rerun the same command: it resumes from the newest committed "
                                        "checkpoint (the failed collective said: [third_party/gloo/gloo/transport/"
                                        "tcp/pair.cc:537] Read error [127.0.0.1]:4: Connection reset by peer)")
+
+
+def test_a_rank_ends_its_process_itself_and_loses_no_output(tmp_path: Path) -> None:
+    """Under torchrun the command ends the rank's process with os._exit (train.distributed.end_process:
+    gloo aborted about one teardown in 20): its output is flushed first and its exit code kept."""
+    import subprocess
+    import sys
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
+    cli = [sys.executable, "-m", "torchresume"]
+    version = subprocess.run([*cli, "--version"], capture_output=True, text=True, env=env, timeout=120)
+    assert (version.returncode, version.stdout.startswith("torchresume ")) == (0, True), version
+    missing = subprocess.run([*cli, "verify", str(tmp_path / "none.ckpt")], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert missing.returncode == 1 and "none.ckpt" in missing.stdout + missing.stderr, missing

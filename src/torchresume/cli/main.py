@@ -46,6 +46,19 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not _under_torchrun():
+        return _run(argv)
+    try:
+        code = _run(argv)
+    except SystemExit as exc:  # 128 + N after a signal-triggered save; argparse's exits
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    from torchresume.train.distributed import end_process
+    end_process(code)  # a rank's command is over: end it here (end_process says why)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
