@@ -206,7 +206,7 @@ def test_async_saves_reuse_the_staging_buffers_and_each_file_is_its_own_snapshot
     first, second = str(tmp_path / "e1.ckpt"), str(tmp_path / "e2.ckpt")
     at_first = _snapshot(net)
     tr.save_checkpoint(net, first, async_save=True)
-    allocations = api._staging.allocations
+    allocations = api._slot._stager.allocations
     assert held.started.wait(10)  # the first write runs (held) from here on
     with torch.no_grad():
         for p in net.parameters():
@@ -216,7 +216,7 @@ def test_async_saves_reuse_the_staging_buffers_and_each_file_is_its_own_snapshot
     release.start()
     tr.save_checkpoint(net, second, async_save=True)  # waits for the first write: its buffers
     assert held.gate.is_set()
-    assert api._staging.allocations == allocations  # the same buffers, not allocated again
+    assert api._slot._stager.allocations == allocations  # the same buffers, not allocated again
     with torch.no_grad():
         for p in net.parameters():
             p.add_(7.0)
@@ -233,12 +233,12 @@ def test_async_saves_of_two_layouts_alternately_reallocate_and_stay_exact(tmp_pa
     from torchresume import api
     other = {"w": torch.randn(7, 3), "i": torch.arange(5)}
     tr.wait_async_saves()
-    before = api._staging.allocations
+    before = api._slot._stager.allocations
     for i in range(2):
         tr.save_checkpoint(net, str(tmp_path / f"net{i}.ckpt"), async_save=True)
         tr.save_checkpoint(other, str(tmp_path / f"other{i}.ckpt"), async_save=True)
     tr.wait_async_saves()
-    assert api._staging.allocations - before in (3, 4)  # every switch of layout (the first maybe not)
+    assert api._slot._stager.allocations - before in (3, 4)  # every switch of layout (the first maybe not)
     for i in range(2):
         for name, value in net.state_dict().items():
             assert torch.equal(tr.load_checkpoint(str(tmp_path / f"net{i}.ckpt"))[name], value)

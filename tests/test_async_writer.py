@@ -157,7 +157,7 @@ def test_async_manager_reuses_its_staging_buffers(tmp_path, net) -> None:
         for step in range(1, 4):
             m.save(1, step)
         m.wait()
-        assert m._staging is not None and m._staging.allocations == 1
+        assert m.slot._stager is not None and m.slot._stager.allocations == 1
         assert [e.name for e in m.checkpoints()] == ["ckpt-1_3.ckpt", "ckpt-1_2.ckpt", "ckpt-1_1.ckpt"]
     finally:
         m.close()
@@ -249,7 +249,7 @@ def test_a_background_failure_is_raised_by_the_next_save_even_when_idle(tmp_path
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(manager_module, "write_encoded", full)
     m.save(1, 1)
-    while m._writer is not None and m._writer.running() is not None:
+    while m.slot.saving is not None:
         time.sleep(0.01)
     with pytest.raises(AsyncSaveError, match=r"background save of .*ckpt-1_1\.ckpt failed: \[Errno 28\]"):
         m.save(1, 2)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from torchresume import catalog
+from torchresume import catalog, naming
 from torchresume.files import commit_directory, write_checkpoint, write_part
 
 
@@ -30,13 +30,13 @@ def _names(entries) -> list[str]:
 
 
 def test_parse_name() -> None:
-    assert catalog.parse_name("ckpt-3_120.ckpt") == ("ckpt", 3, 120, False)
-    assert catalog.parse_name("ckpt-3_120_breakpoint.ckpt") == ("ckpt", 3, 120, True)
-    assert catalog.parse_name("my-net-best-0_7.ckpt") == ("my-net-best", 0, 7, False)
-    assert catalog.parse_name("ckpt_2-1_1.ckpt") == ("ckpt_2", 1, 1, False)
-    assert catalog.parse_name("ckpt-3_120.pt") is None
-    assert catalog.parse_name("ckpt-3.ckpt") is None
-    assert catalog.parse_name("-1_1.ckpt") is None
+    assert naming.parse_name("ckpt-3_120.ckpt") == ("ckpt", 3, 120, False)
+    assert naming.parse_name("ckpt-3_120_breakpoint.ckpt") == ("ckpt", 3, 120, True)
+    assert naming.parse_name("my-net-best-0_7.ckpt") == ("my-net-best", 0, 7, False)
+    assert naming.parse_name("ckpt_2-1_1.ckpt") == ("ckpt_2", 1, 1, False)
+    assert naming.parse_name("ckpt-3_120.pt") is None
+    assert naming.parse_name("ckpt-3.ckpt") is None
+    assert naming.parse_name("-1_1.ckpt") is None
 
 
 def test_newest_by_header_time_not_by_name(tmp_path) -> None:

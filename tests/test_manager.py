@@ -13,7 +13,8 @@ import torch
 from torchresume import manager as manager_module
 from torchresume.errors import AsyncSaveError
 from torchresume.files import read_checkpoint
-from torchresume.manager import CheckpointManager, unique_prefix
+from torchresume.manager import CheckpointManager
+from torchresume.naming import unique_prefix
 from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast
 
 
@@ -208,7 +209,7 @@ def test_async_failure_reraised_by_the_next_save(tmp_path, managers, net, monkey
     monkeypatch.setattr(manager_module, "write_encoded", fail)
     m = managers(tmp_path, model=net, async_save=True)
     m.save(1, 1)
-    m._writer._pending[0].exception()  # let the background job finish
+    m.slot._writer._pending[0].exception()  # let the background job finish
     with pytest.raises(AsyncSaveError, match="background save of .*ckpt-1_1.ckpt failed"):
         m.save(1, 2)
 

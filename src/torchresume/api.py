@@ -19,35 +19,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchresume.async_writer import AsyncWriter
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
-from torchresume.log import log
-from torchresume.staging import StagingBuffers
+from torchresume.save_slot import SaveSlot
 from torchresume.state.loading import load_param_into_net
 from torchresume.state.tree import flat_view
 
 _APPEND_TYPES = (bool, int, float, str)
-_writer: AsyncWriter | None = None
-# Async saves snapshot into ONE module-level set of staging buffers, reused across calls.
-# Why one set, not one per destination path: the usual loop saves each epoch to a new file
-# name ("net_3.ckpt"), so per-path buffers would never be reused and would pile up (one
-# copy of the state per file ever saved). Why not one per layout: every model ever saved
-# would keep a full host copy alive. One set holds one copy, the size of the last state
-# saved; two different models saved alternately reallocate it on each save (correct, only
-# as slow as before this reuse), one model saved repeatedly never does. The buffers hold
-# the snapshot until its background write finished, so a save first waits for the previous
-# async save (at most one in flight, as CheckpointManager does) and the lock keeps two
-# threads from staging into the same buffers at once.
-_staging = StagingBuffers()
-_staging_lock = threading.Lock()
-
-
-def _async_writer() -> AsyncWriter:
-    global _writer
-    if _writer is None:
-        _writer = AsyncWriter()
-    return _writer
+# Async saves go through ONE module-level save slot, whose staging buffers are reused across calls.
+# Why one, not one per destination path: the usual loop saves each epoch to a new file name
+# ("net_3.ckpt"), so per-path buffers would never be reused and would pile up (one copy of the
+# state per file ever saved). One slot holds one copy, the size of the last state saved; two
+# different models saved alternately reallocate it on each save, one model saved repeatedly
+# never does. The buffers hold the snapshot until its background write finished, so a save
+# first waits for the previous one (at most one in flight), and the lock keeps two threads from
+# staging into the same buffers at once.
+_slot = SaveSlot(async_save=True)
+_slot_lock = threading.Lock()
 
 
 def wait_async_saves() -> None:
@@ -59,8 +47,7 @@ def wait_async_saves() -> None:
         tr.wait_async_saves()
         ```
     """
-    if _writer is not None:
-        _writer.wait()
+    _slot.wait()
 
 
 def state_of(save_obj: Any) -> tuple[str, Any]:
@@ -144,20 +131,12 @@ def save_checkpoint(save_obj: Any, ckpt_file_name: str, *, integrated_save: bool
     if choice_func is not None:
         tree = _choose(tree, choice_func)
     if async_save:
-        with _staging_lock:
-            writer = _async_writer()
-            running = writer.running()
-            if running is not None:
-                log.info("saving %s waits for the background save of %s (the staging buffers are "
-                         "reused only after it is written)", ckpt_file_name, running)
-            writer.wait()  # the buffers may still be being written; re-raises its failure
-            # Snapshot now: training goes on mutating the parameters while we write.
-            snapshot = _staging.stage(tree)
-            encoded = encode_state(kind, snapshot, append=append)  # views of the buffers
-            writer.submit(lambda: write_encoded(encoded, ckpt_file_name, key), ckpt_file_name)
+        with _slot_lock:
+            _slot.claim(ckpt_file_name, "wait")  # re-raises a failed earlier save
+            _slot.run(ckpt_file_name, tree, lambda snapshot, _: write_encoded(
+                encode_state(kind, snapshot, append=append), ckpt_file_name, key))
         return
-    if _writer is not None:
-        _writer.raise_if_failed()
+    _slot.raise_if_failed()
     write_encoded(encode_state(kind, tree, append=append),
                   ckpt_file_name, key)
 

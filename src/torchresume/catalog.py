@@ -9,7 +9,6 @@ file's mtime; ties broken by the global step and the name's (epoch, step).
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,10 +26,9 @@ from torchresume.files import CHECKPOINT_SUFFIXES
 from torchresume.files import directory as directory_layout
 from torchresume.format.reader import Checkpoint
 from torchresume.log import log
+from torchresume.naming import parse_name
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
-
-NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)(?P<bp>_breakpoint)?\.ckpt$")
 
 
 @dataclass
@@ -75,13 +73,6 @@ def delete(entry_or_path: Entry | str) -> None:
         directory_layout.delete(path)
     else:
         storage.delete(where)
-
-
-def parse_name(name: str) -> tuple[str, int, int, bool] | None:
-    m = NAME.match(name)
-    if not m:
-        return None
-    return m["prefix"], int(m["epoch"]), int(m["step"]), bool(m["bp"])
 
 
 def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None = None,

@@ -17,53 +17,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchresume import catalog, files, run_lock, signals
-from torchresume.async_writer import AsyncWriter
+from torchresume import catalog, files, retention, run_lock, signals
 from torchresume.catalog import Entry
 from torchresume.errors import (
-    CheckpointConfigError,
     CheckpointWriteError,
     DecryptionError,
     TorchResumeError,
 )
 from torchresume.files import encode_state, read_checkpoint, write_encoded
-from torchresume.files.directory import is_committed
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.log import log
-from torchresume.retention import KeepLast, RetentionPolicy
+from torchresume.naming import checkpoint_name
+from torchresume.retention import KeepLast, KeepNewestVerified, RetentionPolicy
+from torchresume.save_slot import SaveSlot
 from torchresume.signals import STOP_SIGNALS, StopSignals
-from torchresume.staging import StagingBuffers
 from torchresume.state.registry import BUILTIN, StateRegistry, capture_tree, restore_tree
 from torchresume.state.stateful import Stateful
 from torchresume.state.tree import map_tensors
 from torchresume.storage import is_remote, resolve
 from torchresume.storage.local import LocalStorage, clean_stale_temps
-from torchresume.storage.pacing import Pace, check_write_rate
+from torchresume.storage.pacing import Pace
 from torchresume.storage.staged import StagedRemote
-
-
-def unique_prefix(directory: str, prefix: str) -> str:
-    """MindSpore's rule: a fresh run into a directory that has ``prefix`` checkpoints gets ``prefix_N``.
-
-    Only committed checkpoints take a prefix: a run killed before its first commit leaves at most
-    its graph file, and its restart continues under the same prefix (not ``prefix_1``, which a
-    second early kill would turn into an ambiguous directory).
-    """
-    storage, where = resolve(directory)
-    taken = -1
-    for info in storage.list(where):
-        if info.is_dir and not is_committed(info.path):
-            continue  # a directory is a checkpoint only once its manifest is committed
-        parsed = catalog.parse_name(info.name)
-        if parsed is None:
-            continue
-        name_prefix = parsed[0]
-        if name_prefix == prefix:
-            taken = max(taken, 0)
-        elif name_prefix.startswith(prefix + "_") and name_prefix[len(prefix) + 1:].isdigit():
-            taken = max(taken, int(name_prefix[len(prefix) + 1:]))
-    return prefix if taken < 0 else f"{prefix}_{taken + 1}"
 
 
 def _encrypted(entry: Entry) -> bool:
@@ -87,34 +62,14 @@ def prune(directory: str, keep: int, dec_key: bytes | None = None) -> list[str]:
         raise DecryptionError(f"{locked} is encrypted: pruning keeps the newest checkpoint that verifies, "
                               "which takes the key; pass dec_key=<the key used to save it>")
     for prefix in {e.prefix for e in entries if e.prefix is not None}:
-        family = sorted((e for e in entries if e.prefix == prefix and not e.breakpoint),
-                        key=lambda e: e.order_key())
-        kept = {e.path for e in family[-keep:]} if keep > 0 else set()
-        newest_valid = next((e for e in reversed(family) if e.valid and files.verify(e.path, dec_key).valid), None)
-        if newest_valid is not None:
-            kept.add(newest_valid.path)
-        for e in family:
-            if e.path not in kept:
-                catalog.delete(e)
-                deleted.append(e.path)
+        family = [e for e in entries if e.prefix == prefix]
+        deleted += retention.apply(family, [KeepLast(keep), KeepNewestVerified(dec_key)])
     return deleted
 
 
 def snapshot(tree: Any) -> Any:
     """A CPU copy of every tensor: what a background writer may use while training goes on."""
     return map_tensors(tree, lambda t: t.detach().to("cpu", copy=True))
-
-
-ON_BUSY = ("wait", "skip")
-
-
-def check_on_busy(on_busy: str) -> str:
-    """What a save does when the previous background save is still running: "wait" or "skip"."""
-    if on_busy not in ON_BUSY:
-        raise CheckpointConfigError(
-            f"on_busy={on_busy!r} is not a policy; use 'wait' (block until the previous background "
-            "save is committed, then save) or 'skip' (drop this save and keep training)")
-    return on_busy
 
 
 _SAID_STALE: set[str] = set()  # staged files already named as too old to upload (once per process)
@@ -175,12 +130,8 @@ class CheckpointManager:
         self.enc_key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key and (
             file_format != "ckpt") else enc_key
         self.file_format, self.enc_mode, self.crc_check = file_format, enc_mode, crc_check
-        self._writer = AsyncWriter() if async_save else None
-        # Async saves: one snapshot in reused host buffers, at most one save in flight.
-        self._staging = StagingBuffers() if async_save else None
-        self.on_busy = check_on_busy(on_busy)
-        # Background writes only (a sync save's caller waits for it): storage/pacing.py says why.
-        self.write_mb_per_s = check_write_rate(write_mb_per_s, async_save)
+        # At most one save in flight; async saves snapshot into reused host buffers.
+        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, write_mb_per_s=write_mb_per_s)
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
@@ -230,7 +181,7 @@ class CheckpointManager:
 
     # -- saving ---------------------------------------------------------------------------
     def file_name(self, epoch: int, step: int, breakpoint: bool = False) -> str:
-        return f"{self.prefix}-{epoch}_{step}{'_breakpoint' if breakpoint else ''}.ckpt"
+        return checkpoint_name(self.prefix, epoch, step, breakpoint)
 
     def capture(self, *, callbacks: dict[str, Any] | None = None,
                 rng_state: dict[str, Any] | None = None,
@@ -254,10 +205,8 @@ class CheckpointManager:
         return None.
         """
         path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
-        if self._writer is not None:
-            policy = "wait" if breakpoint else check_on_busy(on_busy or self.on_busy)
-            if not self._writer_free(path, policy):
-                return None
+        if not self.slot.claim(path, "wait" if breakpoint else on_busy):
+            return None
         if self.remote is not None:
             self.remote.raise_if_failed()
         if self._lock is None:
@@ -271,36 +220,22 @@ class CheckpointManager:
                      "prefix": self.prefix, "breakpoint": breakpoint, "time": time.time(),
                      **(info or {})}
         kind = "model" if self.saved_network is not None else "train_state"
-        if self._writer is None or self._staging is None:
-            self._commit(kind, tree, full_info, append, path)
-        else:  # snapshot now; the live tensors keep changing while the writer works
-            copy = self._staging.stage(tree)
-            pace = None if self.write_mb_per_s is None or breakpoint else Pace(self.write_mb_per_s * 1e6)
-            self._writer.submit(lambda: self._commit(kind, copy, full_info, append, path, pace), path,
-                                on_wait=pace.hurry.set if pace is not None else None)
+        self.slot.run(path, tree, lambda t, pace: self._commit(kind, t, full_info, append, path, pace),
+                      paced=not breakpoint)
         return path
 
     @property
     def saving(self) -> str | None:
         """The checkpoint a background save is writing now, or None."""
-        return self._writer.running() if self._writer is not None else None
+        return self.slot.saving
 
-    def _writer_free(self, path: str, policy: str) -> bool:
-        """Apply ``policy`` when a background save is in flight; False when this save is skipped."""
-        assert self._writer is not None
-        running = self._writer.running()
-        if running is None:
-            self._writer.raise_if_failed()
-            return True
-        if policy == "skip":
-            log.warning("skipped saving %s: the background save of %s is still running (on_busy='skip'; "
-                        "save less often to keep every save)", path, running)
-            return False
-        paced = "" if self.write_mb_per_s is None else f", raise write_mb_per_s (now {self.write_mb_per_s:g} MB/s)"
-        log.info("saving %s waits for the background save of %s (saves are due faster than they are "
-                 "written; save less often%s, or on_busy='skip')", path, running, paced)
-        self._writer.wait()
-        return True
+    @property
+    def on_busy(self) -> str:
+        return self.slot.on_busy
+
+    @property
+    def write_mb_per_s(self) -> float | None:
+        return self.slot.write_mb_per_s
 
     def _commit(self, kind: str, tree: Any, info: dict[str, Any], append: dict[str, Any] | None,
                 path: str, pace: Pace | None = None) -> None:
@@ -334,34 +269,20 @@ class CheckpointManager:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""
         if not self.policies:
             return []
-        entries = [e for e in self.checkpoints() if not e.breakpoint]
-        entries.sort(key=lambda e: e.order_key())
-        keep = set().union(*(p.keep(entries) for p in self.policies))
-        if entries:
-            keep.add(entries[-1].path)  # never the newest
-        if protect:
-            keep.add(protect)
-        doomed = [e.path for e in entries if e.path not in keep]
-        for path in doomed:
-            catalog.delete(path)
-        return doomed
+        return retention.apply(self.checkpoints(), self.policies, protect)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for background saves and uploads; re-raise the first failure.
 
         With ``timeout``, raises TimeoutError if uploads are still running then.
         """
-        if self._writer is not None:
-            self._writer.wait(timeout)
+        self.slot.wait(timeout)
         if self.remote is not None:
             self.remote.wait(timeout)
 
     def close(self) -> None:
         try:
-            if self._writer is not None:
-                self._writer.close()
-            if self._staging is not None:
-                self._staging.release()
+            self.slot.close()
             if self.remote is not None:
                 self.remote.close()
         finally:
@@ -518,4 +439,4 @@ class Guard:
             raise SystemExit(signals.exit_code(self.stop.received))
 
 
-__all__ = ["CheckpointManager", "Guard", "unique_prefix"]
+__all__ = ["CheckpointManager", "Guard"]

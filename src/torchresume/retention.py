@@ -1,8 +1,9 @@
-"""Retention rules as small policy objects, computed from what is on disk.
+"""Retention: rules as small policy objects, and the one function that applies them.
 
 A policy sees one family's committed checkpoints, oldest first, and returns
-the paths it wants kept; the manager deletes what no policy keeps, never the
-newest valid file, and only after a new checkpoint is committed.
+the paths it wants kept; ``apply`` deletes what no policy keeps, never the
+newest, never the checkpoint just committed. Both managers and ``prune``
+call ``apply``, and only after a new checkpoint is committed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from torchresume import catalog, files
 from torchresume.catalog import Entry
 
 
@@ -80,3 +82,35 @@ class KeepBest:
         scored = [e for e in entries if e.metrics.get(self.metric) is not None]
         scored.sort(key=lambda e: e.metrics[self.metric], reverse=self.mode == "max")
         return {e.path for e in scored[: self.n]}
+
+
+@dataclass(frozen=True)
+class KeepNewestVerified:
+    """Keep the newest checkpoint that reads back whole (checksums; ``dec_key`` for encrypted ones),
+    even when newer damaged ones fill the other policies' quota: what ``prune`` adds."""
+
+    dec_key: bytes | None = None
+
+    def keep(self, entries: Sequence[Entry]) -> set[str]:
+        for e in reversed(entries):
+            if e.valid and files.verify(e.path, self.dec_key).valid:
+                return {e.path}
+        return set()
+
+
+def apply(entries: Sequence[Entry], policies: Sequence[RetentionPolicy], protect: str | None = None) -> list[str]:
+    """Delete the checkpoints of one family (a prefix) that no policy keeps; returns their paths.
+
+    Breakpoints are never retention's; the newest entry and ``protect`` (the checkpoint just
+    committed, which a listing may not show yet) always stay.
+    """
+    family = sorted((e for e in entries if not e.breakpoint), key=Entry.order_key)
+    if not policies or not family:
+        return []
+    kept = {family[-1].path, *([protect] if protect else [])}
+    for policy in policies:
+        kept |= policy.keep(family)
+    doomed = [e.path for e in family if e.path not in kept]
+    for path in doomed:
+        catalog.delete(path)
+    return doomed

@@ -65,7 +65,7 @@ def test_async_top_level_stateful_is_snapshotted_at_the_call(tmp_path: Path) -> 
     at_call = {k: v.clone() for k, v in net.state_dict().items()}
     mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", async_save=True)
     mgr.save({"model": net}, epoch=1, step=1)  # a Stateful: DCP would call net.state_dict() itself
-    staged = mgr._staging
+    staged = mgr.slot._stager.buffers
     assert staged is not None and staged.nbytes == (4 * 3 + 3) * 4  # its tensors staged, not the module copied
     with torch.no_grad():
         net.weight.add_(5.0)

@@ -254,7 +254,7 @@ def async_save(directory: str, out: str) -> dict[str, Any]:
     for step in (0, 1):  # the second waits for the first; same layout: the staging buffers are reused
         mgr.save({"model": model.state_dict()}, epoch=1, step=step)
     mgr.wait()
-    allocations_before = mgr._staging.allocations if mgr._staging else -1
+    allocations_before = mgr.slot._stager.buffers.allocations if mgr.slot._stager else -1
     newest_before = mgr.newest()
     train(model, opt)
     state = {"model": model.state_dict(), "optim": opt.state_dict()}
@@ -284,7 +284,7 @@ def async_save(directory: str, out: str) -> dict[str, Any]:
     mgr.wait()
     newest_after = mgr.newest()
     listing_after = _listing(directory)
-    allocations_after = mgr._staging.allocations if mgr._staging else -1
+    allocations_after = mgr.slot._stager.buffers.allocations if mgr.slot._stager else -1
     mgr.close()
     return {"path": path, "returned_s": returned_s, "saving_at_return": saving_at_return,
             "saving_during": saving_during, "changed": changed, "newest_before": newest_before,

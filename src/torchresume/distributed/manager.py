@@ -20,7 +20,6 @@ checkpoint only once its background work finished on every rank.
 from __future__ import annotations
 
 import copy
-import functools
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,8 +33,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.stateful import Stateful
 
-from torchresume import catalog
-from torchresume.async_writer import AsyncWriter
+from torchresume import catalog, retention
 from torchresume.catalog import Entry
 from torchresume.distributed.reader import PartReader, is_sharded, read_part, sharded_manifest
 from torchresume.distributed.writer import PartWriter
@@ -49,6 +47,7 @@ from torchresume.files.directory import is_committed
 from torchresume.format.crypto import check_key
 from torchresume.log import log
 from torchresume.retention import KeepLast, RetentionPolicy
+from torchresume.save_slot import SaveSlot
 from torchresume.staging import StagingBuffers
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
@@ -83,6 +82,15 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (collective)."""
+    if not _distributed():
+        return flag
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, flag)
+    return any(flags)
+
+
 @contextmanager
 def _single_process_quiet() -> Iterator[None]:
     """Without a process group DCP warns on every call that it assumes one process; that is intended here."""
@@ -105,6 +113,19 @@ def _copy_leaves(node: Any) -> Any:
     if isinstance(node, (list, tuple)):
         return type(node)(_copy_leaves(v) for v in node)
     return copy.deepcopy(node)
+
+
+class ShardStager:
+    """The save slot's stager for DCP state: DTensors staged as their local shards (``stage_state``)."""
+
+    def __init__(self) -> None:
+        self.buffers = StagingBuffers()
+
+    def stage(self, tree: Any) -> Any:
+        return stage_state(self.buffers, tree)
+
+    def release(self) -> None:
+        self.buffers.release()
 
 
 def stage_state(buffers: StagingBuffers, state: Any) -> Any:
@@ -181,7 +202,7 @@ class DistributedCheckpointManager:
 
     def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2,
                  async_save: bool = False, retention: Sequence[RetentionPolicy] | None = None,
-                 enc_key: bytes | None = None) -> None:
+                 enc_key: bytes | None = None, on_busy: str = "wait") -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         if not prefix or "/" in prefix or "-" in prefix:
@@ -194,11 +215,10 @@ class DistributedCheckpointManager:
         self.retention: list[RetentionPolicy] = list(retention) if retention else [KeepLast(keep)]
         self.enc_key = check_key(enc_key, "AES-GCM", "enc_key") if enc_key is not None else None
         self.threads = threads
-        if not isinstance(async_save, bool):
-            raise CheckpointConfigError(f"async_save must be True or False, got {async_save!r}")
+        # At most one save in flight; async saves stage DTensors as their local shards.
+        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=ShardStager() if async_save else None,
+                             name="torchresume-dist-writer")
         self.async_save = async_save
-        self._writer: AsyncWriter | None = None
-        self._staging: StagingBuffers | None = None
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
 
@@ -207,7 +227,7 @@ class DistributedCheckpointManager:
         return storage.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
 
     def save(self, state: dict[str, Any], epoch: int, step: int, *, rank_state: Any = None,
-             info: dict[str, Any] | None = None, append: dict[str, Any] | None = None) -> str:
+             info: dict[str, Any] | None = None, append: dict[str, Any] | None = None) -> str | None:
         """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the path.
 
         ``append``: extra key/values kept in the manifest's ``append`` (shown by ``inspect``).
@@ -215,6 +235,8 @@ class DistributedCheckpointManager:
         ``async_save``: first waits for the previous background save (re-raising its failure as
         AsyncSaveError), then copies ``state`` and ``rank_state`` and returns; the path is
         committed later, when the background save finished (``wait``/``close``/the next save).
+        With ``on_busy="skip"`` a save due while any rank's background save runs is skipped by
+        every rank alike (None).
         """
         if not isinstance(state, dict):
             raise CheckpointConfigError(f"state must be a dict of state_dicts (e.g. {{'model': model.state_dict()}}), "
@@ -223,26 +245,20 @@ class DistributedCheckpointManager:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
         path = self.path_for(epoch, step)
-        if self._writer is not None:
-            running = self._writer.running()
-            if running is not None:
-                log.info("saving %s waits for the background save of %s (saves are due faster than they "
-                         "are written; save less often)", path, running)
-            self._writer.wait()  # buffers and the gloo group are free again; a failure raises here
+        if self.slot.async_save and self.slot.on_busy == "skip" and _any_rank(self.slot.saving is not None):
+            log.warning("skipped saving %s: a rank's background save of %s is still running (on_busy='skip'; "
+                        "save less often to keep every save)", path, self.slot.saving or "the previous checkpoint")
+            return None
+        self.slot.claim(path, "wait")  # buffers and the gloo group are free again; a failure raises here
         if _broadcast(self._clear(path) if _rank() == 0 else None):
             return path  # this step is already committed: keep it rather than delete a good checkpoint
         full_info = {**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix}
-        if not self.async_save:
-            self._write(state, path, rank_state, full_info, append, group=None)
-            return path
-        if self._group is None and _distributed():  # collective: every rank's first async save, together
+        if self.async_save and self._group is None and _distributed():  # collective: the first async save
             self._group = dist.new_group(backend="gloo")
-        staging = self._staging = self._staging or StagingBuffers()
-        writer = self._writer = self._writer or AsyncWriter(name="torchresume-dist-writer")
-        snapshot = stage_state(staging, state)  # complete on return: later updates are not written
-        job = functools.partial(self._write, snapshot, path, copy.deepcopy(rank_state), copy.deepcopy(full_info),
-                                copy.deepcopy(append), group=self._group)
-        writer.submit(job, path)
+        group = self._group if self.async_save else None
+        own, full_info, append = copy.deepcopy(rank_state), copy.deepcopy(full_info), copy.deepcopy(append)
+        self.slot.run(path, state, lambda snapshot, pace: self._write(snapshot, path, own, full_info, append,
+                                                                       group=group))
         return path
 
     def _write(self, state: dict[str, Any], path: str, rank_state: Any, info: dict[str, Any],
@@ -272,15 +288,14 @@ class DistributedCheckpointManager:
     @property
     def saving(self) -> str | None:
         """The checkpoint a background save is writing now (this rank's view), or None."""
-        return self._writer.running() if self._writer is not None else None
+        return self.slot.saving
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the background save (every rank calls it); re-raise its failure as AsyncSaveError.
 
         With ``timeout`` (seconds) a TimeoutError is raised when it is still running then.
         """
-        if self._writer is not None:
-            self._writer.wait(timeout)
+        self.slot.wait(timeout)
 
     def _clear(self, path: str) -> bool:
         """Whether ``path`` is already a committed checkpoint; else remove what an unfinished save left there."""
@@ -315,14 +330,7 @@ class DistributedCheckpointManager:
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete checkpoints no retention policy keeps (never the newest, never ``protect``)."""
         with self._listing:
-            entries = sorted((e for e in self.checkpoints() if not e.breakpoint), key=Entry.order_key)
-            kept = {entries[-1].path} if entries else set()
-            for policy in self.retention:
-                kept |= policy.keep(entries)
-            doomed = [e.path for e in entries if e.path not in kept and e.path != protect]
-            for path in doomed:
-                catalog.delete(path)
-            return doomed
+            return retention.apply(self.checkpoints(), self.retention, protect)
 
     def newest(self) -> str | None:
         """Collective: the newest committed checkpoint, as rank 0 sees it."""
@@ -368,14 +376,7 @@ class DistributedCheckpointManager:
 
     def close(self) -> None:
         """Wait for the background save (re-raising its failure), then free the staging buffers."""
-        writer, self._writer = self._writer, None
-        try:
-            if writer is not None:
-                writer.close()
-        finally:
-            if self._staging is not None:
-                self._staging.release()
-                self._staging = None
+        self.slot.close()
 
 
 def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from torchresume.errors import CheckpointConfigError
-from torchresume.manager import check_on_busy
+from torchresume.save_slot import check_on_busy
 from torchresume.storage.pacing import check_write_rate
 
 _APPEND_KEYS = ("epoch_num", "step_num")
