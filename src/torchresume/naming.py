@@ -29,9 +29,19 @@ def parse_name(name: str) -> tuple[str, int, int, bool] | None:
     return m["prefix"], int(m["epoch"]), int(m["step"]), bool(m["bp"])
 
 
+BEST = "-best"
+
+
+def best_prefix(prefix: str) -> str:
+    """The family of a run's best checkpoints (``monitor=``): ``{prefix}-best``."""
+    return prefix + BEST
+
+
 def check_prefix(prefix: object) -> str:
-    """A prefix is a non-empty str without '/' (a path) or '-' (the epoch separator)."""
-    if not isinstance(prefix, str) or not prefix or "/" in prefix or "-" in prefix:
+    """A prefix is a non-empty str without '/' (a path) or '-' (the epoch separator); a run's
+    best family (``best_prefix``) is the one name with a '-'."""
+    base = prefix[: -len(BEST)] if isinstance(prefix, str) and prefix.endswith(BEST) else prefix
+    if not isinstance(prefix, str) or not isinstance(base, str) or not base or "/" in base or "-" in base:
         raise CheckpointConfigError(f"prefix must be a non-empty str without '/' or '-', got {prefix!r}")
     return prefix
 
@@ -59,4 +69,4 @@ def unique_prefix(directory: str, prefix: str) -> str:
     return prefix if taken < 0 else f"{prefix}_{taken + 1}"
 
 
-__all__ = ["NAME", "check_prefix", "checkpoint_name", "parse_name", "unique_prefix"]
+__all__ = ["BEST", "NAME", "best_prefix", "check_prefix", "checkpoint_name", "parse_name", "unique_prefix"]

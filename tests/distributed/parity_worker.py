@@ -76,6 +76,39 @@ def seconds_run(out: str) -> None:
                                  ModelCheckpoint(PREFIX, os.path.join(out, "seconds"), cfg)], resume="none")
 
 
+def best_run(out: str) -> dict[str, Any]:
+    """monitor='loss' (min, keep_best_max=1) with an eval every epoch; then the same command again:
+    already finished (nothing trained, nothing saved)."""
+    cfg = CheckpointConfig(save_checkpoint_steps=4, keep_checkpoint_max=1, monitor="loss", mode="min",
+                           keep_best_max=1)
+    def classifier() -> Model:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        return Model(net, nn.CrossEntropyLoss(), torch.optim.Adam(net.parameters(), lr=1e-2),
+                     metrics={"loss"}, device="cpu")
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    data = ArrayDataset(x, (x[:, 0] > 0).long(), batch_size=4, seed=2)
+    classifier().fit(2, data, data, callbacks=[ModelCheckpoint(PREFIX, os.path.join(out, "best"), cfg)],
+                     resume="auto")
+    summary = classifier().fit(2, data, data, callbacks=[ModelCheckpoint(PREFIX, os.path.join(out, "best"), cfg)],
+                               resume="auto")
+    return {"already_finished": summary["already_finished"], "global_step": summary["global_step"]}
+
+
+def skip_run(out: str) -> list[bool]:
+    """async_save with on_busy='skip', a save due every step: whether each step's save was kept
+    (this rank's view; every rank must see the same)."""
+    cfg = CheckpointConfig(save_checkpoint_steps=1, keep_checkpoint_max=20, async_save=True, on_busy="skip")
+    checkpoint = ModelCheckpoint(PREFIX, os.path.join(out, "skip"), cfg)
+    kept: list[bool] = []
+
+    def record_step(ctx: Any) -> None:
+        kept.append(checkpoint._last_saved_step == ctx.global_step)
+    record = LambdaCallback(on_train_step_end=record_step)
+    _model().train(1, _data(), [checkpoint, record], resume="none")
+    return kept
+
+
 def _restore(directory: str, key: bytes | None) -> tuple[nn.Module, str]:
     """A fresh network restored from the newest checkpoint in ``directory``; '' or the typed error."""
     from torchresume.distributed import DistributedCheckpointManager
@@ -96,6 +129,8 @@ def main() -> None:
     out = sys.argv[1]
     models, resumed_from = train_runs(out)
     seconds_run(out)
+    best = best_run(out)
+    kept = skip_run(out)
     trained = models["enc"].network.state_dict()  # after the resumed second epoch
     restored, error = _restore(os.path.join(out, "enc"), KEY)
     result: dict[str, Any] = {
@@ -106,6 +141,8 @@ def main() -> None:
         "trained": {name: t.flatten().tolist() for name, t in trained.items()},
         "wrong_key": _restore(os.path.join(out, "enc"), bytes(32))[1],
         "no_key": _restore(os.path.join(out, "enc"), None)[1],
+        "best": best,
+        "skip_kept": kept,
     }
     with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
         json.dump(result, f)

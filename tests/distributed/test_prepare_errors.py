@@ -13,7 +13,6 @@ from torchresume.data import ArrayDataset
 from torchresume.data.distributed_dataset import DistributedArrayDataset
 from torchresume.errors import CheckpointConfigError, DataError
 from torchresume.train import CheckpointConfig, LossMonitor, Model, ModelCheckpoint, distributed
-from torchresume.train.distributed_checkpoint import DistributedModelCheckpoint
 from torchresume.train.stop_agreement import StopAgreement
 
 
@@ -43,31 +42,42 @@ def test_launched_reads_world_size(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not distributed.launched()
 
 
-def test_prepare_shards_data_and_swaps_the_checkpoint_callback(one_rank: None, tmp_path) -> None:
+def test_prepare_shards_data_and_keeps_the_checkpoint_callback(one_rank: None, tmp_path) -> None:
     model = _model()
-    data, callbacks, resume, lead = distributed.prepare(
-        model, _data(), [LossMonitor(1), ModelCheckpoint("p", str(tmp_path))], "auto", True)
+    checkpoint = ModelCheckpoint("p", str(tmp_path))
+    data, callbacks, world = distributed.prepare(model, _data(), [LossMonitor(1), checkpoint], True)
     assert isinstance(data, DistributedArrayDataset) and len(data) == 8
-    assert [type(cb) for cb in callbacks] == [StopAgreement, LossMonitor, DistributedModelCheckpoint]
-    assert resume == "none" and lead
+    assert [type(cb) for cb in callbacks] == [StopAgreement, LossMonitor, ModelCheckpoint]
+    assert callbacks[2] is checkpoint  # no callback is swapped for another
+    assert (world.rank, world.world_size) == (0, 1)
     assert isinstance(model.step_network, nn.parallel.DistributedDataParallel)
 
 
-def test_resume_without_a_checkpoint_callback_names_the_fix(one_rank: None) -> None:
-    with pytest.raises(CheckpointConfigError, match="under torchrun, resuming needs a ModelCheckpoint "
-                                                    "callback .*; add one or pass resume='none'"):
-        distributed.prepare(_model(), _data(), [LossMonitor(1)], "auto", True)
+@pytest.fixture
+def torchrun_rank(one_rank: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One in-process rank that Model.train treats as a torchrun rank (the group is already joined)."""
+    monkeypatch.setattr("torchresume.train.model._launched_by_torchrun", lambda: True)
 
 
-def test_best_checkpoints_are_refused_under_torchrun(one_rank: None, tmp_path) -> None:
-    cfg = CheckpointConfig(monitor="loss", keep_best_max=1)
-    with pytest.raises(CheckpointConfigError, match="monitor=.* is not supported under torchrun yet"):
-        distributed.prepare(_model(), _data(), [ModelCheckpoint("p", str(tmp_path), cfg)], "none", True)
+def test_resume_auto_without_a_checkpoint_callback_names_the_fix(torchrun_rank: None) -> None:
+    with pytest.raises(ValueError, match="resume='auto' needs a ModelCheckpoint callback"):
+        _model().train(1, _data(), [LossMonitor(1)], resume="auto")
 
 
-def test_resume_must_name_a_directory(one_rank: None, tmp_path) -> None:
+def test_resume_must_name_a_directory(torchrun_rank: None, tmp_path) -> None:
     with pytest.raises(CheckpointConfigError, match="resume must be 'auto', 'none' or a directory"):
-        distributed.prepare(_model(), _data(), [ModelCheckpoint("p", str(tmp_path))], 3, True)
+        _model().train(1, _data(), [ModelCheckpoint("p", str(tmp_path))], resume=3)  # type: ignore[arg-type]
+
+
+def test_a_sharded_run_resumes_in_process_without_a_checkpoint_callback(torchrun_rank: None, tmp_path) -> None:
+    """resume=<directory> with no ModelCheckpoint: the same sharded restore (train/resume.py), then training."""
+    first = _model()
+    first.train(1, _data(), [ModelCheckpoint("p", str(tmp_path), CheckpointConfig(save_checkpoint_steps=4))])
+    again = _model()
+    summary = again.train(2, _data(), [LossMonitor(1)], resume=str(tmp_path))
+    assert summary["resumed_from"] == str(tmp_path / "p-1_8.ckpt") and summary["global_step"] == 16
+    done = _model().train(1, _data(), [ModelCheckpoint("p", str(tmp_path))], resume="auto")
+    assert done["already_finished"] and done["global_step"] == 8
 
 
 def test_global_batch_must_split_over_the_ranks() -> None:

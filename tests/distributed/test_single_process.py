@@ -47,7 +47,7 @@ def test_rank_state_that_cannot_be_stored_is_one_typed_error(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"directory": ""}, "directory must be a non-empty path or URL, got ''"),
-    ({"directory": "d", "prefix": "a-b"}, "prefix must be a non-empty name without '/' or '-', got 'a-b'"),
+    ({"directory": "d", "prefix": "a-b"}, "prefix must be a non-empty str without '/' or '-', got 'a-b'"),
     ({"directory": "d", "keep": 0}, r"keep must be an int >= 1 \(checkpoints to keep\), got 0"),
 ])
 def test_constructor_errors(kwargs: dict[str, object], message: str) -> None:

@@ -97,6 +97,40 @@ def test_honoured_options_under_torchrun(tmp_path: Path, capsys: pytest.CaptureF
     assert seconds[-1] == "par-1_8.ckpt" and ({"par-1_1.ckpt", "par-1_2.ckpt"} & set(seconds)), seconds
 
 
+def test_best_skip_lock_and_finished_under_torchrun(tmp_path: Path) -> None:
+    """monitor= (with mode and keep_best_max), on_busy='skip', the run lock and "already finished"
+    under torchrun, from the same launch as above's runs (parity_worker's best_run and skip_run),
+    and the run lock against a torchrun CLI job (exit 75 on its ranks)."""
+    sharded, single = tmp_path / "torchrun", tmp_path / "one"
+    sharded.mkdir()
+    done = run(torchrun_cmd(2, [str(Path(parity_worker.__file__)), str(sharded)]), ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [json.loads((sharded / f"rank{r}.json").read_text()) for r in (0, 1)]
+    parity_worker.best_run(str(single))
+    # best: the same checkpoints kept as in one process: the newest and the one best by loss
+    assert _names(sharded / "best") == _names(single / "best")
+    assert [n for n in _names(sharded / "best") if "-best-" in n] and "par-2_8.ckpt" in _names(sharded / "best")
+    assert all(r["best"] == {"already_finished": True, "global_step": 16} for r in ranks)
+    # on_busy='skip': every rank kept and skipped the same saves; the last step's save is committed
+    assert ranks[0]["skip_kept"] == ranks[1]["skip_kept"] and len(ranks[0]["skip_kept"]) == 8
+    assert "par-1_8.ckpt" in _names(sharded / "skip")
+    assert len(_names(sharded / "skip")) == sum(ranks[0]["skip_kept"]) + (not ranks[0]["skip_kept"][-1])
+
+    # the run lock: held here, a torchrun job on the directory stops on every rank with exit 75
+    from torchresume import run_lock
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    run_lock.acquire(str(locked))
+    try:
+        refused = run(torchrun_cmd(2, train_cli(locked, "--epochs", "1", "--steps-per-epoch", "4")), tmp_path)
+    finally:
+        run_lock.release(str(locked))
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and out.count("exitcode  : 75") == 2, out[-3000:]
+    assert "torchresume: error:" in out and "another" in out.lower(), out[-3000:]
+    assert list(locked.iterdir()) == []  # nothing written (the lock file was ours, gone with its release)
+
+
 def test_a_refused_option_stops_every_rank_before_anything_is_written(tmp_path: Path) -> None:
     """`torchrun ... -m torchresume train --async-save --write-mb-per-s 50`: a non-zero exit, the one
     line in the CLI's words (from every rank on this branch; rank 0 alone once errors every rank meets

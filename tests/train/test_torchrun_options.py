@@ -61,15 +61,13 @@ TABLE: dict[str, tuple[str, dict[str, object], str]] = {
     "format": ("refused", {"format": "ckpt"},
                "format='ckpt' is not supported under torchrun yet (a MindSpore .ckpt is one file, a torchrun "
                "checkpoint is parts written by every rank); leave format=None" + OR_ONE),
-    "monitor": ("refused", {"monitor": "loss"},
-                "monitor='loss' is not supported under torchrun yet (best checkpoints need the metric agreed by "
-                "every rank); leave monitor=None" + OR_ONE),
-    # used only with monitor=, which is refused (as in one process, they do nothing without it)
-    "mode": ("honoured", {"mode": "min"}, f"{HERE}::test_refused_option_raises_the_exact_typed_error"),
-    "keep_best_max": ("honoured", {"keep_best_max": 2}, f"{HERE}::test_refused_option_raises_the_exact_typed_error"),
-    "on_busy": ("refused", {"async_save": True, "on_busy": "skip"},
-                "on_busy='skip' is not supported under torchrun yet (a save is collective: skipping one would "
-                "have to be agreed by every rank); leave on_busy='wait'" + OR_ONE),
+    "monitor": ("honoured", {"monitor": "loss"}, f"{PARITY}::test_best_skip_lock_and_finished_under_torchrun"),
+    "mode": ("honoured", {"monitor": "loss", "mode": "min"},
+             f"{PARITY}::test_best_skip_lock_and_finished_under_torchrun"),
+    "keep_best_max": ("honoured", {"monitor": "loss", "keep_best_max": 2},
+                      f"{PARITY}::test_best_skip_lock_and_finished_under_torchrun"),
+    "on_busy": ("honoured", {"async_save": True, "on_busy": "skip"},
+                f"{PARITY}::test_best_skip_lock_and_finished_under_torchrun"),
     "write_mb_per_s": ("refused", {"async_save": True, "write_mb_per_s": 50},
                        "write_mb_per_s=50 is not supported under torchrun yet (each rank writes its part of a "
                        "sharded save at full speed); leave write_mb_per_s=None" + OR_ONE),
@@ -123,7 +121,7 @@ def test_prepare_refuses_before_joining_the_process_group(tmp_path) -> None:
     callbacks = [LossMonitor(1), ModelCheckpoint("p", str(tmp_path / "ckpt"), cfg)]
     model = _model()
     with pytest.raises(UnsupportedUnderTorchrunError, match=r"^exception_save=True is not supported under torchrun"):
-        distributed.prepare(model, ArrayDataset(x, x[:, :1], batch_size=4), callbacks, "none", True)
+        distributed.prepare(model, ArrayDataset(x, x[:, :1], batch_size=4), callbacks, True)
     assert not dist.is_initialized()
     assert model.step_network is None  # not wrapped in DDP
     assert not (tmp_path / "ckpt").exists()

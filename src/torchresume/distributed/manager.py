@@ -46,8 +46,9 @@ from torchresume.errors import (
 from torchresume.files.directory import is_committed
 from torchresume.format.crypto import check_key
 from torchresume.log import log
+from torchresume.naming import check_prefix
 from torchresume.retention import KeepLast, RetentionPolicy
-from torchresume.save_slot import SaveSlot
+from torchresume.save_slot import SaveSlot, check_on_busy
 from torchresume.staging import StagingBuffers
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
@@ -205,8 +206,7 @@ class DistributedCheckpointManager:
                  enc_key: bytes | None = None, on_busy: str = "wait") -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
-        if not prefix or "/" in prefix or "-" in prefix:
-            raise CheckpointConfigError(f"prefix must be a non-empty name without '/' or '-', got {prefix!r}")
+        check_prefix(prefix)
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise CheckpointConfigError(f"keep must be an int >= 1 (checkpoints to keep), got {keep!r}")
         self.directory = directory.rstrip("/")
@@ -227,7 +227,8 @@ class DistributedCheckpointManager:
         return storage.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
 
     def save(self, state: dict[str, Any], epoch: int, step: int, *, rank_state: Any = None,
-             info: dict[str, Any] | None = None, append: dict[str, Any] | None = None) -> str | None:
+             info: dict[str, Any] | None = None, append: dict[str, Any] | None = None,
+             on_busy: str | None = None) -> str | None:
         """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the path.
 
         ``append``: extra key/values kept in the manifest's ``append`` (shown by ``inspect``).
@@ -235,8 +236,8 @@ class DistributedCheckpointManager:
         ``async_save``: first waits for the previous background save (re-raising its failure as
         AsyncSaveError), then copies ``state`` and ``rank_state`` and returns; the path is
         committed later, when the background save finished (``wait``/``close``/the next save).
-        With ``on_busy="skip"`` a save due while any rank's background save runs is skipped by
-        every rank alike (None).
+        With ``on_busy="skip"`` (this call's, else the manager's; every rank passes the same) a save
+        due while any rank's background save runs is skipped by every rank alike (None).
         """
         if not isinstance(state, dict):
             raise CheckpointConfigError(f"state must be a dict of state_dicts (e.g. {{'model': model.state_dict()}}), "
@@ -245,7 +246,8 @@ class DistributedCheckpointManager:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
         path = self.path_for(epoch, step)
-        if self.slot.async_save and self.slot.on_busy == "skip" and _any_rank(self.slot.saving is not None):
+        skip = check_on_busy(on_busy or self.slot.on_busy) == "skip"
+        if self.slot.async_save and skip and _any_rank(self.slot.saving is not None):
             log.warning("skipped saving %s: a rank's background save of %s is still running (on_busy='skip'; "
                         "save less often to keep every save)", path, self.slot.saving or "the previous checkpoint")
             return None

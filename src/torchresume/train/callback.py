@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torchresume.train.model import Model
     from torchresume.train.run_state import RunState
 
-HOOKS = ("on_train_begin", "on_train_end", "on_train_epoch_begin", "on_train_epoch_end",
+HOOKS = ("on_resume", "on_stop", "on_train_begin", "on_train_end", "on_train_epoch_begin", "on_train_epoch_end",
          "on_train_step_begin", "on_train_step_end", "on_eval_begin", "on_eval_end")
 
 
@@ -51,6 +51,9 @@ class RunContext:
     in_step: bool = False  # between a step's start and its completion
     feed: Any = None  # the training data's position keeper (torchresume.data.loader_state.Feed)
     state: RunState | None = None  # what checkpoints are made from; set by Model.train/fit
+    resume: Any = None  # what Model.train/fit was asked to resume from (restored in on_resume)
+    world: Any = None  # under torchrun, this rank's train.distributed.World; None in one process
+    last_checkpoint: str | None = None  # the newest checkpoint a stop-signal save left (on_stop)
 
     def run_state(self) -> RunState:
         """The run's state provider; a clear error for a context that no training run made."""
@@ -96,6 +99,13 @@ class Callback:
         assert counter.steps == 4
         ```
     """
+
+    def on_resume(self, ctx: RunContext) -> None:
+        """Before training begins, when Model.train/fit was given ``resume``: restore the run
+        ``ctx.resume`` names (checkpoint callbacks do) and set ctx's position."""
+
+    def on_stop(self, ctx: RunContext) -> None:
+        """A stop signal arrived: training ends after this step (checkpoint callbacks save it)."""
 
     def on_train_begin(self, ctx: RunContext) -> None: ...
     def on_train_end(self, ctx: RunContext) -> None: ...

@@ -4,10 +4,11 @@
 ranks (``WORLD_SIZE`` > 1). ``prepare`` then readies a run without touching
 the single-process loop: it joins the process group (gloo on CPU, nccl on
 CUDA with the device of ``LOCAL_RANK``), wraps the network in DDP for the
-steps, gives this rank its share of the training data, and swaps each
-ModelCheckpoint for a DistributedModelCheckpoint (collective sharded saves,
-restore at any world size) behind a StopAgreement (ranks stop at the same
-step). Status lines are logged by rank 0 only.
+steps, gives this rank its share of the training data, and puts a
+StopAgreement (ranks stop at the same step) before the user's callbacks.
+Checkpoint callbacks stay as they are: each picks its sharded storage
+(``sharded_checkpoints.py``) when training begins. Status lines are logged by
+rank 0 only.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from torchresume.errors import CheckpointConfigError
 from torchresume.log import log, monitor
 from torchresume.train import torchrun_options
 from torchresume.train.callback import Callback
@@ -192,30 +192,17 @@ def quiet() -> None:
 
 
 def prepare(model: Model, dataset: Any, callbacks: Sequence[Callback] | Callback | None,
-            resume: Any, handle_signals: bool) -> tuple[Any, list[Callback], str, bool]:
-    """This rank's data and callbacks, resume 'none' (it moves into the checkpoint callbacks),
-    and whether this rank shows progress (rank 0 only)."""
-    from torchresume.train.model_checkpoint import ModelCheckpoint
+            handle_signals: bool) -> tuple[Any, list[Callback], World]:
+    """This rank's data, the callbacks with StopAgreement first, and this rank's World.
+
+    Checkpoint callbacks are left as given: each picks its sharded storage when training begins.
+    """
     from torchresume.train.stop_agreement import StopAgreement
     torchrun_options.check_callbacks(callbacks)  # before the process group and DDP: every rank refuses alike
     world = init_world(model.device)
     _wrap(model, world)
     items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
-    if resume is not None and not isinstance(resume, str):
-        raise CheckpointConfigError("under torchrun, resume must be 'auto', 'none' or a directory "
-                                    f"of sharded checkpoints, got a {type(resume).__name__}")
-    checkpoints = [cb for cb in items if isinstance(cb, ModelCheckpoint)]
-    if resume not in (None, "none") and not checkpoints:
-        raise CheckpointConfigError("under torchrun, resuming needs a ModelCheckpoint callback "
-                                    "(it saves and restores the sharded checkpoints); add one or "
-                                    "pass resume='none'")
-    converted: list[Callback] = [StopAgreement(world.device, handle_signals)]
-    if checkpoints:
-        from torchresume.train.distributed_checkpoint import DistributedModelCheckpoint
-        items = [DistributedModelCheckpoint(cb, resume, world) if isinstance(cb, ModelCheckpoint) else cb
-                 for cb in items]
-    converted += items
-    return shard_data(dataset, world), converted, "none", world.rank == 0
+    return shard_data(dataset, world), [StopAgreement(world.device, handle_signals), *items], world
 
 
 def _wrap(model: Model, world: World) -> None:

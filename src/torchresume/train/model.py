@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from torchresume.log import log
 from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state import rng
 from torchresume.train.callback import Callback, CallbackList, RunContext
+from torchresume.train.resume import Resume
 from torchresume.train.run_state import RunState
 
 _METRICS = {"acc", "accuracy", "loss"}
@@ -127,23 +127,28 @@ class Model:
         self._check_ready()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
-        lead = True  # the process that shows progress (rank 0 under torchrun)
-        if _launched_by_torchrun():  # ranks of one job: DDP, this rank's data, collective saves
+        world = None  # under torchrun: this rank's place in the job
+        if _launched_by_torchrun():  # ranks of one job: DDP, this rank's data, agreed stops
             from torchresume.train import distributed
-            dataset, callbacks, resume, lead = distributed.prepare(self, dataset, callbacks, resume,
-                                                                   handle_signals)
-        cbs = CallbackList(_with_progress(callbacks) if lead else callbacks)
+            dataset, callbacks, world = distributed.prepare(self, dataset, callbacks, handle_signals)
+        items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        resuming = resume not in (None, "none")
+        if resuming and not any(cb.overrides("on_resume") for cb in items):
+            items.append(Resume())  # no checkpoint callback: restore only
+        lead = world is None or world.rank == 0  # the process that shows progress
+        cbs = CallbackList(_with_progress(items) if lead else items)
         self._callbacks, self._dataset = cbs, dataset
         ctx = RunContext(self, self.network, self.optimizer, epoch_num=epochs,
                          steps_per_epoch=len(dataset), dataset=dataset, config=config,
-                         state=RunState(self.network, self.optimizer, self.scheduler, cbs))
+                         state=RunState(self.network, self.optimizer, self.scheduler, cbs),
+                         resume=resume, world=world)
         ctx.start_epoch, ctx.step = initial_epoch, 0
         ctx.feed = feed_for(dataset)
         caveat = ctx.feed.warning()
         if caveat:
             log.warning("warning: %s", caveat)
-        if resume not in (None, "none"):
-            self._resume(resume, cbs, ctx)
+        if resuming:
+            cbs.call("on_resume", ctx)
         else:
             ctx.feed.set_epoch(initial_epoch)
         ctx.global_step = ctx.global_step or initial_epoch * ctx.steps_per_epoch
@@ -213,51 +218,14 @@ class Model:
                 return
 
     def _stop_for_signal(self, ctx: RunContext, cbs: CallbackList) -> None:
-        from torchresume.train.model_checkpoint import ModelCheckpoint
         sig = ctx.stop_signal
         assert sig is not None
-        saved = []
-        for cb in cbs.find(ModelCheckpoint):
-            if cb.manager is not None:
-                saved.append(cb.save_if_unsaved(ctx))
-                _wait_bounded(cb.manager)
-            best = getattr(cb, "best_manager", None)  # a best-checkpoint save may still be writing
-            if best is not None:
-                _wait_bounded(best)
-        where = f"; checkpoint {saved[-1]}" if saved else " (no ModelCheckpoint: nothing saved)"
+        cbs.call("on_stop", ctx)  # checkpoint callbacks save this step
+        where = (f"; checkpoint {ctx.last_checkpoint}" if ctx.last_checkpoint else
+                 " (no checkpoint callback: nothing saved)")
         log.warning("%s at epoch %d step %d%s; exiting with %d", signals.name(sig), ctx.epoch, ctx.step, where,
                     signals.exit_code(sig))
         raise SystemExit(signals.exit_code(sig))
-
-    def _resume(self, resume: str | CheckpointManager, cbs: CallbackList, ctx: RunContext) -> None:
-        """Restore from ``resume``: "auto", a checkpoint directory or URL, a manager, or one checkpoint."""
-        from torchresume.manager import CheckpointManager
-        from torchresume.train.model_checkpoint import ModelCheckpoint
-        run = None  # an explicit directory or manager: its newest run
-        named = isinstance(resume, str) and resume != "auto"  # a directory the caller named
-        ckpt_cbs = cbs.find(ModelCheckpoint)
-        key = ckpt_cbs[0].config.enc_key if ckpt_cbs else None  # an encrypted run reads with its own key
-        if resume == "auto":
-            if not ckpt_cbs:
-                raise ValueError("resume='auto' needs a ModelCheckpoint callback to know where "
-                                 "checkpoints live; pass resume=<directory or checkpoint> instead")
-            resume = CheckpointManager(ckpt_cbs[0].directory, keep=None, enc_key=key)  # may not exist yet
-            run = ckpt_cbs[0].base_prefix  # the run this command names, never another one
-        if isinstance(resume, str) and _is_checkpoint_directory_of_runs(resume):
-            resume = CheckpointManager(resume, keep=None, enc_key=key)
-        if not isinstance(resume, CheckpointManager):
-            ctx.run_state().restore(resume, ctx, dec_key=key)
-            return
-        resume.upload_pending()  # a kill may have come between a local save and its upload
-        resume.wait()
-        found = resume.newest_readable(run, require_finite=True)
-        if found is not None:
-            ctx.run_state().restore(found[0].path, ctx, ckpt=found[1])
-        elif named:  # a directory named to resume from must hold something to resume
-            from torchresume.errors import CheckpointNotFoundError
-            raise CheckpointNotFoundError(
-                f"{resume.directory} holds no checkpoint to resume from; name a directory or file "
-                "that holds one, or start over with resume='none'")
 
     def _summary(self, ctx: RunContext, *, finished: bool, already: bool = False) -> dict[str, Any]:
         return {"resumed_from": ctx.resumed_from, "global_step": ctx.global_step,
@@ -304,22 +272,6 @@ class Model:
             return self.network(x.to(self.device)).cpu()
 
 
-UPLOAD_WAIT_S = 120.0
-
-
-def _wait_bounded(manager: Any) -> None:
-    """On a stop signal, wait for pending writes/uploads, but not forever (schedulers kill)."""
-    start = time.monotonic()
-    try:
-        manager.wait(timeout=UPLOAD_WAIT_S)
-    except TimeoutError:
-        log.warning("uploads still pending after %.0f s; the local copies stay in %s", UPLOAD_WAIT_S,
-                    manager.staging)
-        return
-    if manager.staging:
-        log.warning("pending uploads finished in %.1f s", time.monotonic() - start)
-
-
 def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Callback]:
     """The user's callbacks, plus a progress bar on a terminal, or periodic lines in a log."""
     items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
@@ -335,14 +287,6 @@ def _with_progress(callbacks: Sequence[Callback] | Callback | None) -> list[Call
 def _launched_by_torchrun() -> bool:
     import os
     return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
-
-
-def _is_checkpoint_directory_of_runs(path: str) -> bool:
-    """A directory that holds checkpoints (not itself a directory checkpoint)."""
-    from torchresume.files.directory import is_committed
-    from torchresume.storage import resolve
-    storage, where = resolve(path)
-    return storage.isdir(where) and not is_committed(path)
 
 
 def _iterate_eval(dataset: Any) -> Iterable[Any]:

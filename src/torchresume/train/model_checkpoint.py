@@ -1,8 +1,12 @@
-"""ModelCheckpoint: decides when to save; the CheckpointManager keeps the books.
+"""ModelCheckpoint: decides when to save; its storage strategy keeps the books.
 
 Files are ``{prefix}-{epoch}_{step}.ckpt`` (step within the epoch), a fresh
 run into a directory that already has the prefix uses ``{prefix}_N``, a
 resumed run keeps its prefix, and ``{prefix}-graph.json`` records the network.
+When training begins it picks its storage: ``FileCheckpoints`` in one process,
+``ShardedCheckpoints`` under torchrun (the same methods; no callback is
+swapped for another). It also finds what a run resumes from (``on_resume``)
+and saves on a stop signal (``on_stop``): Model only runs steps and hooks.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from typing import Any
 
 from torch import nn
 
-from torchresume.errors import CheckpointConfigError, CheckpointWriteError
+from torchresume.errors import CheckpointWriteError
 from torchresume.log import log
-from torchresume.manager import CheckpointManager, unique_prefix
-from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast, RetentionPolicy
+from torchresume.naming import check_prefix
+from torchresume.retention import KeepEveryNMinutes, KeepLast, RetentionPolicy
 from torchresume.storage import resolve
 from torchresume.train.callback import Callback, RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
+from torchresume.train.file_checkpoints import FileCheckpoints
 
 
 def graph_description(network: nn.Module) -> dict[str, Any]:
@@ -33,6 +38,14 @@ def graph_description(network: nn.Module) -> dict[str, Any]:
         "parameters": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype)}
                        for n, t in network.state_dict().items()],
     }
+
+
+def storage_for(ctx: RunContext, directory: str, config: CheckpointConfig, policies: list[RetentionPolicy]) -> Any:
+    """The checkpoint storage of this run: sharded under torchrun (``ctx.world``), else files."""
+    if ctx.world is None:
+        return FileCheckpoints(directory, config, policies)
+    from torchresume.train.sharded_checkpoints import ShardedCheckpoints  # torch.distributed.checkpoint: only then
+    return ShardedCheckpoints(directory, config, policies, ctx.world)
 
 
 class ModelCheckpoint(Callback):
@@ -48,21 +61,28 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, prefix: str = "CKP", directory: str | None = None,
                  config: CheckpointConfig | None = None) -> None:
-        if not isinstance(prefix, str) or not prefix or "/" in prefix or "-" in prefix:
-            raise CheckpointConfigError(f"prefix must be a non-empty str without '/' or '-', got "
-                                        f"{prefix!r}")
+        check_prefix(prefix)
         if config is not None and not isinstance(config, CheckpointConfig):
             raise TypeError(f"config must be a CheckpointConfig, got {type(config).__name__}")
         self.base_prefix = prefix
         self.prefix = prefix
         self.directory = str(directory) if directory is not None else os.getcwd()
         self.config = config or CheckpointConfig()
-        self.manager: CheckpointManager | None = None
-        self.best_manager: CheckpointManager | None = None
+        self.storage: Any = None  # FileCheckpoints or ShardedCheckpoints, from the run's start
         self.latest_ckpt_file_name: str | None = None
         self.best: float | None = None
         self._last_saved_step = -1
         self._last_save_time = 0.0
+
+    @property
+    def manager(self) -> Any:
+        """The manager of the run's checkpoints (None before training begins)."""
+        return self.storage.manager if self.storage is not None else None
+
+    @property
+    def best_manager(self) -> Any:
+        """The manager of ``{prefix}-best`` with ``monitor=`` (None otherwise)."""
+        return self.storage.best_manager if self.storage is not None else None
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -78,29 +98,27 @@ class ModelCheckpoint(Callback):
             return [KeepLast(self.config.keep_checkpoint_max)]
         return [KeepEveryNMinutes(self.config.keep_checkpoint_per_n_minutes)]
 
+    def _open(self, ctx: RunContext) -> Any:
+        if self.storage is None:
+            self.storage = storage_for(ctx, self.directory, self.config, self._policies())
+        return self.storage
+
+    def on_resume(self, ctx: RunContext) -> None:
+        """Restore the run ``ctx.resume`` names ("auto": this directory's run of this prefix)."""
+        if ctx.resumed_from is None:  # another checkpoint callback restored it already
+            run = self.base_prefix if ctx.resume == "auto" else None  # the run this command names
+            self._open(ctx).resume(ctx, ctx.resume, run)
+
     def on_train_begin(self, ctx: RunContext) -> None:
-        self.prefix = ctx.resumed_prefix or unique_prefix(self.directory, self.base_prefix)
-        if self.prefix != self.base_prefix and not ctx.resumed_prefix:
-            log.info("%s already has run '%s'; this run saves as '%s' (continue it later with --prefix %s)",
-                     self.directory, self.base_prefix, self.prefix, self.prefix)
-        cfg = self.config
-        live = ctx.run_state()
-        common: dict[str, Any] = dict(model=live.network, optimizer=live.optimizer, scheduler=live.scheduler,
-                                      async_save=cfg.async_save, enc_key=cfg.enc_key,
-                                      enc_mode=cfg.enc_mode, saved_network=cfg.saved_network,
-                                      file_format=cfg.format, crc_check=cfg.crc_check,
-                                      on_busy=cfg.on_busy, write_mb_per_s=cfg.write_mb_per_s)
-        self.manager = CheckpointManager(self.directory, prefix=self.prefix, keep=self._policies(),
-                                         **common)
-        self.manager.acquire_lock()
-        self.manager.verbose = True
-        self.manager.upload_pending()
-        if cfg.monitor:
-            self.best_manager = CheckpointManager(
-                self.directory, prefix=f"{self.prefix}-best",
-                keep=[KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)], **common)
+        storage = self._open(ctx)
+        self.prefix = ctx.resumed_prefix or storage.fresh_prefix(self.base_prefix)
+        storage.begin(ctx, self.prefix)
         self._last_save_time = time.monotonic()
-        self._write_graph(ctx.network)
+        if storage.lead():
+            if self.prefix != self.base_prefix and not ctx.resumed_prefix:
+                log.info("%s already has run '%s'; this run saves as '%s' (continue it later with --prefix %s)",
+                         self.directory, self.base_prefix, self.prefix, self.prefix)
+            self._write_graph(ctx.network)
 
     def _write_graph(self, network: nn.Module) -> None:
         storage, where = resolve(self.directory)
@@ -112,8 +130,8 @@ class ModelCheckpoint(Callback):
         cfg = self.config
         if cfg.save_checkpoint_steps:
             due = ctx.global_step % cfg.save_checkpoint_steps == 0
-        else:
-            due = time.monotonic() - self._last_save_time >= cfg.save_checkpoint_seconds
+        else:  # clocks differ per rank under torchrun: save when any rank's period is over
+            due = self.storage.agree(time.monotonic() - self._last_save_time >= cfg.save_checkpoint_seconds)
         if due:
             self.save(ctx)
 
@@ -123,20 +141,34 @@ class ModelCheckpoint(Callback):
         The stop-signal and end-of-training save: it waits for a background save in flight,
         whatever ``on_busy`` says (skipping it would lose the run's last steps).
         """
-        if self.manager is not None and self._last_saved_step != ctx.global_step and ctx.global_step > 0:
+        if self.storage is not None and self._last_saved_step != ctx.global_step and ctx.global_step > 0:
             self.save(ctx, on_busy="wait")
         return self.latest_ckpt_file_name
 
+    def on_stop(self, ctx: RunContext) -> None:
+        """A stop signal: save this step and wait for pending writes and uploads, bounded."""
+        if self.storage is None:
+            return
+        self.save_if_unsaved(ctx)
+        ctx.last_checkpoint = self.latest_ckpt_file_name
+        start = time.monotonic()
+        try:
+            self.storage.wait(timeout=UPLOAD_WAIT_S)
+        except TimeoutError:
+            log.warning("uploads still pending after %.0f s; the local copies stay in %s", UPLOAD_WAIT_S,
+                        self.storage.staging)
+            return
+        if self.storage.staging:
+            log.warning("pending uploads finished in %.1f s", time.monotonic() - start)
+
     def on_train_end(self, ctx: RunContext) -> None:
-        if self.manager is None:
+        if self.storage is None:
             return
         try:
             self.save_if_unsaved(ctx)
-            self.manager.wait()
-            if self.best_manager is not None:
-                self.best_manager.wait()
+            self.storage.wait()
         finally:
-            self.manager.release_lock()
+            self.storage.close()
 
     def on_eval_end(self, ctx: RunContext) -> None:
         monitor = self.config.monitor
@@ -146,20 +178,21 @@ class ModelCheckpoint(Callback):
         if value is None:
             raise KeyError(f"ModelCheckpoint monitors {monitor!r} but eval returned "
                            f"{sorted(ctx.metrics)}; set monitor to one of them")
+        value = self.storage.agree_value(float(value))
         better = self.best is None or (value > self.best if self.config.mode == "max"
                                        else value < self.best)
         if better:
-            self.best = float(value)
-            self.save(ctx, manager=self.best_manager)
+            self.best = value
+            self.save(ctx, best=True)
 
     def on_exception(self, ctx: RunContext, exc: BaseException) -> None:
-        if self.manager is None:
+        if self.storage is None:
             return
         try:
             if self.config.exception_save and not isinstance(exc, (SystemExit, CheckpointWriteError)):
                 self.save(ctx, breakpoint=True, reason=exc)
         finally:
-            self.manager.release_lock()
+            self.storage.close()
 
     # -- saving ---------------------------------------------------------------------------
     def append_values(self, ctx: RunContext) -> dict[str, Any]:
@@ -169,27 +202,22 @@ class ModelCheckpoint(Callback):
         append.update(self.config.append_dict)
         return append
 
-    def save(self, ctx: RunContext, *, breakpoint: bool = False,
-             manager: CheckpointManager | None = None, reason: BaseException | None = None,
-             on_busy: str | None = None) -> str | None:
-        manager = manager or self.manager
-        if manager is None:
+    def save(self, ctx: RunContext, *, breakpoint: bool = False, best: bool = False,
+             reason: BaseException | None = None, on_busy: str | None = None) -> str | None:
+        """Save this step now (``best``: a best checkpoint); the path, or None when skipped (on_busy)."""
+        if self.storage is None or self.storage.manager is None:
             raise RuntimeError("ModelCheckpoint.save() before on_train_begin(): pass the callback to "
                                "Model.train/fit, which starts it")
-        append = self.append_values(ctx)
         step = ctx.step + 1 if breakpoint and ctx.in_step else ctx.step
-        parts = ctx.run_state().parts(ctx)
-        state: dict[str, Any] = dict(info=parts["info"], append=append, callbacks=parts["callbacks"],
-                                     rng_state=parts["rng"], sampler_state=parts["sampler"])
-        path: str | None
-        if reason is not None:
-            path = manager.save_breakpoint(ctx.epoch, step, ctx.global_step, reason=reason, **state)
-        else:
-            path = manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint, on_busy=on_busy, **state)
-        if manager is self.manager and not breakpoint:
+        path: str | None = self.storage.save(ctx, ctx.run_state().parts(ctx), self.append_values(ctx), step=step,
+                                             best=best, breakpoint=breakpoint, reason=reason, on_busy=on_busy)
+        if not best and not breakpoint:
             self._last_save_time = time.monotonic()  # a skipped save is not retried at once either
             if path is not None:  # None: skipped, a save was running, so this step is still unsaved
                 self._last_saved_step = ctx.global_step
-        if manager is self.manager and path is not None:
+        if not best and path is not None:
             self.latest_ckpt_file_name = path
         return path
+
+
+UPLOAD_WAIT_S = 120.0  # a stop signal waits this long for uploads (schedulers kill soon after)

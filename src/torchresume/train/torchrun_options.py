@@ -1,7 +1,7 @@
 """Which CheckpointConfig options a torchrun run honours, and the refusal of the others.
 
-Under torchrun (``WORLD_SIZE`` > 1) ``DistributedModelCheckpoint`` saves sharded checkpoints
-through ``torchresume.distributed`` instead of the single-process ``CheckpointManager``. The
+Under torchrun (``WORLD_SIZE`` > 1) ``ModelCheckpoint`` saves sharded checkpoints through
+``ShardedCheckpoints`` (``torchresume.distributed``) instead of ``FileCheckpoints``. The
 project's rule: an option a mode cannot honour is refused with a typed error, never dropped.
 ``check(config)`` raises ``UnsupportedUnderTorchrunError`` (a ``CheckpointConfigError``) naming
 the first option set that the sharded path cannot honour yet, what to do instead, and nothing
@@ -36,8 +36,10 @@ HONOURED: dict[str, str] = {
     "enc_key": "every part file (shards and each rank's state) AES-GCM encrypted; restore needs the key",
     "enc_mode": "AES-GCM, the one mode of torchresume files (CheckpointConfig checks it with enc_key)",
     "remove_redundancy": "only the default is accepted, by CheckpointConfig itself, as in one process",
-    "mode": "used only with monitor= (refused)",
-    "keep_best_max": "used only with monitor= (refused)",
+    "monitor": "rank 0's metric broadcast to every rank; a better one saves {prefix}-best-E_S.ckpt collectively",
+    "mode": "which metric is better, as in one process",
+    "keep_best_max": "retention of {prefix}-best keeps the best N (KeepBest, as in one process)",
+    "on_busy": "'skip' is agreed: a save due while any rank's background save runs is skipped by every rank",
 }
 
 
@@ -78,12 +80,6 @@ REFUSED: tuple[Refusal, ...] = (
     Refusal("format", lambda c: c.format == "ckpt", _value("format"),
             "a MindSpore .ckpt is one file, a torchrun checkpoint is parts written by every rank",
             "leave format=None, or train in one process"),
-    Refusal("monitor", lambda c: bool(c.monitor), _value("monitor"),
-            "best checkpoints need the metric agreed by every rank",
-            "leave monitor=None, or train in one process"),
-    Refusal("on_busy", lambda c: c.on_busy == "skip", _value("on_busy"),
-            "a save is collective: skipping one would have to be agreed by every rank",
-            "leave on_busy='wait', or train in one process"),
     Refusal("write_mb_per_s", lambda c: c.write_mb_per_s is not None, _value("write_mb_per_s"),
             "each rank writes its part of a sharded save at full speed",
             "leave write_mb_per_s=None, or train in one process"),

@@ -1,0 +1,249 @@
+"""ShardedCheckpoints: ModelCheckpoint's storage under torchrun, one sharded checkpoint per save.
+
+``ModelCheckpoint`` picks this strategy when training begins under torchrun (its twin for one
+process is ``file_checkpoints.py``; both have the same methods). A save is collective, through
+``torchresume.distributed.DistributedCheckpointManager``: the model and optimizer state go
+through DCP (the DDP replica written once), and each rank's own state (its RNG streams; the
+data position, scheduler and callback state, identical on every rank) is its ``rank_state``
+inside the same checkpoint. Restore loads the newest committed checkpoint at any world size;
+each rank takes back the RNG streams of the old rank with its number (exact at the same world
+size) and everyone takes rank 0's data position (world-size free). Decisions every rank must
+take alike (a save due by the clock, the best metric, the run lock held by rank 0) are agreed
+by collectives. Options the sharded path cannot honour are refused before training starts
+(``train/torchrun_options.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from torchresume import catalog, run_lock
+from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed.reader import is_sharded
+from torchresume.errors import AsyncSaveError, CheckpointConfigError, CheckpointNotFoundError, RunLockedError
+from torchresume.log import log
+from torchresume.naming import best_prefix, unique_prefix
+from torchresume.retention import KeepBest, RetentionPolicy
+from torchresume.state import rng
+from torchresume.train.callback import RunContext
+from torchresume.train.checkpoint_config import CheckpointConfig
+from torchresume.train.distributed import World
+
+
+class ShardedCheckpoints:
+    """The checkpoints of one torchrun run in ``directory``; every method is collective."""
+
+    def __init__(self, directory: str, config: CheckpointConfig, policies: list[RetentionPolicy],
+                 world: World) -> None:
+        self.directory, self.config, self.policies, self.world = directory, config, policies, world
+        self.manager: DistributedCheckpointManager | None = None
+        self.best_manager: DistributedCheckpointManager | None = None
+        self._locked = False
+
+    def _manager(self, directory: str, prefix: str, policies: list[RetentionPolicy]) -> DistributedCheckpointManager:
+        cfg = self.config
+        return DistributedCheckpointManager(directory, prefix=prefix, keep=cfg.keep_checkpoint_max or 1,
+                                            async_save=bool(cfg.async_save), retention=policies,
+                                            enc_key=cfg.enc_key, on_busy=cfg.on_busy)
+
+    # -- resume ---------------------------------------------------------------------------
+    def resume(self, ctx: RunContext, target: Any, run: str | None) -> None:
+        """Restore the newest committed sharded checkpoint of ``run`` in ``target`` ("auto": this
+        directory); a named directory that holds none is an error."""
+        if not isinstance(target, str):
+            raise CheckpointConfigError("under torchrun, resume must be 'auto', 'none' or a directory "
+                                        f"of sharded checkpoints, got a {type(target).__name__}")
+        directory = self.directory if target == "auto" else target
+        source = self._manager(directory, run or "ckpt", self.policies)
+        if run is None:
+            source.prefix = _newest_prefix(directory)
+        if not restore_run(ctx, source, self.world) and target != "auto":
+            raise CheckpointNotFoundError(
+                f"{directory} holds no checkpoint to resume from; name a directory that "
+                "holds one, or start over with resume='none'")
+        if ctx.resumed_from is not None:
+            ctx.resumed_prefix = source.prefix
+
+    # -- saving ---------------------------------------------------------------------------
+    def begin(self, ctx: RunContext, prefix: str) -> None:
+        """The managers of this run (``prefix``) and the run lock (held by rank 0 for the job)."""
+        self._lock()
+        self.manager = self._manager(self.directory, prefix, self.policies)
+        cfg = self.config
+        if cfg.monitor:
+            self.best_manager = self._manager(self.directory, best_prefix(prefix),
+                                              [KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)])
+
+    def _lock(self) -> None:
+        """Rank 0 takes the directory's run lock; every rank raises the same RunLockedError if held."""
+        refused = None
+        if self.world.rank == 0:
+            try:
+                run_lock.acquire(self.directory)
+                self._locked = True
+            except RunLockedError as exc:
+                refused = str(exc)
+        box = [refused]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise RunLockedError(box[0])
+
+    def lead(self) -> bool:
+        """Whether this rank writes the run's own files (the graph): rank 0."""
+        return self.world.rank == 0
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (clocks differ per rank)."""
+        box = torch.tensor([int(flag)], device=self.world.device)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return bool(box.item())
+
+    def agree_value(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (a metric every rank computed alike, up to rounding)."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return float(box[0])
+
+    def save(self, ctx: RunContext, parts: dict[str, Any], append: dict[str, Any], *, step: int,
+             best: bool = False, breakpoint: bool = False, reason: BaseException | None = None,
+             on_busy: str | None = None) -> str | None:
+        """One collective save (``best``: into ``{prefix}-best``); None when every rank skipped it."""
+        manager = self.best_manager if best else self.manager
+        assert manager is not None
+        info = {"epoch": ctx.epoch, "step": step, "global_step": ctx.global_step,
+                **parts["info"], "world_size": self.world.world_size}
+        path = manager.save(model_state(ctx.network, ctx.optimizer), ctx.epoch, step,
+                            rank_state=rank_state(ctx, parts), info=_jsonable(info), append=append,
+                            on_busy=on_busy)
+        if path is not None:
+            log.info("%s %s", "saving" if manager.async_save else "saved", path +
+                     (" in the background (committed when every rank finished)" if manager.async_save else ""))
+        return path
+
+    @property
+    def staging(self) -> str | None:
+        return None  # sharded parts are written where they live, never staged locally
+
+    def wait(self, timeout: float | None = None) -> None:
+        for manager in (self.manager, self.best_manager):
+            if manager is not None:
+                manager.wait(timeout)
+
+    def fresh_prefix(self, base: str) -> str:
+        """``base``, or ``base_N`` when the directory already has a run of ``base`` (rank 0 decides)."""
+        box = [unique_prefix(self.directory, base) if self.world.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return str(box[0])
+
+    def close(self) -> None:
+        """Wait for background saves (every rank; a failure is said, a run's own exception wins),
+        then let go of the run lock."""
+        try:
+            for manager in (self.manager, self.best_manager):
+                if manager is not None:
+                    try:
+                        manager.close()
+                    except AsyncSaveError as err:
+                        log.warning("%s", err)
+        finally:
+            if self._locked:
+                self._locked = False
+                run_lock.release(self.directory)
+
+
+def _newest_prefix(directory: str) -> str:
+    """The prefix of the newest committed sharded checkpoint in ``directory`` (any run)."""
+    box: list[Any] = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        entries = [e for e in catalog.list_checkpoints(directory, verify=False) if e.is_dir and is_sharded(e.path)]
+        box[0] = entries[0].prefix if entries else None
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    return box[0] or "ckpt"
+
+
+def model_state(network: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """What DCP writes: the model and the optimizer, keyed by parameter name (any world size)."""
+    optimizers = (optimizer,) if optimizer is not None else ()
+    model_sd, optim_sd = get_state_dict(network, optimizers)
+    return {"model": model_sd, "optim": optim_sd} if optimizers else {"model": model_sd}
+
+
+def rank_state(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
+    """This rank's own state, stored in the same checkpoint: RNG, data position, callbacks, scheduler."""
+    scheduler = ctx.run_state().scheduler
+    return {"rng": parts["rng"], "sampler": parts["sampler"], "callbacks": parts["callbacks"],
+            "scheduler": scheduler.state_dict() if scheduler is not None else None}
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if _json_ok(v)}
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: World) -> bool:
+    """Collective: load the newest committed checkpoint of ``manager`` and set ctx's position;
+    False when there is none."""
+    state = model_state(ctx.network, ctx.optimizer)
+    found = manager.restore(state, announce=False)
+    if found is None:
+        return False
+    optimizers = (ctx.optimizer,) if ctx.optimizer is not None else ()
+    set_state_dict(ctx.network, optimizers, model_state_dict=state["model"],
+                   optim_state_dict=state.get("optim", {}))
+    shared = found.rank_states[0] or {}
+    own = found.rank_states[world.rank] if world.rank < len(found.rank_states) else None
+    _restore_shared(ctx, shared)
+    if own and own.get("rng"):
+        rng.restore(own["rng"])
+    _position(ctx, found.path, found.info)
+    if found.world_size != world.world_size:
+        log.info("resumed at %d ranks from a checkpoint of %d ranks: the data continues exactly "
+                 "once; rank r < %d continues old rank r's RNG streams, any other keeps its seed",
+                 world.world_size, found.world_size, found.world_size)
+    return True
+
+
+def _restore_shared(ctx: RunContext, shared: dict[str, Any]) -> None:
+    """The data position, callback state and scheduler (rank 0's: the same on every rank)."""
+    scheduler = ctx.run_state().scheduler
+    if scheduler is not None and shared.get("scheduler") is not None:
+        scheduler.load_state_dict(shared["scheduler"])
+    stateful = ctx.run_state().callbacks.stateful()
+    for key, cb_state in (shared.get("callbacks") or {}).items():
+        if key in stateful:
+            stateful[key].load_state_dict(cb_state)
+    if shared.get("sampler") is not None and ctx.feed is not None:
+        ctx.feed.load_state_dict(shared["sampler"])
+
+
+def _position(ctx: RunContext, path: str, info: dict[str, Any]) -> None:
+    steps = int(info.get("steps_per_epoch") or ctx.steps_per_epoch)
+    if steps != ctx.steps_per_epoch:
+        raise CheckpointConfigError(f"{path}: saved with {steps} steps per epoch, this run has "
+                                    f"{ctx.steps_per_epoch}; resume with the same data and global "
+                                    "batch size (--batch-size is the global batch under torchrun)")
+    ctx.global_step = int(info.get("global_step") or 0)
+    epoch_index, ctx.step = divmod(ctx.global_step, steps)
+    if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):
+        epoch_index, ctx.step = epoch_index - 1, steps  # saved at an epoch's last step
+    ctx.start_epoch, ctx.epoch = epoch_index, epoch_index + 1
+    ctx.resumed_from = path
+    log.info("resumed from %s at epoch %d, step %d (global step %d)", path, epoch_index + 1,
+             ctx.step, ctx.global_step)
+
+
+__all__ = ["ShardedCheckpoints", "model_state", "rank_state", "restore_run"]
