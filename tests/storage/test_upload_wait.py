@@ -58,8 +58,8 @@ def test_manager_wait_times_out_while_an_upload_hangs(bucket, holding) -> None:
 
 
 def test_sigterm_gives_up_waiting_for_a_hung_upload(bucket, holding, monkeypatch, capsys) -> None:
-    from torchresume.train import model as model_module
-    monkeypatch.setattr(model_module, "UPLOAD_WAIT_S", 0.3)  # instead of 120 s
+    from torchresume.train import model_checkpoint
+    monkeypatch.setattr(model_checkpoint, "UPLOAD_WAIT_S", 0.3)  # instead of 120 s
 
     def terminate(ctx) -> None:
         if ctx.global_step == 5:
