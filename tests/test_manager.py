@@ -72,6 +72,7 @@ def test_keep_last_retention(tmp_path, managers, net) -> None:
     m = managers(tmp_path, model=net, keep=2)
     for step in range(1, 6):
         m.save(1, step)
+    m.wait()  # retention deletes in the background, after each commit
     assert _names(tmp_path) == ["ckpt-1_4.ckpt", "ckpt-1_5.ckpt"]
     assert [e.name for e in m.checkpoints()] == ["ckpt-1_5.ckpt", "ckpt-1_4.ckpt"]
 
@@ -84,6 +85,7 @@ def test_retention_spares_other_prefixes_and_breakpoints(tmp_path, managers, net
     m.save(1, 1, breakpoint=True)
     m.save(1, 2)
     m.save(1, 3)
+    m.wait()
     assert _names(tmp_path) == ["ckpt-1_1_breakpoint.ckpt", "ckpt-1_3.ckpt", "other-1_1.ckpt"]
 
 
@@ -91,6 +93,7 @@ def test_keep_every_n_minutes_keeps_first_and_newest(tmp_path, managers, net) ->
     m = managers(tmp_path, model=net, keep=[KeepEveryNMinutes(60)])
     for step in range(1, 5):
         m.save(1, step)
+    m.wait()
     assert _names(tmp_path) == ["ckpt-1_1.ckpt", "ckpt-1_4.ckpt"]
 
 
@@ -99,6 +102,7 @@ def test_the_newest_is_never_deleted(tmp_path, managers, net, keep) -> None:
     m = managers(tmp_path, model=net, keep=keep)
     m.save(1, 1)
     m.save(1, 2)
+    m.wait()
     assert _names(tmp_path) == ["ckpt-1_2.ckpt"]
     assert m.apply_retention() == []
     assert _names(tmp_path) == ["ckpt-1_2.ckpt"]
@@ -115,7 +119,29 @@ def test_combined_policies_keep_the_union(tmp_path, managers, net) -> None:
     m = managers(tmp_path, model=net, keep=[KeepLast(1), KeepBest(1, "acc")])
     for step, acc in [(1, 0.2), (2, 0.9), (3, 0.5), (4, 0.1)]:
         m.save(1, step, info={"metrics": {"acc": acc}})
+    m.wait()
     assert _names(tmp_path) == ["ckpt-1_2.ckpt", "ckpt-1_4.ckpt"]
+
+
+def test_retention_deletes_off_the_callers_thread_after_the_commit(tmp_path, managers, net, monkeypatch) -> None:
+    """A synchronous save returns once committed; the deletes run in the save slot's thread."""
+    import threading
+
+    from torchresume import catalog
+    seen: list[tuple[str, bool]] = []
+    real = catalog.delete
+
+    def delete(path):
+        seen.append((threading.current_thread().name, (tmp_path / "ckpt-1_3.ckpt").exists()))
+        real(path)
+    monkeypatch.setattr(catalog, "delete", delete)
+    m = managers(tmp_path, model=net, keep=1)
+    for step in (1, 2, 3):
+        m.save(1, step)
+    m.wait()
+    assert _names(tmp_path) == ["ckpt-1_3.ckpt"]
+    assert len(seen) == 2 and all(name.startswith("torchresume-writer") for name, _ in seen), seen
+    assert seen[-1][1]  # the newest was committed before the last delete
 
 
 def test_restore_model_optimizer_scheduler_and_rng(tmp_path, managers, trained) -> None:

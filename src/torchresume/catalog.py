@@ -115,7 +115,7 @@ def select_run(entries: list[Entry], prefix: str, directory: str) -> list[Entry]
     """The checkpoints of the run named ``prefix`` (newest first), never another run's.
 
     A directory holding no ``prefix`` checkpoints but runs started from it with
-    ``--resume none`` (``prefix_1``, ``prefix_2``...) is ambiguous: raises
+    ``resume='none'`` (``prefix_1``, ``prefix_2``...) is ambiguous: raises
     AmbiguousRunError naming them and how to pick one.
     """
     by_run = runs(entries)
@@ -128,7 +128,7 @@ def select_run(entries: list[Entry], prefix: str, directory: str) -> list[Entry]
     listed = ", ".join(f"{p} (newest {by_run[p][0].name})" for p in siblings)
     raise AmbiguousRunError(
         f"{directory} has no checkpoints of run '{prefix}' but has runs {listed}; continue one with "
-        f"--prefix {siblings[-1]} (ModelCheckpoint prefix), or start a new run with --resume none")
+        f"prefix='{siblings[-1]}' (ModelCheckpoint's prefix), or start a new run with resume='none'")
 
 
 def _read_whole(entry: Entry, dec_key: bytes | None) -> None:

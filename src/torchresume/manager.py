@@ -251,7 +251,10 @@ class CheckpointManager:
             size = write_encoded(encoded, path, enc_key, pace=pace)
             self.last_saved = path  # committed: only now is it the newest
             self._report("saved", path, size, start)
-            self.apply_retention(protect=path)
+            if self.slot.async_save:  # already in the background thread
+                self.apply_retention(protect=path)
+            else:
+                self.slot.after(lambda: self.apply_retention(protect=path), f"retention after {path}")
             return
         local = self.remote.local_path(path)
         size = write_encoded(encoded, local, enc_key, pace=pace)
@@ -269,7 +272,8 @@ class CheckpointManager:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""
         if not self.policies:
             return []
-        return retention.apply(self.checkpoints(), self.policies, protect)
+        entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)  # not settle(): the
+        return retention.apply(entries, self.policies, protect)  # deletes run here, in the slot's thread
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for background saves and uploads; re-raise the first failure.
@@ -291,6 +295,7 @@ class CheckpointManager:
     # -- finding --------------------------------------------------------------------------
     def checkpoints(self, *, all_prefixes: bool = False, verify: bool = False) -> list[Entry]:
         """This prefix's (or every) checkpoint in the directory, newest first."""
+        self.slot.settle()  # never list a checkpoint retention is deleting
         return catalog.list_checkpoints(self.directory, verify=verify,
                                         prefix=None if all_prefixes else self.prefix)
 

@@ -7,7 +7,8 @@ tensors by default, DTensor local shards for sharded saves), hands the write to 
 background ``AsyncWriter`` thread and returns; the next save finds the slot busy and waits
 (``on_busy="wait"``) or is skipped (``"skip"``). Background writes may be paced
 (``write_mb_per_s``); whoever waits lifts the pace. A failed background write is raised by
-the next save, ``wait()`` or ``close()``, never lost.
+the next save, ``wait()`` or ``close()``, never lost. Retention's deletes run in the same
+background thread (``after``), for synchronous saves too: a save returns once it is committed.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class SaveSlot:
         return False to drop this save. Re-raises a failed background save."""
         if self._writer is None:
             return True
+        if self._stager is None:  # a synchronous slot's thread only deletes: saves never wait for it
+            self._writer.raise_if_failed()
+            return True
         running = self._writer.running()
         if running is None:
             self._writer.raise_if_failed()
@@ -94,6 +98,19 @@ class SaveSlot:
         if self._writer is None:
             self._writer = AsyncWriter(name=self._name)
         self._writer.submit(lambda: write(copy, pace), path, on_wait=pace.hurry.set if pace is not None else None)
+
+    def after(self, job: Callable[[], object], what: str) -> None:
+        """Run ``job`` in the background thread once what is queued there is done: retention's
+        deletes after a commit, off the training thread (an unlink of a GiB checkpoint took ~1 s)."""
+        if self._writer is None:
+            self._writer = AsyncWriter(name=self._name)
+        self._writer.submit(job, what)
+
+    def settle(self) -> None:
+        """Wait for the deletes a synchronous slot runs in the background (a listing that must not
+        show a checkpoint being deleted); an asynchronous slot's save in flight is not waited for."""
+        if self._stager is None and self._writer is not None:
+            self._writer.wait()
 
     def raise_if_failed(self) -> None:
         if self._writer is not None:

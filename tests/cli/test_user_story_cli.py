@@ -43,7 +43,7 @@ def test_auto_resume_continues_the_run_the_command_names(tmp_path) -> None:
     ambiguous = train(tmp_path, "--epochs", "3", check=1)
     assert ambiguous.stderr == (
         f"torchresume: error: {tmp_path} has no checkpoints of run 'lenet' but has runs lenet_1 (newest "
-        "lenet_1-2_10.ckpt); continue one with --prefix lenet_1 (ModelCheckpoint prefix), or start a new run "
+        "lenet_1-2_10.ckpt); continue one with --prefix lenet_1, or start a new run "
         "with --resume none\n")
 
 

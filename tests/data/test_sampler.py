@@ -41,7 +41,7 @@ def test_unshuffled_order_and_a_kept_remainder() -> None:
 def test_state_for_other_data_is_refused_with_how_to_fix() -> None:
     s = ResumableBatchSampler(100, 8)
     with pytest.raises(ValueError, match=r"sampler state is for 50 samples in batches of 8, this data has 100 in "
-                                         r"batches of 8; resume with the same data and --batch-size"):
+                                         r"batches of 8; resume with the same data and batch_size"):
         s.load_state_dict(ResumableBatchSampler(50, 8).state_dict())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from datetime import datetime
 from typing import Any
@@ -18,12 +19,17 @@ from torchresume.storage import LocalStorage, resolve
 # API parameter names in library messages -> the flags a CLI user types.
 _FLAG_WORDS = {"pass dec_key=<the key used to save it>": "pass --dec-key-hex <the key, as hex>",
                "dec_key=": "--dec-key-hex", "enc_key=": "--enc-key-hex", "drop dec_key": "drop --dec-key-hex",
-               "resume='none'": "--resume none"}
+               "resume='none'": "--resume none", "the same data and batch_size": "the same data and --batch-size",
+               "the same global batch_size": "the same --batch-size (the global batch under torchrun)"}
+_FLAG_PATTERNS = ((re.compile(r"prefix='([^']+)'(?: \(ModelCheckpoint's prefix\))?"), r"--prefix \1"),)
 
 
 def cli_words(message: str) -> str:
+    """``message`` with the library's argument names said as this command line's flags."""
     for api, flag in _FLAG_WORDS.items():
         message = message.replace(api, flag)
+    for pattern, flag in _FLAG_PATTERNS:
+        message = pattern.sub(flag, message)
     return message
 
 

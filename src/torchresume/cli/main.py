@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 from torchresume import run_lock
 from torchresume.cli import files, options, training
 from torchresume.errors import RunLockedError, TorchResumeError
+from torchresume.log import log
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     end_process(code)  # a rank's command is over: end it here (end_process says why)
 
 
+class _FlagWords(logging.Filter):
+    """The library's status lines in this command line's words (they name its Python arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = files.cli_words(record.getMessage()), None
+        return True
+
+
 def _run(argv: Sequence[str] | None) -> int:
+    if not any(isinstance(f, _FlagWords) for f in log.filters):
+        log.addFilter(_FlagWords())
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

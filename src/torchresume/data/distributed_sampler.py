@@ -109,7 +109,7 @@ class DistributedResumableSampler:
         if saved != (self.length, self.global_batch_size):
             raise DataError(f"the sampler state is for {saved[0]} samples in global batches of "
                             f"{saved[1]}, this run has {self.length} in global batches of "
-                            f"{self.global_batch_size}; resume with the same data and --batch-size "
+                            f"{self.global_batch_size}; resume with the same data and batch_size "
                             "(the global batch, whatever the number of ranks)")
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
         if "consumed" in state:

@@ -59,5 +59,5 @@ class ResumableBatchSampler:
         if (state["length"], state["batch_size"]) != (self.length, self.batch_size):
             raise ValueError(f"sampler state is for {state['length']} samples in batches of "
                              f"{state['batch_size']}, this data has {self.length} in batches of "
-                             f"{self.batch_size}; resume with the same data and --batch-size")
+                             f"{self.batch_size}; resume with the same data and batch_size")
         self.seed, self.epoch, self.consumed = state["seed"], state["epoch"], state["consumed"]

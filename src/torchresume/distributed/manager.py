@@ -280,12 +280,18 @@ class DistributedCheckpointManager:
             raise CheckpointWriteError(f"{path}: sharded save failed: the process group broke ({first}); "
                                        "nothing was committed; restart the job to resume from the "
                                        "newest committed checkpoint") from None
-        if _rank() == 0:
-            try:
-                self.apply_retention(protect=path)
-            except OSError as exc:  # committed; the other ranks wait at the barrier, so never skip it
-                log.warning("%s is committed but retention failed: %s; older checkpoints were kept", path, exc)
+        if _rank() == 0:  # a sync save's deletes run in the slot's thread (an async save is already there)
+            if group is None and not self.slot.async_save:
+                self.slot.after(lambda: self._retain(path), f"retention after {path}")
+            else:
+                self._retain(path)
         _barrier(group)
+
+    def _retain(self, path: str) -> None:
+        try:
+            self.apply_retention(protect=path)
+        except OSError as exc:  # committed; a failed delete keeps older checkpoints, never loses one
+            log.warning("%s is committed but retention failed: %s; older checkpoints were kept", path, exc)
 
     @property
     def saving(self) -> str | None:

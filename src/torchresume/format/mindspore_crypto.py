@@ -76,7 +76,7 @@ def decrypt(f: BinaryIO, size: int, key: bytes | None, where: str) -> bytearray:
     f.seek(0)
     if key is None:
         raise DecryptionError(f"{where}: the checkpoint is encrypted (MindSpore {mode}); pass "
-                              "dec_key=<the key used to save it> (--dec-key-hex on the command line)")
+                              "dec_key=<the key used to save it>")
     out = bytearray()
     pos = 0
     index = 0

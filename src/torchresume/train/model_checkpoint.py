@@ -116,7 +116,7 @@ class ModelCheckpoint(Callback):
         self._last_save_time = time.monotonic()
         if storage.lead():
             if self.prefix != self.base_prefix and not ctx.resumed_prefix:
-                log.info("%s already has run '%s'; this run saves as '%s' (continue it later with --prefix %s)",
+                log.info("%s already has run '%s'; this run saves as '%s' (continue it later with prefix='%s')",
                          self.directory, self.base_prefix, self.prefix, self.prefix)
             self._write_graph(ctx.network)
 

@@ -126,7 +126,7 @@ def _warn_config_changes(saved: Any, now: dict[str, Any], path: str) -> None:
                if k in saved and k not in _NOT_RUN_SETTINGS and saved[k] != now[k]]
     if changed:
         log.warning("%s was saved with %s; the resumed state (optimizer, data order) follows the checkpoint; "
-                    "use --resume none to start over", path, ", ".join(changed))
+                    "use resume='none' to start over", path, ", ".join(changed))
 
 
 def weights_finite(network: nn.Module, optimizer: Any = None) -> bool:

@@ -234,8 +234,7 @@ def _position(ctx: RunContext, path: str, info: dict[str, Any]) -> None:
     steps = int(info.get("steps_per_epoch") or ctx.steps_per_epoch)
     if steps != ctx.steps_per_epoch:
         raise CheckpointConfigError(f"{path}: saved with {steps} steps per epoch, this run has "
-                                    f"{ctx.steps_per_epoch}; resume with the same data and global "
-                                    "batch size (--batch-size is the global batch under torchrun)")
+                                    f"{ctx.steps_per_epoch}; resume with the same data and the same global batch_size")
     ctx.global_step = int(info.get("global_step") or 0)
     epoch_index, ctx.step = divmod(ctx.global_step, steps)
     if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):
