@@ -76,6 +76,20 @@ MUTATIONS: list[Mutation] = [
              'better = self.best is None or (value < self.best if self.config.mode == "max"  # MUTATION\n'
              "                                       else value > self.best)",
              ("tests/train/test_never_run.py::test_best_checkpoint_keeps_the_best",)),
+    Mutation("retention may delete the newest", "src/torchresume/retention.py",
+             "kept = {family[-1].path, *([protect] if protect else [])}",
+             "kept = {*([protect] if protect else [])}  # MUTATION",
+             ("tests/test_manager.py::test_the_newest_is_never_deleted",)),
+    Mutation("retention on the training thread", "src/torchresume/manager.py",
+             'self.slot.after(lambda: self.apply_retention(protect=path), f"retention after {path}")',
+             "self.apply_retention(protect=path)  # MUTATION",
+             ("tests/test_manager.py::test_retention_deletes_off_the_callers_thread_after_the_commit",)),
+    Mutation("no save on a stop signal", "src/torchresume/train/model_checkpoint.py",
+             "        self.save_if_unsaved(ctx)\n        ctx.last_checkpoint", "        ctx.last_checkpoint",
+             ("tests/integration/test_s3_training.py::test_sigterm_saves_uploads_and_exits_143",)),
+    Mutation("no run lock under torchrun", "src/torchresume/train/sharded_checkpoints.py",
+             "                run_lock.acquire(self.directory)\n", "                pass  # MUTATION\n",
+             ("tests/distributed/test_torchrun_parity.py::test_best_skip_lock_and_finished_under_torchrun",)),
 ]
 
 

@@ -65,7 +65,7 @@ def test_resume_auto_without_a_checkpoint_callback_names_the_fix(torchrun_rank: 
 
 
 def test_resume_must_name_a_directory(torchrun_rank: None, tmp_path) -> None:
-    with pytest.raises(CheckpointConfigError, match="resume must be 'auto', 'none' or a directory"):
+    with pytest.raises(CheckpointConfigError, match="resume must be 'auto', 'none', a directory of checkpoints or a checkpoint file"):
         _model().train(1, _data(), [ModelCheckpoint("p", str(tmp_path))], resume=3)  # type: ignore[arg-type]
 
 
@@ -84,3 +84,18 @@ def test_global_batch_must_split_over_the_ranks() -> None:
     world = distributed.World(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
     with pytest.raises(DataError, match="global batch size 4 does not split evenly over 3 ranks"):
         distributed.shard_data(_data(4), world)
+
+
+def test_a_one_process_run_resumes_under_torchrun(one_rank: None, tmp_path, monkeypatch) -> None:
+    """A run's one-process checkpoint, then the same directory under torchrun: it continues from that file
+    (every rank reads it), saves sharded checkpoints of the same run, and names one file as well."""
+    first = _model()
+    first.train(1, _data(), [ModelCheckpoint("p", str(tmp_path), CheckpointConfig(save_checkpoint_steps=4))])
+    assert (tmp_path / "p-1_8.ckpt").is_file()
+    monkeypatch.setattr("torchresume.train.model._launched_by_torchrun", lambda: True)
+    again = _model()
+    summary = again.train(2, _data(), [ModelCheckpoint("p", str(tmp_path))], resume="auto")
+    assert summary["resumed_from"] == str(tmp_path / "p-1_8.ckpt") and summary["global_step"] == 16
+    assert (tmp_path / "p-2_8.ckpt").is_dir()  # sharded, the same run's prefix
+    named = _model().train(2, _data(), [LossMonitor(1)], resume=str(tmp_path / "p-1_8.ckpt"))
+    assert named["resumed_from"] == str(tmp_path / "p-1_8.ckpt") and named["global_step"] == 16

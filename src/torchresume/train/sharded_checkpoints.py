@@ -28,12 +28,14 @@ from torchresume.distributed import DistributedCheckpointManager
 from torchresume.distributed.reader import is_sharded
 from torchresume.errors import AsyncSaveError, CheckpointConfigError, CheckpointNotFoundError, RunLockedError
 from torchresume.log import log
+from torchresume.manager import CheckpointManager
 from torchresume.naming import best_prefix, unique_prefix
 from torchresume.retention import KeepBest, RetentionPolicy
 from torchresume.state import rng
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
 from torchresume.train.distributed import World
+from torchresume.train.file_checkpoints import is_directory_of_runs
 
 
 class ShardedCheckpoints:
@@ -54,21 +56,40 @@ class ShardedCheckpoints:
 
     # -- resume ---------------------------------------------------------------------------
     def resume(self, ctx: RunContext, target: Any, run: str | None) -> None:
-        """Restore the newest committed sharded checkpoint of ``run`` in ``target`` ("auto": this
-        directory); a named directory that holds none is an error."""
+        """Restore ``run``'s newest committed checkpoint in ``target`` ("auto": this directory):
+        sharded first, else a one-process file of the run; ``target`` may name one file. A named
+        directory that holds none is an error."""
         if not isinstance(target, str):
-            raise CheckpointConfigError("under torchrun, resume must be 'auto', 'none' or a directory "
-                                        f"of sharded checkpoints, got a {type(target).__name__}")
+            raise CheckpointConfigError("under torchrun, resume must be 'auto', 'none', a directory "
+                                        f"of checkpoints or a checkpoint file, got a {type(target).__name__}")
+        if target != "auto" and not is_directory_of_runs(target) and not is_sharded(target):
+            ctx.run_state().restore(target, ctx, dec_key=self.config.enc_key)  # one file, read by every rank
+            return
         directory = self.directory if target == "auto" else target
         source = self._manager(directory, run or "ckpt", self.policies)
         if run is None:
             source.prefix = _newest_prefix(directory)
-        if not restore_run(ctx, source, self.world) and target != "auto":
+        if restore_run(ctx, source, self.world):
+            ctx.resumed_prefix = source.prefix
+        elif not self._resume_from_file(ctx, directory, run) and target != "auto":
             raise CheckpointNotFoundError(
                 f"{directory} holds no checkpoint to resume from; name a directory that "
                 "holds one, or start over with resume='none'")
-        if ctx.resumed_from is not None:
-            ctx.resumed_prefix = source.prefix
+
+    def _resume_from_file(self, ctx: RunContext, directory: str, run: str | None) -> bool:
+        """A one-process checkpoint of the run (no sharded one yet): rank 0 picks the newest
+        readable one, every rank loads it (weights, optimizer, data position, and its RNG streams)."""
+        path = None
+        if self.world.rank == 0:
+            found = CheckpointManager(directory, keep=None, enc_key=self.config.enc_key).newest_readable(
+                run, require_finite=True)
+            path = found[0].path if found is not None and not is_sharded(found[0].path) else None
+        box = [path]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return False
+        ctx.run_state().restore(str(box[0]), ctx, dec_key=self.config.enc_key)
+        return True
 
     # -- saving ---------------------------------------------------------------------------
     def begin(self, ctx: RunContext, prefix: str) -> None:
