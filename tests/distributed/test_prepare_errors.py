@@ -65,7 +65,8 @@ def test_resume_auto_without_a_checkpoint_callback_names_the_fix(torchrun_rank: 
 
 
 def test_resume_must_name_a_directory(torchrun_rank: None, tmp_path) -> None:
-    with pytest.raises(CheckpointConfigError, match="resume must be 'auto', 'none', a directory of checkpoints or a checkpoint file"):
+    with pytest.raises(CheckpointConfigError,
+                       match="resume must be 'auto', 'none', a directory of checkpoints or a checkpoint file"):
         _model().train(1, _data(), [ModelCheckpoint("p", str(tmp_path))], resume=3)  # type: ignore[arg-type]
 
 

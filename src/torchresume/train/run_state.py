@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from torchresume.data.loader_state import feed_for
+from torchresume.errors import CheckpointConfigError
 from torchresume.log import log
 from torchresume.state import rng
 from torchresume.state.registry import StateRegistry, capture_tree, restore_tree
@@ -95,6 +96,20 @@ class RunState:
                             path, ", ".join(lacking))
         _set_position(ctx, path, info)
 
+    def restore_parts(self, parts: dict[str, Any], path: str, ctx: RunContext, info: dict[str, Any]) -> None:
+        """Restore a sharded checkpoint's run state (the weights and optimizer came through DCP):
+        ``parts`` holds the scheduler, data position and callbacks (rank 0's) and this rank's RNG,
+        laid out as a one-process file has them, and loads through the same ``restore_tree``."""
+        if ctx.feed is None:
+            ctx.feed = feed_for(ctx.dataset)
+        sampler = ctx.feed if ctx.feed.kind != "iterable" else None
+        registry = StateRegistry()
+        for name, obj in (("scheduler", self.scheduler), ("sampler", sampler)):
+            if obj is not None:
+                registry.register(name, obj, required=False)
+        restore_tree(parts, path, None, registry, callbacks=self.callbacks.stateful(), restore_rng="rng" in parts)
+        _set_position(ctx, path, info)
+
 
 def _set_position(ctx: RunContext, path: str, info: dict[str, Any]) -> None:
     """Set ctx's counters from a restored checkpoint's info; say where the run resumes."""
@@ -103,8 +118,9 @@ def _set_position(ctx: RunContext, path: str, info: dict[str, Any]) -> None:
     steps = info.get("steps_per_epoch") or ctx.steps_per_epoch
     global_step = int(info.get("global_step") or 0)
     if steps != ctx.steps_per_epoch:
-        raise ValueError(f"{path}: saved with {steps} steps per epoch, this run has "
-                         f"{ctx.steps_per_epoch}; resume with the same data and batch size")
+        raise CheckpointConfigError(f"{path}: saved with {steps} steps per epoch, this run has "
+                                    f"{ctx.steps_per_epoch}; resume with the same data and the same global "
+                                    "batch_size")
     ctx.global_step = global_step
     epoch_index, ctx.step = divmod(global_step, steps)
     if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):

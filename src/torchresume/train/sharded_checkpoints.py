@@ -31,7 +31,6 @@ from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import best_prefix, unique_prefix
 from torchresume.retention import KeepBest, RetentionPolicy
-from torchresume.state import rng
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
 from torchresume.train.distributed import World
@@ -225,45 +224,17 @@ def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: W
     optimizers = (ctx.optimizer,) if ctx.optimizer is not None else ()
     set_state_dict(ctx.network, optimizers, model_state_dict=state["model"],
                    optim_state_dict=state.get("optim", {}))
-    shared = found.rank_states[0] or {}
+    shared = found.rank_states[0] or {}  # the data position, scheduler and callbacks: alike on every rank
     own = found.rank_states[world.rank] if world.rank < len(found.rank_states) else None
-    _restore_shared(ctx, shared)
+    parts = {k: shared[k] for k in ("scheduler", "sampler", "callbacks") if shared.get(k) is not None}
     if own and own.get("rng"):
-        rng.restore(own["rng"])
-    _position(ctx, found.path, found.info)
+        parts["rng"] = own["rng"]
+    ctx.run_state().restore_parts(parts, found.path, ctx, found.info)
     if found.world_size != world.world_size:
         log.info("resumed at %d ranks from a checkpoint of %d ranks: the data continues exactly "
                  "once; rank r < %d continues old rank r's RNG streams, any other keeps its seed",
                  world.world_size, found.world_size, found.world_size)
     return True
-
-
-def _restore_shared(ctx: RunContext, shared: dict[str, Any]) -> None:
-    """The data position, callback state and scheduler (rank 0's: the same on every rank)."""
-    scheduler = ctx.run_state().scheduler
-    if scheduler is not None and shared.get("scheduler") is not None:
-        scheduler.load_state_dict(shared["scheduler"])
-    stateful = ctx.run_state().callbacks.stateful()
-    for key, cb_state in (shared.get("callbacks") or {}).items():
-        if key in stateful:
-            stateful[key].load_state_dict(cb_state)
-    if shared.get("sampler") is not None and ctx.feed is not None:
-        ctx.feed.load_state_dict(shared["sampler"])
-
-
-def _position(ctx: RunContext, path: str, info: dict[str, Any]) -> None:
-    steps = int(info.get("steps_per_epoch") or ctx.steps_per_epoch)
-    if steps != ctx.steps_per_epoch:
-        raise CheckpointConfigError(f"{path}: saved with {steps} steps per epoch, this run has "
-                                    f"{ctx.steps_per_epoch}; resume with the same data and the same global batch_size")
-    ctx.global_step = int(info.get("global_step") or 0)
-    epoch_index, ctx.step = divmod(ctx.global_step, steps)
-    if ctx.step == 0 and epoch_index > 0 and not info.get("epoch_end_done"):
-        epoch_index, ctx.step = epoch_index - 1, steps  # saved at an epoch's last step
-    ctx.start_epoch, ctx.epoch = epoch_index, epoch_index + 1
-    ctx.resumed_from = path
-    log.info("resumed from %s at epoch %d, step %d (global step %d)", path, epoch_index + 1,
-             ctx.step, ctx.global_step)
 
 
 __all__ = ["ShardedCheckpoints", "model_state", "rank_state", "restore_run"]
