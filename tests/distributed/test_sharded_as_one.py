@@ -36,7 +36,8 @@ RANK_1 = sorted([
     "rank_states.1.rng.python.1", "rank_states.1.rng.python.2", "rank_states.1.rng.torch",
     "rank_states.1.sampler.consumed", "rank_states.1.sampler.epoch", "rank_states.1.sampler.global_batch_size",
     "rank_states.1.sampler.length", "rank_states.1.sampler.seed", "rank_states.1.scheduler"])
-# The one value that differs by design: the torchrun callback counts the save it is making.
+# A callback counter, not run state: the torchrun callback of this branch counts the save it is
+# making, the one-process one the save before (one ModelCheckpoint for both is on its way).
 SAVE_COUNTER = "callbacks.ModelCheckpoint.last_saved_step"
 
 
@@ -73,9 +74,8 @@ def test_load_checkpoint_gives_the_names_of_one_process(ckpts: dict[str, Path]) 
     assert "dense_relu_sequential.0.weight" in weights_and_optimizer
     assert "optimizer.state.5.momentum_buffer" in weights_and_optimizer
     assert sorted(set(sharded) - set(one)) == RANK_1 and set(one) - set(sharded) == set()
-    differ = [k for k in one if not _close(one[k], sharded[k])]
-    assert differ == [SAVE_COUNTER]  # weights, optimizer, rank 0's RNG streams and data position: the same
-    assert (one[SAVE_COUNTER], sharded[SAVE_COUNTER]) == (3, 6)
+    differ = [k for k in one if not _close(one[k], sharded[k]) and k != SAVE_COUNTER]
+    assert differ == []  # weights, optimizer, rank 0's RNG streams and data position: the same values
 
 
 def test_load_param_into_net_loads_every_weight(ckpts: dict[str, Path]) -> None:
