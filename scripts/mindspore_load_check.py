@@ -4,7 +4,7 @@ Run with the MindSpore interpreter; the round-trip tests and the seed story use 
 
     $MS_PYTHON scripts/mindspore_load_check.py jobs.json report.json
 
-``jobs.json`` is a list of {"ckpt", "net": "bnnet" | "lenet5", "optimizer": "momentum" |
+``jobs.json`` is a list of {"ckpt", "net": "bnnet" | "lenet5" | "mlp", "optimizer": "momentum" |
 "adam" | null, "dec_key_hex": null | hex, "dec_mode": "AES-GCM" | "AES-CBC", "npz": path}.
 For each job it builds the network (and the optimizer over
 ``net.trainable_params()``), runs ``load_checkpoint`` and ``load_param_into_net``
@@ -48,8 +48,21 @@ class LeNet5(nn.Cell):
         return self.fc3(self.fc2(self.fc1(x)))
 
 
+class MLP(nn.Cell):
+    """torchresume's app MLP (``--model mlp``, seed 000's Network), under the same parameter names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.dense_relu_sequential = nn.SequentialCell(
+            nn.Dense(784, 512), nn.ReLU(), nn.Dense(512, 512), nn.ReLU(), nn.Dense(512, 10))
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.dense_relu_sequential(self.flatten(x))
+
+
 def run(job: dict) -> dict:
-    net = {"bnnet": BNNet, "lenet5": LeNet5}[job["net"]]()
+    net = {"bnnet": BNNet, "lenet5": LeNet5, "mlp": MLP}[job["net"]]()
     opt = None
     if job.get("optimizer") == "momentum":
         opt = nn.Momentum(net.trainable_params(), 0.5, 0.5)  # values the file must overwrite

@@ -44,6 +44,7 @@ PROCESS_MODULES = (
     "tests/fault/test_distributed_kills.py",
     "tests/cli/test_training_cli.py",
     "tests/distributed/test_cli.py",
+    "tests/distributed/test_sharded_as_one.py",
     "tests/distributed/test_elastic.py",
     "tests/distributed/test_faults.py",
     "tests/storage/test_run_lock.py",

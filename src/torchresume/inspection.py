@@ -43,7 +43,7 @@ class TensorChange:
 def diff(a: str, b: str, *, load: Callable[[str], Any] | None = None) -> list[TensorChange]:
     """Tensors and values added, removed or changed from ``a`` to ``b``.
 
-    ``load``: path -> state tree (default: read_checkpoint; the CLI passes one that consolidates shards).
+    ``load``: path -> state tree (default: read_checkpoint, which reads a sharded checkpoint as one file).
     """
     load = load or (lambda p: read_checkpoint(p).tree)
     fa, fb = flat_view(load(a)), flat_view(load(b))

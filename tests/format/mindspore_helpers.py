@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,19 @@ needs_mindspore = pytest.mark.skipif(
     mindspore_python() is None,
     reason="real MindSpore is not installed: run `bash scripts/setup_mindspore.sh` (its venv is "
            "$TORCHRESUME_MINDSPORE_VENV or ~/.cache/torchresume/mindspore-venv)")
+
+
+def run_mindspore(jobs: list[dict[str, Any]], tmp_path: Path) -> list[dict[str, Any]]:
+    """scripts/mindspore_load_check.py on ``jobs`` in the MindSpore interpreter; its report per job."""
+    python = mindspore_python()
+    assert python is not None, "decorate the test with @needs_mindspore"
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    proc = subprocess.run([python, str(REPO / "scripts" / "mindspore_load_check.py"),
+                           str(tmp_path / "jobs.json"), str(tmp_path / "report.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report: list[dict[str, Any]] = json.loads((tmp_path / "report.json").read_text())
+    return report
 
 
 def expected(stem: str) -> tuple[dict[str, Any], dict[str, Any]]:

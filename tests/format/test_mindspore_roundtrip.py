@@ -7,8 +7,6 @@ subprocess of its own interpreter (it needs numpy<2). Prints MindSpore's report 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,11 @@ import torch
 import torchresume as tr
 from torchresume.files import mindspore_io
 
-from .mindspore_helpers import CBC_KEY, GCM_KEY, REPO, mindspore_python, needs_mindspore, raw, trained_twin
+from .mindspore_helpers import CBC_KEY, GCM_KEY, needs_mindspore, raw, run_mindspore, trained_twin
 
 VARIANTS: dict[str, dict[str, Any]] = {"plain": {}, "crc": {"crc_check": True},
             "gcm": {"enc_key": GCM_KEY, "enc_mode": "AES-GCM"},
             "cbc": {"enc_key": CBC_KEY, "enc_mode": "AES-CBC"}}
-
-
-def run_mindspore(jobs: list[dict], tmp_path: Path) -> list[dict]:
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    proc = subprocess.run([mindspore_python(), str(REPO / "scripts" / "mindspore_load_check.py"),
-                           str(tmp_path / "jobs.json"), str(tmp_path / "report.json")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((tmp_path / "report.json").read_text())
 
 
 @needs_mindspore

@@ -194,12 +194,8 @@ def _encrypted(path: str) -> bool:
 
 
 def _read(path: str, key: bytes | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(tree, info, append) of any checkpoint; sharded ones consolidated; the key used if encrypted."""
+    """(tree, info, append) of any checkpoint (a sharded one read as one); the key used if encrypted."""
     from torchresume.files import read_checkpoint
-    if _tree_loader(path) is not None:
-        from torchresume.distributed.consolidate import consolidate
-        tree, info = consolidate(path, dec_key=key)
-        return tree, info, {}
     ckpt = read_checkpoint(path, dec_key=key if key is not None and _encrypted(path) else None)
     return ckpt.tree, ckpt.info, ckpt.append
 
@@ -246,17 +242,6 @@ def _checkpoint_dir(path: str) -> bool:
     return path.rstrip("/").endswith(".ckpt") or storage.exists(storage.join(where, MANIFEST))
 
 
-def _tree_loader(*paths: str) -> Any:
-    """For sharded (torch.distributed) checkpoints, a loader that consolidates them; else None."""
-    from torchresume.files import sharded
-    from torchresume.files.directory import read_manifest
-    for path in paths:
-        if inspection.is_directory(path) and sharded.is_sharded(read_manifest(path)):
-            from torchresume.distributed.consolidate import full_tree
-            return full_tree
-    return None
-
-
 def cmd_ls(args: argparse.Namespace) -> int:
     if not inspection.is_directory(args.directory):
         raise CheckpointNotFoundError(f"{args.directory}: no such directory"
@@ -281,7 +266,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from torchresume.files import encode_state, read_checkpoint, write_encoded
+    from torchresume.files import encode_state, read_checkpoint, sharded_as_one, write_encoded
     from torchresume.format import crypto
     from torchresume.storage import resolve
     dec, enc = args.dec_key_hex, args.enc_key_hex
@@ -303,16 +288,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from torchresume.files.mindspore_io import convert
         print(f"wrote {args.dst} ({convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)})")
         return 0
-    if _tree_loader(args.src) is not None:
-        from torchresume.distributed.consolidate import consolidate
-        tree, info = consolidate(args.src, dec_key=dec)
-        write_encoded(encode_state("state", tree, info=info), args.dst, enc)
-        print(f"wrote {args.dst} (state, consolidated from {info.get('world_size')} ranks' shards)")
-        return 0
     ckpt = read_checkpoint(args.src, dec_key=dec)
-    kind = ckpt.kind if ckpt.format == "torchresume" else "tensors" if ckpt.kind == "tensors" else "state"
+    native = ckpt.format in ("torchresume", sharded_as_one.FORMAT)  # a sharded one reads as one file
+    kind = ckpt.kind if native else "tensors" if ckpt.kind == "tensors" else "state"
     write_encoded(encode_state(kind, ckpt.tree, info=ckpt.info, append=ckpt.append), args.dst, enc)
-    print(f"wrote {args.dst} ({kind}, from {ckpt.format}{', encrypted' if enc else ''})")
+    source = (f"consolidated from {ckpt.info.get('world_size')} ranks' shards"
+              if ckpt.format == sharded_as_one.FORMAT else f"from {ckpt.format}")
+    print(f"wrote {args.dst} ({kind}, {source}{', encrypted' if enc else ''})")
     return 0
 
 

@@ -1,9 +1,13 @@
-"""One full state from a sharded checkpoint: for ``torchresume convert``, ``diff`` and single-process use.
+"""One full state from a sharded checkpoint, without a process group: what ``read_checkpoint`` shows.
 
 DCP's own empty-state planner rebuilds every logical tensor at its global size
 from the metadata; the part reader fills it from the shards (checksums checked),
 without a process group. The result is the nested state that was saved, plus
 ``rank_states`` (every saving rank's own state) when any rank saved one.
+``files/directory.py`` calls ``consolidate`` (lazily) when it reads a sharded
+checkpoint, and ``files/sharded_as_one.py`` lays the result out as a
+single-process file: every reader (load_checkpoint, eval, convert, diff, a
+single-process resume) goes through that one path.
 """
 
 from __future__ import annotations
@@ -15,35 +19,37 @@ from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlan
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from torchresume.distributed.manager import restore_error
-from torchresume.distributed.reader import PartReader, is_sharded, read_part, sharded_manifest
-from torchresume.files import read_checkpoint
+from torchresume.distributed.reader import PartReader, read_part, sharded_manifest
+from torchresume.files import sharded
 
 RANK_STATES = "rank_states"
 
 
-def rank_states(path: str, doc: dict[str, Any], dec_key: bytes | None = None) -> list[Any]:
+def rank_states(path: str, doc: dict[str, Any], dec_key: bytes | None = None, *,
+                verify: bool = True) -> list[Any]:
     """Every saving rank's ``rank_state``, index = rank."""
     parts = {p["file"]: p for p in doc["parts"]}
-    return [read_part(path, parts[file], dec_key=dec_key).get(f"__rank_state_{rank:05d}")
+    return [read_part(path, parts[file], dec_key=dec_key, verify=verify).get(f"__rank_state_{rank:05d}")
             for rank, file in enumerate(doc["info"]["rank_parts"])]
 
 
-def consolidate(path: str, dec_key: bytes | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def consolidate(path: str, dec_key: bytes | None = None, *,
+                verify: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """The full saved state of sharded checkpoint ``path`` and its manifest info (parts saved with
-    ``enc_key`` read with ``dec_key``; a missing or wrong key is a DecryptionError)."""
+    ``enc_key`` read with ``dec_key``; a missing or wrong key is a DecryptionError).
+
+    The metadata is checked against the manifest (every chunk's part committed, every tensor
+    covered) before any chunk is read; ``verify`` checks every tensor's checksum as it is read.
+    """
     doc = sharded_manifest(path)
+    sharded.check(path, doc)
     state: dict[str, Any] = {}
     try:
-        _load_state_dict(state, storage_reader=PartReader(path, dec_key=dec_key),
+        _load_state_dict(state, storage_reader=PartReader(path, dec_key=dec_key, verify=verify),
                          planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     except CheckpointException as exc:
         raise restore_error(path, exc) from None
-    states = rank_states(path, doc, dec_key)
+    states = rank_states(path, doc, dec_key, verify=verify)
     if any(s is not None for s in states):
         state[RANK_STATES] = states
     return state, dict(doc["info"])
-
-
-def full_tree(path: str) -> Any:
-    """The state tree of any checkpoint; a sharded one consolidated (what ``diff`` compares)."""
-    return consolidate(path)[0] if is_sharded(path) else read_checkpoint(path).tree

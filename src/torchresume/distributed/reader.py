@@ -109,7 +109,10 @@ class PartReader(StorageReader):
                                              "manifest does not list; the checkpoint is damaged")
             tree = read_part(self.path, self.parts[file], verify=self.verify, dec_key=self.dec_key)
             for item in items:
-                self._load_item(planner, item, tree[self.storage_data[item.storage_index].name])
+                name = self.storage_data[item.storage_index].name
+                if name not in tree:
+                    raise sharded.missing_chunk(self.path, name, file)
+                self._load_item(planner, item, tree[name])
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut

@@ -3,8 +3,8 @@
 A sharded checkpoint is a directory checkpoint whose manifest ``info.layout``
 is ``torchresume-dcp``: besides the parts it holds ``dcp_metadata.json`` (DCP's
 metadata as JSON, its size and xxh3 recorded in the manifest). ``check`` makes
-sure that file is the one committed, that every chunk it names is a tensor of
-the part it names, and that the chunks of every tensor cover it exactly.
+sure that file is the one committed, that every chunk it names lies in a
+committed part, and that the chunks of every tensor cover it exactly.
 """
 
 from __future__ import annotations
@@ -46,23 +46,33 @@ def read_metadata_json(path: str, doc: dict[str, Any]) -> bytes:
     return raw
 
 
-def check(path: str, doc: dict[str, Any], names: dict[str, set[str]]) -> None:
-    """Raise CorruptCheckpointError unless the metadata matches the parts (``names``: file -> tensor names)."""
+def check(path: str, doc: dict[str, Any]) -> None:
+    """Raise CorruptCheckpointError unless the metadata matches the committed parts.
+
+    Every chunk's part must be one the manifest commits (the part reader then finds each chunk's
+    tensor in it, or raises ``missing_chunk``), and the chunks of every tensor must cover it.
+    """
     try:
         meta = json.loads(read_metadata_json(path, doc))
         chunks_of = {k: v for k, v in meta["state_dict_metadata"].items() if not v.get("bytes")}
         storage_data = meta["storage_data"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise CorruptCheckpointError(f"{path}/{METADATA_FILE}: not valid DCP metadata") from None
+    committed = {p.get("file") for p in doc.get("parts", []) if isinstance(p, dict)}
     for s in storage_data:
-        if s["name"] not in names.get(s["file"], set()):
-            raise CorruptCheckpointError(f"{path}: the metadata puts chunk {s['name']!r} in {s['file']}, "
-                                         "which the committed parts do not hold; a shard is missing")
+        if s["file"] not in committed:
+            raise missing_chunk(path, s["name"], s["file"])
     for fqn, md in chunks_of.items():
         covered = sum(math.prod(sizes) for _, sizes in md["chunks"])
         if covered != math.prod(md["size"]):
             raise CorruptCheckpointError(f"{path}: the saved chunks of {fqn} cover {covered} of its "
                                          f"{math.prod(md['size'])} elements; a shard is missing")
+
+
+def missing_chunk(path: str, name: str, file: str) -> CorruptCheckpointError:
+    """The error for a chunk the metadata places in a part that does not hold it."""
+    return CorruptCheckpointError(f"{path}: the metadata puts chunk {name!r} in {file}, "
+                                  "which the committed parts do not hold; a shard is missing")
 
 
 def logical_tensors(path: str, doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Names of the sub-trees a training-state checkpoint holds beside the model's weights."""
 
-RESERVED = ("optimizer", "scheduler", "scaler", "sampler", "rng", "callbacks", "extra")
+# ``rank_states``: the own state of each rank of a sharded checkpoint read as one (files/sharded_as_one.py)
+RESERVED = ("optimizer", "scheduler", "scaler", "sampler", "rng", "callbacks", "extra", "rank_states")
 
 
 def is_training_part(name: str) -> bool:
