@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-from torchresume.app.mnist import FILES
 from torchresume.errors import DataError
 from torchresume.storage import LocalStorage, is_remote
 
@@ -41,7 +40,7 @@ def fetch_mnist(url: str) -> str:
     from torchresume.transfer import _walk, read_bytes
     target = cache_dir(url)
     available = _walk(url)
-    for base in {v for v in FILES.values()}:
+    for base in KNOWN_RAW:  # the four canonical file names
         candidates = [rel for rel in available if rel.rsplit("/", 1)[-1] in (base, base + ".gz")]
         if not candidates:
             raise DataError(f"{url}: MNIST file {base}[.gz] not found under it")

@@ -9,16 +9,14 @@ imports them.
 """
 
 from torchresume.files.directory import MANIFEST, PartRecord, commit_directory, write_part
+from torchresume.files.encoding import Description, encode_state, write_encoded
 from torchresume.files.single import (
     CHECKPOINT_SUFFIXES,
-    Description,
     Verdict,
     describe,
-    encode_state,
     read_checkpoint,
     verify,
     write_checkpoint,
-    write_encoded,
 )
 
 __all__ = [

@@ -23,6 +23,7 @@ import xxhash
 
 from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
 from torchresume.files import sharded
+from torchresume.files.encoding import Description, encode_state, scalars, tensor_rows, write_encoded
 from torchresume.format import reader
 from torchresume.format.reader import Checkpoint
 from torchresume.storage import resolve
@@ -47,7 +48,6 @@ class PartRecord:
 def write_part(directory: str, name: str, kind: str, tree: Any, *, info: dict[str, Any] | None = None,
                enc_key: bytes | None = None) -> PartRecord:
     """Write one part file (``name`` + .safetensors) into ``directory``; returns its record."""
-    from torchresume.files.single import encode_state, write_encoded
     if "/" in name or not name:
         raise ValueError(f"part name must be a non-empty file name without '/', got {name!r}")
     storage, _ = resolve(directory)
@@ -158,7 +158,6 @@ def _read_sharded(path: str, doc: dict[str, Any], dec_key: bytes | None, verify:
 
 def describe(path: str) -> Any:
     """Header-level description of every part (reads the manifest and each part's header)."""
-    from torchresume.files.single import Description, scalars, tensor_rows
     doc = read_manifest(path)
     storage, where = resolve(path)
     desc = Description(path, sum(int(p["size"]) for p in doc["parts"]), "torchresume-directory",

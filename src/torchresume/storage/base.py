@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from torchresume.storage.pacing import Pace
+from torchresume.storage.pacing import Pace, PacedWriter
 
 T = TypeVar("T")
 Buffer = bytes | bytearray | memoryview
@@ -100,7 +99,6 @@ def write_all(storage: Storage, path: str, parts: Iterable[Buffer], *, read_only
     """
     writer = storage.open_writer(path, read_only=read_only, size_hint=size_hint)
     if pace is not None:
-        from torchresume.storage.pacing import PacedWriter  # pacing builds on this module
         writer = PacedWriter(writer, pace)
     try:
         for part in parts:

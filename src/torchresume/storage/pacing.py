@@ -17,9 +17,12 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torchresume.errors import CheckpointConfigError
-from torchresume.storage.base import Buffer, Writer
+
+if TYPE_CHECKING:
+    from torchresume.storage.base import Buffer, Writer
 
 PACE_CHUNK = 8 * 1024 * 1024  # bytes passed on between two looks at the clock
 

@@ -16,7 +16,7 @@ by collectives. Options the sharded path cannot honour are refused before traini
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -33,8 +33,10 @@ from torchresume.naming import best_prefix, unique_prefix
 from torchresume.retention import KeepBest, RetentionPolicy
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
-from torchresume.train.distributed import World
 from torchresume.train.file_checkpoints import is_directory_of_runs
+
+if TYPE_CHECKING:  # train.distributed imports torchrun_options -> model_checkpoint -> this module
+    from torchresume.train.distributed import World
 
 
 class ShardedCheckpoints:
