@@ -18,8 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from torchresume.distributed.manager import restore_error
-from torchresume.distributed.reader import PartReader, read_part, sharded_manifest
+from torchresume.distributed.reader import PartReader, read_part, restore_error, sharded_manifest
 from torchresume.files import sharded
 
 RANK_STATES = "rank_states"

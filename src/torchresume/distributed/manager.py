@@ -35,13 +35,11 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
 from torchresume.catalog import Entry
-from torchresume.distributed.reader import PartReader, is_sharded, read_part, sharded_manifest
+from torchresume.distributed.reader import PartReader, is_sharded, read_part, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,
-    CorruptCheckpointError,
-    TorchResumeError,
 )
 from torchresume.files.directory import is_committed
 from torchresume.format.crypto import check_key
@@ -387,10 +385,3 @@ class DistributedCheckpointManager:
         self.slot.close()
 
 
-def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:
-    """The typed error of the first failing rank (a torchresume error keeps its type)."""
-    first = next(iter(exc.failures.values()))
-    err = first[0] if isinstance(first, tuple) else first
-    if isinstance(err, TorchResumeError):
-        return type(err)(str(err))
-    return CorruptCheckpointError(f"{path}: restore failed: {type(err).__name__}: {err}")

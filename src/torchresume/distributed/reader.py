@@ -13,13 +13,14 @@ import os
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from torchresume.distributed import metadata as dcp_json
-from torchresume.errors import CorruptCheckpointError
+from torchresume.errors import CorruptCheckpointError, TorchResumeError
 from torchresume.files import directory, sharded
 from torchresume.format import reader
 from torchresume.storage import resolve
@@ -151,3 +152,11 @@ def _check_plain_data(data: bytes, where: str) -> None:
             f"{where}: a non-tensor value is not plain data ({type(exc).__name__}); refusing to unpickle "
             "it. Only load sharded checkpoints from sources you trust, or re-save this one") from None
 
+
+def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:
+    """The typed error of the first failing rank (a torchresume error keeps its type)."""
+    first = next(iter(exc.failures.values()))
+    err = first[0] if isinstance(first, tuple) else first
+    if isinstance(err, TorchResumeError):
+        return type(err)(str(err))
+    return CorruptCheckpointError(f"{path}: restore failed: {type(err).__name__}: {err}")

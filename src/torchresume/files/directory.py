@@ -116,12 +116,12 @@ def _part_header(storage: Any, path: str, part: dict[str, Any], where: str) -> A
 def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Checkpoint:
     """Every part of directory checkpoint ``path``, checked against the manifest, as one tree.
 
-    A sharded (torch.distributed) checkpoint is consolidated and read as one single-process
-    file of the same run would be (files/sharded_as_one.py).
+    A sharded (torch.distributed) checkpoint is read by ``single.read_checkpoint`` (consolidated,
+    laid out as a one-process file), not here.
     """
     doc = read_manifest(path)
     if sharded.is_sharded(doc):
-        return _read_sharded(path, doc, dec_key, verify)
+        raise CorruptCheckpointError(f"{path}: a sharded checkpoint; read it with read_checkpoint")
     storage, where = resolve(path)
     tree: dict[str, Any] = {}
     kinds = set()
@@ -146,14 +146,6 @@ def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Che
     kind = kinds.pop() if len(kinds) == 1 else "train_state"
     meta = {"info": doc.get("info", {}), "append": doc.get("append", {})}
     return Checkpoint(kind, tree, "torchresume-directory", meta, encrypted)
-
-
-def _read_sharded(path: str, doc: dict[str, Any], dec_key: bytes | None, verify: bool) -> Checkpoint:
-    """Sharded checkpoint ``path`` consolidated by DCP's planner, laid out as a single-process file."""
-    from torchresume.distributed.consolidate import consolidate  # loads torch.distributed.checkpoint
-    from torchresume.files import sharded_as_one
-    state, info = consolidate(path, dec_key=dec_key, verify=verify)
-    return sharded_as_one.checkpoint(path, state, info, doc)
 
 
 def describe(path: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from torchresume.errors import TorchResumeError
-from torchresume.files import directory
+from torchresume.files import directory, sharded, sharded_as_one
 from torchresume.files.encoding import Description, encode_state, scalars, tensor_rows, write_encoded
 from torchresume.format import crypto, reader
 from torchresume.format.reader import Checkpoint
@@ -39,10 +39,20 @@ def read_checkpoint(path: str, *, dec_key: bytes | None = None, dec_mode: str = 
     key = check(dec_key, dec_mode, "dec_key") if dec_key is not None else None
     storage, where = resolve(path)
     if storage.isdir(where):
+        doc = directory.read_manifest(path)
+        if sharded.is_sharded(doc):
+            return _read_sharded(path, doc, key, verify)
         return directory.read(path, dec_key=key, verify=verify)
     f, size = storage.open_read(where)
     with f:
         return reader.read(f, size, path, dec_key=key, verify=verify)
+
+
+def _read_sharded(path: str, doc: dict[str, Any], dec_key: bytes | None, verify: bool) -> Checkpoint:
+    """Sharded checkpoint ``path`` consolidated by DCP's planner, laid out as a one-process file."""
+    from torchresume.distributed.consolidate import consolidate  # loads torch.distributed.checkpoint
+    state, info = consolidate(path, dec_key=dec_key, verify=verify)
+    return sharded_as_one.checkpoint(path, state, info, doc)
 
 
 @dataclass
