@@ -340,6 +340,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         self.prefix = check_prefix(prefix)
         self.policies: list[RetentionPolicy] = [KeepLast(keep)] if isinstance(keep, int) else list(keep or [])
         self._trainer: pl.Trainer | None = None
+        self._deferred = False  # the last batch's save, taken at the epoch's end
 
     def _io(self, trainer: pl.Trainer) -> TorchResumeIO:
         """The strategy's TorchResumeIO, installed in place of Lightning's default pickle IO."""
@@ -381,6 +382,22 @@ class TorchResumeCheckpoint(ModelCheckpoint):
             if isinstance(loader, _ResumableLoader):
                 loader._torchresume_position().progress = lambda: (
                     trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # Lightning 2.6 resumes a save from the last batch's end with its epoch count off by one
+            # (the next resume repeats an epoch): the epoch's end takes that save instead.
+            self._deferred = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        deferred, self._deferred = self._deferred, False
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if deferred and due and not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def format_checkpoint_name(self, metrics: dict[str, Any], filename: str | None = None,
                                ver: int | None = None, prefix: str | None = None) -> str:
