@@ -114,7 +114,8 @@ def test_cli_reads_lightning_checkpoints(tmp_path_factory) -> None:
         assert proc.returncode == rc, proc.stderr
         return proc.stdout
     listed = cli("ls", ".").splitlines()
-    assert listed[1].split()[:3] == ["lit-3_10.ckpt", "3", "10"] and "valid" in listed[1]
+    row = next(line for line in listed if line.startswith("lit-"))  # the newest of the run first
+    assert row.split()[:3] == ["lit-3_10.ckpt", "3", "10"] and row.endswith("valid")
     assert "non-finite" not in "\n".join(listed)
     shown = cli("inspect", "lit-3_10.ckpt")
     assert "kind:        lightning" in shown and "state_dict.net.0.weight" in shown
