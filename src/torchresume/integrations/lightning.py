@@ -319,11 +319,16 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         dirpath: the checkpoint directory (a path or an ``s3://`` URL).
         prefix: the run's name in file names (no ``-`` or ``/``).
         keep: how many checkpoints to keep (newest first), or retention policies; None keeps all.
-        every_n_train_steps, every_n_epochs, train_time_interval, monitor, mode, verbose:
-            as Lightning's ModelCheckpoint (save_top_k, save_last and filename are torchresume's).
+        every_n_train_steps: save every N training steps (as Lightning's ModelCheckpoint).
+        every_n_epochs: save every N epochs.
+        train_time_interval: save every ``timedelta`` of training.
+        monitor: the metric recorded for ``save_top_k``-style choices (all are kept: ``keep`` decides).
+        mode: ``"min"`` or ``"max"`` for ``monitor``.
+        verbose: Lightning's save messages. ``save_top_k``, ``save_last`` and ``filename`` are torchresume's.
 
     Example:
         ```python
+        import lightning.pytorch as pl
         from torchresume.integrations.lightning import TorchResumeCheckpoint
         ckpt = TorchResumeCheckpoint("runs/lit", prefix="lit", every_n_train_steps=5, keep=3)
         trainer = pl.Trainer(callbacks=[ckpt], max_epochs=1, logger=False)
