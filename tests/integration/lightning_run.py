@@ -1,12 +1,13 @@
 """A real Lightning Trainer.fit with torchresume's plugin, for tests/integration/test_lightning.py.
 
-usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS]
+usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp]]
 
 Trains a small MLP with dropout on a plain ``DataLoader(shuffle=True)`` whose dataset draws
 random noise in ``__getitem__`` (in the workers when there are any), checkpointing every 2
 steps into RUN_DIR through TorchResumeCheckpoint, and resumes with ``ckpt_path="last"``. Each
 training step prints ``step N`` and appends ``N digest`` (the batch's bytes) to RUN_DIR/batches;
-a finished run writes RUN_DIR/final.ckpt (weights, optimizer state, the torch RNG).
+a finished run writes RUN_DIR/final.ckpt (weights, optimizer state, the torch RNG). With ``ddp``
+it trains under Lightning's DDP strategy on 2 CPU processes (which the plugin refuses).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Net(pl.LightningModule):
 def main() -> None:
     run_dir, workers = sys.argv[1], int(sys.argv[2])
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    ddp = sys.argv[4:] == ["ddp"]
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     model = Net()
@@ -71,7 +73,8 @@ def main() -> None:
     loader = DataLoader(Noisy(), batch_size=8, shuffle=True, num_workers=workers)
     ckpt = TorchResumeCheckpoint(run_dir, prefix="lit", every_n_train_steps=2, keep=3)
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[ckpt], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1, deterministic=True)
+                         enable_model_summary=False, accelerator="cpu", devices=2 if ddp else 1, deterministic=True,
+                         **({"strategy": "ddp"} if ddp else {}))
     trainer.fit(model, loader, ckpt_path="last")
     opt = trainer.optimizers[0]
     tr.save_checkpoint({**model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()},

@@ -126,6 +126,14 @@ def test_cli_reads_lightning_checkpoints(tmp_path_factory) -> None:
     cli("diff", "lit-3_10.ckpt", str(ref / "copy.safetensors"))
 
 
+def test_ddp_is_refused_with_a_typed_error_before_any_save(tmp_path) -> None:
+    proc = subprocess.run([*_cmd(tmp_path, 0), "1", "ddp"], env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "UnsupportedStrategyError: TorchResumeCheckpoint saves from one process; this trainer runs 2" in proc.stderr
+    assert "docs/guides/torchrun.md" in proc.stderr
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".ckpt")]
+
+
 class _WithObjectHparam(pl.LightningModule):
     def __init__(self, act: object) -> None:
         super().__init__()

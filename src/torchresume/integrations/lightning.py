@@ -362,9 +362,10 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.world_size > 1:
             raise UnsupportedStrategyError(
-                f"TorchResumeCheckpoint runs in one process; this trainer has {trainer.world_size} "
-                f"({type(trainer.strategy).__name__}): train on one device, or use torchresume's own "
-                "harness under torchrun for sharded checkpoints (docs/guides/torchrun.md)")
+                f"TorchResumeCheckpoint saves from one process; this trainer runs {trainer.world_size} "
+                f"({type(trainer.strategy).__name__}), whose checkpoint would be rank 0's alone: train on "
+                "one device, or use torchresume's own harness under torchrun for sharded checkpoints "
+                "(docs/guides/torchrun.md)")
         super().setup(trainer, pl_module, stage)
         self._trainer = trainer
         self._io(trainer)
