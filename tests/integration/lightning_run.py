@@ -1,13 +1,14 @@
 """A real Lightning Trainer.fit with torchresume's plugin, for tests/integration/test_lightning.py.
 
-usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp]]
+usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp|async]]
 
 Trains a small MLP with dropout on a plain ``DataLoader(shuffle=True)`` whose dataset draws
 random noise in ``__getitem__`` (in the workers when there are any), checkpointing every 2
 steps into RUN_DIR through TorchResumeCheckpoint, and resumes with ``ckpt_path="last"``. Each
 training step prints ``step N`` and appends ``N digest`` (the batch's bytes) to RUN_DIR/batches;
 a finished run writes RUN_DIR/final.ckpt (weights, optimizer state, the torch RNG). With ``ddp``
-it trains under Lightning's DDP strategy on 2 CPU processes (which the plugin refuses).
+it trains under Lightning's DDP strategy on 2 CPU processes (which the plugin refuses); with
+``async`` checkpoints are written in the background (``TorchResumeIO(async_save=True)``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import torchresume as tr
-from torchresume.integrations.lightning import TorchResumeCheckpoint
+from torchresume.integrations.lightning import TorchResumeCheckpoint, TorchResumeIO
 
 
 class Noisy(Dataset):
@@ -65,7 +66,7 @@ class Net(pl.LightningModule):
 def main() -> None:
     run_dir, workers = sys.argv[1], int(sys.argv[2])
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-    ddp = sys.argv[4:] == ["ddp"]
+    ddp, async_save = sys.argv[4:] == ["ddp"], sys.argv[4:] == ["async"]
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     model = Net()
@@ -74,7 +75,7 @@ def main() -> None:
     ckpt = TorchResumeCheckpoint(run_dir, prefix="lit", every_n_train_steps=2, keep=3)
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[ckpt], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=2 if ddp else 1, deterministic=True,
-                         **({"strategy": "ddp"} if ddp else {}))
+                         plugins=[TorchResumeIO(async_save=async_save)], **({"strategy": "ddp"} if ddp else {}))
     trainer.fit(model, loader, ckpt_path="last")
     opt = trainer.optimizers[0]
     tr.save_checkpoint({**model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()},

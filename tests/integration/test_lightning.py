@@ -4,7 +4,8 @@ Each run (tests/integration/lightning_run.py) trains 3 epochs of 10 steps on a p
 ``DataLoader(shuffle=True)`` whose dataset draws noise in ``__getitem__``, with dropout, saving
 every 2 steps; it is killed a few times (aimed alternately at a checkpoint write in flight and
 between writes) and rerun with the same command (``ckpt_path="last"``). Its weights, optimizer
-state, final RNG and the batch trained at every step must equal an uninterrupted run's.
+state, final RNG and the batch trained at every step must equal an uninterrupted run's (with
+workers and without, with background saves too).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ TR = str(Path(sys.executable).with_name("torchresume"))
 TOTAL = 30  # 3 epochs of 10 steps
 
 
-def _cmd(run: Path, workers: int) -> list[str]:
-    return [sys.executable, SCRIPT, str(run), str(workers)]
+def _cmd(run: Path, workers: int, mode: str = "sync") -> list[str]:
+    return [sys.executable, SCRIPT, str(run), str(workers), *(["3", "async"] if mode == "async" else [])]
 
 
-def _finish(run: Path, workers: int) -> str:
-    proc = subprocess.run(_cmd(run, workers), env=env(), capture_output=True, text=True, timeout=300)
+def _finish(run: Path, workers: int, mode: str = "sync") -> str:
+    proc = subprocess.run(_cmd(run, workers, mode), env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"finished {TOTAL}" in proc.stdout
     return proc.stderr
@@ -80,13 +81,13 @@ def _assert_same_run(run: Path, ref: Path) -> None:
     assert len(_batches(ref)) == TOTAL
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_sigkills_mid_epoch_and_mid_save_resume_bitwise(tmp_path, tmp_path_factory, workers) -> None:
-    landed = random_kills(_cmd(tmp_path, workers), tmp_path, kills=3, seed=21 + workers, max_new_steps=9,
+@pytest.mark.parametrize(("workers", "mode"), [(0, "sync"), (2, "sync"), (2, "async")])
+def test_sigkills_mid_epoch_and_mid_save_resume_bitwise(tmp_path, tmp_path_factory, workers, mode) -> None:
+    landed = random_kills(_cmd(tmp_path, workers, mode), tmp_path, kills=3, seed=21 + workers, max_new_steps=9,
                           check=_all_committed_verify)
-    report(f"lightning workers={workers}", landed)
+    report(f"lightning workers={workers} {mode}", landed)
     assert landed["mid-step"] + landed["mid-save"] >= 2
-    err = _finish(tmp_path, workers)
+    err = _finish(tmp_path, workers, mode)
     assert "not resumable" not in err  # Lightning's own mid-epoch warning never shows
     _assert_same_run(tmp_path, _reference(tmp_path_factory, workers))
 
