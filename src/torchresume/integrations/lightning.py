@@ -175,7 +175,7 @@ class _Position:
         self.pending: dict[str, Any] | None = None
         self.yielded = 0
         self.ahead: deque[tuple[int, dict[str, Any]]] = deque(maxlen=AHEAD_KEPT)
-        self.progress: Callable[[], tuple[int, int]] = lambda: (0, self.yielded)
+        self.progress: Callable[[], tuple[int, int]] | None = None  # (epoch, batches trained): the callback's
 
     @contextmanager
     def raw_iterators(self) -> Iterator[None]:
@@ -186,6 +186,11 @@ class _Position:
             self.raw = False
 
     def state_dict(self) -> dict[str, Any]:
+        if self.progress is None:
+            raise CheckpointConfigError(
+                "a resumable() DataLoader is saved by TorchResumeCheckpoint, which knows how many of its "
+                "batches were trained on (Lightning fetches ahead): add TorchResumeCheckpoint(...) to the "
+                "Trainer's callbacks")
         epoch, trained = self.progress()
         state = self.feed.state_dict(epoch, trained) or {}
         state["rng"] = rng.capture()
@@ -276,7 +281,8 @@ def resumable(loader: DataLoader) -> DataLoader:
     The same object gains ``state_dict``/``load_state_dict`` (Lightning stores them in the
     checkpoint's loop state) and, on resume, re-makes the interrupted epoch's iterator: the same
     order, the same worker seeds, the batches already trained on skipped. ``TorchResumeCheckpoint``
-    calls it on a DataLoader given to ``Trainer.fit``; call it yourself in ``train_dataloader()``.
+    calls it on a DataLoader given to ``Trainer.fit``; call it yourself in ``train_dataloader()``
+    (and have a ``TorchResumeCheckpoint`` among the callbacks: it saves the position).
     A loader with its own ``state_dict`` (torchdata's StatefulDataLoader) is returned unchanged.
 
     Example:
@@ -284,7 +290,7 @@ def resumable(loader: DataLoader) -> DataLoader:
         from torch.utils.data import DataLoader, TensorDataset
         from torchresume.integrations.lightning import resumable
         loader = resumable(DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4, shuffle=True))
-        assert "consumed" in loader.state_dict()
+        assert callable(loader.load_state_dict) and isinstance(loader, DataLoader)
         ```
     """
     if not isinstance(loader, DataLoader):
