@@ -4,7 +4,8 @@ usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp|async]]
 
 Trains a small MLP with dropout on a plain ``DataLoader(shuffle=True)`` whose dataset draws
 random noise in ``__getitem__`` (in the workers when there are any), checkpointing every 2
-steps into RUN_DIR through TorchResumeCheckpoint, and resumes with ``ckpt_path="last"``. Each
+steps into RUN_DIR through TorchResumeCheckpoint, validating at each epoch's end (whose DataLoader
+draws from the global RNG too), and resumes with ``ckpt_path="last"``. Each
 training step prints ``step N`` and appends ``N digest`` (the batch's bytes) to RUN_DIR/batches;
 a finished run writes RUN_DIR/final.ckpt (weights, optimizer state, the torch RNG). With ``ddp``
 it trains under Lightning's DDP strategy on 2 CPU processes (which the plugin refuses); with
@@ -56,6 +57,10 @@ class Net(pl.LightningModule):
         print(f"step {self.global_step + 1}", flush=True)
         return nn.functional.cross_entropy(self.net(x), y)
 
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
 
@@ -76,7 +81,7 @@ def main() -> None:
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[ckpt], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=2 if ddp else 1, deterministic=True,
                          plugins=[TorchResumeIO(async_save=async_save)], **({"strategy": "ddp"} if ddp else {}))
-    trainer.fit(model, loader, ckpt_path="last")
+    trainer.fit(model, loader, DataLoader(Noisy(24), batch_size=8), ckpt_path="last")
     opt = trainer.optimizers[0]
     tr.save_checkpoint({**model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()},
                        os.path.join(run_dir, "final.ckpt"))
