@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchresume as tr
 from tests.fault.killing import env, random_kills, report
 from torchresume.errors import UnstorableValueError
-from torchresume.files import verify
+from torchresume.files import describe, verify
 from torchresume.integrations.lightning import TorchResumeCheckpoint, TorchResumeIO, resumable
 
 SCRIPT = str(Path(__file__).with_name("lightning_run.py"))
@@ -157,3 +157,21 @@ def test_unstorable_hyperparameter_is_a_typed_error_naming_its_key(tmp_path) -> 
         trainer.fit(_WithObjectHparam({1, 2}), loader)
     assert info.value.key == "hyper_parameters.act" and isinstance(info.value, TypeError)
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".ckpt")]  # nothing was written
+
+
+def test_io_alone_under_lightnings_own_model_checkpoint(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(epochs: int) -> pl.Trainer:
+        loader = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4)
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[ModelCheckpoint(str(tmp_path), save_last=True, every_n_train_steps=2)],
+                             plugins=[TorchResumeIO()], accelerator="cpu", devices=1)
+        trainer.fit(_WithObjectHparam(0.5), loader, ckpt_path="last")
+        return trainer
+    fit(1)
+    assert sorted(os.listdir(tmp_path)) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    assert fit(2).global_step == 8  # resumed from last.ckpt, not started over
+    assert sorted(os.listdir(tmp_path)) == ["epoch=1-step=8.ckpt", "last.ckpt"]  # save_top_k=1 removed the old
+    for name in os.listdir(tmp_path):
+        assert describe(str(tmp_path / name)).kind == "lightning" and verify(str(tmp_path / name)).valid
