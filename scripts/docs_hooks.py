@@ -20,11 +20,13 @@ API_PAGE = "reference/api.md"
 
 
 def public_names() -> dict[str, Any]:
-    """Every public name (qualified) -> its object: the facade's ``__all__`` and distributed's."""
+    """Every public name (qualified) -> its object: the facade's ``__all__``, distributed's and the integrations'."""
     import torchresume
     import torchresume.distributed as distributed
     names = {f"torchresume.{n}": getattr(torchresume, n) for n in torchresume.__all__}
     names.update({f"torchresume.distributed.{n}": getattr(distributed, n) for n in distributed.__all__})
+    from torchresume.integrations import lightning  # the [lightning] extra, installed with [dev]
+    names.update({f"torchresume.integrations.lightning.{n}": getattr(lightning, n) for n in lightning.__all__})
     return names
 
 

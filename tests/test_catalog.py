@@ -208,3 +208,10 @@ def test_other_suffixes_are_listed_unparsed(tmp_path, name) -> None:
     _save(tmp_path, name)
     (e,) = catalog.list_checkpoints(str(tmp_path))
     assert e.name == name and e.prefix is None and e.valid
+
+
+def test_callbacks_scores_are_not_weights_for_the_finite_check() -> None:
+    from torchresume.catalog import tree_finite
+    best = {"callbacks": {"ModelCheckpoint": {"kth_value": torch.tensor(float("inf"))}}}
+    assert tree_finite({"w": torch.ones(2), **best})  # a best score starts at +-inf
+    assert not tree_finite({"w": torch.tensor([float("nan")]), **best})

@@ -53,6 +53,18 @@ class UnsupportedUnderTorchrunError(CheckpointConfigError):
     """A CheckpointConfig option the torchrun (sharded) path cannot honour yet; raised before training starts."""
 
 
+class UnsupportedStrategyError(CheckpointConfigError):
+    """A Lightning strategy the torchresume CheckpointIO cannot honour yet (DDP, FSDP); raised before any save."""
+
+
+class UnstorableValueError(TorchResumeError, TypeError):
+    """A value to checkpoint cannot be stored without pickle; ``key`` is its dotted path in the state."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class StorageError(TorchResumeError, OSError):
     """Object storage failed permanently (after retries)."""
 

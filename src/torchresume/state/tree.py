@@ -23,7 +23,11 @@ Skeleton = Any
 
 
 class TreeError(TypeError):
-    """The state holds a value that cannot be stored without pickle."""
+    """The state holds a value that cannot be stored without pickle; ``key`` is its dotted path."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def flatten(tree: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Skeleton]:
@@ -75,7 +79,7 @@ def _flatten(node: Any, path: str, tensors: dict[str, torch.Tensor]) -> Skeleton
         return node
     raise TreeError(f"cannot save {type(node).__name__} at {path or '<root>'!r}: "
                     "checkpoints hold tensors, numpy arrays, dicts, lists, tuples and "
-                    "None/bool/int/float/str; convert it or give it a state_dict()")
+                    "None/bool/int/float/str; convert it or give it a state_dict()", path)
 
 
 def map_tensors(node: Any, fn: Any) -> Any:

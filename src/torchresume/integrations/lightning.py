@@ -1,0 +1,459 @@
+"""Lightning: torchresume checkpoints (durable commit, checksums, no pickle) and exact mid-epoch resume.
+
+Three pieces, each a thin adapter over torchresume's core:
+
+- ``TorchResumeIO``: a Lightning ``CheckpointIO``. ``save_checkpoint`` stores Lightning's
+  checkpoint dict as one torchresume file (``kind: "lightning"``): tensors as tensors, every
+  other value (hyperparameters, loop and callback state, ``on_save_checkpoint`` additions) as
+  typed JSON in the skeleton, through the save slot (one save in flight, optional background
+  writes) and the file layer (temporary file, fsync, rename; a commit marker on object storage).
+  A value that cannot be stored is an ``UnstorableValueError`` naming its key.
+- ``TorchResumeCheckpoint``: a Lightning ``ModelCheckpoint`` whose files carry torchresume
+  names (``{prefix}-{epoch}_{step}.ckpt``), whose retention is torchresume's (``keep=``), whose
+  ``ckpt_path="last"`` is the newest checkpoint that reads and verifies, and which saves and
+  restores every RNG and makes the training DataLoader resumable.
+- ``resumable(loader)``: a plain ``torch.utils.data.DataLoader`` that Lightning resumes exactly
+  mid-epoch (same batches, same worker seeds) through ``data/loader_state.py``'s DataLoaderFeed.
+
+One process only: under a multi-process strategy (DDP, FSDP) saving raises
+``UnsupportedStrategyError`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from torchresume import catalog, retention
+from torchresume.data.loader_state import DataLoaderFeed, check_feed_state
+from torchresume.errors import CheckpointConfigError, UnstorableValueError, UnsupportedStrategyError
+from torchresume.files import encode_state, read_checkpoint, write_encoded
+from torchresume.format.reader import Checkpoint
+from torchresume.log import log
+from torchresume.naming import check_prefix, checkpoint_name, parse_name
+from torchresume.retention import KeepLast, RetentionPolicy
+from torchresume.save_slot import SaveSlot
+from torchresume.state import rng
+from torchresume.state.tree import TreeError, flatten
+from torchresume.storage.pacing import Pace
+
+try:
+    import lightning.pytorch as pl
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError("torchresume.integrations.lightning needs Lightning 2.6: "
+                      "pip install 'torchresume[lightning]'") from exc
+
+KIND = "lightning"  # the document's kind (docs/FORMAT.md)
+AHEAD_KEPT = 8  # batches a DataLoader may run ahead of training (Lightning prefetches 1)
+
+
+def _refuse_distributed(where: str) -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise UnsupportedStrategyError(
+            f"{where}: torchresume's Lightning plugin saves from one process only; under a "
+            f"{dist.get_world_size()}-process strategy (DDP, FSDP) run on one device, or use "
+            "torchresume's own harness under torchrun (sharded checkpoints, docs/guides/torchrun.md)")
+
+
+def _storable(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """Lightning's checkpoint dict, checked: every value a tensor, array, container or JSON scalar."""
+    tree = dict(checkpoint)
+    try:
+        flatten(tree)
+    except TreeError as exc:
+        raise UnstorableValueError(
+            f"{path}: the checkpoint's value at {exc.key!r} cannot be stored without pickle ({exc}); "
+            "save only tensors, numbers, strings, bools, None, lists, tuples and dicts there "
+            "(e.g. save_hyperparameters(ignore=[...]) for a module or an object)", exc.key) from None
+    return tree
+
+
+def _info(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """What ls and retention read: epoch (1-based), step in it, global step, prefix, save time."""
+    info: dict[str, Any] = {"global_step": checkpoint.get("global_step"), "time": time.time(),
+                            "lightning": checkpoint.get("pytorch-lightning_version")}
+    parsed = parse_name(os.path.basename(path))
+    if parsed is not None:
+        info["prefix"], info["epoch"], info["step"], _ = parsed
+    return info
+
+
+class TorchResumeIO(CheckpointIO):
+    """A Lightning ``CheckpointIO`` writing torchresume checkpoints: durable, checksummed, no pickle.
+
+    Args:
+        async_save: ``save_checkpoint`` copies the state into reused host buffers and returns;
+            one background thread writes and commits it (``teardown`` waits for it).
+        on_busy: what a save does while the previous background one still runs: ``"wait"``
+            or ``"skip"``.
+        write_mb_per_s: pace background writes to this rate.
+
+    Example:
+        ```python
+        import lightning.pytorch as pl
+        from torchresume.integrations.lightning import TorchResumeIO
+        trainer = pl.Trainer(plugins=[TorchResumeIO()], max_epochs=1, logger=False,
+                             enable_checkpointing=False)
+        ```
+    """
+
+    def __init__(self, *, async_save: bool = False, on_busy: str = "wait",
+                 write_mb_per_s: float | None = None) -> None:
+        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, write_mb_per_s=write_mb_per_s,
+                             name="torchresume-lightning-writer")
+        self.on_commit: Callable[[str], object] | None = None  # retention, set by TorchResumeCheckpoint
+        self._preloaded: tuple[str, Checkpoint] | None = None
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        """Write ``checkpoint`` to ``path`` and commit it (in the background with ``async_save``)."""
+        path = os.fspath(path)
+        if storage_options is not None:
+            raise CheckpointConfigError(f"{path}: TorchResumeIO takes no storage_options (got "
+                                        f"{storage_options!r}); pass a URL as the path for object storage")
+        _refuse_distributed(path)
+        tree = _storable(checkpoint, path)
+        if not self.slot.claim(path):
+            return
+        info = _info(checkpoint, path)
+        self.slot.run(path, tree, lambda t, pace: self._commit(t, info, path, pace))
+
+    def _commit(self, tree: Any, info: dict[str, Any], path: str, pace: Pace | None) -> None:
+        write_encoded(encode_state(KIND, tree, info=info), path, None, pace=pace)
+        if self.on_commit is not None:
+            self.on_commit(path)
+
+    def preload(self, path: str, ckpt: Checkpoint) -> None:
+        """Hand over a checkpoint already read and verified, so loading ``path`` does not read it again."""
+        self._preloaded = (path, ckpt)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Read and verify ``path`` (every checksum) and return Lightning's checkpoint dict."""
+        self.slot.wait()
+        path = os.fspath(path)
+        pre, self._preloaded = self._preloaded, None
+        ckpt = pre[1] if pre is not None and pre[0] == path else read_checkpoint(path)
+        if not isinstance(ckpt.tree, dict):
+            raise CheckpointConfigError(f"{path} holds no Lightning checkpoint (a {ckpt.kind!r} file)")
+        return dict(ckpt.tree)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Delete one checkpoint (marker first on object storage)."""
+        self.slot.wait()
+        catalog.delete(os.fspath(path))
+
+    def teardown(self) -> None:
+        """Wait for a background save (raising its failure) and free the writer."""
+        self.slot.close()
+
+
+# -- the DataLoader's position -----------------------------------------------------------------
+
+class _Position:
+    """Where a resumable DataLoader stands: DataLoaderFeed's epoch start plus the batches ahead.
+
+    Lightning fetches one batch ahead of training, so a checkpoint taken after step k has
+    already loaded batch k+1 (drawing from the RNGs in the main process when there are no
+    workers). For each batch handed out the RNG state before it was loaded is kept; a resume
+    loads those batches again from those states, then puts back the checkpoint's RNG.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.feed = DataLoaderFeed(loader)
+        self.raw = False
+        self.pending: dict[str, Any] | None = None
+        self.yielded = 0
+        self.ahead: deque[tuple[int, dict[str, Any]]] = deque(maxlen=AHEAD_KEPT)
+        self.progress: Callable[[], tuple[int, int]] | None = None  # (epoch, batches trained): the callback's
+
+    @contextmanager
+    def raw_iterators(self) -> Iterator[None]:
+        self.raw = True
+        try:
+            yield
+        finally:
+            self.raw = False
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.progress is None:
+            raise CheckpointConfigError(
+                "a resumable() DataLoader is saved by TorchResumeCheckpoint, which knows how many of its "
+                "batches were trained on (Lightning fetches ahead): add TorchResumeCheckpoint(...) to the "
+                "Trainer's callbacks")
+        epoch, trained = self.progress()
+        state = self.feed.state_dict(epoch, trained) or {}
+        state["rng"] = rng.capture()
+        state["ahead"] = [s for i, s in self.ahead if i > trained]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_feed_state(state, self.feed.kind, len(self.loader))
+        self.pending = dict(state)
+
+    def iterate(self) -> Iterator[Any]:
+        pending, self.pending = self.pending, None
+        done = int(pending["consumed"]) if pending is not None else 0
+        if pending is not None:
+            rng.restore(pending["rng"])  # the checkpoint's state: the feed puts it back after seeking
+            if done >= len(self.loader):  # saved at the epoch's end: the next one starts here
+                pending, done = None, 0
+        self.feed.pending = pending
+        with self.raw_iterators():
+            source = iter(self.feed.batches(done, len(self.loader)))
+            again = [self._load_again(source, s) for s in (pending or {}).get("ahead", [])]
+        return _Tracked(self, source, again, done)
+
+    def _load_again(self, source: Iterator[Any], before: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        now = rng.capture()
+        rng.restore(before)
+        batch = next(source)
+        rng.restore(now)
+        return batch, before
+
+
+class _Tracked:
+    """The iterator Lightning gets: the loader's batches, each with the RNG state it was loaded from."""
+
+    def __init__(self, position: _Position, source: Iterator[Any], again: list[tuple[Any, dict[str, Any]]],
+                 done: int) -> None:
+        self.position, self.source, self.again = position, source, again
+        position.yielded = done
+        position.ahead.clear()
+
+    def __iter__(self) -> _Tracked:
+        return self
+
+    def __next__(self) -> Any:
+        if self.again:
+            batch, before = self.again.pop(0)
+        else:
+            before = rng.capture()
+            batch = next(self.source)
+        self.position.yielded += 1
+        self.position.ahead.append((self.position.yielded, before))
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.position.loader)
+
+
+class _ResumableLoader(DataLoader):
+    """The methods a resumable DataLoader gains (its class becomes a subclass of this and its own)."""
+
+    def _torchresume_position(self) -> _Position:
+        position = self.__dict__.get("_tr_position")
+        if position is None:
+            position = self.__dict__["_tr_position"] = _Position(self)
+        return position
+
+    def _get_iterator(self) -> Any:
+        position = self._torchresume_position()
+        if position.raw:
+            return super()._get_iterator()
+        return position.iterate()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position: the epoch's start, the batches trained on, the RNG now."""
+        return self._torchresume_position().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state`` when the next iterator is made."""
+        self._torchresume_position().load_state_dict(state)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def resumable(loader: DataLoader) -> DataLoader:
+    """Make ``loader`` (a plain torch DataLoader) resume mid-epoch exactly under Lightning; returns it.
+
+    The same object gains ``state_dict``/``load_state_dict`` (Lightning stores them in the
+    checkpoint's loop state) and, on resume, re-makes the interrupted epoch's iterator: the same
+    order, the same worker seeds, the batches already trained on skipped. ``TorchResumeCheckpoint``
+    calls it on a DataLoader given to ``Trainer.fit``; call it yourself in ``train_dataloader()``
+    (and have a ``TorchResumeCheckpoint`` among the callbacks: it saves the position).
+    A loader with its own ``state_dict`` (torchdata's StatefulDataLoader) is returned unchanged.
+
+    Example:
+        ```python
+        from torch.utils.data import DataLoader, TensorDataset
+        from torchresume.integrations.lightning import resumable
+        loader = resumable(DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4, shuffle=True))
+        assert callable(loader.load_state_dict) and isinstance(loader, DataLoader)
+        ```
+    """
+    if not isinstance(loader, DataLoader):
+        raise CheckpointConfigError(f"resumable() takes a torch DataLoader, got {type(loader).__name__}")
+    if isinstance(loader, _ResumableLoader) or callable(getattr(loader, "state_dict", None)):
+        return loader
+    if loader.num_workers > 0 and loader.persistent_workers:
+        raise CheckpointConfigError(
+            "a DataLoader with persistent_workers=True cannot be resumed exactly (its workers' random "
+            "state runs on across epochs and is not saved); make it with persistent_workers=False")
+    cls = type(loader)
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Resumable{cls.__name__}", (_ResumableLoader, cls), {})
+    loader.__class__ = _CLASSES[cls]
+    return loader
+
+
+# -- the callback ------------------------------------------------------------------------------
+
+class TorchResumeCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` on torchresume's core: names, retention, newest valid, RNG, data.
+
+    Files are ``{prefix}-{epoch}_{step}.ckpt`` (epoch 1-based, step within it) written by
+    ``TorchResumeIO`` (installed on the trainer's strategy when it has Lightning's default IO);
+    ``keep`` (an int or torchresume retention policies) runs after each commit, never deleting
+    the newest. ``Trainer.fit(ckpt_path="last")`` resumes from the newest checkpoint of ``prefix``
+    that reads and verifies, skipping damaged ones by name. Each checkpoint holds every RNG
+    (python, numpy, torch) and the training DataLoader's position, so a resumed run sees the same
+    batches and draws the same random numbers as an uninterrupted one.
+
+    Args:
+        dirpath: the checkpoint directory (a path or an ``s3://`` URL).
+        prefix: the run's name in file names (no ``-`` or ``/``).
+        keep: how many checkpoints to keep (newest first), or retention policies; None keeps all.
+        every_n_train_steps: save every N training steps (as Lightning's ModelCheckpoint).
+        every_n_epochs: save every N epochs.
+        train_time_interval: save every ``timedelta`` of training.
+        monitor: the metric recorded for ``save_top_k``-style choices (all are kept: ``keep`` decides).
+        mode: ``"min"`` or ``"max"`` for ``monitor``.
+        verbose: Lightning's save messages. ``save_top_k``, ``save_last`` and ``filename`` are torchresume's.
+
+    Example:
+        ```python
+        import lightning.pytorch as pl
+        from torchresume.integrations.lightning import TorchResumeCheckpoint
+        ckpt = TorchResumeCheckpoint("runs/lit", prefix="lit", every_n_train_steps=5, keep=3)
+        trainer = pl.Trainer(callbacks=[ckpt], max_epochs=1, logger=False)
+        ```
+    """
+
+    def __init__(self, dirpath: str, *, prefix: str = "lightning",
+                 keep: Sequence[RetentionPolicy] | int | None = 5, every_n_train_steps: int | None = None,
+                 every_n_epochs: int | None = None, train_time_interval: Any = None,
+                 monitor: str | None = None, mode: str = "min", verbose: bool = False) -> None:
+        super().__init__(dirpath=dirpath, monitor=monitor, mode=mode, verbose=verbose, save_top_k=-1,
+                         every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
+                         train_time_interval=train_time_interval, enable_version_counter=False)
+        self.prefix = check_prefix(prefix)
+        self.policies: list[RetentionPolicy] = [KeepLast(keep)] if isinstance(keep, int) else list(keep or [])
+        self._trainer: pl.Trainer | None = None
+        self._deferred = False  # the last batch's save, taken at the epoch's end
+
+    def _io(self, trainer: pl.Trainer) -> TorchResumeIO:
+        """The strategy's TorchResumeIO, installed in place of Lightning's default pickle IO."""
+        io = trainer.strategy.checkpoint_io
+        if type(io) is TorchCheckpointIO:
+            io = trainer.strategy.checkpoint_io = TorchResumeIO()
+        if not isinstance(io, TorchResumeIO):
+            raise CheckpointConfigError(
+                f"TorchResumeCheckpoint writes through TorchResumeIO, but the trainer has {type(io).__name__}; "
+                "pass plugins=[TorchResumeIO()] (or no CheckpointIO plugin) to the Trainer")
+        io.on_commit = self._after_commit
+        return io
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            raise UnsupportedStrategyError(
+                f"TorchResumeCheckpoint saves from one process; this trainer runs {trainer.world_size} "
+                f"({type(trainer.strategy).__name__}), whose checkpoint would be rank 0's alone: train on "
+                "one device, or use torchresume's own harness under torchrun for sharded checkpoints "
+                "(docs/guides/torchrun.md)")
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer
+        self._io(trainer)
+        source = getattr(trainer.fit_loop._data_source, "instance", None)
+        if stage == "fit" and isinstance(source, DataLoader):
+            resumable(source)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._watch_loaders(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._watch_loaders(trainer)
+
+    def _watch_loaders(self, trainer: pl.Trainer) -> None:
+        """Tell each resumable training loader how far training got (what a checkpoint records)."""
+        combined = trainer.fit_loop._combined_loader
+        for loader in combined.flattened if combined is not None else []:
+            if isinstance(loader, _ResumableLoader):
+                loader._torchresume_position().progress = lambda: (
+                    trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # Lightning 2.6 resumes a save from the last batch's end with its epoch count off by one
+            # (the next resume repeats an epoch): the epoch's end takes that save instead.
+            self._deferred = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        deferred, self._deferred = self._deferred, False
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if deferred and due and not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def format_checkpoint_name(self, metrics: dict[str, Any], filename: str | None = None,
+                               ver: int | None = None, prefix: str | None = None) -> str:
+        """``{dirpath}/{prefix}-{epoch}_{step}.ckpt``: torchresume's name for the position now."""
+        trainer = self._trainer
+        if trainer is None:
+            return super().format_checkpoint_name(metrics, filename, ver, prefix)
+        step = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return os.path.join(str(self.dirpath), checkpoint_name(self.prefix, trainer.current_epoch + 1, step))
+
+    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
+        """``ckpt_path="last"``: the newest checkpoint of ``prefix`` that reads and verifies."""
+        directory = str(self.dirpath)
+        try:
+            entries = catalog.list_checkpoints(directory, verify=False)
+        except FileNotFoundError:
+            return set()
+        found = catalog.newest_readable(entries, directory, run=self.prefix)
+        if found is None:
+            return set()
+        entry, ckpt = found
+        self._io(trainer).preload(entry.path, ckpt)
+        log.info("resuming from %s", entry.path)
+        return {entry.path}
+
+    def _after_commit(self, path: str) -> None:
+        if self.policies:
+            retention.apply(catalog.list_checkpoints(os.path.dirname(path), verify=False, prefix=self.prefix),
+                            self.policies, protect=path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning's ModelCheckpoint state plus every RNG at the moment of the save."""
+        return {**super().state_dict(), "rng": rng.capture()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "rng" in state_dict:
+            rng.restore(state_dict["rng"])
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        io = trainer.strategy.checkpoint_io
+        if isinstance(io, TorchResumeIO):
+            io.slot.wait()
+
+
+__all__ = ["TorchResumeCheckpoint", "TorchResumeIO", "resumable"]

@@ -1,0 +1,92 @@
+"""A real Lightning Trainer.fit with torchresume's plugin, for tests/integration/test_lightning.py.
+
+usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp|async]]
+
+Trains a small MLP with dropout on a plain ``DataLoader(shuffle=True)`` whose dataset draws
+random noise in ``__getitem__`` (in the workers when there are any), checkpointing every 2
+steps into RUN_DIR through TorchResumeCheckpoint, validating at each epoch's end (whose DataLoader
+draws from the global RNG too), and resumes with ``ckpt_path="last"``. Each
+training step prints ``step N`` and appends ``N digest`` (the batch's bytes) to RUN_DIR/batches;
+a finished run writes RUN_DIR/final.ckpt (weights, optimizer state, the torch RNG). With ``ddp``
+it trains under Lightning's DDP strategy on 2 CPU processes (which the plugin refuses); with
+``async`` checkpoints are written in the background (``TorchResumeIO(async_save=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import torchresume as tr
+from torchresume.integrations.lightning import TorchResumeCheckpoint, TorchResumeIO
+
+
+class Noisy(Dataset):
+    """Fixed data plus random noise drawn in __getitem__."""
+
+    def __init__(self, n: int = 80) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(n, 6, generator=g)
+        self.y = (self.x.sum(1) > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i] + 0.05 * torch.randn(6), self.y[i]
+
+
+class Net(pl.LightningModule):
+    def __init__(self, lr: float = 0.05, width: int = 16) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(6, width), nn.ReLU(), nn.Dropout(0.2), nn.Linear(width, 2))
+        self.log_path = ""
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+        with open(self.log_path, "a") as f:
+            f.write(f"{self.global_step + 1} {digest}\n")
+        print(f"step {self.global_step + 1}", flush=True)
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["extra_note"] = {"saved_at_step": self.global_step, "tags": ("a", "b")}
+
+
+def main() -> None:
+    run_dir, workers = sys.argv[1], int(sys.argv[2])
+    epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    ddp, async_save = sys.argv[4:] == ["ddp"], sys.argv[4:] == ["async"]
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    model = Net()
+    model.log_path = os.path.join(run_dir, "batches")
+    loader = DataLoader(Noisy(), batch_size=8, shuffle=True, num_workers=workers)
+    ckpt = TorchResumeCheckpoint(run_dir, prefix="lit", every_n_train_steps=2, keep=3)
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=2 if ddp else 1, deterministic=True,
+                         plugins=[TorchResumeIO(async_save=async_save)], **({"strategy": "ddp"} if ddp else {}))
+    trainer.fit(model, loader, DataLoader(Noisy(24), batch_size=8), ckpt_path="last")
+    opt = trainer.optimizers[0]
+    tr.save_checkpoint({**model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()},
+                       os.path.join(run_dir, "final.ckpt"))
+    print(f"finished {trainer.global_step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
