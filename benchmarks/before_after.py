@@ -28,7 +28,9 @@ ROOT = HERE.parent
 def run(tree: Path, script: str, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(HERE / script), *args], cwd=tree, env=env, capture_output=True,
-                          text=True, check=True)
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{script} in {tree} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout
 
 
@@ -53,7 +55,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="the commit to compare this tree with")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--gib", type=float, default=0.05, help="distributed_save.py's state size")
+    p.add_argument("--gib", type=float, default=0.2, help="distributed_save.py's state size")
     p.add_argument("--chunk", type=int, default=100, help="epoch_time.py's steps per chunk")
     args = p.parse_args()
     old = Path(tempfile.mkdtemp(prefix="before-")) / "tree"
