@@ -140,7 +140,7 @@ def test_retention_deletes_off_the_callers_thread_after_the_commit(tmp_path, man
         m.save(1, step)
     m.wait()
     assert _names(tmp_path) == ["ckpt-1_3.ckpt"]
-    assert len(seen) == 2 and all(name.startswith("torchresume-writer") for name, _ in seen), seen
+    assert len(seen) == 2 and all(name.startswith("torchresume-retention") for name, _ in seen), seen
     assert seen[-1][1]  # the newest was committed before the last delete
 
 

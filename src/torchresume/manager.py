@@ -28,9 +28,9 @@ from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format import crypto
 from torchresume.format.reader import Checkpoint
 from torchresume.log import log
-from torchresume.naming import checkpoint_name
+from torchresume.naming import checkpoint_name, unique_prefix
 from torchresume.retention import KeepLast, KeepNewestVerified, RetentionPolicy
-from torchresume.save_slot import SaveSlot
+from torchresume.save_slot import ON_BUSY, SaveSlot, check_on_busy
 from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state.registry import BUILTIN, StateRegistry, capture_tree, restore_tree
 from torchresume.state.stateful import Stateful
@@ -254,7 +254,7 @@ class CheckpointManager:
             if self.slot.async_save:  # already in the background thread
                 self.apply_retention(protect=path)
             else:
-                self.slot.after(lambda: self.apply_retention(protect=path), f"retention after {path}")
+                self.slot.after(lambda: self._retain(path), f"retention after {path}")
             return
         local = self.remote.local_path(path)
         size = write_encoded(encoded, local, enc_key, pace=pace)
@@ -267,6 +267,14 @@ class CheckpointManager:
         if self._verbose:
             from torchresume.inspection import human_bytes
             log.info("%s %s (%s, %.2f s)%s", what, path, human_bytes(size), time.perf_counter() - start, tail)
+
+    def _retain(self, path: str) -> None:
+        """Retention after a sync save's commit, in the shared deleter thread: a failure is said, not
+        raised (the committed checkpoint is good; older ones are kept)."""
+        try:
+            self.apply_retention(protect=path)
+        except OSError as exc:
+            log.warning("%s is committed but retention failed: %s; older checkpoints were kept", path, exc)
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""
@@ -444,4 +452,5 @@ class Guard:
             raise SystemExit(signals.exit_code(self.stop.received))
 
 
-__all__ = ["CheckpointManager", "Guard"]
+# Their homes moved to naming.py and save_slot.py (0.3); importable from here as before.
+__all__ = ["ON_BUSY", "CheckpointManager", "Guard", "check_on_busy", "unique_prefix"]

@@ -60,16 +60,13 @@ class SaveSlot:
 
     @property
     def saving(self) -> str | None:
-        """What the background save in flight is writing, or None."""
-        return self._writer.running() if self._writer is not None else None
+        """What the background save in flight is writing, or None (always None for a sync slot)."""
+        return self._writer.running() if self._writer is not None and self._stager is not None else None
 
     def claim(self, path: str, on_busy: str | None = None) -> bool:
         """Make the slot free for a save of ``path``: wait for the one in flight, or (``"skip"``)
         return False to drop this save. Re-raises a failed background save."""
-        if self._writer is None:
-            return True
-        if self._stager is None:  # a synchronous slot's thread only deletes: saves never wait for it
-            self._writer.raise_if_failed()
+        if self._writer is None or self._stager is None:  # a sync slot's thread only deletes: never waited for
             return True
         running = self._writer.running()
         if running is None:
@@ -102,8 +99,8 @@ class SaveSlot:
     def after(self, job: Callable[[], object], what: str) -> None:
         """Run ``job`` in the background thread once what is queued there is done: retention's
         deletes after a commit, off the training thread (an unlink of a GiB checkpoint took ~1 s)."""
-        if self._writer is None:
-            self._writer = AsyncWriter(name=self._name)
+        if self._writer is None:  # sync slots share one thread: a sweep of many runs leaves no idle ones
+            self._writer = AsyncWriter(name=self._name) if self._stager is not None else _deleter()
         self._writer.submit(job, what)
 
     def settle(self) -> None:
@@ -125,11 +122,24 @@ class SaveSlot:
         """Wait for the background save (re-raising its failure), then free the writer and the buffers."""
         writer, self._writer = self._writer, None
         try:
-            if writer is not None:
+            if writer is not None and writer is _DELETER:
+                writer.wait()  # shared by every sync slot: waited for, never shut down
+            elif writer is not None:
                 writer.close()
         finally:
             if self._stager is not None:
                 self._stager.release()
+
+
+_DELETER: AsyncWriter | None = None
+
+
+def _deleter() -> AsyncWriter:
+    """The one background thread that runs retention's deletes for every synchronous slot."""
+    global _DELETER
+    if _DELETER is None:
+        _DELETER = AsyncWriter(name="torchresume-retention")
+    return _DELETER
 
 
 __all__ = ["ON_BUSY", "SaveSlot", "Stager", "check_on_busy"]

@@ -100,3 +100,24 @@ def test_a_one_process_run_resumes_under_torchrun(one_rank: None, tmp_path, monk
     assert (tmp_path / "p-2_8.ckpt").is_dir()  # sharded, the same run's prefix
     named = _model().train(2, _data(), [LossMonitor(1)], resume=str(tmp_path / "p-1_8.ckpt"))
     assert named["resumed_from"] == str(tmp_path / "p-1_8.ckpt") and named["global_step"] == 16
+
+
+def test_a_named_directory_resumes_the_run_not_its_best_copy(torchrun_rank: None, tmp_path) -> None:
+    """The best copies ({prefix}-best) are saved last, at eval: resuming a named directory under torchrun
+    still picks the run's own newest checkpoint, as in one process; a named sharded checkpoint resumes itself."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 2)
+    data = ArrayDataset(x, (x[:, 0] > 0).long(), batch_size=4)
+
+    def classifier() -> Model:
+        torch.manual_seed(0)
+        net = nn.Linear(2, 2)
+        return Model(net, nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=0.1), metrics={"loss"},
+                     device="cpu")
+    cfg = CheckpointConfig(save_checkpoint_steps=4, keep_checkpoint_max=5, monitor="loss", mode="min")
+    classifier().fit(1, data, data, callbacks=[ModelCheckpoint("p", str(tmp_path), cfg)])
+    assert sorted(p.name for p in tmp_path.glob("p-best-*")) == ["p-best-1_8.ckpt"]
+    summary = classifier().train(2, data, [LossMonitor(1)], resume=str(tmp_path))
+    assert summary["resumed_from"] == str(tmp_path / "p-1_8.ckpt")
+    named = classifier().train(2, data, [LossMonitor(1)], resume=str(tmp_path / "p-1_4.ckpt"))
+    assert named["resumed_from"] == str(tmp_path / "p-1_4.ckpt") and named["global_step"] == 16

@@ -81,3 +81,25 @@ def test_a_rank_ends_its_process_itself_and_loses_no_output(tmp_path: Path) -> N
     missing = subprocess.run([*cli, "verify", str(tmp_path / "none.ckpt")], capture_output=True, text=True,
                              env=env, timeout=120)
     assert missing.returncode == 1 and "none.ckpt" in missing.stdout + missing.stderr, missing
+
+
+def test_an_error_rank_0_meets_alone_stops_every_rank_with_it(tmp_path: Path) -> None:
+    """Resume discovery runs on rank 0 (then broadcast): when it fails there (runs mlp_1 and mlp_2 but no
+    'mlp': ambiguous), every rank raises the same error at once; none waits for rank 0 and then reports
+    it lost (the collective timeout is 600 s)."""
+    import subprocess
+    import sys
+    train_dir = tmp_path / "ckpt"
+    cli = [sys.executable, *train_cli(train_dir, "--epochs", "1", "--steps-per-epoch", "2", "--save-steps", "2")]
+    for _ in range(3):  # mlp, then mlp_1 and mlp_2 (fresh runs into a directory that has one)
+        subprocess.run([*cli, "--resume", "none"], check=True, capture_output=True, timeout=300)
+    for path in train_dir.glob("mlp-*.ckpt"):
+        path.unlink()
+    start = time.monotonic()
+    done = run(torchrun_cmd(2, train_cli(train_dir, "--epochs", "2", "--steps-per-epoch", "2", "--save-steps", "2")),
+               tmp_path)
+    took = time.monotonic() - start
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "has no checkpoints of run 'mlp' but has runs mlp_1" in out, out[-3000:]
+    assert out.count("torchresume: error:") == 1 and "lost rank" not in out, out[-3000:]
+    assert took < 120, took  # unloaded ~6 s: no rank waits out a collective timeout

@@ -278,17 +278,21 @@ class DistributedCheckpointManager:
             raise CheckpointWriteError(f"{path}: sharded save failed: the process group broke ({first}); "
                                        "nothing was committed; restart the job to resume from the "
                                        "newest committed checkpoint") from None
-        if _rank() == 0:  # a sync save's deletes run in the slot's thread (an async save is already there)
-            if group is None and not self.slot.async_save:
-                self.slot.after(lambda: self._retain(path), f"retention after {path}")
-            else:
-                self._retain(path)
-        _barrier(group)
+        try:
+            if _rank() == 0:  # a sync save's deletes run in the slot's thread (an async save is already there)
+                if group is None and not self.slot.async_save:
+                    self.slot.after(lambda: self._retain(path), f"retention after {path}")
+                else:
+                    self._retain(path)
+        finally:
+            _barrier(group)  # every rank, whatever rank 0 met
 
     def _retain(self, path: str) -> None:
+        """Retention after ``path``'s commit; a failure is said, never raised (it happens on rank 0
+        alone, and a committed checkpoint stays good: older ones are kept)."""
         try:
             self.apply_retention(protect=path)
-        except OSError as exc:  # committed; a failed delete keeps older checkpoints, never loses one
+        except Exception as exc:
             log.warning("%s is committed but retention failed: %s; older checkpoints were kept", path, exc)
 
     @property
@@ -347,13 +351,14 @@ class DistributedCheckpointManager:
             local = entries[0].path if entries else None
         return _broadcast(local)
 
-    def restore(self, state: dict[str, Any], *, announce: bool = True) -> RestoreInfo | None:
-        """Collective: load the newest committed checkpoint into ``state`` in place; None when there is none.
+    def restore(self, state: dict[str, Any], *, announce: bool = True, path: str | None = None) -> RestoreInfo | None:
+        """Collective: load the newest committed checkpoint (or the committed one at ``path``) into
+        ``state`` in place; None when there is none.
 
         A background save still running is waited for first (its failure raises AsyncSaveError).
         """
         self.wait()
-        path = self.newest()
+        path = self.newest() if path is None else path
         if path is None:
             return None
         try:

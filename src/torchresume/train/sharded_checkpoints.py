@@ -16,7 +16,10 @@ by collectives. Options the sharded path cannot honour are refused before traini
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+import os
+import pickle
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,10 +29,10 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torchresume import catalog, run_lock
 from torchresume.distributed import DistributedCheckpointManager
 from torchresume.distributed.reader import is_sharded
-from torchresume.errors import AsyncSaveError, CheckpointConfigError, CheckpointNotFoundError, RunLockedError
+from torchresume.errors import AsyncSaveError, CheckpointConfigError, CheckpointNotFoundError, TorchResumeError
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
-from torchresume.naming import best_prefix, unique_prefix
+from torchresume.naming import BEST, best_prefix, parse_name, unique_prefix
 from torchresume.retention import KeepBest, RetentionPolicy
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
@@ -37,6 +40,8 @@ from torchresume.train.file_checkpoints import is_directory_of_runs
 
 if TYPE_CHECKING:  # train.distributed imports torchrun_options -> model_checkpoint -> this module
     from torchresume.train.distributed import World
+
+T = TypeVar("T")
 
 
 class ShardedCheckpoints:
@@ -63,7 +68,14 @@ class ShardedCheckpoints:
         if not isinstance(target, str):
             raise CheckpointConfigError("under torchrun, resume must be 'auto', 'none', a directory "
                                         f"of checkpoints or a checkpoint file, got a {type(target).__name__}")
-        if target != "auto" and not is_directory_of_runs(target) and not is_sharded(target):
+        if target != "auto" and is_sharded(target):  # one sharded checkpoint, named
+            parent, name = os.path.split(target.rstrip("/"))
+            parsed = parse_name(name)
+            source = self._manager(parent or ".", parsed[0] if parsed else "ckpt", self.policies)
+            restore_run(ctx, source, self.world, path=target.rstrip("/"))
+            ctx.resumed_prefix = source.prefix
+            return
+        if target != "auto" and not is_directory_of_runs(target):
             ctx.run_state().restore(target, ctx, dec_key=self.config.enc_key)  # one file, read by every rank
             return
         directory = self.directory if target == "auto" else target
@@ -80,16 +92,14 @@ class ShardedCheckpoints:
     def _resume_from_file(self, ctx: RunContext, directory: str, run: str | None) -> bool:
         """A one-process checkpoint of the run (no sharded one yet): rank 0 picks the newest
         readable one, every rank loads it (weights, optimizer, data position, and its RNG streams)."""
-        path = None
-        if self.world.rank == 0:
+        def newest_file() -> str | None:
             found = CheckpointManager(directory, keep=None, enc_key=self.config.enc_key).newest_readable(
                 run, require_finite=True)
-            path = found[0].path if found is not None and not is_sharded(found[0].path) else None
-        box = [path]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is None:
+            return found[0].path if found is not None and not is_sharded(found[0].path) else None
+        path = on_rank_0(newest_file)
+        if path is None:
             return False
-        ctx.run_state().restore(str(box[0]), ctx, dec_key=self.config.enc_key)
+        ctx.run_state().restore(path, ctx, dec_key=self.config.enc_key)
         return True
 
     # -- saving ---------------------------------------------------------------------------
@@ -104,17 +114,10 @@ class ShardedCheckpoints:
 
     def _lock(self) -> None:
         """Rank 0 takes the directory's run lock; every rank raises the same RunLockedError if held."""
-        refused = None
-        if self.world.rank == 0:
-            try:
-                run_lock.acquire(self.directory)
-                self._locked = True
-            except RunLockedError as exc:
-                refused = str(exc)
-        box = [refused]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            raise RunLockedError(box[0])
+        def take() -> None:
+            run_lock.acquire(self.directory)
+        on_rank_0(take)
+        self._locked = self.world.rank == 0
 
     def lead(self) -> bool:
         """Whether this rank writes the run's own files (the graph): rank 0."""
@@ -159,9 +162,7 @@ class ShardedCheckpoints:
 
     def fresh_prefix(self, base: str) -> str:
         """``base``, or ``base_N`` when the directory already has a run of ``base`` (rank 0 decides)."""
-        box = [unique_prefix(self.directory, base) if self.world.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        return str(box[0])
+        return str(on_rank_0(lambda: unique_prefix(self.directory, base)))
 
     def close(self) -> None:
         """Wait for background saves (every rank; a failure is said, a run's own exception wins),
@@ -179,15 +180,37 @@ class ShardedCheckpoints:
                 run_lock.release(self.directory)
 
 
-def _newest_prefix(directory: str) -> str:
-    """The prefix of the newest committed sharded checkpoint in ``directory`` (any run)."""
-    box: list[Any] = [None]
+def on_rank_0(work: Callable[[], T]) -> T:
+    """``work()`` run by rank 0 alone; its result on every rank, or its error raised on every rank
+    (no rank waits in a collective for one that failed on its own)."""
+    box: list[Any] = [None, None]
     if not dist.is_initialized() or dist.get_rank() == 0:
-        entries = [e for e in catalog.list_checkpoints(directory, verify=False) if e.is_dir and is_sharded(e.path)]
-        box[0] = entries[0].prefix if entries else None
+        try:
+            box[0] = work()
+        except Exception as exc:
+            box[1] = exc if _picklable(exc) else TorchResumeError(f"{type(exc).__name__}: {exc}")
     if dist.is_initialized():
         dist.broadcast_object_list(box, src=0)
-    return box[0] or "ckpt"
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
+
+
+def _picklable(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
+
+
+def _newest_prefix(directory: str) -> str:
+    """The prefix of the newest committed sharded checkpoint in ``directory`` (any run but a best copy)."""
+    def newest() -> str | None:
+        entries = [e for e in catalog.list_checkpoints(directory, verify=False)
+                   if e.is_dir and is_sharded(e.path) and e.prefix and not e.prefix.endswith(BEST)]
+        return entries[0].prefix if entries else None
+    return on_rank_0(newest) or "ckpt"
 
 
 def model_state(network: nn.Module, optimizer: Any) -> dict[str, Any]:
@@ -216,11 +239,12 @@ def _json_ok(value: Any) -> bool:
     return True
 
 
-def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: World) -> bool:
-    """Collective: load the newest committed checkpoint of ``manager`` and set ctx's position;
-    False when there is none."""
+def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: World,
+                path: str | None = None) -> bool:
+    """Collective: load the newest committed checkpoint of ``manager`` (or the one at ``path``) and
+    set ctx's position; False when there is none."""
     state = model_state(ctx.network, ctx.optimizer)
-    found = manager.restore(state, announce=False)
+    found = manager.restore(state, announce=False, path=path)
     if found is None:
         return False
     optimizers = (ctx.optimizer,) if ctx.optimizer is not None else ()
