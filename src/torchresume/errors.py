@@ -53,6 +53,10 @@ class UnsupportedUnderTorchrunError(CheckpointConfigError):
     """A CheckpointConfig option the torchrun (sharded) path cannot honour yet; raised before training starts."""
 
 
+class UnstorableStateError(TorchResumeError, TypeError):
+    """The state to save holds a value a checkpoint cannot store without pickle; the message names its key."""
+
+
 class StorageError(TorchResumeError, OSError):
     """Object storage failed permanently (after retries)."""
 

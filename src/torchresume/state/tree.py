@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchresume.errors import UnstorableStateError
+
 Skeleton = Any
 
 
-class TreeError(TypeError):
+class TreeError(UnstorableStateError):
     """The state holds a value that cannot be stored without pickle."""
 
 

@@ -1,0 +1,341 @@
+"""The Hugging Face ``Trainer`` with torchresume checkpoints: no pickle, exact resume after SIGKILL.
+
+``TorchResumeTrainer`` (or ``TorchResumeMixin`` in front of another Trainer subclass) writes each
+checkpoint the Trainer would write as one torchresume file, ``{output_dir}/{prefix}-{epoch}_{step}.ckpt``,
+through the same ``CheckpointManager`` as the rest of torchresume (naming, retention, the save slot,
+the state registry, the durable commit). The file holds the model's weights at the top level,
+``optimizer``, ``scheduler``, ``scaler``, ``rng`` (python, numpy, torch, CUDA), ``callbacks`` (the
+callbacks that have ``state_dict``/``load_state_dict``) and, as typed JSON, ``extra.trainer_state``
+(the ``TrainerState``, the state of Hugging Face's stateful callbacks included) and
+``extra.training_args``. Nothing is pickled; a value that JSON cannot hold is an
+``UnstorableStateError`` naming its key.
+
+``train(resume_from_checkpoint=True)`` continues from the newest checkpoint that reads and verifies
+(damaged or half-written ones are skipped and named; a fresh start when there is none), mid-epoch
+exactly: the trainer state first (so the loop counts its epochs and batches from it), then the
+weights, optimizer and scheduler into the objects the Trainer prepared, the trained batches of the
+epoch skipped by index (no data loaded, no random number drawn) and every RNG restored last, just
+before the first batch trained after the resume.
+
+Hooks used (transformers 5.x; checked at import, tested with the versions in ``TESTED``): the
+public ``train`` and ``get_resumed_dataloader``, and, since no public hook writes or loads these,
+the private ``_save_checkpoint`` (the write), ``_init_training_state`` (the restored TrainerState),
+``_prepare_for_training`` (state into the prepared model, optimizer and scheduler), ``_run_epoch``
+(the resumed epoch) and ``_load_rng_state`` (the RNG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from torchresume.errors import (
+    CheckpointConfigError,
+    StateMismatchError,
+    UnstorableStateError,
+    UnsupportedUnderTorchrunError,
+)
+from torchresume.files import read_checkpoint
+from torchresume.format.reader import Checkpoint
+from torchresume.log import log
+from torchresume.manager import CheckpointManager
+from torchresume.naming import check_prefix
+from torchresume.state import rng
+
+try:
+    import transformers
+    from transformers import Trainer, TrainerState
+    from transformers.trainer_callback import ExportableState
+except ImportError as exc:  # pragma: no cover - the extra is not installed
+    raise ImportError("torchresume.integrations.transformers needs transformers 5.x: "
+                      "pip install 'torchresume[transformers]'") from exc
+
+TESTED = ">=5.24,<6"  # the transformers versions tested (the [transformers] extra pins them)
+_HOOKS = ("_save_checkpoint", "_init_training_state", "_prepare_for_training", "_run_epoch",
+          "_load_rng_state", "_load_callback_state")
+_MISSING = [name for name in _HOOKS if not hasattr(Trainer, name)]
+if _MISSING:  # pragma: no cover - depends on the installed transformers
+    raise ImportError(f"transformers {transformers.__version__}'s Trainer lacks {', '.join(_MISSING)}: "
+                      f"torchresume.integrations.transformers works with transformers{TESTED}; "
+                      "pip install 'torchresume[transformers]'")
+
+_JSON_HINT = ("torchresume stores the trainer state, the training arguments and Hugging Face callback "
+              "state as JSON, never as pickle: make it a str/int/float/bool/None, a list, or a dict with "
+              "str keys (a list for a set, .tolist() or .item() for a tensor or array)")
+
+
+def as_json(value: Any, where: str) -> Any:
+    """``value`` as plain JSON data (numpy scalars become Python numbers); UnstorableStateError naming
+    ``where`` and the key inside it for anything else."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_json(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UnstorableStateError(f"{where} has the key {key!r}, a {type(key).__name__}; {_JSON_HINT}")
+            out[key] = as_json(item, f"{where}[{key!r}]")
+        return out
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise UnstorableStateError(f"{where} is a {type(value).__name__} ({shown}), which JSON cannot hold; {_JSON_HINT}")
+
+
+def position(global_step: int, steps_per_epoch: int) -> tuple[int, int]:
+    """(epoch, step) of a checkpoint name: the 1-based epoch and the optimizer steps done in it."""
+    if global_step <= 0 or steps_per_epoch <= 0:
+        return 1, max(global_step, 0)
+    epoch = -(-global_step // steps_per_epoch)
+    return epoch, global_step - (epoch - 1) * steps_per_epoch
+
+
+class _JsonEntry:
+    """A registry entry whose state is JSON taken from the trainer when a checkpoint is written.
+
+    Loading it is a no-op: the trainer state is applied by ``_init_training_state`` (before the
+    training loop counts its epochs from it), and the arguments are the command's own."""
+
+    def __init__(self, name: str, read: Any) -> None:
+        self.name, self.read = name, read
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = as_json(self.read(), self.name)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+@dataclass
+class _Resume:
+    path: str
+    ckpt: Checkpoint
+
+    @property
+    def trainer_state(self) -> dict[str, Any]:
+        extra = self.ckpt.tree.get("extra") if isinstance(self.ckpt.tree, dict) else None
+        state = extra.get("trainer_state") if isinstance(extra, dict) else None
+        if not isinstance(state, dict):
+            raise StateMismatchError(f"{self.path} holds no trainer state (extra.trainer_state): it was not "
+                                     "written by TorchResumeTrainer; resume from one of its checkpoints, or "
+                                     "load the weights alone with torchresume.load_checkpoint")
+        return state
+
+
+class TorchResumeMixin:
+    """Put in front of ``transformers.Trainer`` (or a subclass of it) for torchresume checkpoints.
+
+    ``class MyTrainer(TorchResumeMixin, SomeTrainer)`` gives ``SomeTrainer`` what ``TorchResumeTrainer``
+    gives ``Trainer``. Keyword arguments: ``checkpoint_prefix`` (default ``"trainer"``): checkpoints
+    are ``{output_dir}/{checkpoint_prefix}-{epoch}_{step}.ckpt``; ``async_save`` (default False):
+    a save copies the state and a background thread writes it while training goes on.
+    """
+
+    def __init__(self, *args: Any, checkpoint_prefix: str = "trainer", async_save: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoint_prefix = check_prefix(checkpoint_prefix)
+        self.async_save = async_save
+        self.checkpoint_manager: CheckpointManager | None = None
+        self._resume: _Resume | None = None
+        self._steps_per_epoch = 0
+        _refuse_unsupported(self)
+
+    # -- resuming -------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
+              ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> Any:
+        """Train; ``resume_from_checkpoint=True`` continues from the newest valid torchresume checkpoint
+        in ``output_dir`` (a fresh start when there is none), a path from that checkpoint."""
+        self._resume = self._find_resume(resume_from_checkpoint)
+        try:
+            return super().train(resume_from_checkpoint=None, trial=trial,  # type: ignore[misc]
+                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:
+            self._resume = None
+            self._close_manager()
+
+    def _find_resume(self, resume_from_checkpoint: str | bool | None) -> _Resume | None:
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if isinstance(resume_from_checkpoint, str):
+            found = _Resume(resume_from_checkpoint, read_checkpoint(resume_from_checkpoint))
+        else:
+            found = self._newest()
+        if found is not None:
+            found.trainer_state  # noqa: B018  (a typed error now, not halfway through the set-up)
+            log.info("resuming from %s (global step %s)", found.path, found.ckpt.info.get("global_step"))
+        return found
+
+    def _newest(self) -> _Resume | None:
+        directory = self.args.output_dir  # type: ignore[attr-defined]
+        if "://" not in directory and not os.path.isdir(directory):
+            log.info("no checkpoint in %s: training from the start", directory)
+            return None
+        probe = CheckpointManager(directory, prefix=self.checkpoint_prefix, keep=None)
+        try:
+            found = probe.newest_readable(run=self.checkpoint_prefix)
+        finally:
+            probe.close()
+        if found is None:
+            log.info("no checkpoint of %r in %s: training from the start", self.checkpoint_prefix, directory)
+            return None
+        return _Resume(found[0].path, found[1])
+
+    def _init_training_state(self, max_steps: int, num_update_steps_per_epoch: int, num_train_epochs: int,
+                             resume_from_checkpoint: str | None, trial: Any) -> tuple[int, int]:
+        done = super()._init_training_state(max_steps, num_update_steps_per_epoch,  # type: ignore[misc]
+                                            num_train_epochs, resume_from_checkpoint, trial)
+        self._steps_per_epoch = num_update_steps_per_epoch
+        if self._resume is None:
+            return tuple(done)  # type: ignore[return-value]
+        self.state = TrainerState(**self._resume.trainer_state)
+        self._load_callback_state()  # type: ignore[attr-defined]
+        self.state.init_training_references(self, max_steps, num_train_epochs, trial)
+        epochs = self.state.global_step // num_update_steps_per_epoch
+        steps = 0 if self.args.ignore_data_skip else (  # type: ignore[attr-defined]
+            self.state.global_step % num_update_steps_per_epoch * self.args.gradient_accumulation_steps)  # type: ignore[attr-defined]
+        return epochs, steps
+
+    def _prepare_for_training(self, max_steps: int, train_dataloader: Any, resume_from_checkpoint: Any) -> Any:
+        prepared = super()._prepare_for_training(max_steps, train_dataloader,  # type: ignore[misc]
+                                                 resume_from_checkpoint)
+        manager = self._open_manager()
+        if self._resume is not None:
+            manager.restore(self._resume.path, ckpt=self._resume.ckpt, restore_rng=False,
+                            callbacks=self._stateful_callbacks())
+        return prepared
+
+    def _run_epoch(self, **kwargs: Any) -> Any:
+        if self._resume is not None and kwargs.get("epoch") == kwargs.get("epochs_trained"):
+            # the Trainer skips the trained batches and calls _load_rng_state when it holds a path
+            kwargs["resume_from_checkpoint"] = self._resume.path
+        return super()._run_epoch(**kwargs)  # type: ignore[misc]
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if self._resume is None or checkpoint != self._resume.path:
+            return super()._load_rng_state(checkpoint)  # type: ignore[misc, no-any-return]
+        state = self._resume.ckpt.tree.get("rng")
+        if state is None:
+            log.warning("%s holds no RNG state: the run continues with fresh random numbers", checkpoint)
+            return None
+        rng.restore(state)
+        return None
+
+    # -- saving ---------------------------------------------------------------------------
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        if getattr(self, "hp_search_backend", None) is None and trial is None:
+            self.store_flos()  # type: ignore[attr-defined]
+        self._export_callback_states()
+        manager = self.checkpoint_manager or self._open_manager()
+        epoch, step = position(self.state.global_step, self._steps_per_epoch)
+        callbacks = {name: cb.state_dict() for name, cb in self._stateful_callbacks().items()}
+        manager.save(epoch, step, self.state.global_step, callbacks=callbacks or None,
+                     info={"trainer": "transformers", "transformers": transformers.__version__,
+                           "epoch_fraction": as_json(self.state.epoch, "trainer_state['epoch']")})
+
+    def _export_callback_states(self) -> None:
+        """Hugging Face's stateful callbacks (and the TrainerControl) into the trainer state, as the
+        Trainer's own ``_save_checkpoint`` does."""
+        states: dict[str, Any] = {}
+        for cb in [*self.callback_handler.callbacks, self.control]:  # type: ignore[attr-defined]
+            if isinstance(cb, ExportableState):
+                name = type(cb).__name__
+                state = as_json(cb.state(), f"callback {name}'s state()")
+                states[name] = [*_as_list(states[name]), state] if name in states else state
+        self.state.stateful_callbacks.update(states)
+
+    def _stateful_callbacks(self) -> dict[str, Any]:
+        """Callbacks with state_dict()/load_state_dict(), by class name (``Name#2`` for a second)."""
+        found: dict[str, Any] = {}
+        for cb in self.callback_handler.callbacks:  # type: ignore[attr-defined]
+            if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None)):
+                name, n = type(cb).__name__, 2
+                while name in found:
+                    name, n = f"{type(cb).__name__}#{n}", n + 1
+                found[name] = cb
+        return found
+
+    def _open_manager(self) -> CheckpointManager:
+        """A manager over this train() call's model, optimizer and scheduler (the Trainer makes new ones)."""
+        self._close_manager()
+        limit = self.args.save_total_limit  # type: ignore[attr-defined]
+        scaler = getattr(getattr(self, "accelerator", None), "scaler", None)
+        self.checkpoint_manager = CheckpointManager(
+            self.args.output_dir, model=self.model, optimizer=self.optimizer,  # type: ignore[attr-defined]
+            scheduler=self.lr_scheduler, scaler=scaler, prefix=self.checkpoint_prefix,  # type: ignore[attr-defined]
+            keep=limit if limit else None, async_save=self.async_save,
+            stateful={"trainer_state": _JsonEntry("trainer_state", self._trainer_state),
+                      "training_args": _JsonEntry("training_args", self.args.to_dict)})  # type: ignore[attr-defined]
+        return self.checkpoint_manager
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {f.name: getattr(self.state, f.name) for f in dataclasses.fields(self.state)}
+
+    def _close_manager(self) -> None:
+        manager, self.checkpoint_manager = self.checkpoint_manager, None
+        if manager is not None:
+            manager.close()
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _refuse_unsupported(trainer: Any) -> None:
+    """Typed errors, before training starts, for what these checkpoints do not do (yet)."""
+    args = trainer.args
+    if args.world_size > 1:
+        raise UnsupportedUnderTorchrunError(
+            f"TorchResumeTrainer runs in one process for now; this run has {args.world_size} "
+            "(torchrun/accelerate launch): its sharded checkpoints are not written yet. Train in one "
+            "process, or use transformers.Trainer's own checkpoints for multi-process runs")
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+        raise CheckpointConfigError("TorchResumeTrainer does not write DeepSpeed or FSDP checkpoints; "
+                                    "remove deepspeed=/fsdp= from the TrainingArguments")
+    for name, why in (("load_best_model_at_end", "best-model checkpoints are not tracked yet"),
+                      ("save_only_model", "torchresume checkpoints always hold the whole training state "
+                                          "(torchresume convert --to safetensors gives the weights alone)"),
+                      ("push_to_hub", "checkpoints are torchresume files, not Hub folders (torchresume "
+                                      "convert --to safetensors gives a model.safetensors to upload)")):
+        if getattr(args, name, False):
+            raise CheckpointConfigError(f"TrainingArguments({name}=True) is not supported by "
+                                        f"TorchResumeTrainer: {why}; set {name}=False")
+
+
+class TorchResumeTrainer(TorchResumeMixin, Trainer):
+    """``transformers.Trainer`` whose checkpoints are torchresume files: no pickle, exact resume.
+
+    Takes every argument ``Trainer`` takes, plus ``checkpoint_prefix`` (default ``"trainer"``) and
+    ``async_save`` (default False). Checkpoints are written when the Trainer would write its own
+    (``save_strategy``, ``save_steps``), into ``output_dir`` as ``{prefix}-{epoch}_{step}.ckpt``,
+    ``save_total_limit`` of them kept. ``train(resume_from_checkpoint=True)`` continues from the
+    newest one that verifies, bitwise as if never stopped; a first run starts fresh, so the same
+    command starts and restarts a run. One process only (multi-process runs are refused with
+    ``UnsupportedUnderTorchrunError``).
+
+    Example:
+        ```python
+        from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+        from torchresume.integrations.transformers import TorchResumeTrainer
+
+        config = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=16)
+        bert = BertForSequenceClassification(config)
+        data = [{"input_ids": torch.tensor([i % 32] * 8), "labels": torch.tensor(i % 2)} for i in range(16)]
+        args = TrainingArguments("runs/bert", max_steps=4, per_device_train_batch_size=4, save_steps=2,
+                                 report_to=[], use_cpu=True, disable_tqdm=True)
+        trainer = TorchResumeTrainer(model=bert, args=args, train_dataset=data)
+        trainer.train(resume_from_checkpoint=True)   # fresh here; after a kill, from the newest checkpoint
+        ```
+    """
+
+
+__all__ = ["TorchResumeMixin", "TorchResumeTrainer"]
