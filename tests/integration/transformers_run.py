@@ -15,8 +15,8 @@ import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     TrainerCallback,
@@ -24,7 +24,7 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
-from torchresume.integrations.transformers import TorchResumeTrainer  # noqa: E402
+from torchresume.integrations.transformers import TorchResumeTrainer
 
 SAMPLES, BATCH, EPOCHS, SAVE_EVERY, OFFSET = 32, 4, 3, 2, 10
 STEPS = SAMPLES // BATCH * EPOCHS

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from torchresume.errors import TorchResumeError
+from torchresume.errors import CorruptCheckpointError, TorchResumeError
 from torchresume.format import crypto, native, reader
 from torchresume.format.reader import Checkpoint
 from torchresume.state.tree import flat_view, flatten, unflatten
@@ -31,6 +31,23 @@ def encode_state(kind: str, tree: Any, *, info: dict[str, Any] | None = None,
     prepared = {n: native.prepare(t, n) for n, t in tensors.items()}
     meta = {"kind": kind, "skeleton": skeleton, "info": info or {}, "append": append or {}}
     return native.encode(prepared, meta)
+
+
+def encode_weights(tree: Any, source: str = "the checkpoint") -> native.Encoded:
+    """The model's weights of ``tree`` as a plain safetensors file (no torchresume metadata): what
+    ``transformers``' ``from_pretrained`` and the Hub read as ``model.safetensors``.
+
+    A training state's own sub-trees (optimizer, rng, ...) are left out; a weight that is not a
+    tensor is a CorruptCheckpointError naming it.
+    """
+    from torchresume.state.train_state import is_training_part
+    weights = {k: v for k, v in flat_view(tree).items() if not is_training_part(k)}
+    odd = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    if odd or not weights:
+        raise CorruptCheckpointError(f"{source} holds no model weights to export" if not weights else
+                                     f"{source}: {odd[0]!r} is not a tensor; only tensors go into a "
+                                     "safetensors file")
+    return native.encode({n: native.prepare(t, n) for n, t in weights.items()}, None)
 
 
 def encoded_parts(encoded: native.Encoded, enc_key: bytes | None) -> tuple[Iterable[Buffer], int]:

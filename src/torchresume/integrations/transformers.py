@@ -165,6 +165,7 @@ class TorchResumeMixin:
     def _find_resume(self, resume_from_checkpoint: str | bool | None) -> _Resume | None:
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
             return None
+        found: _Resume | None
         if isinstance(resume_from_checkpoint, str):
             found = _Resume(resume_from_checkpoint, read_checkpoint(resume_from_checkpoint))
         else:
@@ -195,7 +196,7 @@ class TorchResumeMixin:
                                             num_train_epochs, resume_from_checkpoint, trial)
         self._steps_per_epoch = num_update_steps_per_epoch
         if self._resume is None:
-            return tuple(done)  # type: ignore[return-value]
+            return done
         self.state = TrainerState(**self._resume.trainer_state)
         self._load_callback_state()  # type: ignore[attr-defined]
         self.state.init_training_references(self, max_steps, num_train_epochs, trial)
@@ -213,15 +214,15 @@ class TorchResumeMixin:
                             callbacks=self._stateful_callbacks())
         return prepared
 
-    def _run_epoch(self, **kwargs: Any) -> Any:
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
         if self._resume is not None and kwargs.get("epoch") == kwargs.get("epochs_trained"):
             # the Trainer skips the trained batches and calls _load_rng_state when it holds a path
             kwargs["resume_from_checkpoint"] = self._resume.path
-        return super()._run_epoch(**kwargs)  # type: ignore[misc]
+        return super()._run_epoch(*args, **kwargs)  # type: ignore[misc]
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if self._resume is None or checkpoint != self._resume.path:
-            return super()._load_rng_state(checkpoint)  # type: ignore[misc, no-any-return]
+            return super()._load_rng_state(checkpoint)  # type: ignore[misc]
         state = self._resume.ckpt.tree.get("rng")
         if state is None:
             log.warning("%s holds no RNG state: the run continues with fresh random numbers", checkpoint)
@@ -250,7 +251,8 @@ class TorchResumeMixin:
                 name = type(cb).__name__
                 state = as_json(cb.state(), f"callback {name}'s state()")
                 states[name] = [*_as_list(states[name]), state] if name in states else state
-        self.state.stateful_callbacks.update(states)
+        stateful: Any = self.state.stateful_callbacks  # a dict once the TrainerState exists
+        stateful.update(states)
 
     def _stateful_callbacks(self) -> dict[str, Any]:
         """Callbacks with state_dict()/load_state_dict(), by class name (``Name#2`` for a second)."""
