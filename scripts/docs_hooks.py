@@ -20,11 +20,14 @@ API_PAGE = "reference/api.md"
 
 
 def public_names() -> dict[str, Any]:
-    """Every public name (qualified) -> its object: the facade's ``__all__`` and distributed's."""
+    """Every public name (qualified) -> its object: the facade's ``__all__``, distributed's and each
+    integration's."""
     import torchresume
     import torchresume.distributed as distributed
     names = {f"torchresume.{n}": getattr(torchresume, n) for n in torchresume.__all__}
     names.update({f"torchresume.distributed.{n}": getattr(distributed, n) for n in distributed.__all__})
+    import torchresume.integrations.transformers as hf  # the [transformers] extra (in dev)
+    names.update({f"torchresume.integrations.transformers.{n}": getattr(hf, n) for n in hf.__all__})
     return names
 
 
