@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 import torchresume as tr
+from tests.distributed.launch import Launcher, every_tensor, torchrun_cmd
 from tests.fault.killing import env, random_kills, report
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,12 +55,13 @@ def _finish(run: Path, mode: str = "sync") -> str:
     return proc.stderr
 
 
-def _seen(run: Path) -> dict[int, list[int]]:
-    """The batch trained at each global step: the last run to train a step is the one that went on."""
-    steps: dict[int, list[int]] = {}
+def _seen(run: Path) -> dict[tuple[int, int], list[int]]:
+    """The batch each rank trained at each global step: the last run to train a step is the one
+    that went on."""
+    steps: dict[tuple[int, int], list[int]] = {}
     for line in (run / "seen").read_text().splitlines():
-        step, *ids = map(int, line.split())
-        steps[step] = ids
+        step, rank, *ids = map(int, line.split())
+        steps[step, rank] = ids
     return steps
 
 
@@ -75,9 +79,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _assert_same_run(run: Path, ref: Path) -> None:
     seen, expected = _seen(run), _seen(ref)
     assert seen == expected, "the resumed run trained on other batches than the uninterrupted one"
-    per_epoch = workload.SAMPLES // workload.BATCH
+    ranks = 1 + max(rank for _, rank in seen)
+    per_epoch = workload.SAMPLES // workload.BATCH // ranks
     for epoch in range(workload.EPOCHS):
-        ids = [i for step in range(epoch * per_epoch + 1, (epoch + 1) * per_epoch + 1) for i in seen[step]]
+        ids = [i for step in range(epoch * per_epoch + 1, (epoch + 1) * per_epoch + 1)
+               for rank in range(ranks) for i in seen[step, rank]]
         assert sorted(ids) == list(range(workload.SAMPLES)), f"epoch {epoch + 1}: not every sample exactly once"
     got, want = _tensors(run / FINAL), _tensors(ref / FINAL)
     assert set(got) == set(want)
@@ -185,3 +191,56 @@ def test_the_cli_reads_trainer_checkpoints(reference: Path, tmp_path: Path) -> N
     loaded = BertForSequenceClassification.from_pretrained(out).state_dict()
     saved = _tensors(reference / FINAL)
     assert all(torch.equal(value, saved[name]) for name, value in loaded.items())
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+def _reap(pids: list[int]) -> None:
+    """Until the killed ranks are gone (or zombies), so no orphan writes into the next run."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _running(p)]
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"ranks {pids} still run after SIGKILL")
+
+
+def test_torchrun_two_processes_write_sharded_checkpoints_and_resume_bitwise(tmp_path: Path) -> None:
+    """2 processes (gloo on CPU): sharded checkpoints of the torchrun path; the job killed whole
+    (launcher and ranks) mid-step and again as a save begins, then rerun, ends bitwise equal."""
+    def job(run: Path) -> Launcher:
+        return Launcher(torchrun_cmd(2, [SCRIPT, str(run), "sync"]), tmp_path)
+
+    straight = job(tmp_path / "straight")
+    assert straight.finish() == 0, straight.output()[-3000:]
+    run = tmp_path / "run"
+    for at in ("step 3", "step 6"):  # no save after step 3; step 6's save starts as it is printed
+        killed = job(run)
+        assert killed.wait_for(at), killed.output()[-3000:]
+        ranks = killed.workers()  # the Trainer's ranks outlive a killed launcher: kill them too
+        assert len(ranks) == 2
+        for pid in ranks:
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(killed.proc.pid, signal.SIGKILL)
+        killed.finish()
+        _reap(ranks)
+    last = job(run)
+    assert last.finish() == 0, last.output()[-3000:]
+    assert "resuming from" in last.output()
+    assert _seen(run) == _seen(tmp_path / "straight")
+    final = "trainer-3_4.ckpt"  # 4 steps an epoch at 2 processes
+    assert (run / final).is_dir(), "a sharded checkpoint is a directory of parts"
+    got, want = every_tensor(run / final), every_tensor(tmp_path / "straight" / final)
+    assert got.keys() == want.keys() and any("rng" in k for k in want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    _cli("verify", str(run))
+    _cli("convert", str(run / final), str(tmp_path / "one.ckpt"))
+    _cli("convert", str(run / final), str(tmp_path / "model.safetensors"), "--to", "safetensors")
+    from safetensors.torch import load_file
+    assert load_file(str(tmp_path / "model.safetensors")).keys() == workload.model().state_dict().keys()

@@ -1,11 +1,12 @@
 """A real Hugging Face Trainer run for tests/integration/test_transformers.py (one process).
 
 ``python transformers_run.py RUN_DIR [sync|async]`` trains a tiny BERT (built from a config, with
-dropout) for 3 epochs of 8 optimizer steps on 32 shuffled samples, a TorchResumeTrainer checkpoint
-every 2 steps (2 kept), always with ``train(resume_from_checkpoint=True)``: the same command starts
-and restarts the run. It prints ``step N`` after each step (the kill harness counts them) and
-appends ``STEP id id id id`` to ``RUN_DIR/seen`` for every batch it trains on, one write per line
-(a SIGKILL never leaves half a line). Sample ``i``'s first token is ``i + 10``.
+dropout) for 3 epochs on 32 shuffled samples, batches of 4 per process (8 optimizer steps an epoch
+in one process, 4 under ``torchrun --nproc-per-node 2``), a TorchResumeTrainer checkpoint every 2
+steps (2 kept), always with ``train(resume_from_checkpoint=True)``: the same command starts and
+restarts the run. Rank 0 prints ``step N`` after each step (the kill harness counts them) and every
+rank appends ``STEP RANK id id id id`` to ``RUN_DIR/seen`` for each batch it trains on, one write
+per line (a SIGKILL never leaves half a line). Sample ``i``'s first token is ``i + 10``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Recording(TorchResumeTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
         ids = (inputs["input_ids"][:, 0] - OFFSET).tolist()
-        line = f"{self.state.global_step + 1} {' '.join(map(str, ids))}\n".encode()
+        line = f"{self.state.global_step + 1} {self.args.process_index} {' '.join(map(str, ids))}\n".encode()
         fd = os.open(os.path.join(self.args.output_dir, "seen"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -65,7 +66,8 @@ class Recording(TorchResumeTrainer):
 
 class Progress(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-        print(f"step {state.global_step}", flush=True)
+        if state.is_world_process_zero:
+            print(f"step {state.global_step}", flush=True)
 
 
 def main(run: str, mode: str = "sync") -> None:
@@ -73,7 +75,8 @@ def main(run: str, mode: str = "sync") -> None:
     trainer = Recording(model=model(), args=arguments(run), train_dataset=dataset(), callbacks=[Progress()],
                         async_save=mode == "async")
     out = trainer.train(resume_from_checkpoint=True)
-    print(f"summary {out.global_step}", flush=True)
+    if trainer.is_world_process_zero():
+        print(f"summary {out.global_step}", flush=True)
 
 
 if __name__ == "__main__":

@@ -305,8 +305,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if _tree_loader(args.src) is not None:
         from torchresume.distributed.consolidate import consolidate
         tree, info = consolidate(args.src, dec_key=dec)
-        if args.to == "safetensors":
-            return _write_weights(tree, args.src, args.dst, "consolidated shards")
+        if args.to == "safetensors":  # the model's sub-tree (the torchrun path saves {"model", "optim"})
+            weights = tree["model"] if isinstance(tree, dict) and isinstance(tree.get("model"), dict) else tree
+            return _write_weights(weights, args.src, args.dst, "consolidated shards")
         write_encoded(encode_state("state", tree, info=info), args.dst, enc)
         print(f"wrote {args.dst} (state, consolidated from {info.get('world_size')} ranks' shards)")
         return 0

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from torchresume.errors import (
     CheckpointConfigError,
     StateMismatchError,
     UnstorableStateError,
-    UnsupportedUnderTorchrunError,
 )
 from torchresume.files import read_checkpoint
 from torchresume.format.reader import Checkpoint
@@ -116,18 +116,19 @@ class _JsonEntry:
 
 @dataclass
 class _Resume:
-    path: str
-    ckpt: Checkpoint
+    """The checkpoint a train() call continues from, read once."""
 
-    @property
-    def trainer_state(self) -> dict[str, Any]:
-        extra = self.ckpt.tree.get("extra") if isinstance(self.ckpt.tree, dict) else None
-        state = extra.get("trainer_state") if isinstance(extra, dict) else None
-        if not isinstance(state, dict):
-            raise StateMismatchError(f"{self.path} holds no trainer state (extra.trainer_state): it was not "
-                                     "written by TorchResumeTrainer; resume from one of its checkpoints, or "
-                                     "load the weights alone with torchresume.load_checkpoint")
-        return state
+    path: str
+    trainer_state: dict[str, Any]
+    rng: dict[str, Any] | None  # this process's RNG streams
+    ckpt: Checkpoint | None = None  # one process: the file, restored without reading it again
+    shared: dict[str, Any] | None = None  # torchrun: rank 0's rank_state (scheduler, callbacks)
+
+
+def _no_trainer_state(path: str) -> StateMismatchError:
+    return StateMismatchError(f"{path} holds no trainer state: it was not written by TorchResumeTrainer; "
+                              "resume from one of its checkpoints, or load the weights alone with "
+                              "torchresume.load_checkpoint")
 
 
 class TorchResumeMixin:
@@ -144,10 +145,11 @@ class TorchResumeMixin:
         super().__init__(*args, **kwargs)
         self.checkpoint_prefix = check_prefix(checkpoint_prefix)
         self.async_save = async_save
-        self.checkpoint_manager: CheckpointManager | None = None
+        _refuse_unsupported(self)
+        self.checkpoint_store: FileStore | ShardStore = (
+            ShardStore(self) if _distributed() else FileStore(self))
         self._resume: _Resume | None = None
         self._steps_per_epoch = 0
-        _refuse_unsupported(self)
 
     # -- resuming -------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
@@ -160,35 +162,18 @@ class TorchResumeMixin:
                                  ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
             self._resume = None
-            self._close_manager()
+            self.checkpoint_store.close()
 
     def _find_resume(self, resume_from_checkpoint: str | bool | None) -> _Resume | None:
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
             return None
-        found: _Resume | None
-        if isinstance(resume_from_checkpoint, str):
-            found = _Resume(resume_from_checkpoint, read_checkpoint(resume_from_checkpoint))
-        else:
-            found = self._newest()
-        if found is not None:
-            found.trainer_state  # noqa: B018  (a typed error now, not halfway through the set-up)
-            log.info("resuming from %s (global step %s)", found.path, found.ckpt.info.get("global_step"))
-        return found
-
-    def _newest(self) -> _Resume | None:
-        directory = self.args.output_dir  # type: ignore[attr-defined]
-        if "://" not in directory and not os.path.isdir(directory):
-            log.info("no checkpoint in %s: training from the start", directory)
-            return None
-        probe = CheckpointManager(directory, prefix=self.checkpoint_prefix, keep=None)
-        try:
-            found = probe.newest_readable(run=self.checkpoint_prefix)
-        finally:
-            probe.close()
+        found = self.checkpoint_store.find(None if resume_from_checkpoint is True else str(resume_from_checkpoint))
         if found is None:
-            log.info("no checkpoint of %r in %s: training from the start", self.checkpoint_prefix, directory)
-            return None
-        return _Resume(found[0].path, found[1])
+            log.info("no checkpoint of %r in %s: training from the start", self.checkpoint_prefix,
+                     self.args.output_dir)  # type: ignore[attr-defined]
+        else:
+            log.info("resuming from %s (global step %s)", found.path, found.trainer_state.get("global_step"))
+        return found
 
     def _init_training_state(self, max_steps: int, num_update_steps_per_epoch: int, num_train_epochs: int,
                              resume_from_checkpoint: str | None, trial: Any) -> tuple[int, int]:
@@ -208,10 +193,9 @@ class TorchResumeMixin:
     def _prepare_for_training(self, max_steps: int, train_dataloader: Any, resume_from_checkpoint: Any) -> Any:
         prepared = super()._prepare_for_training(max_steps, train_dataloader,  # type: ignore[misc]
                                                  resume_from_checkpoint)
-        manager = self._open_manager()
+        self.checkpoint_store.open()
         if self._resume is not None:
-            manager.restore(self._resume.path, ckpt=self._resume.ckpt, restore_rng=False,
-                            callbacks=self._stateful_callbacks())
+            self.checkpoint_store.restore(self._resume)
         return prepared
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
@@ -223,11 +207,11 @@ class TorchResumeMixin:
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if self._resume is None or checkpoint != self._resume.path:
             return super()._load_rng_state(checkpoint)  # type: ignore[misc]
-        state = self._resume.ckpt.tree.get("rng")
-        if state is None:
-            log.warning("%s holds no RNG state: the run continues with fresh random numbers", checkpoint)
+        if self._resume.rng is None:
+            log.warning("%s holds no RNG state for this process: it continues with fresh random numbers",
+                        checkpoint)
             return None
-        rng.restore(state)
+        rng.restore(self._resume.rng)
         return None
 
     # -- saving ---------------------------------------------------------------------------
@@ -235,12 +219,13 @@ class TorchResumeMixin:
         if getattr(self, "hp_search_backend", None) is None and trial is None:
             self.store_flos()  # type: ignore[attr-defined]
         self._export_callback_states()
-        manager = self.checkpoint_manager or self._open_manager()
         epoch, step = position(self.state.global_step, self._steps_per_epoch)
-        callbacks = {name: cb.state_dict() for name, cb in self._stateful_callbacks().items()}
-        manager.save(epoch, step, self.state.global_step, callbacks=callbacks or None,
-                     info={"trainer": "transformers", "transformers": transformers.__version__,
-                           "epoch_fraction": as_json(self.state.epoch, "trainer_state['epoch']")})
+        self.checkpoint_store.save(epoch, step)
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """The facts each checkpoint's info block holds beside epoch and step."""
+        return {"trainer": "transformers", "transformers": transformers.__version__,
+                "epoch_fraction": as_json(self.state.epoch, "trainer_state['epoch']")}
 
     def _export_callback_states(self) -> None:
         """Hugging Face's stateful callbacks (and the TrainerControl) into the trainer state, as the
@@ -254,7 +239,7 @@ class TorchResumeMixin:
         stateful: Any = self.state.stateful_callbacks  # a dict once the TrainerState exists
         stateful.update(states)
 
-    def _stateful_callbacks(self) -> dict[str, Any]:
+    def stateful_callbacks(self) -> dict[str, Any]:
         """Callbacks with state_dict()/load_state_dict(), by class name (``Name#2`` for a second)."""
         found: dict[str, Any] = {}
         for cb in self.callback_handler.callbacks:  # type: ignore[attr-defined]
@@ -265,26 +250,152 @@ class TorchResumeMixin:
                 found[name] = cb
         return found
 
-    def _open_manager(self) -> CheckpointManager:
-        """A manager over this train() call's model, optimizer and scheduler (the Trainer makes new ones)."""
-        self._close_manager()
-        limit = self.args.save_total_limit  # type: ignore[attr-defined]
-        scaler = getattr(getattr(self, "accelerator", None), "scaler", None)
-        self.checkpoint_manager = CheckpointManager(
-            self.args.output_dir, model=self.model, optimizer=self.optimizer,  # type: ignore[attr-defined]
-            scheduler=self.lr_scheduler, scaler=scaler, prefix=self.checkpoint_prefix,  # type: ignore[attr-defined]
-            keep=limit if limit else None, async_save=self.async_save,
-            stateful={"trainer_state": _JsonEntry("trainer_state", self._trainer_state),
-                      "training_args": _JsonEntry("training_args", self.args.to_dict)})  # type: ignore[attr-defined]
-        return self.checkpoint_manager
-
-    def _trainer_state(self) -> dict[str, Any]:
+    def trainer_state_dict(self) -> dict[str, Any]:
+        """The TrainerState's fields (what ``trainer_state.json`` holds), not yet checked as JSON."""
         return {f.name: getattr(self.state, f.name) for f in dataclasses.fields(self.state)}
 
-    def _close_manager(self) -> None:
-        manager, self.checkpoint_manager = self.checkpoint_manager, None
+
+class FileStore:
+    """One process: each checkpoint one file, through CheckpointManager."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.manager: CheckpointManager | None = None
+
+    def find(self, path: str | None) -> _Resume | None:
+        """The checkpoint ``path``, or (None) the newest of the run that reads and verifies."""
+        if path is not None:
+            return self._resume(path, read_checkpoint(path))
+        directory, prefix = self.trainer.args.output_dir, self.trainer.checkpoint_prefix
+        if "://" not in directory and not os.path.isdir(directory):
+            return None
+        probe = CheckpointManager(directory, prefix=prefix, keep=None)
+        try:
+            found = probe.newest_readable(run=prefix)
+        finally:
+            probe.close()
+        return None if found is None else self._resume(found[0].path, found[1])
+
+    @staticmethod
+    def _resume(path: str, ckpt: Checkpoint) -> _Resume:
+        tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
+        extra: Any = tree.get("extra")
+        state = extra.get("trainer_state") if isinstance(extra, dict) else None
+        if not isinstance(state, dict):
+            raise _no_trainer_state(path)
+        return _Resume(path, state, tree.get("rng"), ckpt=ckpt)
+
+    def open(self) -> None:
+        """A manager over this train() call's model, optimizer and scheduler (the Trainer makes new ones)."""
+        self.close()
+        t = self.trainer
+        limit = t.args.save_total_limit
+        self.manager = CheckpointManager(
+            t.args.output_dir, model=t.model, optimizer=t.optimizer, scheduler=t.lr_scheduler,
+            scaler=getattr(getattr(t, "accelerator", None), "scaler", None), prefix=t.checkpoint_prefix,
+            keep=limit if limit else None, async_save=t.async_save,
+            stateful={"trainer_state": _JsonEntry("trainer_state", t.trainer_state_dict),
+                      "training_args": _JsonEntry("training_args", t.args.to_dict)})
+
+    def restore(self, resume: _Resume) -> None:
+        assert self.manager is not None and resume.ckpt is not None
+        self.manager.restore(resume.path, ckpt=resume.ckpt, restore_rng=False,
+                             callbacks=self.trainer.stateful_callbacks())
+
+    def save(self, epoch: int, step: int) -> None:
+        if self.manager is None:
+            self.open()
+        assert self.manager is not None
+        t = self.trainer
+        callbacks = {name: cb.state_dict() for name, cb in t.stateful_callbacks().items()}
+        self.manager.save(epoch, step, t.state.global_step, callbacks=callbacks or None,
+                          info=t.checkpoint_info())
+
+    def close(self) -> None:
+        manager, self.manager = self.manager, None
         if manager is not None:
             manager.close()
+
+
+class ShardStore:
+    """torchrun: each checkpoint one sharded directory through DistributedCheckpointManager (DCP; the
+    model and optimizer written once, each rank's RNG and the shared trainer state as rank states)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.manager: Any = None
+
+    def _manager(self) -> Any:
+        from torchresume.distributed import DistributedCheckpointManager
+        t = self.trainer
+        if self.manager is None:
+            self.manager = DistributedCheckpointManager(
+                t.args.output_dir, prefix=t.checkpoint_prefix, keep=t.args.save_total_limit or 2**31,
+                async_save=t.async_save)
+        return self.manager
+
+    def find(self, path: str | None) -> _Resume | None:
+        """Collective: the newest committed sharded checkpoint of the run (rank 0 decides)."""
+        if path is not None:
+            raise CheckpointConfigError("under torchrun, resume_from_checkpoint takes True (the newest "
+                                        f"sharded checkpoint in output_dir), not a path ({path})")
+        manager = self._manager()
+        newest = manager.newest()
+        if newest is None:
+            return None
+        found = manager.rank_states(newest)
+        world = torch.distributed.get_world_size()
+        if found.world_size != world:
+            raise CheckpointConfigError(f"{newest} was saved by {found.world_size} processes, this run has "
+                                        f"{world}: resume the Trainer with the same number of processes")
+        shared, own = found.rank_states[0] or {}, found.rank_states[torch.distributed.get_rank()] or {}
+        if not isinstance(shared.get("trainer_state"), dict):
+            raise _no_trainer_state(newest)
+        return _Resume(newest, shared["trainer_state"], own.get("rng"), shared=shared)
+
+    def open(self) -> None:
+        self._manager()
+
+    def _state(self) -> dict[str, Any]:
+        from torchresume.train.sharded_checkpoints import model_state
+        t = self.trainer
+        return model_state(t.model, getattr(t.optimizer, "optimizer", t.optimizer))
+
+    def restore(self, resume: _Resume) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+        t, state = self.trainer, self._state()
+        self._manager().restore(state)
+        optimizer = getattr(t.optimizer, "optimizer", t.optimizer)
+        set_state_dict(t.model, (optimizer,), model_state_dict=state["model"],
+                       optim_state_dict=state.get("optim", {}))
+        shared = resume.shared or {}
+        if t.lr_scheduler is not None and shared.get("scheduler") is not None:
+            t.lr_scheduler.load_state_dict(shared["scheduler"])
+        callbacks = t.stateful_callbacks()
+        for name, cb_state in (shared.get("callbacks") or {}).items():
+            if name in callbacks:
+                callbacks[name].load_state_dict(cb_state)
+
+    def save(self, epoch: int, step: int) -> None:
+        t = self.trainer
+        own = {"rng": rng.capture(),
+               "scheduler": t.lr_scheduler.state_dict() if t.lr_scheduler is not None else None,
+               "trainer_state": as_json(t.trainer_state_dict(), "trainer_state"),
+               "training_args": as_json(t.args.to_dict(), "training_args"),
+               "callbacks": {name: cb.state_dict() for name, cb in t.stateful_callbacks().items()}}
+        info = {**t.checkpoint_info(), "global_step": t.state.global_step,
+                "world_size": torch.distributed.get_world_size()}
+        self._manager().save(self._state(), epoch, step, rank_state=own, info=info)
+
+    def close(self) -> None:
+        manager, self.manager = self.manager, None
+        if manager is not None:
+            manager.close()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
+        torch.distributed.get_world_size() > 1)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -294,11 +405,6 @@ def _as_list(value: Any) -> list[Any]:
 def _refuse_unsupported(trainer: Any) -> None:
     """Typed errors, before training starts, for what these checkpoints do not do (yet)."""
     args = trainer.args
-    if args.world_size > 1:
-        raise UnsupportedUnderTorchrunError(
-            f"TorchResumeTrainer runs in one process for now; this run has {args.world_size} "
-            "(torchrun/accelerate launch): its sharded checkpoints are not written yet. Train in one "
-            "process, or use transformers.Trainer's own checkpoints for multi-process runs")
     if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
         raise CheckpointConfigError("TorchResumeTrainer does not write DeepSpeed or FSDP checkpoints; "
                                     "remove deepspeed=/fsdp= from the TrainingArguments")
