@@ -8,7 +8,10 @@ the state registry, the durable commit). The file holds the model's weights at t
 callbacks that have ``state_dict``/``load_state_dict``) and, as typed JSON, ``extra.trainer_state``
 (the ``TrainerState``, the state of Hugging Face's stateful callbacks included) and
 ``extra.training_args``. Nothing is pickled; a value that JSON cannot hold is an
-``UnstorableStateError`` naming its key.
+``UnstorableStateError`` naming its key. Under torchrun (several processes) each checkpoint is the
+sharded directory of torchresume's torchrun path, written through ``DistributedCheckpointManager``:
+the model and optimizer through DCP, each rank's RNG streams, the scheduler and the trainer state
+as its rank state.
 
 ``train(resume_from_checkpoint=True)`` continues from the newest checkpoint that reads and verifies
 (damaged or half-written ones are skipped and named; a fresh start when there is none), mid-epoch
@@ -426,8 +429,8 @@ class TorchResumeTrainer(TorchResumeMixin, Trainer):
     (``save_strategy``, ``save_steps``), into ``output_dir`` as ``{prefix}-{epoch}_{step}.ckpt``,
     ``save_total_limit`` of them kept. ``train(resume_from_checkpoint=True)`` continues from the
     newest one that verifies, bitwise as if never stopped; a first run starts fresh, so the same
-    command starts and restarts a run. One process only (multi-process runs are refused with
-    ``UnsupportedUnderTorchrunError``).
+    command starts and restarts a run. Under torchrun the checkpoints are sharded directories (the
+    torchrun path's), resumed at the same number of processes.
 
     Example:
         ```python
