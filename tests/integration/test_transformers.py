@@ -52,7 +52,7 @@ def _finish(run: Path, mode: str = "sync") -> str:
     proc = subprocess.run(_cmd(run, mode), env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"summary {workload.STEPS}" in proc.stdout
-    return proc.stderr
+    return proc.stdout + proc.stderr
 
 
 def _seen(run: Path) -> dict[tuple[int, int], list[int]]:
@@ -119,8 +119,9 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_named(reference: Path, tmp_p
     data[-5] ^= 0xFF  # a flipped bit in a tensor: its checksum fails
     os.chmod(run / FINAL, 0o600)
     (run / FINAL).write_bytes(bytes(data))
-    err = _finish(run)
-    assert "skipping invalid checkpoint" in err and FINAL in err
+    out = _finish(run)
+    assert "skipping invalid checkpoint" in out and FINAL in out
+    assert f"resuming from {run / 'trainer-3_6.ckpt'}" in out
     _assert_same_run(run, reference)  # steps 23 and 24 trained again, from trainer-3_6.ckpt
 
 
