@@ -20,11 +20,13 @@ weights, optimizer and scheduler into the objects the Trainer prepared, the trai
 epoch skipped by index (no data loaded, no random number drawn) and every RNG restored last, just
 before the first batch trained after the resume.
 
-Hooks used (transformers 5.x; checked at import, tested with the versions in ``TESTED``): the
-public ``train`` and ``get_resumed_dataloader``, and, since no public hook writes or loads these,
-the private ``_save_checkpoint`` (the write), ``_init_training_state`` (the restored TrainerState),
-``_prepare_for_training`` (state into the prepared model, optimizer and scheduler), ``_run_epoch``
-(the resumed epoch) and ``_load_rng_state`` (the RNG).
+Hooks overridden (transformers 5.x; checked at import; tested with transformers 5.24 and
+Accelerate 1.15, the range in ``TESTED``): the public ``train``, and, since no public hook writes
+or loads these, the private ``_save_checkpoint`` (the write), ``_init_training_state`` (the restored
+TrainerState), ``_prepare_for_training`` (state into the prepared model, optimizer and scheduler),
+``_run_epoch`` (the resumed epoch, whose batches the Trainer's own ``get_resumed_dataloader`` skips)
+and ``_load_rng_state`` (the RNG). Under torchrun the newest *committed* sharded checkpoint is
+resumed (its parts are checked as they are read).
 """
 
 from __future__ import annotations
