@@ -25,7 +25,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 import torchresume as tr
@@ -163,6 +163,14 @@ def test_a_value_json_cannot_hold_is_a_typed_error_naming_its_key(callback: Trai
     assert key in str(caught.value)
     assert isinstance(caught.value, TypeError)
     assert not list(tmp_path.glob("*.ckpt")), "nothing is committed"
+
+
+@pytest.mark.parametrize("option", ["load_best_model_at_end", "save_only_model"])
+def test_an_option_these_checkpoints_do_not_honour_is_refused_before_training(option: str, tmp_path: Path) -> None:
+    args = TrainingArguments(str(tmp_path), eval_strategy="steps", eval_steps=2, save_steps=2, report_to=[],
+                             use_cpu=True, **{option: True})
+    with pytest.raises(tr.CheckpointConfigError, match=f"{option}=True.*set {option}=False"):
+        workload.Recording(model=workload.model(), args=args, train_dataset=workload.dataset())
 
 
 def _cli(*args: str, check: int = 0) -> subprocess.CompletedProcess[str]:

@@ -147,10 +147,10 @@ class TorchResumeMixin:
 
     def __init__(self, *args: Any, checkpoint_prefix: str = "trainer", async_save: bool = False,
                  **kwargs: Any) -> None:
+        _refuse_unsupported(kwargs["args"] if "args" in kwargs else args[1] if len(args) > 1 else None)
         super().__init__(*args, **kwargs)
         self.checkpoint_prefix = check_prefix(checkpoint_prefix)
         self.async_save = async_save
-        _refuse_unsupported(self)
         self.checkpoint_store: FileStore | ShardStore = (
             ShardStore(self) if _distributed() else FileStore(self))
         self._resume: _Resume | None = None
@@ -407,10 +407,11 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _refuse_unsupported(trainer: Any) -> None:
-    """Typed errors, before training starts, for what these checkpoints do not do (yet)."""
-    args = trainer.args
-    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+def _refuse_unsupported(args: Any) -> None:
+    """Typed errors, before the Trainer is made, for what these checkpoints do not do (yet)."""
+    if args is None:
+        return  # the Trainer's default TrainingArguments: nothing to refuse
+    if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
         raise CheckpointConfigError("TorchResumeTrainer does not write DeepSpeed or FSDP checkpoints; "
                                     "remove deepspeed=/fsdp= from the TrainingArguments")
     for name, why in (("load_best_model_at_end", "best-model checkpoints are not tracked yet"),
