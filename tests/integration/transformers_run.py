@@ -77,6 +77,9 @@ def main(run: str, mode: str = "sync") -> None:
     out = trainer.train(resume_from_checkpoint=True)
     if trainer.is_world_process_zero():
         print(f"summary {out.global_step}", flush=True)
+    if torch.distributed.is_initialized():  # gloo's rare SIGABRT in the interpreter's teardown
+        from torchresume.train.distributed import end_process
+        end_process(0)
 
 
 if __name__ == "__main__":
