@@ -20,13 +20,16 @@ API_PAGE = "reference/api.md"
 
 
 def public_names() -> dict[str, Any]:
-    """Every public name (qualified) -> its object: the facade's ``__all__``, distributed's and the integrations'."""
+    """Every public name (qualified) -> its object: the facade's ``__all__``, distributed's and each
+    integration's."""
     import torchresume
     import torchresume.distributed as distributed
     names = {f"torchresume.{n}": getattr(torchresume, n) for n in torchresume.__all__}
     names.update({f"torchresume.distributed.{n}": getattr(distributed, n) for n in distributed.__all__})
     from torchresume.integrations import lightning  # the [lightning] extra, installed with [dev]
     names.update({f"torchresume.integrations.lightning.{n}": getattr(lightning, n) for n in lightning.__all__})
+    import torchresume.integrations.transformers as hf  # the [transformers] extra (in dev)
+    names.update({f"torchresume.integrations.transformers.{n}": getattr(hf, n) for n in hf.__all__})
     return names
 
 

@@ -27,6 +27,7 @@ from torch import nn
 PROCESS_MODULES = (
     "tests/fault/test_resume_exact.py",
     "tests/integration/test_docs_blocks.py",
+    "tests/integration/test_transformers.py",
     "tests/cli/test_real_files_cli.py",
     "tests/integration/test_examples.py",
     "tests/fault/test_dataloader_resume.py",
@@ -64,7 +65,8 @@ PROCESS_MODULES = (
 # From those modules, the quick tier keeps one test of each kind (tests/test_tiers.py checks each
 # id still names a test): a kill-and-resume, a kill mid-save, every RNG, a DataLoader, out of space,
 # a rank killed mid-save under torchrun, a signal to an S3 run, the run lock, the CLI, MindSpore
-# files, a directory checkpoint, an example, the package's import, Lightning's typed refusal.
+# files, a directory checkpoint, an example, the package's import, Lightning's typed refusal, a
+# Hugging Face Trainer killed.
 QUICK = (
     "tests/fault/test_resume_exact.py::test_sigkill_then_same_command_is_bitwise_exact[sync-mid-epoch-12]",
     "tests/fault/test_kill_during_save.py::test_sigkill_mid_save_never_leaves_a_bad_file[sync]",
@@ -83,6 +85,7 @@ QUICK = (
     "tests/integration/test_examples.py::test_quickstart",
     "tests/integration/test_package.py::test_import_loads_the_core_only",
     "tests/integration/test_lightning.py::test_unstorable_hyperparameter_is_a_typed_error_naming_its_key",
+    "tests/integration/test_transformers.py::test_sigkills_then_same_command_is_bitwise_exact[sync]",
 )
 
 

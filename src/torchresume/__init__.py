@@ -21,6 +21,7 @@ from torchresume.errors import (
     StorageError,
     TorchResumeError,
     UnsafeCheckpointError,
+    UnstorableStateError,
     UnsupportedFormatError,
 )
 from torchresume.manager import CheckpointManager
@@ -94,6 +95,7 @@ __all__ = [
     "TimeMonitor",
     "TorchResumeError",
     "UnsafeCheckpointError",
+    "UnstorableStateError",
     "UnsupportedFormatError",
     "load_checkpoint",
     "load_param_into_net",

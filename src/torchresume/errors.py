@@ -57,10 +57,11 @@ class UnsupportedStrategyError(CheckpointConfigError):
     """A Lightning strategy the torchresume CheckpointIO cannot honour yet (DDP, FSDP); raised before any save."""
 
 
-class UnstorableValueError(TorchResumeError, TypeError):
-    """A value to checkpoint cannot be stored without pickle; ``key`` is its dotted path in the state."""
+class UnstorableStateError(TorchResumeError, TypeError):
+    """The state to save holds a value a checkpoint cannot store without pickle; the message names its
+    key, and ``key`` holds its dotted path."""
 
-    def __init__(self, message: str, key: str) -> None:
+    def __init__(self, message: str, key: str = "") -> None:
         super().__init__(message)
         self.key = key
 

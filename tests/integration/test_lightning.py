@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchresume as tr
 from tests.fault.killing import env, random_kills, report
-from torchresume.errors import UnstorableValueError
+from torchresume.errors import UnstorableStateError
 from torchresume.files import describe, verify
 from torchresume.integrations.lightning import TorchResumeCheckpoint, TorchResumeIO, resumable
 
@@ -153,7 +153,7 @@ def test_unstorable_hyperparameter_is_a_typed_error_naming_its_key(tmp_path) -> 
     trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[TorchResumeCheckpoint(str(tmp_path), prefix="bad", every_n_train_steps=1)],
                          plugins=[TorchResumeIO()], accelerator="cpu", devices=1)
-    with pytest.raises(UnstorableValueError, match=r"'hyper_parameters\.act'.*save_hyperparameters") as info:
+    with pytest.raises(UnstorableStateError, match=r"'hyper_parameters\.act'.*save_hyperparameters") as info:
         trainer.fit(_WithObjectHparam({1, 2}), loader)
     assert info.value.key == "hyper_parameters.act" and isinstance(info.value, TypeError)
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".ckpt")]  # nothing was written

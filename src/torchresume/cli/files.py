@@ -62,13 +62,15 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("convert", parents=keys,
-                       help="rewrite any readable checkpoint as a native one or (--to mindspore) a MindSpore .ckpt")
+                       help="rewrite any readable checkpoint as a native one, a MindSpore .ckpt (--to mindspore) or "
+                            "the model's weights alone as a plain model.safetensors (--to safetensors)")
     p.add_argument("src", type=options.url, help="the checkpoint to read")
     p.add_argument("dst", type=options.url, help="the file to write (its folder must exist)")
     p.add_argument("--enc-key-hex", type=options.hex_key, default=None, metavar="HEX",
                    help="encrypt the result with this key (hex, 16/24/32 bytes)")
-    p.add_argument("--to", choices=("native", "mindspore"), default="native",
-                   help="native torchresume file or MindSpore protobuf .ckpt")
+    p.add_argument("--to", choices=("native", "mindspore", "safetensors"), default="native",
+                   help="native torchresume file, MindSpore protobuf .ckpt, or the weights alone as a "
+                        "plain safetensors file (for transformers' from_pretrained and the Hub)")
     p.add_argument("--enc-mode", choices=("AES-GCM", "AES-CBC"), default="AES-GCM",
                    help="with --to mindspore and --enc-key-hex: the cipher")
     p.add_argument("--crc", action="store_true", help="with --to mindspore: add the CRC32 footer")
@@ -274,6 +276,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise options.UsageError(f"{'--crc' if args.crc else '--enc-mode ' + args.enc_mode} applies to "
                                  "MindSpore files only; add --to mindspore (a native file has per-tensor "
                                  "checksums and is encrypted with AES-GCM)")
+    if enc is not None and args.to == "safetensors":
+        raise options.UsageError("--enc-key-hex does not apply to --to safetensors: a plain safetensors "
+                                 "file is never encrypted (drop --enc-key-hex, or convert to native)")
     if enc is not None and args.to == "native":
         enc = crypto.check_key(enc, "AES-GCM", "enc_key")
     _must_exist(args.src)
@@ -289,12 +294,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"wrote {args.dst} ({convert(args.src, args.dst, dec, enc, args.enc_mode, args.crc)})")
         return 0
     ckpt = read_checkpoint(args.src, dec_key=dec)
+    if args.to == "safetensors":  # the model's weights alone (a sharded checkpoint reads as one file)
+        return _write_weights(ckpt.tree, args.src, args.dst, ckpt.format)
     native = ckpt.format in ("torchresume", sharded_as_one.FORMAT)  # a sharded one reads as one file
     kind = ckpt.kind if native else "tensors" if ckpt.kind == "tensors" else "state"
     write_encoded(encode_state(kind, ckpt.tree, info=ckpt.info, append=ckpt.append), args.dst, enc)
     source = (f"consolidated from {ckpt.info.get('world_size')} ranks' shards"
               if ckpt.format == sharded_as_one.FORMAT else f"from {ckpt.format}")
     print(f"wrote {args.dst} ({kind}, {source}{', encrypted' if enc else ''})")
+    return 0
+
+
+def _write_weights(tree: Any, src: str, dst: str, origin: str) -> int:
+    from torchresume.files import write_encoded
+    from torchresume.files.single import encode_weights
+    write_encoded(encode_weights(tree, src), dst, None)
+    print(f"wrote {dst} (the model's weights as plain safetensors, from {origin})")
     return 0
 
 

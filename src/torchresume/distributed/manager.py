@@ -371,6 +371,10 @@ class DistributedCheckpointManager:
             log.info("resumed from %s", path)
         return restored
 
+    def rank_states(self, path: str) -> RestoreInfo:
+        """Collective: ``path``'s info and every saving rank's ``rank_state``, its shards left unread."""
+        return self._rank_states(path)
+
     def _rank_states(self, path: str) -> RestoreInfo:
         found: Any = None
         if _rank() == 0:

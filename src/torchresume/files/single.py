@@ -12,15 +12,32 @@ from typing import Any
 
 import torch
 
-from torchresume.errors import TorchResumeError
+from torchresume.errors import CorruptCheckpointError, TorchResumeError
 from torchresume.files import directory, sharded, sharded_as_one
 from torchresume.files.encoding import Description, encode_state, scalars, tensor_rows, write_encoded
-from torchresume.format import crypto, reader
+from torchresume.format import crypto, native, reader
 from torchresume.format.reader import Checkpoint
 from torchresume.state.tree import flat_view
 from torchresume.storage import resolve
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+def encode_weights(tree: Any, source: str = "the checkpoint") -> native.Encoded:
+    """The model's weights of ``tree`` as a plain safetensors file (no torchresume metadata): what
+    ``transformers``' ``from_pretrained`` and the Hub read as ``model.safetensors``.
+
+    A training state's own sub-trees (optimizer, rng, ...) are left out; a weight that is not a
+    tensor is a CorruptCheckpointError naming it.
+    """
+    from torchresume.state.train_state import is_training_part
+    weights = {k: v for k, v in flat_view(tree).items() if not is_training_part(k)}
+    odd = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    if odd or not weights:
+        raise CorruptCheckpointError(f"{source} holds no model weights to export" if not weights else
+                                     f"{source}: {odd[0]!r} is not a tensor; only tensors go into a "
+                                     "safetensors file")
+    return native.encode({n: native.prepare(t, n) for n, t in weights.items()}, None)
 
 
 def write_checkpoint(path: str, kind: str, tree: Any, *, info: dict[str, Any] | None = None,

@@ -7,7 +7,7 @@ Three pieces, each a thin adapter over torchresume's core:
   other value (hyperparameters, loop and callback state, ``on_save_checkpoint`` additions) as
   typed JSON in the skeleton, through the save slot (one save in flight, optional background
   writes) and the file layer (temporary file, fsync, rename; a commit marker on object storage).
-  A value that cannot be stored is an ``UnstorableValueError`` naming its key.
+  A value that cannot be stored is an ``UnstorableStateError`` naming its key.
 - ``TorchResumeCheckpoint``: a Lightning ``ModelCheckpoint`` whose files carry torchresume
   names (``{prefix}-{epoch}_{step}.ckpt``), whose retention is torchresume's (``keep=``), whose
   ``ckpt_path="last"`` is the newest checkpoint that reads and verifies, and which saves and
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from torchresume import catalog, retention
 from torchresume.data.loader_state import DataLoaderFeed, check_feed_state
-from torchresume.errors import CheckpointConfigError, UnstorableValueError, UnsupportedStrategyError
+from torchresume.errors import CheckpointConfigError, UnstorableStateError, UnsupportedStrategyError
 from torchresume.files import encode_state, read_checkpoint, write_encoded
 from torchresume.format.reader import Checkpoint
 from torchresume.log import log
@@ -71,7 +71,7 @@ def _storable(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
     try:
         flatten(tree)
     except TreeError as exc:
-        raise UnstorableValueError(
+        raise UnstorableStateError(
             f"{path}: the checkpoint's value at {exc.key!r} cannot be stored without pickle ({exc}); "
             "save only tensors, numbers, strings, bools, None, lists, tuples and dicts there "
             "(e.g. save_hyperparameters(ignore=[...]) for a module or an object)", exc.key) from None

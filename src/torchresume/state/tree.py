@@ -19,15 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchresume.errors import UnstorableStateError
+
 Skeleton = Any
 
 
-class TreeError(TypeError):
+class TreeError(UnstorableStateError):
     """The state holds a value that cannot be stored without pickle; ``key`` is its dotted path."""
-
-    def __init__(self, message: str, key: str = "") -> None:
-        super().__init__(message)
-        self.key = key
 
 
 def flatten(tree: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Skeleton]:
