@@ -12,6 +12,9 @@ from torchresume.cli.files import cli_words
 
 ROOT = pathlib.Path(torchresume.__file__).parent
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+# A message may show a whole command to run ("torchresume convert --to safetensors"): that is a
+# command line, not a flag of the caller's command.
+COMMAND = re.compile(r"\btorchresume (convert|inspect|verify|ls|diff|prune|copy|train|eval|infer) ")
 
 
 def _strings(path: pathlib.Path) -> list[tuple[int, str]]:
@@ -28,7 +31,7 @@ def _strings(path: pathlib.Path) -> list[tuple[int, str]]:
 def test_no_library_message_names_a_command_line_flag() -> None:
     found = [f"{path.relative_to(ROOT)}:{line}: {text!r}"
              for path in sorted(ROOT.rglob("*.py")) if path.relative_to(ROOT).parts[0] not in ("cli", "app")
-             for line, text in _strings(path) if FLAG.search(text)]
+             for line, text in _strings(path) if FLAG.search(text) and not COMMAND.search(text)]
     assert found == []
 
 

@@ -21,25 +21,11 @@ import sys
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import torchresume as tr
+from tests.fault.dataloader_run import Noisy  # the same noisy data as the DataLoader kill tests
 from torchresume.integrations.lightning import TorchResumeCheckpoint, TorchResumeIO
-
-
-class Noisy(Dataset):
-    """Fixed data plus random noise drawn in __getitem__."""
-
-    def __init__(self, n: int = 80) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(n, 6, generator=g)
-        self.y = (self.x.sum(1) > 0).long()
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i] + 0.05 * torch.randn(6), self.y[i]
 
 
 class Net(pl.LightningModule):
@@ -76,7 +62,7 @@ def main() -> None:
     pl.seed_everything(0, verbose=False)
     model = Net()
     model.log_path = os.path.join(run_dir, "batches")
-    loader = DataLoader(Noisy(), batch_size=8, shuffle=True, num_workers=workers)
+    loader = DataLoader(Noisy(80), batch_size=8, shuffle=True, num_workers=workers)
     ckpt = TorchResumeCheckpoint(run_dir, prefix="lit", every_n_train_steps=2, keep=3)
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[ckpt], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=2 if ddp else 1, deterministic=True,
