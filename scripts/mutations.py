@@ -88,7 +88,7 @@ MUTATIONS: list[Mutation] = [
              "        self.save_if_unsaved(ctx)\n        ctx.last_checkpoint", "        ctx.last_checkpoint",
              ("tests/integration/test_s3_training.py::test_sigterm_saves_uploads_and_exits_143",)),
     Mutation("no run lock under torchrun", "src/torchresume/train/sharded_checkpoints.py",
-             "                run_lock.acquire(self.directory)\n", "                pass  # MUTATION\n",
+             "            run_lock.acquire(self.directory)\n", "            pass  # MUTATION\n",
              ("tests/distributed/test_torchrun_parity.py::test_best_skip_lock_and_finished_under_torchrun",)),
 ]
 

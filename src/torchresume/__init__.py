@@ -28,7 +28,7 @@ from torchresume.manager import CheckpointManager
 from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast
 from torchresume.state.stateful import Stateful
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 _HARNESS = {
     "BackupAndRestore": "torchresume.train",
