@@ -71,3 +71,15 @@ def test_save_load_records_its_table(tmp_path: Path) -> None:
     methods = {row["method"]: row for row in entry["rows"]}
     assert set(methods) == {"direct write", "torchresume", "tr buffered", "torch.save", "safetensors"}
     assert methods["torchresume"]["save_gbs"] > 0 and methods["torchresume"]["load_gbs"] > 0
+
+
+def test_overlap_staging_runs_and_reports_every_method(tmp_path: Path) -> None:
+    """Issue 26's baseline command at a tiny size: every method's row and the no-save rate."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "overlap_staging.py"), "--sizes", "0.01", "--rounds", "1",
+           "--run-steps", "4", "--every", "2", "--dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout.split("method ", 1)[1].splitlines()[1:]
+    assert [line.split("  ")[0] for line in table] == ["torchresume async", "DCP async_save", "DCP DefaultStager",
+                                                        "no saves"], done.stdout
+    assert list(tmp_path.iterdir()) == []  # what it wrote is gone

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    from torchresume.train.distributed import end_process
+    from torchresume.distributed.ending import end_process
     end_process(code)  # a rank's command is over: end it here (end_process says why)
 
 

@@ -4,6 +4,7 @@ Not imported by ``import torchresume`` (it loads torch.distributed.checkpoint);
 import it as ``torchresume.distributed``.
 """
 
+from torchresume.distributed.ending import end_process
 from torchresume.distributed.manager import DistributedCheckpointManager, RestoreInfo
 
-__all__ = ["DistributedCheckpointManager", "RestoreInfo"]
+__all__ = ["DistributedCheckpointManager", "RestoreInfo", "end_process"]

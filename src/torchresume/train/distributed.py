@@ -18,17 +18,17 @@ import ctypes
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from torchresume.distributed.ending import end_process, leave_group
 from torchresume.log import log, monitor
 from torchresume.train import torchrun_options
 from torchresume.train.callback import Callback
@@ -73,7 +73,7 @@ def init_world(device: torch.device) -> World:
         else:
             dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
                                     world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
-        atexit.register(_leave)
+        atexit.register(leave_group)
         die_with_launcher()
     world = World(dist.get_rank(), dist.get_world_size(), local_rank, device)
     if world.rank != 0:
@@ -151,27 +151,6 @@ def attempt_store(timeout: timedelta) -> dist.Store | None:
     client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                            int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
     return dist.PrefixStore(f"/torchresume/attempt_{attempt}", client)
-
-
-def _leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def end_process(code: int) -> NoReturn:
-    """Leave the process group, flush, and end this rank's process now with ``code``.
-
-    Under torch 2.13 with gloo about one rank exit in 20 aborted in the interpreter's teardown,
-    after the group was destroyed and every checkpoint committed ("terminate called without an
-    active exception", SIGABRT, no Python frame left; seen with DDP and with FSDP2): torchrun then
-    reports a finished job as failed. Nothing is left to do when a command has returned, so the
-    teardown is skipped.
-    """
-    _leave()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def die_with_launcher() -> None:
