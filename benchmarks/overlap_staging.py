@@ -131,8 +131,9 @@ def one_save(trainer: Trainer, saver: Saver, i: int, steps: int, clean: float) -
     return {"stall": stall, "wait": wait, "extra": extra, "lost": stall + wait + extra}
 
 
-def run_rate(trainer: Trainer, saver: Saver | None, steps: int, every: int) -> float:
-    """Steps per second over ``steps`` steps with a save every ``every`` (None: no saves)."""
+def run_rate(trainer: Trainer, saver: Saver | None, steps: int, every: int, first: int) -> float:
+    """Steps per second over ``steps`` steps with a save every ``every`` (None: no saves); the saves
+    are numbered from ``first`` (each checkpoint a new one)."""
     pending: list[Finish] = []
     staged: Finish | None = None
     start = time.perf_counter()
@@ -140,7 +141,7 @@ def run_rate(trainer: Trainer, saver: Saver | None, steps: int, every: int) -> f
         step(trainer, staged)
         staged = None
         if saver is not None and i % every == 0:
-            staged, finish = saver.save(i)
+            staged, finish = saver.save(first + i)
             pending.append(finish)
     elapsed = time.perf_counter() - start
     for finish in pending:
@@ -163,9 +164,10 @@ def measure(gib: float, rounds: int, steps: int, run_steps: int, every: int, roo
                     figures[saver.name].setdefault(key, []).append(value)
         rates: dict[str, list[float]] = {"no saves": []}
         for r in range(max(1, rounds // 2)):
-            rates["no saves"].append(run_rate(trainer, None, run_steps, every))
+            rates["no saves"].append(run_rate(trainer, None, run_steps, every, 0))
             for saver in savers if r % 2 == 0 else savers[::-1]:
-                rates.setdefault(saver.name, []).append(run_rate(trainer, saver, run_steps, every))
+                first = 1000 * (r + 1)  # past the rounds' numbers
+                rates.setdefault(saver.name, []).append(run_rate(trainer, saver, run_steps, every, first))
     finally:
         for saver in savers:
             saver.close()
