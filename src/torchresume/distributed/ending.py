@@ -29,8 +29,8 @@ def end_process(code: int = 0) -> NoReturn:
 
     Close or ``wait()`` every checkpoint manager first: background saves are not waited for here.
 
-    Example:
-        ```python
+    Example (a script for torchrun; the torchrun guide's ``dist_loop.py`` runs it under a real launch):
+        ```python title="end.py"
         import torch.distributed as dist
         from torchresume.distributed import end_process
 
