@@ -8,6 +8,9 @@ and, round after round (the order of the methods rotated every round), saves wit
 
 * ``torchresume async``: ``CheckpointManager(async_save=True).save()`` copies the state into reused
   staging buffers, then returns; the write runs in the background;
+* ``torchresume overlap``: the same with ``overlap=True``: the call returns before the weights and
+  moments are copied; the copy runs beside the next forward and backward, and the next
+  ``optimizer.step`` waits for what is left (``wait_staged``, called explicitly to time it);
 * ``DCP async_save``: ``dcp.async_save()`` as it comes (it stages a copy before returning);
 * ``DCP DefaultStager``: ``dcp.async_save(async_stager=DefaultStager(StagingOptions(
   use_async_staging=True)))``, the stager reused: the call returns at once and the copy runs in the
@@ -76,6 +79,19 @@ class Ours(Saver):
         super().close()
 
 
+class OursOverlapped(Ours):
+    name = "torchresume overlap"
+
+    def __init__(self, trainer: Trainer, root: str) -> None:
+        Saver.__init__(self, trainer, root)
+        self.mgr = CheckpointManager(self.dir, model=trainer.model, optimizer=trainer.opt, async_save=True, keep=1,
+                                     overlap=True)
+
+    def save(self, i: int) -> tuple[Finish, Finish]:
+        self.mgr.save(1, i)  # returns before the weights and moments are copied
+        return self.mgr.wait_staged, self.mgr.wait  # (optimizer.step would wait by itself: made visible)
+
+
 class DcpDefault(Saver):
     name = "DCP async_save"
 
@@ -103,7 +119,7 @@ class DcpStager(Saver):
         super().close()
 
 
-SAVERS = (Ours, DcpDefault, DcpStager)
+SAVERS = (Ours, OursOverlapped, DcpDefault, DcpStager)
 
 
 def step(trainer: Trainer, before_update: Finish | None = None) -> tuple[float, float]:

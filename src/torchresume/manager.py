@@ -89,6 +89,9 @@ class CheckpointManager:
         async_save: ``save()`` copies the state into reused host buffers and returns; one
             background thread writes and commits it. ``on_busy`` says what a save does while the
             previous one still runs (``"wait"`` or ``"skip"``); ``write_mb_per_s`` paces it.
+        overlap: with ``async_save``, ``save()`` returns before the optimizer's parameters and
+            state are copied: the copy runs beside the next forward and backward, and
+            ``optimizer.step`` waits for it (``guard_optimizer`` adds others; ``wait_staged``).
         enc_key: encrypt every checkpoint at rest with this 16/24/32-byte key.
         enc_mode: ``"AES-GCM"`` (``"AES-CBC"`` too for MindSpore files).
         file_format: ``None`` (native) or ``"ckpt"`` (MindSpore's protobuf ``.ckpt``).
@@ -111,7 +114,7 @@ class CheckpointManager:
                  saved_network: nn.Module | None = None,
                  stateful: dict[str, Stateful] | None = None, file_format: str | None = None,
                  crc_check: bool = False, on_busy: str = "wait",
-                 write_mb_per_s: float | None = None) -> None:
+                 write_mb_per_s: float | None = None, overlap: bool = False) -> None:
         self.directory = str(directory)
         self.storage, self._where = resolve(self.directory)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -131,7 +134,9 @@ class CheckpointManager:
             file_format != "ckpt") else enc_key
         self.file_format, self.enc_mode, self.crc_check = file_format, enc_mode, crc_check
         # At most one save in flight; async saves snapshot into reused host buffers.
-        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, write_mb_per_s=write_mb_per_s)
+        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, write_mb_per_s=write_mb_per_s, overlap=overlap)
+        if optimizer is not None:
+            self.slot.guard_optimizer(optimizer)
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
@@ -228,6 +233,17 @@ class CheckpointManager:
     def saving(self) -> str | None:
         """The checkpoint a background save is writing now, or None."""
         return self.slot.saving
+
+    def guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """With ``overlap``: copy ``optimizer``'s parameters and state after ``save()`` returned;
+        its ``step`` waits until that copy is complete. The manager's own optimizer is guarded."""
+        self.slot.guard_optimizer(optimizer)
+
+    def wait_staged(self) -> None:
+        """Return once the save in flight no longer reads the live tensors. With ``overlap``, call
+        it before changing parameters or optimizer state other than through ``optimizer.step``
+        (a manual weight edit, a load into the live model); the step itself waits on its own."""
+        self.slot.wait_staged()
 
     @property
     def on_busy(self) -> str:
@@ -369,6 +385,7 @@ class CheckpointManager:
 
         Returns the file's info. A weights-only file restores the model and says what it lacked.
         """
+        self.slot.wait_staged()  # the load changes the live tensors a save in flight may still copy
         if ckpt is None:
             ckpt = read_checkpoint(path, dec_key=self.enc_key)
         if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names

@@ -9,6 +9,12 @@ background ``AsyncWriter`` thread and returns; the next save finds the slot busy
 (``write_mb_per_s``); whoever waits lifts the pace. A failed background write is raised by
 the next save, ``wait()`` or ``close()``, never lost. Retention's deletes run in the same
 background thread (``after``), for synchronous saves too: a save returns once it is committed.
+
+With ``overlap=True`` (asynchronous slots) staging itself overlaps training: the copies of the
+tensors a guarded optimizer owns (its parameters and state, which only its ``step`` changes) are
+made after ``run`` returned, beside the next forward and backward, and every guarded
+``optimizer.step`` first waits for them (a step pre-hook; ``wait_staged`` for anything else that
+would change them). Everything else is copied before ``run`` returns (snapshot.py).
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import torch
+
 from torchresume.async_writer import AsyncWriter
 from torchresume.errors import CheckpointConfigError
 from torchresume.log import log
+from torchresume.snapshot import Snapshot, storage_key
 from torchresume.staging import StagingBuffers
 from torchresume.storage.pacing import Pace, check_write_rate
 
@@ -35,9 +44,10 @@ def check_on_busy(on_busy: str) -> str:
 
 
 class Stager(Protocol):
-    """Copies a state tree into buffers the background write may read while training goes on."""
+    """Copies a state tree into buffers the background write may read while training goes on;
+    the copies of tensors whose ``storage_key`` is in ``deferred`` may complete later (snapshot.py)."""
 
-    def stage(self, tree: Any) -> Any: ...
+    def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset()) -> Snapshot: ...
     def release(self) -> None: ...
 
 
@@ -48,15 +58,48 @@ class SaveSlot:
     """One save in flight at most; ``run`` writes now (sync) or stages and writes in the background."""
 
     def __init__(self, *, async_save: bool = False, on_busy: str = "wait", write_mb_per_s: float | None = None,
-                 stager: Stager | None = None, name: str = "torchresume-writer") -> None:
+                 stager: Stager | None = None, name: str = "torchresume-writer", overlap: bool = False) -> None:
         if not isinstance(async_save, bool):
             raise CheckpointConfigError(f"async_save must be True or False, got {async_save!r}")
+        self.overlap = check_overlap(overlap, async_save)
         self.async_save = async_save
         self.on_busy = check_on_busy(on_busy)
         self.write_mb_per_s = check_write_rate(write_mb_per_s, async_save)
         self._stager: Stager | None = (stager or StagingBuffers()) if async_save else None
         self._name = name
         self._writer: AsyncWriter | None = None
+        self._guarded: list[torch.optim.Optimizer] = []
+        self._hooks: list[Any] = []
+        self._staging: Snapshot | None = None  # a snapshot whose deferred copies may still run
+
+    def guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Let overlapped staging defer the copies of ``optimizer``'s parameters and state: its
+        ``step`` waits (a pre-hook) until the copy of the save in flight is complete. No-op unless
+        ``overlap``; guarding an optimizer twice changes nothing. A wrapper (accelerate's, Lightning's)
+        is unwrapped: the hook goes on the optimizer whose ``step`` changes the tensors."""
+        while isinstance(inner := getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+            optimizer = inner
+        if not self.overlap or any(o is optimizer for o in self._guarded):
+            return
+        self._guarded.append(optimizer)
+        self._hooks.append(optimizer.register_step_pre_hook(lambda *_: self.wait_staged()))
+
+    def wait_staged(self) -> None:
+        """Return once the save in flight no longer needs the live tensors: call it before changing
+        a guarded optimizer's parameters or state other than through its ``step``."""
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            staging.gate()
+
+    def _deferred(self) -> frozenset[int]:
+        """The storages only a guarded optimizer's step changes: its parameters and state tensors."""
+        keys: set[int] = set()
+        for optimizer in self._guarded:
+            keys.update(storage_key(p) for group in optimizer.param_groups for p in group["params"])
+            keys.update(storage_key(v) for state in optimizer.state.values() for v in state.values()
+                        if isinstance(v, torch.Tensor))
+        keys.discard(0)
+        return frozenset(keys)
 
     @property
     def saving(self) -> str | None:
@@ -90,11 +133,17 @@ class SaveSlot:
         if self._stager is None:
             write(tree, None)
             return
-        copy = self._stager.stage(tree)  # complete on return: later updates are not written
+        snapshot = self._stager.snapshot(tree, self._deferred() if self._guarded else frozenset())
+        self._staging = snapshot if snapshot.deferred else None  # the next guarded step waits for it
         pace = Pace(self.write_mb_per_s * 1e6) if self.write_mb_per_s is not None and paced else None
         if self._writer is None:
             self._writer = AsyncWriter(name=self._name)
-        self._writer.submit(lambda: write(copy, pace), path, on_wait=pace.hurry.set if pace is not None else None)
+
+        def stage_then_write() -> None:
+            snapshot.copy_rest()  # every copy complete: the write sees the named step's state
+            write(snapshot.tree, pace)
+
+        self._writer.submit(stage_then_write, path, on_wait=pace.hurry.set if pace is not None else None)
 
     def after(self, job: Callable[[], object], what: str) -> None:
         """Run ``job`` in the background thread once what is queued there is done: retention's
@@ -121,6 +170,9 @@ class SaveSlot:
     def close(self) -> None:
         """Wait for the background save (re-raising its failure), then free the writer and the buffers."""
         writer, self._writer = self._writer, None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._guarded, self._staging = [], [], None
         try:
             if writer is not None and writer is _DELETER:
                 writer.wait()  # shared by every sync slot: waited for, never shut down
@@ -129,6 +181,17 @@ class SaveSlot:
         finally:
             if self._stager is not None:
                 self._stager.release()
+
+
+def check_overlap(overlap: bool, async_save: bool) -> bool:
+    """Overlapped staging is a way of staging an asynchronous save: refused without one."""
+    if not isinstance(overlap, bool):
+        raise CheckpointConfigError(f"overlap must be True or False, got {overlap!r}")
+    if overlap and not async_save:
+        raise CheckpointConfigError(
+            "overlap=True needs async_save=True: it overlaps the copy of a background save with the "
+            "next training step, and a synchronous save has no copy; pass async_save=True too, or drop overlap")
+    return overlap
 
 
 _DELETER: AsyncWriter | None = None
@@ -142,4 +205,4 @@ def _deleter() -> AsyncWriter:
     return _DELETER
 
 
-__all__ = ["ON_BUSY", "SaveSlot", "Stager", "check_on_busy"]
+__all__ = ["ON_BUSY", "SaveSlot", "Stager", "check_on_busy", "check_overlap"]

@@ -20,6 +20,9 @@ run to the disk straight from the slab, with no copy (storage/direct.py).
 If the encoder's order differs (a tree with numpy arrays among the tensors),
 runs are shorter and the writer copies what it must; the bytes are the same.
 
+``snapshot(tree, deferred)`` leaves the copies of the tensors a guarded optimizer owns for after
+the call returned (overlapped staging: snapshot.py says how and when they complete).
+
 The buffers are reused, so a snapshot is only valid until the next ``stage``:
 the caller (CheckpointManager, or ``save_checkpoint(..., async_save=True)`` with
 one module-level set) keeps at most one background save in flight per set of
@@ -34,6 +37,7 @@ from typing import Any
 import torch
 
 from torchresume.log import log
+from torchresume.snapshot import Pair, Snapshot, copy_on_side_stream, pieces, storage_key
 from torchresume.state.tree import map_tensors
 
 Layout = tuple[tuple[int, ...], torch.dtype, str]
@@ -62,24 +66,36 @@ class StagingBuffers:
 
     def stage(self, tree: Any) -> Any:
         """A copy of ``tree`` whose tensors live in the reused host buffers (complete on return)."""
+        return self.snapshot(tree).tree
+
+    def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
+        """Stage ``tree``; the copies of tensors whose ``storage_key`` is in ``deferred`` are only
+        recorded (CPU) or queued on a side stream (CUDA), for ``Snapshot.copy_rest``/``gate``."""
         tensors: list[torch.Tensor] = []
         map_tensors(tree, tensors.append)
         dense = [t for t in tensors if _stageable(t)]
         layout = [_layout(t) for t in dense]
         if layout != self._layout:
             self._allocate(layout)
+        later: list[Pair] = []
+        on_device: dict[torch.device, list[Pair]] = {}
+        now_devices: set[torch.device] = set()
+        for buffer, t in zip(self._buffers, dense, strict=True):
+            live, on_cuda = t.detach(), t.device.type == "cuda"
+            if on_cuda and deferred and storage_key(live) in deferred:
+                on_device.setdefault(t.device, []).append((buffer, live))
+            elif deferred and storage_key(live) in deferred:
+                later += pieces(buffer, live)
+            else:
+                buffer.copy_(live, non_blocking=on_cuda)
+                if on_cuda:
+                    now_devices.add(t.device)
+        for device in now_devices:  # not run by the CPU-only test suite
+            torch.cuda.synchronize(device)  # every stream of the device: these copies are complete
+        device_done = {device: copy_on_side_stream(device, pairs) for device, pairs in on_device.items()}
         buffers = iter(self._buffers)
-        devices: set[torch.device] = set()
-        for t in dense:
-            on_cuda = t.device.type == "cuda"
-            if on_cuda:
-                devices.add(t.device)
-            next(buffers).copy_(t.detach(), non_blocking=on_cuda)
-        for device in devices:  # not run by the CPU-only test suite
-            torch.cuda.synchronize(device)  # every stream of the device: the copies are complete
-        buffers = iter(self._buffers)
-        return map_tensors(tree, lambda t: next(buffers) if _stageable(t) else
-                           t.detach().to("cpu", copy=True))
+        staged = map_tensors(tree, lambda t: next(buffers) if _stageable(t) else t.detach().to("cpu", copy=True))
+        return Snapshot(staged, later, device_done)
 
     def _allocate(self, layout: list[Layout]) -> None:
         self.release()

@@ -4,7 +4,9 @@ A kill is triggered only by progress the *current* process reports on its own
 stdout (lines ``step <global_step>``), so nothing an earlier run logged can
 trigger it. Just before the kill the process is frozen with SIGSTOP and the
 run directory is looked at: a temporary checkpoint file (``.{name}.tmp-{pid}-...``)
-means a checkpoint write was in flight (``mid-save``); none means the process
+means a checkpoint write was in flight (``mid-save``); a marker ``.copy-in-flight-{pid}-{n}``
+(which a workload with overlapped staging creates while a save's deferred copy runs,
+see rng_workload.py) means a copy was (``mid-copy``); neither means the process
 was training (``mid-step``). SIGKILL then lands exactly in the state that was
 classified. A process that finished before the kill counts as ``finished``.
 """
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
+COPY = re.compile(r"^\.copy-in-flight-(\d+)-\d+$")
 STEP = re.compile(r"^step \d+\b")  # what the workloads here print after each step
 STARTUP_LIMIT_S = 300  # a safety net against a hung child, never a measured duration
 
@@ -32,13 +35,13 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
-def temporaries(directory: Path, pid: int) -> list[str]:
-    """The checkpoint temporaries ``pid`` has open in ``directory`` right now."""
+def temporaries(directory: Path, pid: int, pattern: re.Pattern[str] = TEMP) -> list[str]:
+    """The checkpoint temporaries (or, with ``COPY``, copy markers) of ``pid`` in ``directory`` now."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return [n for n in names if (m := TEMP.match(n)) and int(m.group(1)) == pid]
+    return [n for n in names if (m := pattern.match(n)) and int(m.group(1)) == pid]
 
 
 class Child:
@@ -96,7 +99,9 @@ def _stop_and_classify(child: Child, run_dir: Path) -> str:
     # The child may have exited just before the stop: a zombie is not training.
     if child.proc.poll() is not None:
         return "finished"
-    return "mid-save" if temporaries(run_dir, pid) else "mid-step"
+    if temporaries(run_dir, pid):
+        return "mid-save"
+    return "mid-copy" if temporaries(run_dir, pid, COPY) else "mid-step"
 
 
 def kill_once(cmd: list[str], run_dir: Path, aim: str, rng: random.Random, *,
@@ -108,8 +113,8 @@ def kill_once(cmd: list[str], run_dir: Path, aim: str, rng: random.Random, *,
     child = Child(cmd, progress)
     landed = "finished"
     if child.wait_new_steps(rng.randint(1, max_new_steps)):
-        if aim == "mid-save":
-            landed = _aim_at_save(child, run_dir, rng)
+        if aim in ("mid-save", "mid-copy"):
+            landed = _aim_at_save(child, run_dir, rng, TEMP if aim == "mid-save" else COPY)
         else:
             landed = _aim_between_saves(child, run_dir, rng)
         if landed != "finished":
@@ -132,14 +137,15 @@ def _aim_between_saves(child: Child, run_dir: Path, rng: random.Random) -> str:
     return "finished"
 
 
-def _aim_at_save(child: Child, run_dir: Path, rng: random.Random) -> str:
-    """Freeze the child while one of its checkpoint temporaries exists (skipping 0-2 saves first)."""
+def _aim_at_save(child: Child, run_dir: Path, rng: random.Random, pattern: re.Pattern[str] = TEMP) -> str:
+    """Freeze the child while one of its checkpoint temporaries (``pattern``: or copy markers)
+    exists (skipping 0-2 saves first)."""
     pid = child.proc.pid
     skip = rng.randint(0, 2)
     seen: set[str] = set()
     deadline = time.monotonic() + STARTUP_LIMIT_S
     while child.proc.poll() is None and time.monotonic() < deadline:
-        temps = temporaries(run_dir, pid)
+        temps = temporaries(run_dir, pid, pattern)
         fresh = [t for t in temps if t not in seen]
         if fresh and len(seen) >= skip:
             landed = _stop_and_classify(child, run_dir)
@@ -153,15 +159,16 @@ def _aim_at_save(child: Child, run_dir: Path, rng: random.Random) -> str:
 
 def random_kills(cmd: list[str], run_dir: Path, kills: int, seed: int, *,
                  max_new_steps: int = 20, progress: re.Pattern[str] = STEP,
-                 check: Callable[[Path], None] | None = None) -> Counter[str]:
-    """``kills`` aimed kills, alternating mid-save and mid-step; returns where they landed.
+                 check: Callable[[Path], None] | None = None,
+                 aims: tuple[str, ...] = ("mid-save", "mid-step")) -> Counter[str]:
+    """``kills`` aimed kills, taking ``aims`` in turn; returns where they landed.
 
     ``check(run_dir)`` runs after each kill (e.g. every committed file verifies).
     """
     rng = random.Random(seed)
     landed: Counter[str] = Counter()
     for i in range(kills):
-        aim = "mid-save" if i % 2 == 0 else "mid-step"
+        aim = aims[i % len(aims)]
         where, child = kill_once(cmd, run_dir, aim, rng, max_new_steps=max_new_steps, progress=progress)
         if where == "finished":
             assert child.proc.returncode == 0, child.stderr
@@ -174,7 +181,8 @@ def random_kills(cmd: list[str], run_dir: Path, kills: int, seed: int, *,
 
 
 def report(name: str, landed: Counter[str]) -> str:
+    copies = f"{landed['mid-copy']} mid-copy, " if landed["mid-copy"] else ""
     line = (f"{name}: {sum(landed.values())} kills: {landed['mid-step']} mid-step, "
-            f"{landed['mid-save']} mid-save, {landed['finished']} after the run finished")
+            f"{landed['mid-save']} mid-save, {copies}{landed['finished']} after the run finished")
     print(f"\n{line}", flush=True)
     return line

@@ -6,7 +6,8 @@ then stops the other; the same command restarts it), then the launcher itself
 (its ranks die with it: no orphan trains on), then, under ``--max-restarts 1``,
 one rank again, which torchrun restarts by itself. Every tensor of the final
 checkpoint (weights, optimizer state, each rank's RNG and data position) is
-bitwise equal to the baseline's.
+bitwise equal to the baseline's. Once with synchronous saves, once with ``--async-save --overlap``
+(each rank's copy of its parameters and optimizer state runs beside its next step).
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ STEPS = 40
 ARGS = ("--epochs", "1", "--steps-per-epoch", str(STEPS), "--save-steps", "4", "--print-every", "1")
 
 
-def _cmd(directory: Path, restarts: int = 0) -> list[str]:
+MODES = {"sync": (), "overlap": ("--async-save", "--overlap")}
+
+
+def _cmd(directory: Path, restarts: int = 0, mode: str = "sync") -> list[str]:
     extra = ["--standalone", "--max-restarts", str(restarts)] if restarts else None
-    return torchrun_cmd(2, train_cli(directory, *ARGS), extra=extra)
+    return torchrun_cmd(2, train_cli(directory, *ARGS, *MODES[mode]), extra=extra)
 
 
 def _progress(launcher: Launcher, steps: int) -> bool:
@@ -53,26 +57,27 @@ def _kill_rank(launcher: Launcher, rng: random.Random) -> None:
 
 
 @pytest.mark.slow
-def test_random_kills_end_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", list(MODES))
+def test_random_kills_end_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path, mode: str) -> None:
     rng = random.Random(int(os.environ.get("KILL_SEED", "10")))
-    base = Launcher(_cmd(tmp_path / "base"), tmp_path)
+    base = Launcher(_cmd(tmp_path / "base"), tmp_path)  # the reference: synchronous saves
     assert base.finish() == 0, base.output()[-3000:]
     expected = every_tensor(committed(tmp_path / "base", "mlp")[-1])
 
     work = tmp_path / "killed"
-    first = Launcher(_cmd(work), tmp_path)  # 1: SIGKILL one rank; the same command restarts
+    first = Launcher(_cmd(work, mode=mode), tmp_path)  # 1: SIGKILL one rank; the same command restarts
     if _progress(first, rng.randint(2, 12)):
         _kill_rank(first, rng)
     assert first.finish() != 0
 
-    second = Launcher(_cmd(work), tmp_path)  # 2: SIGKILL the launcher; its ranks die with it
+    second = Launcher(_cmd(work, mode=mode), tmp_path)  # 2: SIGKILL the launcher; its ranks die with it
     if _progress(second, rng.randint(2, 12)):
         workers = second.workers()
         os.kill(second.proc.pid, signal.SIGKILL)
         assert _gone(workers), "ranks outlived their launcher"
     second.finish()
 
-    third = Launcher(_cmd(work, restarts=1), tmp_path)  # 3: torchrun restarts the ranks itself
+    third = Launcher(_cmd(work, restarts=1, mode=mode), tmp_path)  # 3: torchrun restarts the ranks itself
     if _progress(third, rng.randint(2, 12)):
         _kill_rank(third, rng)
     assert third.finish() == 0, third.output()[-3000:]

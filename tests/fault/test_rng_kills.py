@@ -59,17 +59,18 @@ def uninterrupted(tmp_path_factory) -> Callable[[str], dict[str, torch.Tensor]]:
     return final_of
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "overlap"])
 @pytest.mark.parametrize("kind", ["fit", "loop"])
 def test_sigkills_resume_every_rng_bitwise(tmp_path, uninterrupted, kind, mode) -> None:
     expected = uninterrupted(kind)
     assert any(k.startswith("rng.") for k in expected) and "ballast" in expected
 
     run_dir = tmp_path / "killed"
-    landed = killing.random_kills(_cmd(kind, run_dir, mode), run_dir, KILLS, seed=sum(map(ord, kind)),
-                                  check=_committed_files_verify)
+    aims = ("mid-save", "mid-step", "mid-copy") if mode == "overlap" else ("mid-save", "mid-step")
+    landed = killing.random_kills(_cmd(kind, run_dir, mode), run_dir, KILLS * len(aims) // 2,
+                                  seed=sum(map(ord, kind)), check=_committed_files_verify, aims=aims)
     killing.report(f"{kind} workload ({mode} saves)", landed)
-    assert landed["mid-save"] >= MIN_EACH and landed["mid-step"] >= MIN_EACH, landed
+    assert all(landed[aim] >= MIN_EACH for aim in aims), landed
     done = subprocess.run(_cmd(kind, run_dir, mode), env=killing.env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
 

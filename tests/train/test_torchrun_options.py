@@ -68,6 +68,8 @@ TABLE: dict[str, tuple[str, dict[str, object], str]] = {
                       f"{PARITY}::test_best_skip_lock_and_finished_under_torchrun"),
     "on_busy": ("honoured", {"async_save": True, "on_busy": "skip"},
                 f"{PARITY}::test_best_skip_lock_and_finished_under_torchrun"),
+    "overlap": ("honoured", {"async_save": True, "overlap": True},
+                "tests.fault.test_distributed_kills::test_random_kills_end_bitwise_equal_to_an_uninterrupted_run"),
     "write_mb_per_s": ("refused", {"async_save": True, "write_mb_per_s": 50},
                        "write_mb_per_s=50 is not supported under torchrun yet (each rank writes its part of a "
                        "sharded save at full speed); leave write_mb_per_s=None" + OR_ONE),

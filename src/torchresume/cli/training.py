@@ -49,6 +49,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=options.whole(0, 2**32 - 1), default=0, help="random seed")
     p.add_argument("--deterministic", action="store_true", help="bitwise-repeatable run")
     p.add_argument("--async-save", action="store_true", help="write checkpoints in the background")
+    p.add_argument("--overlap", action="store_true",
+                   help="with --async-save: copy the weights and optimizer state beside the next "
+                        "training step instead of before the save returns (the step waits for it)")
     p.add_argument("--write-mb-per-s", type=options.number(above=0, what="a positive number of MB/s"),
                    default=None, metavar="MB",
                    help="with --async-save: write each checkpoint at most this fast (MB/s), to spread "
@@ -138,6 +141,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     """Options that do not work together are usage errors, named as the user typed them."""
     if args.write_mb_per_s is not None and not args.async_save:
         raise options.UsageError("--write-mb-per-s paces background saves; add --async-save")
+    if args.overlap and not args.async_save:
+        raise options.UsageError("--overlap overlaps the copy of a background save with training; add --async-save")
     if args.prefix is not None and ("-" in args.prefix or "/" in args.prefix or not args.prefix):
         raise options.UsageError(f"--prefix must be a name without '-' or '/', got {args.prefix!r}")
 
@@ -161,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = CheckpointConfig(
         save_checkpoint_steps=args.save_steps if args.save_seconds is None else 0,
         save_checkpoint_seconds=args.save_seconds or 0, keep_checkpoint_max=args.keep_max,
-        async_save=args.async_save, write_mb_per_s=args.write_mb_per_s,
+        async_save=args.async_save, write_mb_per_s=args.write_mb_per_s, overlap=args.overlap,
         exception_save=not _launched())  # under torchrun a breakpoint would need the failed rank too
     if args.save_steps is None and args.save_seconds is None:
         cfg.save_checkpoint_steps = steps

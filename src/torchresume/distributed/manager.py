@@ -47,6 +47,7 @@ from torchresume.log import log
 from torchresume.naming import check_prefix
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.save_slot import SaveSlot, check_on_busy
+from torchresume.snapshot import Snapshot
 from torchresume.staging import StagingBuffers
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
@@ -120,14 +121,14 @@ class ShardStager:
     def __init__(self) -> None:
         self.buffers = StagingBuffers()
 
-    def stage(self, tree: Any) -> Any:
-        return stage_state(self.buffers, tree)
+    def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
+        return stage_state(self.buffers, tree, deferred)
 
     def release(self) -> None:
         self.buffers.release()
 
 
-def stage_state(buffers: StagingBuffers, state: Any) -> Any:
+def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
     """A snapshot of ``state`` in ``buffers``: plain tensors copied, DTensors as their staged local shard.
 
     A top-level ``Stateful`` (a module, an optimizer) is replaced by its ``state_dict()`` first.
@@ -147,7 +148,7 @@ def stage_state(buffers: StagingBuffers, state: Any) -> Any:
 
     if isinstance(state, dict):  # DCP calls a top-level Stateful's state_dict(): now, not in the background
         state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
-    staged = buffers.stage(map_tensors(state, unwrap))
+    snapshot = buffers.snapshot(map_tensors(state, unwrap), deferred)
     spec_iter = iter(specs)
 
     def rewrap(t: torch.Tensor) -> torch.Tensor:
@@ -157,7 +158,8 @@ def stage_state(buffers: StagingBuffers, state: Any) -> Any:
         mesh, placements, size, stride = spec
         return DTensor.from_local(t, mesh, placements, run_check=False, shape=size, stride=stride)
 
-    return _copy_leaves(map_tensors(staged, rewrap))
+    snapshot.tree = _copy_leaves(map_tensors(snapshot.tree, rewrap))  # the same buffers, rewrapped
+    return snapshot
 
 
 def failure_line(path: str, exc: CheckpointException) -> str:
@@ -181,6 +183,8 @@ class DistributedCheckpointManager:
     ``async_save``: ``save`` stages the state into reused host buffers and returns; the write,
     the commit and retention run in a background thread. Call ``close()`` (or ``wait()``) on
     every rank before ``dist.destroy_process_group()``.
+    ``overlap`` (with ``async_save``): the copy of the parameters and state of the optimizers
+    passed to ``guard_optimizer`` runs beside the next forward and backward; their ``step`` waits for it.
 
     Every method is collective under torchrun; without a process group it works in one process.
 
@@ -201,7 +205,7 @@ class DistributedCheckpointManager:
 
     def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2,
                  async_save: bool = False, retention: Sequence[RetentionPolicy] | None = None,
-                 enc_key: bytes | None = None, on_busy: str = "wait") -> None:
+                 enc_key: bytes | None = None, on_busy: str = "wait", overlap: bool = False) -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         check_prefix(prefix)
@@ -215,10 +219,20 @@ class DistributedCheckpointManager:
         self.threads = threads
         # At most one save in flight; async saves stage DTensors as their local shards.
         self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=ShardStager() if async_save else None,
-                             name="torchresume-dist-writer")
+                             name="torchresume-dist-writer", overlap=overlap)
         self.async_save = async_save
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
+
+    def guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """With ``overlap``: copy ``optimizer``'s parameters and state after ``save`` returned; its
+        ``step`` waits until the copy is complete (see ``CheckpointManager.guard_optimizer``)."""
+        self.slot.guard_optimizer(optimizer)
+
+    def wait_staged(self) -> None:
+        """Return once the save in flight no longer reads the live tensors (before changing them
+        other than through a guarded ``optimizer.step``)."""
+        self.slot.wait_staged()
 
     def path_for(self, epoch: int, step: int) -> str:
         storage, _ = resolve(self.directory)

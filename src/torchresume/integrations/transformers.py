@@ -49,6 +49,7 @@ from torchresume.format.reader import Checkpoint
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import check_prefix
+from torchresume.save_slot import check_overlap
 from torchresume.state import rng
 
 try:
@@ -142,15 +143,18 @@ class TorchResumeMixin:
     ``class MyTrainer(TorchResumeMixin, SomeTrainer)`` gives ``SomeTrainer`` what ``TorchResumeTrainer``
     gives ``Trainer``. Keyword arguments: ``checkpoint_prefix`` (default ``"trainer"``): checkpoints
     are ``{output_dir}/{checkpoint_prefix}-{epoch}_{step}.ckpt``; ``async_save`` (default False):
-    a save copies the state and a background thread writes it while training goes on.
+    a save copies the state and a background thread writes it while training goes on; ``overlap``
+    (default False, with ``async_save``): the weights and optimizer state are copied beside the
+    next step, whose ``optimizer.step`` waits for the copy.
     """
 
     def __init__(self, *args: Any, checkpoint_prefix: str = "trainer", async_save: bool = False,
-                 **kwargs: Any) -> None:
+                 overlap: bool = False, **kwargs: Any) -> None:
+        check_overlap(overlap, async_save)
         _refuse_unsupported(kwargs["args"] if "args" in kwargs else args[1] if len(args) > 1 else None)
         super().__init__(*args, **kwargs)
         self.checkpoint_prefix = check_prefix(checkpoint_prefix)
-        self.async_save = async_save
+        self.async_save, self.overlap = async_save, overlap
         self.checkpoint_store: FileStore | ShardStore = (
             ShardStore(self) if _distributed() else FileStore(self))
         self._resume: _Resume | None = None
@@ -298,7 +302,7 @@ class FileStore:
         self.manager = CheckpointManager(
             t.args.output_dir, model=t.model, optimizer=t.optimizer, scheduler=t.lr_scheduler,
             scaler=getattr(getattr(t, "accelerator", None), "scaler", None), prefix=t.checkpoint_prefix,
-            keep=limit if limit else None, async_save=t.async_save,
+            keep=limit if limit else None, async_save=t.async_save, overlap=t.overlap,
             stateful={"trainer_state": _JsonEntry("trainer_state", t.trainer_state_dict),
                       "training_args": _JsonEntry("training_args", t.args.to_dict)})
 
@@ -336,7 +340,7 @@ class ShardStore:
         if self.manager is None:
             self.manager = DistributedCheckpointManager(
                 t.args.output_dir, prefix=t.checkpoint_prefix, keep=t.args.save_total_limit or 2**31,
-                async_save=t.async_save)
+                async_save=t.async_save, overlap=t.overlap)
         return self.manager
 
     def find(self, path: str | None) -> _Resume | None:
@@ -390,7 +394,9 @@ class ShardStore:
                "callbacks": {name: cb.state_dict() for name, cb in t.stateful_callbacks().items()}}
         info = {**t.checkpoint_info(), "global_step": t.state.global_step,
                 "world_size": torch.distributed.get_world_size()}
-        self._manager().save(self._state(), epoch, step, rank_state=own, info=info)
+        manager = self._manager()
+        manager.guard_optimizer(t.optimizer)  # overlap: the step waits for the copy (once per optimizer)
+        manager.save(self._state(), epoch, step, rank_state=own, info=info)
 
     def close(self) -> None:
         manager, self.manager = self.manager, None
@@ -428,7 +434,7 @@ class TorchResumeTrainer(TorchResumeMixin, Trainer):
     """``transformers.Trainer`` whose checkpoints are torchresume files: no pickle, exact resume.
 
     Takes every argument ``Trainer`` takes, plus ``checkpoint_prefix`` (default ``"trainer"``) and
-    ``async_save`` (default False). Checkpoints are written when the Trainer would write its own
+    ``async_save`` and ``overlap`` (default False). Checkpoints are written when the Trainer would write its own
     (``save_strategy``, ``save_steps``), into ``output_dir`` as ``{prefix}-{epoch}_{step}.ckpt``,
     ``save_total_limit`` of them kept. ``train(resume_from_checkpoint=True)`` continues from the
     newest one that verifies, bitwise as if never stopped; a first run starts fresh, so the same

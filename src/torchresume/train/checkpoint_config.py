@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from torchresume.errors import CheckpointConfigError
-from torchresume.save_slot import check_on_busy
+from torchresume.save_slot import check_on_busy, check_overlap
 from torchresume.storage.pacing import check_write_rate
 
 _APPEND_KEYS = ("epoch_num", "step_num")
@@ -72,6 +72,10 @@ class CheckpointConfig:
     - ``write_mb_per_s`` (with ``async_save``): write each background save at most this many
       MB/s (10**6 bytes), to spread its I/O over more training steps; None (default): as fast
       as the disk goes. A save, signal or close that waits for the write lifts the limit.
+    - ``overlap`` (with ``async_save``): a save returns before the weights and optimizer state
+      are copied; the copy runs beside the next forward and backward pass, and the next
+      ``optimizer.step`` waits for what is left (module buffers, RNG and data position are
+      copied before the save returns). Also under torchrun.
 
     Example:
         ```python
@@ -89,7 +93,7 @@ class CheckpointConfig:
                  exception_save: bool = False, crc_check: bool = False,
                  remove_redundancy: bool = False, format: str | None = None,
                  monitor: str | None = None, mode: str = "max", keep_best_max: int = 1,
-                 on_busy: str = "wait", write_mb_per_s: float | None = None) -> None:
+                 on_busy: str = "wait", write_mb_per_s: float | None = None, overlap: bool = False) -> None:
         steps = _non_negative_int("save_checkpoint_steps", save_checkpoint_steps)
         seconds = _non_negative_int("save_checkpoint_seconds", save_checkpoint_seconds)
         keep_max = _non_negative_int("keep_checkpoint_max", keep_checkpoint_max)
@@ -129,6 +133,7 @@ class CheckpointConfig:
             raise CheckpointConfigError(f"keep_best_max must be a positive int, got {keep_best_max!r}")
         check_on_busy(on_busy)  # the manager's checks: same errors, same messages, raised here up front
         check_write_rate(write_mb_per_s, async_save)
+        check_overlap(overlap, async_save)
         self.save_checkpoint_steps = steps
         self.save_checkpoint_seconds = seconds
         self.keep_checkpoint_max = keep_max
@@ -143,6 +148,7 @@ class CheckpointConfig:
         self.monitor, self.mode, self.keep_best_max = monitor, mode, keep_best_max
         self.on_busy = on_busy
         self.write_mb_per_s = write_mb_per_s
+        self.overlap = overlap
 
     def __repr__(self) -> str:
         return (f"CheckpointConfig(save_checkpoint_steps={self.save_checkpoint_steps}, "

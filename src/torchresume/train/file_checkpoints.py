@@ -59,7 +59,8 @@ class FileCheckpoints:
                                       async_save=cfg.async_save, enc_key=cfg.enc_key,
                                       enc_mode=cfg.enc_mode, saved_network=cfg.saved_network,
                                       file_format=cfg.format, crc_check=cfg.crc_check,
-                                      on_busy=cfg.on_busy, write_mb_per_s=cfg.write_mb_per_s)
+                                      on_busy=cfg.on_busy, write_mb_per_s=cfg.write_mb_per_s,
+                                      overlap=cfg.overlap)
         self.manager = CheckpointManager(self.directory, prefix=prefix, keep=self.policies, **common)
         self.manager.acquire_lock()
         self.manager.verbose = True

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from torchresume.train.callback import CallbackList, RunContext
 
 # Settings that may change between a run and its resume without changing what it computes.
-_NOT_RUN_SETTINGS = ("resume", "storage_option", "print_every", "async_save", "write_mb_per_s", "device")
+_NOT_RUN_SETTINGS = ("resume", "storage_option", "print_every", "async_save", "write_mb_per_s", "device",
+                     "overlap")
 
 
 @dataclass

@@ -58,7 +58,7 @@ class ShardedCheckpoints:
         cfg = self.config
         return DistributedCheckpointManager(directory, prefix=prefix, keep=cfg.keep_checkpoint_max or 1,
                                             async_save=bool(cfg.async_save), retention=policies,
-                                            enc_key=cfg.enc_key, on_busy=cfg.on_busy)
+                                            enc_key=cfg.enc_key, on_busy=cfg.on_busy, overlap=cfg.overlap)
 
     # -- resume ---------------------------------------------------------------------------
     def resume(self, ctx: RunContext, target: Any, run: str | None) -> None:
@@ -111,6 +111,10 @@ class ShardedCheckpoints:
         if cfg.monitor:
             self.best_manager = self._manager(self.directory, best_prefix(prefix),
                                               [KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)])
+        optimizer = ctx.run_state().optimizer
+        for manager in (self.manager, self.best_manager):
+            if manager is not None and optimizer is not None:  # overlap: its step waits for the copy
+                manager.guard_optimizer(optimizer)
 
     def _lock(self) -> None:
         """Rank 0 takes the directory's run lock; every rank raises the same RunLockedError if held."""

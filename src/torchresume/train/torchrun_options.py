@@ -39,6 +39,8 @@ HONOURED: dict[str, str] = {
     "monitor": "rank 0's metric broadcast to every rank; a better one saves {prefix}-best-E_S.ckpt collectively",
     "mode": "which metric is better, as in one process",
     "keep_best_max": "retention of {prefix}-best keeps the best N (KeepBest, as in one process)",
+    "overlap": "each rank's copy of its parameter shards and optimizer state overlaps its next step; "
+               "its optimizer.step waits for it",
     "on_busy": "'skip' is agreed: a save due while any rank's background save runs is skipped by every rank",
 }
 
