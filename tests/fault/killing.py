@@ -7,10 +7,16 @@ run directory is looked at: a temporary checkpoint file (``.{name}.tmp-{pid}-...
 means a checkpoint write was in flight (``mid-save``); none means the process
 was training (``mid-step``). SIGKILL then lands exactly in the state that was
 classified. A process that finished before the kill counts as ``finished``.
+
+With ``group=True`` the command is a launcher of several processes (torchrun and its ranks, their
+DataLoader workers): it starts in a session of its own, the whole process group is frozen and
+killed, and a temporary of any of its processes, in the run directory or in a checkpoint
+directory inside it (a sharded checkpoint's parts), means ``mid-save``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -41,13 +47,43 @@ def temporaries(directory: Path, pid: int) -> list[str]:
     return [n for n in names if (m := TEMP.match(n)) and int(m.group(1)) == pid]
 
 
-class Child:
-    """A training subprocess whose stdout ``step N`` lines are counted as they arrive."""
+def group_pids(pgid: int) -> set[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    pids: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.add(int(entry))
+    return pids
 
-    def __init__(self, cmd: list[str], progress: re.Pattern[str] = STEP) -> None:
+
+def group_temporaries(directory: Path, pids: set[int]) -> list[str]:
+    """Temporaries of ``pids`` in ``directory`` and in the directories inside it."""
+    try:
+        subdirs = [directory / n for n in os.listdir(directory) if (directory / n).is_dir()]
+    except FileNotFoundError:
+        return []
+    return [name for where in (directory, *subdirs) for pid in pids for name in temporaries(where, pid)]
+
+
+class Child:
+    """A training subprocess whose stdout ``step N`` lines are counted as they arrive.
+
+    ``group``: the subprocess leads a process group of its own (a launcher and its ranks),
+    stopped, classified and killed as one.
+    """
+
+    def __init__(self, cmd: list[str], progress: re.Pattern[str] = STEP, group: bool = False) -> None:
         self.progress = progress
+        self.group = group
         self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, start_new_session=group)
         self.steps = 0  # progress lines this process printed
         self.lines: list[str] = []
         self.stderr = ""
@@ -80,32 +116,50 @@ class Child:
                 self._new.wait(0.05)
             return self.steps >= n
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child (to its whole process group with ``group``)."""
+        if self.group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            os.kill(self.proc.pid, sig)
+
+    def temporaries(self, run_dir: Path) -> list[str]:
+        """The checkpoint temporaries the child (its group's processes) has open right now."""
+        if self.group:
+            return group_temporaries(run_dir, group_pids(self.proc.pid))
+        return temporaries(run_dir, self.proc.pid)
+
     def finish(self) -> int:
         rc = self.proc.wait(timeout=STARTUP_LIMIT_S)
         self._reader.join(timeout=10)
         self._err_reader.join(timeout=10)
+        if self.group:  # no rank or worker of this launch outlives it (a rerun would meet it)
+            deadline = time.monotonic() + STARTUP_LIMIT_S
+            while group_pids(self.proc.pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                time.sleep(0.05)
         return rc
 
 
 def _stop_and_classify(child: Child, run_dir: Path) -> str:
-    pid = child.proc.pid
     try:
-        os.kill(pid, signal.SIGSTOP)
+        child.signal(signal.SIGSTOP)
     except ProcessLookupError:
         return "finished"
     # The child may have exited just before the stop: a zombie is not training.
     if child.proc.poll() is not None:
         return "finished"
-    return "mid-save" if temporaries(run_dir, pid) else "mid-step"
+    return "mid-save" if child.temporaries(run_dir) else "mid-step"
 
 
 def kill_once(cmd: list[str], run_dir: Path, aim: str, rng: random.Random, *,
-              max_new_steps: int = 20, progress: re.Pattern[str] = STEP) -> tuple[str, Child]:
+              max_new_steps: int = 20, progress: re.Pattern[str] = STEP, group: bool = False) -> tuple[str, Child]:
     """Start ``cmd``, wait for new progress, SIGKILL it ``mid-save`` or ``mid-step`` (aim).
 
     Returns where the kill landed ("mid-save", "mid-step" or "finished") and the child.
     """
-    child = Child(cmd, progress)
+    child = Child(cmd, progress, group)
     landed = "finished"
     if child.wait_new_steps(rng.randint(1, max_new_steps)):
         if aim == "mid-save":
@@ -113,7 +167,7 @@ def kill_once(cmd: list[str], run_dir: Path, aim: str, rng: random.Random, *,
         else:
             landed = _aim_between_saves(child, run_dir, rng)
         if landed != "finished":
-            child.proc.send_signal(signal.SIGKILL)
+            child.signal(signal.SIGKILL)
     child.finish()
     if landed != "finished" and child.proc.returncode != -signal.SIGKILL:
         landed = "finished"
@@ -128,24 +182,23 @@ def _aim_between_saves(child: Child, run_dir: Path, rng: random.Random) -> str:
         landed = _stop_and_classify(child, run_dir)
         if landed != "mid-save" or attempt == attempts - 1:
             return landed  # still frozen: the kill lands in the state just classified
-        os.kill(child.proc.pid, signal.SIGCONT)  # a save is being written: aim again
+        child.signal(signal.SIGCONT)  # a save is being written: aim again
     return "finished"
 
 
 def _aim_at_save(child: Child, run_dir: Path, rng: random.Random) -> str:
     """Freeze the child while one of its checkpoint temporaries exists (skipping 0-2 saves first)."""
-    pid = child.proc.pid
     skip = rng.randint(0, 2)
     seen: set[str] = set()
     deadline = time.monotonic() + STARTUP_LIMIT_S
     while child.proc.poll() is None and time.monotonic() < deadline:
-        temps = temporaries(run_dir, pid)
+        temps = child.temporaries(run_dir)
         fresh = [t for t in temps if t not in seen]
         if fresh and len(seen) >= skip:
             landed = _stop_and_classify(child, run_dir)
             if landed != "mid-step":
                 return landed
-            os.kill(pid, signal.SIGCONT)  # the write committed between look and stop: try the next
+            child.signal(signal.SIGCONT)  # the write committed between look and stop: try the next
         seen.update(fresh)
         time.sleep(0.0005)
     return "finished"
@@ -153,16 +206,18 @@ def _aim_at_save(child: Child, run_dir: Path, rng: random.Random) -> str:
 
 def random_kills(cmd: list[str], run_dir: Path, kills: int, seed: int, *,
                  max_new_steps: int = 20, progress: re.Pattern[str] = STEP,
-                 check: Callable[[Path], None] | None = None) -> Counter[str]:
+                 check: Callable[[Path], None] | None = None, group: bool = False) -> Counter[str]:
     """``kills`` aimed kills, alternating mid-save and mid-step; returns where they landed.
 
-    ``check(run_dir)`` runs after each kill (e.g. every committed file verifies).
+    ``check(run_dir)`` runs after each kill (e.g. every committed file verifies). ``group``: each
+    launch is a process group, killed as one (see ``Child``).
     """
     rng = random.Random(seed)
     landed: Counter[str] = Counter()
     for i in range(kills):
         aim = "mid-save" if i % 2 == 0 else "mid-step"
-        where, child = kill_once(cmd, run_dir, aim, rng, max_new_steps=max_new_steps, progress=progress)
+        where, child = kill_once(cmd, run_dir, aim, rng, max_new_steps=max_new_steps, progress=progress,
+                                 group=group)
         if where == "finished":
             assert child.proc.returncode == 0, child.stderr
         landed[where] += 1
