@@ -591,7 +591,8 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         path = on_rank_0(newest)
         if path is None:
             return set()
-        log.info("resuming from %s", path)
+        if trainer.is_global_zero:
+            log.info("resuming from %s", path)
         return {path}
 
     def _after_commit(self, path: str) -> None:
