@@ -9,9 +9,9 @@ was training (``mid-step``). SIGKILL then lands exactly in the state that was
 classified. A process that finished before the kill counts as ``finished``.
 
 With ``group=True`` the command is a launcher of several processes (torchrun and its ranks, their
-DataLoader workers): it starts in a session of its own, the whole process group is frozen and
-killed, and a temporary of any of its processes, in the run directory or in a checkpoint
-directory inside it (a sharded checkpoint's parts), means ``mid-save``.
+DataLoader workers; torchrun starts each rank in a session of its own): the launcher and all its
+descendants are frozen and killed together, and a temporary of any of them, in the run directory
+or in a checkpoint directory inside it (a sharded checkpoint's parts), means ``mid-save``.
 """
 
 from __future__ import annotations
@@ -47,20 +47,37 @@ def temporaries(directory: Path, pid: int) -> list[str]:
     return [n for n in names if (m := TEMP.match(n)) and int(m.group(1)) == pid]
 
 
-def group_pids(pgid: int) -> set[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    pids: set[int] = set()
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after "pid (comm)": state, ppid, ...; None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def family(root: int) -> dict[int, str]:
+    """``root`` and its live (not zombie) descendants, parents first, each with its start time
+    (a pid is only ever signalled again while the same process holds it)."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.add(int(entry))
-    return pids
+        fields = _stat(entry) if entry.isdigit() else None
+        if fields is not None and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            starts[int(entry)] = fields[19]
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop(0)
+        if pid in starts:
+            found[pid] = starts[pid]
+        todo += children.get(pid, [])
+    return found
+
+
+def _alive(pid: int, start: str) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == start
 
 
 def group_temporaries(directory: Path, pids: set[int]) -> list[str]:
@@ -84,6 +101,7 @@ class Child:
         self.group = group
         self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1, start_new_session=group)
+        self.signalled: dict[int, str] = {}  # pid -> start time: every process signalled (orphans too)
         self.steps = 0  # progress lines this process printed
         self.lines: list[str] = []
         self.stderr = ""
@@ -117,28 +135,33 @@ class Child:
             return self.steps >= n
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the child (to its whole process group with ``group``)."""
-        if self.group:
-            os.killpg(self.proc.pid, sig)
-        else:
+        """Send ``sig`` to the child (with ``group``: to it and its descendants, launcher first)."""
+        if not self.group:
             os.kill(self.proc.pid, sig)
+            return
+        os.kill(self.proc.pid, sig)  # ProcessLookupError: the launcher is gone
+        self.signalled.update(family(self.proc.pid))
+        for pid, start in self.signalled.items():
+            if _alive(pid, start):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
 
     def temporaries(self, run_dir: Path) -> list[str]:
-        """The checkpoint temporaries the child (its group's processes) has open right now."""
+        """The checkpoint temporaries the child (with ``group``, any of its processes) has open now."""
         if self.group:
-            return group_temporaries(run_dir, group_pids(self.proc.pid))
+            return group_temporaries(run_dir, set(family(self.proc.pid)))
         return temporaries(run_dir, self.proc.pid)
 
     def finish(self) -> int:
         rc = self.proc.wait(timeout=STARTUP_LIMIT_S)
         self._reader.join(timeout=10)
         self._err_reader.join(timeout=10)
-        if self.group:  # no rank or worker of this launch outlives it (a rerun would meet it)
-            deadline = time.monotonic() + STARTUP_LIMIT_S
-            while group_pids(self.proc.pid) and time.monotonic() < deadline:
+        deadline = time.monotonic() + STARTUP_LIMIT_S  # no process killed here outlives the kill
+        while (left := [p for p, t in self.signalled.items() if _alive(p, t)]) and time.monotonic() < deadline:
+            for pid in left:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                time.sleep(0.05)
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
         return rc
 
 

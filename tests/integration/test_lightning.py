@@ -195,7 +195,8 @@ def test_ddp_checkpoints_are_sharded_and_read_in_one_process(tmp_path_factory) -
     one = tr.load_checkpoint(str(newest))  # the sharded checkpoint read as one process's file
     final = _final(ref, "final-0.ckpt")
     assert all(torch.equal(one[k], final[k]) for k in final if k.startswith("net."))
-    assert set(one["rank_states"]) == {0, 1} and one["rank_states"][0]["lightning"]["global_step"] == DDP_TOTAL
+    assert one["rank_states.0.lightning.global_step"] == one["rank_states.1.lightning.global_step"] == DDP_TOTAL
+    assert any(k.startswith("optimizer.state.") for k in one)  # by position, as torch lays it out
 
     def cli(*args: str) -> str:
         proc = subprocess.run([TR, *args], capture_output=True, text=True, timeout=120, cwd=ref)
