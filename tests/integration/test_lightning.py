@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -221,6 +222,27 @@ def test_ddp_checkpoint_resumes_in_one_process(tmp_path, tmp_path_factory) -> No
 def test_fsdp_is_refused_by_lightning_on_cpu() -> None:
     with pytest.raises(ValueError, match="requires a GPU accelerator"):
         pl.Trainer(strategy="fsdp", accelerator="cpu", devices=2, logger=False)
+
+
+def test_what_ddp_cannot_honour_is_refused_with_a_typed_error() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from torchresume.integrations.lightning import _positions_at, check_strategy
+    ddp: Any = SimpleNamespace(strategy=DDPStrategy(), world_size=2)
+    check_strategy(ddp, TorchResumeIO(async_save=True, on_busy="skip"))
+    with pytest.raises(UnsupportedStrategyError, match=r"write_mb_per_s=50.*drop write_mb_per_s"):
+        check_strategy(ddp, TorchResumeIO(async_save=True, write_mb_per_s=50))
+    fsdp: Any = SimpleNamespace(strategy=FSDPStrategy(), world_size=2)
+    with pytest.raises(UnsupportedStrategyError, match=r"under FSDPStrategy with 2 processes.*strategy='ddp'"):
+        check_strategy(fsdp, TorchResumeIO())
+    feed = {"feed": "torch.utils.data.DataLoader", "epoch": 1, "batches": 5}
+    mid = {"loops": {"fit_loop": {"combined_loader": [{**feed, "consumed": 3}]}}}
+    with pytest.raises(UnsupportedStrategyError, match=r"saved by 2 processes mid-epoch.*resume at 2 processes"):
+        _positions_at(mid, "lit-1_3.ckpt", 2, 1)
+    end = _positions_at({"loops": {"fit_loop": {"combined_loader": [{**feed, "consumed": 5}]}}}, "p", 2, 1)
+    assert end["loops"]["fit_loop"]["combined_loader"] == [{**feed, "consumed": 5, "batches": None, "epoch_over": True}]
 
 
 def test_io_alone_under_ddp_is_a_typed_error(tmp_path, monkeypatch) -> None:
