@@ -229,7 +229,7 @@ def test_what_ddp_cannot_honour_is_refused_with_a_typed_error() -> None:
 
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from torchresume.integrations.lightning import _positions_at, check_strategy
+    from torchresume.integrations.lightning import _own_state, _positions_at, check_strategy
     ddp: Any = SimpleNamespace(strategy=DDPStrategy(), world_size=2)
     check_strategy(ddp, TorchResumeIO(async_save=True, on_busy="skip"))
     with pytest.raises(UnsupportedStrategyError, match=r"write_mb_per_s=50.*drop write_mb_per_s"):
@@ -243,6 +243,9 @@ def test_what_ddp_cannot_honour_is_refused_with_a_typed_error() -> None:
         _positions_at(mid, "lit-1_3.ckpt", 2, 1)
     end = _positions_at({"loops": {"fit_loop": {"combined_loader": [{**feed, "consumed": 5}]}}}, "p", 2, 1)
     assert end["loops"]["fit_loop"]["combined_loader"] == [{**feed, "consumed": 5, "batches": None, "epoch_over": True}]
+    saved = {0: {"lightning": {"callbacks": {"c": {"rng": 1, "x": 2}}, "loops": [{"rng": 3, "feed": "f"}]}}}
+    assert _own_state(saved, 0, "p") == saved[0]["lightning"]
+    assert _own_state(saved, 1, "p") == {"callbacks": {"c": {"x": 2}}, "loops": [{"feed": "f"}]}  # its own seed
 
 
 def test_io_alone_under_ddp_is_a_typed_error(tmp_path, monkeypatch) -> None:

@@ -255,14 +255,7 @@ def _from_sharded(ckpt: Checkpoint, path: str) -> dict[str, Any]:
     optimizer = tree.pop("optimizer", None)
     tree.pop("extra", None)
     rank, world = _world()
-    own = ranks.get(rank)
-    if not isinstance(own, dict) or RANK_KEY not in own:
-        own = ranks.get(0)
-        if not isinstance(own, dict) or RANK_KEY not in own:
-            raise CheckpointConfigError(f"{path} holds no Lightning state (a sharded checkpoint of another "
-                                        "trainer); resume it with the trainer that wrote it")
-        own = {RANK_KEY: _without_rng(own[RANK_KEY])}  # a new rank keeps its seeded streams
-    state = own[RANK_KEY]
+    state = _own_state(ranks, rank, path)
     saved_world = int(ckpt.info.get("world_size") or len(ranks))
     if saved_world != world:
         state = _positions_at(state, path, saved_world, world)
@@ -271,6 +264,19 @@ def _from_sharded(ckpt: Checkpoint, path: str) -> dict[str, Any]:
                      "optimizer state and loops are restored, the next epoch starts; rank r < %d continues "
                      "old rank r's RNG streams, any other keeps its seed", world, saved_world, saved_world)
     return {**state, "state_dict": tree, "optimizer_states": [] if optimizer is None else [optimizer]}
+
+
+def _own_state(ranks: dict[int, Any], rank: int, path: str) -> dict[str, Any]:
+    """This rank's saved Lightning state; for a rank the saving run did not have, rank 0's without
+    its RNG streams (the rank keeps its seeded ones)."""
+    own = ranks.get(rank)
+    if isinstance(own, dict) and RANK_KEY in own:
+        return dict(own[RANK_KEY])
+    first = ranks.get(0)
+    if not isinstance(first, dict) or RANK_KEY not in first:
+        raise CheckpointConfigError(f"{path} holds no Lightning state (a sharded checkpoint of another "
+                                    "trainer); resume it with the trainer that wrote it")
+    return dict(_without_rng(first[RANK_KEY]))
 
 
 def _positions_at(node: Any, path: str, saved: int, world: int) -> Any:
@@ -291,11 +297,14 @@ def _positions_at(node: Any, path: str, saved: int, world: int) -> Any:
     return node
 
 
-def _without_rng(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` whose callbacks carry no RNG streams (TorchResumeCheckpoint's ``rng``)."""
-    callbacks = {k: ({n: v for n, v in c.items() if n != "rng"} if isinstance(c, dict) else c)
-                 for k, c in (state.get("callbacks") or {}).items()}
-    return {**state, "callbacks": callbacks}
+def _without_rng(node: Any) -> Any:
+    """``node`` without the RNG streams torchresume saved in it (the callback's and each DataLoader
+    position's ``rng``)."""
+    if isinstance(node, dict):
+        return {k: _without_rng(v) for k, v in node.items() if k != "rng"}
+    if isinstance(node, list):
+        return [_without_rng(v) for v in node]
+    return node
 
 
 # -- the DataLoader's position -----------------------------------------------------------------
@@ -345,7 +354,7 @@ class _Position:
     def iterate(self) -> Iterator[Any]:
         pending, self.pending = self.pending, None
         done = int(pending["consumed"]) if pending is not None else 0
-        if pending is not None:
+        if pending is not None and "rng" in pending:  # none: a rank new to the run keeps its own
             rng.restore(pending["rng"])  # the checkpoint's state: the feed puts it back after seeking
             if done >= len(self.loader) or pending.get(EPOCH_OVER):  # saved at the epoch's end: the next starts
                 pending, done = None, 0
