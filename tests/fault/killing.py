@@ -11,7 +11,9 @@ classified. A process that finished before the kill counts as ``finished``.
 With ``group=True`` the command is a launcher of several processes (torchrun and its ranks, their
 DataLoader workers; torchrun starts each rank in a session of its own): the launcher and all its
 descendants are frozen and killed together, and a temporary of any of them, in the run directory
-or in a checkpoint directory inside it (a sharded checkpoint's parts), means ``mid-save``.
+or in a checkpoint directory inside it (a sharded checkpoint's parts), or a checkpoint directory
+this launch wrote into that has no ``manifest.json`` yet (its ranks between their parts and the
+commit) means ``mid-save``.
 """
 
 from __future__ import annotations
@@ -80,13 +82,20 @@ def _alive(pid: int, start: str) -> bool:
     return fields is not None and fields[0] != "Z" and fields[19] == start
 
 
-def group_temporaries(directory: Path, pids: set[int]) -> list[str]:
-    """Temporaries of ``pids`` in ``directory`` and in the directories inside it."""
+def in_flight(directory: Path, pids: set[int], since: float) -> list[str]:
+    """What shows a save of ``pids`` in flight: their temporaries in ``directory`` and in the
+    directories inside it, and each directory there without its ``manifest.json`` written into
+    since ``since`` (a sharded save whose parts are written and whose commit is not)."""
     try:
         subdirs = [directory / n for n in os.listdir(directory) if (directory / n).is_dir()]
     except FileNotFoundError:
         return []
-    return [name for where in (directory, *subdirs) for pid in pids for name in temporaries(where, pid)]
+    found = [name for where in (directory, *subdirs) for pid in pids for name in temporaries(where, pid)]
+    for sub in subdirs:
+        with contextlib.suppress(FileNotFoundError):  # retention may delete it meanwhile
+            if not (sub / "manifest.json").exists() and sub.stat().st_mtime >= since:
+                found.append(sub.name)
+    return found
 
 
 class Child:
@@ -99,6 +108,7 @@ class Child:
     def __init__(self, cmd: list[str], progress: re.Pattern[str] = STEP, group: bool = False) -> None:
         self.progress = progress
         self.group = group
+        self.started = time.time()
         self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1, start_new_session=group)
         self.signalled: dict[int, str] = {}  # pid -> start time: every process signalled (orphans too)
@@ -149,7 +159,7 @@ class Child:
     def temporaries(self, run_dir: Path) -> list[str]:
         """The checkpoint temporaries the child (with ``group``, any of its processes) has open now."""
         if self.group:
-            return group_temporaries(run_dir, set(family(self.proc.pid)))
+            return in_flight(run_dir, set(family(self.proc.pid)), self.started)
         return temporaries(run_dir, self.proc.pid)
 
     def finish(self) -> int:

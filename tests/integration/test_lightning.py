@@ -7,7 +7,7 @@ between writes) and rerun with the same command (``ckpt_path="last"``). Its weig
 state, final RNG and the batch trained at every step must equal an uninterrupted run's (with
 workers and without, with background saves too).
 
-Under Lightning's DDP strategy (2 torchrun ranks, gloo on CPU) the run trains 8 epochs of 5 steps
+Under Lightning's DDP strategy (2 torchrun ranks, gloo on CPU) the run trains 12 epochs of 5 steps
 per rank into torchresume's sharded checkpoints; the whole process group is SIGKILLed at least 20
 times (at least 5 during a save), and each rank's weights, optimizer state, every RNG and batches
 must equal an uninterrupted run's. The sharded checkpoints read in one process (the CLI,
@@ -138,7 +138,7 @@ def test_cli_reads_lightning_checkpoints(tmp_path_factory) -> None:
 
 # -- DDP: 2 torchrun ranks, sharded checkpoints ---------------------------------------------------
 
-DDP_EPOCHS, DDP_TOTAL = 8, 40  # 5 steps per epoch and rank (80 samples, batch 8, 2 ranks)
+DDP_EPOCHS, DDP_TOTAL = 12, 60  # 5 steps per epoch and rank (80 samples, batch 8, 2 ranks)
 DDP_KILLS = 22
 
 
