@@ -353,11 +353,13 @@ class _Position:
 
     def iterate(self) -> Iterator[Any]:
         pending, self.pending = self.pending, None
-        done = int(pending["consumed"]) if pending is not None else 0
         if pending is not None and "rng" in pending:  # none: a rank new to the run keeps its own
             rng.restore(pending["rng"])  # the checkpoint's state: the feed puts it back after seeking
-            if done >= len(self.loader) or pending.get(EPOCH_OVER):  # saved at the epoch's end: the next starts
-                pending, done = None, 0
+        if pending is not None and (int(pending["consumed"]) >= len(self.loader) or pending.get(EPOCH_OVER)):
+            pending = None  # saved at the epoch's end: the next one starts here
+        done = int(pending["consumed"]) if pending is not None else 0
+        if pending is not None:  # Lightning sets a DistributedSampler's epoch after making this iterator,
+            self.feed.set_epoch(int(pending["epoch"]))  # which seeks in the epoch's order now
         self.feed.pending = pending
         with self.raw_iterators():
             source = iter(self.feed.batches(done, len(self.loader)))
