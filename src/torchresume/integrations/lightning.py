@@ -352,19 +352,24 @@ class _Position:
         self.pending = dict(state)
 
     def iterate(self) -> Iterator[Any]:
+        """The epoch's batches, the loader's iterator made at the first ``next``: Lightning makes this
+        iterator before it sets a DistributedSampler's epoch (and a resumed run before its start
+        hooks), while a loader with workers fetches in the sampler's order at once."""
         pending, self.pending = self.pending, None
+        if pending is not None and (int(pending["consumed"]) >= len(self.loader) or pending.get(EPOCH_OVER)):
+            pending = None  # saved at the epoch's end: the next one starts here (the callback put the RNG back)
+        done = int(pending["consumed"]) if pending is not None else 0
+        return _Tracked(self, lambda: self._begin(pending, done), done)
+
+    def _begin(self, pending: dict[str, Any] | None, done: int) -> tuple[Iterator[Any], list[Any]]:
+        """The loader's iterator past ``done`` batches, and the batches fetched ahead loaded again."""
         if pending is not None and "rng" in pending:  # none: a rank new to the run keeps its own
             rng.restore(pending["rng"])  # the checkpoint's state: the feed puts it back after seeking
-        if pending is not None and (int(pending["consumed"]) >= len(self.loader) or pending.get(EPOCH_OVER)):
-            pending = None  # saved at the epoch's end: the next one starts here
-        done = int(pending["consumed"]) if pending is not None else 0
-        if pending is not None:  # Lightning sets a DistributedSampler's epoch after making this iterator,
-            self.feed.set_epoch(int(pending["epoch"]))  # which seeks in the epoch's order now
         self.feed.pending = pending
         with self.raw_iterators():
             source = iter(self.feed.batches(done, len(self.loader)))
             again = [self._load_again(source, s) for s in (pending or {}).get("ahead", [])]
-        return _Tracked(self, source, again, done)
+        return source, again
 
     def _load_again(self, source: Iterator[Any], before: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         now = rng.capture()
@@ -377,9 +382,10 @@ class _Position:
 class _Tracked:
     """The iterator Lightning gets: the loader's batches, each with the RNG state it was loaded from."""
 
-    def __init__(self, position: _Position, source: Iterator[Any], again: list[tuple[Any, dict[str, Any]]],
-                 done: int) -> None:
-        self.position, self.source, self.again = position, source, again
+    def __init__(self, position: _Position, begin: Callable[[], tuple[Iterator[Any], list[Any]]], done: int) -> None:
+        self.position, self.begin = position, begin
+        self.source: Iterator[Any] | None = None
+        self.again: list[tuple[Any, dict[str, Any]]] = []
         position.yielded = done
         position.ahead.clear()
 
@@ -387,6 +393,8 @@ class _Tracked:
         return self
 
     def __next__(self) -> Any:
+        if self.source is None:
+            self.source, self.again = self.begin()
         if self.again:
             batch, before = self.again.pop(0)
         else:
