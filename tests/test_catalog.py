@@ -215,3 +215,6 @@ def test_callbacks_scores_are_not_weights_for_the_finite_check() -> None:
     best = {"callbacks": {"ModelCheckpoint": {"kth_value": torch.tensor(float("inf"))}}}
     assert tree_finite({"w": torch.ones(2), **best})  # a best score starts at +-inf
     assert not tree_finite({"w": torch.tensor([float("nan")]), **best})
+    ranks = {"rank_states": {0: {"lightning": best}, 1: {"lightning": best}}}  # a sharded one read as one
+    assert tree_finite({"w": torch.ones(2), **ranks})
+    assert not tree_finite({"w": torch.tensor([float("inf")]), **ranks})

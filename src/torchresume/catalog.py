@@ -225,7 +225,8 @@ def _reason_only(reason: str) -> str:
 
 def tree_finite(tree: Any) -> bool:
     """Whether every floating tensor of a checkpoint's state is finite (RNG and callbacks' scores aside:
-    a best score starts as +-inf)."""
+    a best score starts as +-inf; so is each rank's own state of a sharded checkpoint, ``rank_states``,
+    which holds them too)."""
     if not isinstance(tree, dict):
         return True
     ok = True
@@ -235,5 +236,5 @@ def tree_finite(tree: Any) -> bool:
         if ok and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             ok = False
         return t
-    map_tensors({k: v for k, v in tree.items() if k not in ("rng", "callbacks")}, check)
+    map_tensors({k: v for k, v in tree.items() if k not in ("rng", "callbacks", "rank_states")}, check)
     return ok

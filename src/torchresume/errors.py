@@ -54,7 +54,9 @@ class UnsupportedUnderTorchrunError(CheckpointConfigError):
 
 
 class UnsupportedStrategyError(CheckpointConfigError):
-    """A Lightning strategy the torchresume CheckpointIO cannot honour yet (DDP, FSDP); raised before any save."""
+    """A Lightning strategy or option torchresume's plugin cannot honour yet (FSDP, DeepSpeed; under DDP
+    ``write_mb_per_s``, a save through the IO alone, several optimizers, a mid-epoch resume at another
+    world size); raised before anything is written."""
 
 
 class UnstorableStateError(TorchResumeError, TypeError):

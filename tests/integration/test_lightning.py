@@ -6,14 +6,22 @@ every 2 steps; it is killed a few times (aimed alternately at a checkpoint write
 between writes) and rerun with the same command (``ckpt_path="last"``). Its weights, optimizer
 state, final RNG and the batch trained at every step must equal an uninterrupted run's (with
 workers and without, with background saves too).
+
+Under Lightning's DDP strategy (2 torchrun ranks, gloo on CPU) the run trains 12 epochs of 5 steps
+per rank into torchresume's sharded checkpoints; the whole process group is SIGKILLed at least 20
+times (at least 5 during a save), and each rank's weights, optimizer state, every RNG and batches
+must equal an uninterrupted run's. The sharded checkpoints read in one process (the CLI,
+``load_checkpoint``) and resume at 1 process.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -22,8 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchresume as tr
+from tests.distributed.launch import torchrun_cmd
 from tests.fault.killing import env, random_kills, report
-from torchresume.errors import UnstorableStateError
+from torchresume.errors import UnstorableStateError, UnsupportedStrategyError
 from torchresume.files import describe, verify
 from torchresume.integrations.lightning import TorchResumeCheckpoint, TorchResumeIO, resumable
 
@@ -43,14 +52,14 @@ def _finish(run: Path, workers: int, mode: str = "sync") -> str:
     return proc.stderr
 
 
-def _final(run: Path) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in tr.load_checkpoint(str(run / "final.ckpt")).items() if isinstance(v, torch.Tensor)}
+def _final(run: Path, name: str = "final.ckpt") -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tr.load_checkpoint(str(run / name)).items() if isinstance(v, torch.Tensor)}
 
 
-def _batches(run: Path) -> dict[int, str]:
+def _batches(run: Path, name: str = "batches") -> dict[int, str]:
     """The batch each step trained on, as the last run to train that step saw it."""
     seen: dict[int, str] = {}
-    for line in (run / "batches").read_text().splitlines():
+    for line in (run / name).read_text().splitlines():
         step, digest = line.split()
         seen[int(step)] = digest
     return seen
@@ -127,12 +136,124 @@ def test_cli_reads_lightning_checkpoints(tmp_path_factory) -> None:
     cli("diff", "lit-3_10.ckpt", str(ref / "copy.safetensors"))
 
 
-def test_ddp_is_refused_with_a_typed_error_before_any_save(tmp_path) -> None:
-    proc = subprocess.run([*_cmd(tmp_path, 0), "1", "ddp"], env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "UnsupportedStrategyError: TorchResumeCheckpoint saves from one process; this trainer runs 2" in proc.stderr
-    assert "docs/guides/torchrun.md" in proc.stderr
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".ckpt")]
+# -- DDP: 2 torchrun ranks, sharded checkpoints ---------------------------------------------------
+
+DDP_EPOCHS, DDP_TOTAL = 12, 60  # 5 steps per epoch and rank (80 samples, batch 8, 2 ranks)
+DDP_KILLS = 22
+
+
+def _ddp_cmd(run: Path, workers: int, epochs: int = DDP_EPOCHS, nproc: int = 2) -> list[str]:
+    return torchrun_cmd(nproc, [SCRIPT, str(run), str(workers), str(epochs), "ddp"])
+
+
+def _ddp_finish(run: Path, workers: int, **kwargs: int) -> str:
+    proc = subprocess.run(_ddp_cmd(run, workers, **kwargs), env=env(), capture_output=True, text=True,
+                          timeout=600, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def _ddp_reference(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Path:
+    if -1 - workers not in _references:
+        run = tmp_path_factory.mktemp(f"lightning-ddp-ref-{workers}")
+        assert f"finished {DDP_TOTAL}" in _ddp_finish(run, workers)
+        _references[-1 - workers] = run
+    return _references[-1 - workers]
+
+
+def _committed_verify(run: Path) -> None:
+    """Every committed checkpoint verifies; a directory without its manifest is a save cut short."""
+    for name in os.listdir(run):
+        if name.endswith(".ckpt") and (run / name / "manifest.json").exists():
+            assert verify(str(run / name)).valid, name
+
+
+def _assert_same_ddp_run(run: Path, ref: Path) -> None:
+    for rank in (0, 1):
+        final, expected = _final(run, f"final-{rank}.ckpt"), _final(ref, f"final-{rank}.ckpt")
+        assert set(final) == set(expected) and {"rng.torch", "rng.numpy", "rng.python"} <= set(final)
+        assert [k for k, t in expected.items() if not torch.equal(final[k], t)] == [], rank
+        batches = "batches-1" if rank else "batches"
+        assert _batches(run, batches) == _batches(ref, batches) and len(_batches(ref, batches)) == DDP_TOTAL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ddp_sigkills_of_the_whole_job_resume_bitwise(tmp_path, tmp_path_factory, workers) -> None:
+    landed = random_kills(_ddp_cmd(tmp_path, workers), tmp_path, kills=DDP_KILLS, seed=40 + workers,
+                          max_new_steps=3, check=_committed_verify, group=True)
+    report(f"lightning ddp 2 ranks workers={workers}", landed)
+    assert landed["finished"] == 0 and landed["mid-save"] >= 5 and landed["mid-step"] >= 5
+    _ddp_finish(tmp_path, workers)
+    _assert_same_ddp_run(tmp_path, _ddp_reference(tmp_path_factory, workers))
+
+
+def test_ddp_checkpoints_are_sharded_and_read_in_one_process(tmp_path_factory) -> None:
+    ref = _ddp_reference(tmp_path_factory, 0)
+    newest = ref / f"lit-{DDP_EPOCHS}_5.ckpt"
+    assert {"dcp_metadata.json", "manifest.json", "rank-00000.safetensors", "rank-00001.safetensors"} <= set(
+        os.listdir(newest))
+    one = tr.load_checkpoint(str(newest))  # the sharded checkpoint read as one process's file
+    final = _final(ref, "final-0.ckpt")
+    assert all(torch.equal(one[k], final[k]) for k in final if k.startswith("net."))
+    assert one["rank_states.0.lightning.global_step"] == one["rank_states.1.lightning.global_step"] == DDP_TOTAL
+    assert any(k.startswith("optimizer.state.") for k in one)  # by position, as torch lays it out
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run([TR, *args], capture_output=True, text=True, timeout=120, cwd=ref)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+    row = next(line for line in cli("ls", ".").splitlines() if line.startswith("lit-"))
+    assert row.split()[:3] == [newest.name, str(DDP_EPOCHS), "5"] and row.endswith("valid")
+    assert "net.0.weight" in cli("inspect", newest.name)
+    assert "OK" in cli("verify", ".")
+
+
+def test_ddp_checkpoint_resumes_in_one_process(tmp_path, tmp_path_factory) -> None:
+    ref = _ddp_reference(tmp_path_factory, 0)
+    for name in os.listdir(ref):  # the run at 2 ranks, to go on at 1
+        if name.startswith("lit-"):
+            shutil.copytree(ref / name, tmp_path / name)
+    out = _ddp_finish(tmp_path, 0, epochs=DDP_EPOCHS + 1, nproc=1)
+    assert "from a checkpoint of 2" in out and f"finished {DDP_TOTAL + 10}" in out
+    assert sorted(_batches(tmp_path)) == list(range(DDP_TOTAL + 1, DDP_TOTAL + 11))  # one more epoch, 10 steps
+
+
+def test_fsdp_is_refused_by_lightning_on_cpu() -> None:
+    with pytest.raises(ValueError, match="requires a GPU accelerator"):
+        pl.Trainer(strategy="fsdp", accelerator="cpu", devices=2, logger=False)
+
+
+def test_what_ddp_cannot_honour_is_refused_with_a_typed_error() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from torchresume.integrations.lightning import _own_state, _positions_at, check_strategy
+    ddp: Any = SimpleNamespace(strategy=DDPStrategy(), world_size=2)
+    check_strategy(ddp, TorchResumeIO(async_save=True, on_busy="skip"))
+    with pytest.raises(UnsupportedStrategyError, match=r"write_mb_per_s=50.*drop write_mb_per_s"):
+        check_strategy(ddp, TorchResumeIO(async_save=True, write_mb_per_s=50))
+    fsdp: Any = SimpleNamespace(strategy=FSDPStrategy(), world_size=2)
+    with pytest.raises(UnsupportedStrategyError, match=r"under FSDPStrategy with 2 processes.*strategy='ddp'"):
+        check_strategy(fsdp, TorchResumeIO())
+    feed = {"feed": "torch.utils.data.DataLoader", "epoch": 1, "batches": 5}
+    mid = {"loops": {"fit_loop": {"combined_loader": [{**feed, "consumed": 3}]}}}
+    with pytest.raises(UnsupportedStrategyError, match=r"saved by 2 processes mid-epoch.*resume at 2 processes"):
+        _positions_at(mid, "lit-1_3.ckpt", 2, 1)
+    end = _positions_at({"loops": {"fit_loop": {"combined_loader": [{**feed, "consumed": 5}]}}}, "p", 2, 1)
+    assert end["loops"]["fit_loop"]["combined_loader"] == [{**feed, "consumed": 5, "batches": None, "epoch_over": True}]
+    saved = {0: {"lightning": {"callbacks": {"c": {"rng": 1, "x": 2}}, "loops": [{"rng": 3, "feed": "f"}]}}}
+    assert _own_state(saved, 0, "p") == saved[0]["lightning"]
+    assert _own_state(saved, 1, "p") == {"callbacks": {"c": {"x": 2}}, "loops": [{"feed": "f"}]}  # its own seed
+
+
+def test_io_alone_under_ddp_is_a_typed_error(tmp_path, monkeypatch) -> None:
+    import torchresume.integrations.lightning as lit
+    monkeypatch.setattr(lit, "_world", lambda: (0, 2))
+    with pytest.raises(UnsupportedStrategyError, match="rank 0 alone.*TorchResumeCheckpoint"):
+        TorchResumeIO().save_checkpoint({"state_dict": {}}, str(tmp_path / "x.ckpt"))
+    assert os.listdir(tmp_path) == []
 
 
 class _WithObjectHparam(pl.LightningModule):

@@ -15,25 +15,33 @@ Three pieces, each a thin adapter over torchresume's core:
 - ``resumable(loader)``: a plain ``torch.utils.data.DataLoader`` that Lightning resumes exactly
   mid-epoch (same batches, same worker seeds) through ``data/loader_state.py``'s DataLoaderFeed.
 
-One process only: under a multi-process strategy (DDP, FSDP) saving raises
+Under Lightning's DDP strategy every save is collective and writes torchresume's sharded torchrun
+checkpoint through ``torchresume.distributed.DistributedCheckpointManager`` (the same writer,
+names, commit and retention as ``torchrun -m torchresume train``): the weights and the optimizer
+state through DCP (the replica written once), each rank's own Lightning state (its RNG streams,
+its DataLoader position, loop and callback state) as that rank's part. Loading reads the
+checkpoint as one (``files/sharded_as_one.py``), so it resumes at any world size and reads in
+one process. Any other multi-process strategy (FSDP, DeepSpeed, ...) raises
 ``UnsupportedStrategyError`` before anything is written.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from weakref import proxy
 
 from torch.utils.data import DataLoader
 
 from torchresume import catalog, retention
-from torchresume.data.loader_state import DataLoaderFeed, check_feed_state
+from torchresume.data.loader_state import FEED_KEY, DataLoaderFeed, check_feed_state
 from torchresume.errors import CheckpointConfigError, UnstorableStateError, UnsupportedStrategyError
-from torchresume.files import encode_state, read_checkpoint, write_encoded
+from torchresume.files import encode_state, read_checkpoint, sharded_as_one, write_encoded
 from torchresume.format.reader import Checkpoint
 from torchresume.log import log
 from torchresume.naming import check_prefix, checkpoint_name, parse_name
@@ -43,11 +51,15 @@ from torchresume.state import rng
 from torchresume.state.tree import TreeError, flatten
 from torchresume.storage.pacing import Pace
 
+if TYPE_CHECKING:
+    from torchresume.distributed import DistributedCheckpointManager
+
 try:
     import lightning.pytorch as pl
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.plugins.io import TorchCheckpointIO
+    from lightning.pytorch.strategies import DDPStrategy
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError("torchresume.integrations.lightning needs Lightning 2.6: "
                       "pip install 'torchresume[lightning]'") from exc
@@ -56,13 +68,42 @@ KIND = "lightning"  # the document's kind (docs/FORMAT.md)
 AHEAD_KEPT = 8  # batches a DataLoader may run ahead of training (Lightning prefetches 1)
 
 
-def _refuse_distributed(where: str) -> None:
+RANK_KEY = "lightning"  # a rank's own part of a sharded checkpoint: Lightning's dict without weights
+LOADED = ("state_dict", "optimizer_states")  # what DCP writes (sharded, resharded on load)
+EPOCH_OVER = "epoch_over"  # a DataLoader position saved at an epoch's end, resumed at another world size
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the joined process group; (0, 1) without one."""
     import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _refuse_distributed(where: str) -> None:
+    _, world = _world()
+    if world > 1:
         raise UnsupportedStrategyError(
-            f"{where}: torchresume's Lightning plugin saves from one process only; under a "
-            f"{dist.get_world_size()}-process strategy (DDP, FSDP) run on one device, or use "
-            "torchresume's own harness under torchrun (sharded checkpoints, docs/guides/torchrun.md)")
+            f"{where}: under a {world}-process strategy Lightning hands a CheckpointIO the checkpoint on "
+            "rank 0 alone, and a torchresume checkpoint needs every rank's part; save through "
+            "TorchResumeCheckpoint (its saves are collective sharded checkpoints under strategy='ddp'), "
+            "not trainer.save_checkpoint() or Lightning's ModelCheckpoint")
+
+
+def check_strategy(trainer: pl.Trainer, io: TorchResumeIO) -> None:
+    """Refuse, before anything is written, a multi-process run the sharded path cannot honour."""
+    strategy = type(trainer.strategy).__name__
+    if not isinstance(trainer.strategy, DDPStrategy):
+        raise UnsupportedStrategyError(
+            f"TorchResumeCheckpoint under {strategy} with {trainer.world_size} processes: torchresume writes "
+            "sharded checkpoints under Lightning's DDP strategy only (FSDP, DeepSpeed and model-parallel "
+            "strategies are not supported yet); use strategy='ddp', or train on one device")
+    if io.slot.write_mb_per_s is not None:
+        raise UnsupportedStrategyError(
+            f"TorchResumeIO(write_mb_per_s={io.slot.write_mb_per_s}) is not supported under {strategy} with "
+            f"{trainer.world_size} processes (each rank writes its part of a sharded checkpoint at full "
+            "speed); drop write_mb_per_s, or train on one device")
 
 
 def _storable(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
@@ -112,6 +153,8 @@ class TorchResumeIO(CheckpointIO):
         self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, write_mb_per_s=write_mb_per_s,
                              name="torchresume-lightning-writer")
         self.on_commit: Callable[[str], object] | None = None  # retention, set by TorchResumeCheckpoint
+        self.retention: list[RetentionPolicy] = []  # a sharded save's, set by TorchResumeCheckpoint
+        self.sharded: DistributedCheckpointManager | None = None  # under DDP: the one of the last save
         self._preloaded: tuple[str, Checkpoint] | None = None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
@@ -132,29 +175,136 @@ class TorchResumeIO(CheckpointIO):
         if self.on_commit is not None:
             self.on_commit(path)
 
+    def save_sharded(self, checkpoint: dict[str, Any], path: str, module: Any, optimizers: Sequence[Any]) -> None:
+        """Collective (every rank, under DDP): ``checkpoint`` as torchresume's sharded checkpoint ``path``.
+
+        The weights and the optimizer state go through DCP (``train/sharded_checkpoints.model_state``,
+        the torchrun harness's own); the rest of this rank's Lightning dict (loops, callbacks with
+        the RNG, the DataLoader's position) is this rank's part. ``path`` must carry a torchresume
+        name (``{prefix}-{epoch}_{step}.ckpt``): the manager's naming and retention go by it.
+        """
+        from torchresume.train.sharded_checkpoints import model_state
+        parsed = parse_name(os.path.basename(path))
+        if parsed is None:
+            raise CheckpointConfigError(f"{path}: a sharded checkpoint needs a torchresume name "
+                                        "({prefix}-{epoch}_{step}.ckpt); save through TorchResumeCheckpoint")
+        if len(optimizers) > 1:
+            raise UnsupportedStrategyError(
+                f"{path}: {len(optimizers)} optimizers under DDP; torchresume's sharded checkpoint holds one "
+                "(DCP keys its state by parameter name): return one optimizer from configure_optimizers")
+        rest = _storable({k: v for k, v in checkpoint.items() if k not in LOADED}, path)
+        manager = self._manager_for(os.path.dirname(path), parsed[0])
+        manager.save(model_state(module, optimizers[0] if optimizers else None), parsed[1], parsed[2],
+                     rank_state={RANK_KEY: rest}, info=_info(checkpoint, path))
+
+    def _manager_for(self, directory: str, prefix: str) -> DistributedCheckpointManager:
+        from torchresume.distributed import DistributedCheckpointManager
+        current = self.sharded
+        if current is not None and (current.directory, current.prefix) == (directory.rstrip("/"), prefix):
+            return current
+        if current is not None:
+            current.close()
+        self.sharded = DistributedCheckpointManager(
+            directory, prefix=prefix, async_save=self.slot.async_save, on_busy=self.slot.on_busy,
+            retention=self.retention or [KeepLast(sys.maxsize)])  # no policy: keep=None keeps all
+        return self.sharded
+
+    def wait(self) -> None:
+        """Wait for a background save (a sharded one too), raising its failure."""
+        self.slot.wait()
+        if self.sharded is not None:
+            self.sharded.wait()
+
     def preload(self, path: str, ckpt: Checkpoint) -> None:
         """Hand over a checkpoint already read and verified, so loading ``path`` does not read it again."""
         self._preloaded = (path, ckpt)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None
                         ) -> dict[str, Any]:
-        """Read and verify ``path`` (every checksum) and return Lightning's checkpoint dict."""
-        self.slot.wait()
+        """Read and verify ``path`` (every checksum) and return Lightning's checkpoint dict.
+
+        A sharded checkpoint is read as one (any world size): its weights and optimizer state, and
+        this rank's own part (rank 0's for a rank the saving run did not have, without its RNG).
+        """
+        self.wait()
         path = os.fspath(path)
         pre, self._preloaded = self._preloaded, None
         ckpt = pre[1] if pre is not None and pre[0] == path else read_checkpoint(path)
+        if ckpt.format == sharded_as_one.FORMAT:
+            return _from_sharded(ckpt, path)
         if not isinstance(ckpt.tree, dict):
             raise CheckpointConfigError(f"{path} holds no Lightning checkpoint (a {ckpt.kind!r} file)")
         return dict(ckpt.tree)
 
     def remove_checkpoint(self, path: Any) -> None:
         """Delete one checkpoint (marker first on object storage)."""
-        self.slot.wait()
+        self.wait()
         catalog.delete(os.fspath(path))
 
     def teardown(self) -> None:
         """Wait for a background save (raising its failure) and free the writer."""
         self.slot.close()
+        if self.sharded is not None:
+            self.sharded.close()
+
+
+def _from_sharded(ckpt: Checkpoint, path: str) -> dict[str, Any]:
+    """Lightning's checkpoint dict for this rank from a sharded checkpoint read as one."""
+    tree = dict(ckpt.tree)
+    ranks = tree.pop(sharded_as_one.RANK_STATES, None) or {}
+    optimizer = tree.pop("optimizer", None)
+    tree.pop("extra", None)
+    rank, world = _world()
+    state = _own_state(ranks, rank, path)
+    saved_world = int(ckpt.info.get("world_size") or len(ranks))
+    if saved_world != world:
+        state = _positions_at(state, path, saved_world, world)
+        if rank == 0:
+            log.info("resuming at %d processes from a checkpoint of %d taken at an epoch's end: weights, "
+                     "optimizer state and loops are restored, the next epoch starts; rank r < %d continues "
+                     "old rank r's RNG streams, any other keeps its seed", world, saved_world, saved_world)
+    return {**state, "state_dict": tree, "optimizer_states": [] if optimizer is None else [optimizer]}
+
+
+def _own_state(ranks: dict[int, Any], rank: int, path: str) -> dict[str, Any]:
+    """This rank's saved Lightning state; for a rank the saving run did not have, rank 0's without
+    its RNG streams (the rank keeps its seeded ones)."""
+    own = ranks.get(rank)
+    if isinstance(own, dict) and RANK_KEY in own:
+        return dict(own[RANK_KEY])
+    first = ranks.get(0)
+    if not isinstance(first, dict) or RANK_KEY not in first:
+        raise CheckpointConfigError(f"{path} holds no Lightning state (a sharded checkpoint of another "
+                                    "trainer); resume it with the trainer that wrote it")
+    return dict(_without_rng(first[RANK_KEY]))
+
+
+def _positions_at(node: Any, path: str, saved: int, world: int) -> Any:
+    """``node`` with each DataLoader position made valid at another world size: only an epoch's end
+    carries over (Lightning's DistributedSampler splits every epoch by the world size)."""
+    if isinstance(node, dict) and node.get(FEED_KEY) is not None and "consumed" in node:
+        if node.get("batches") is None or int(node["consumed"]) < int(node["batches"]):
+            raise UnsupportedStrategyError(
+                f"{path} was saved by {saved} processes mid-epoch; at {world} Lightning's DistributedSampler "
+                "splits the epoch otherwise, so that position does not exist: resume at "
+                f"{saved} processes, or from a checkpoint taken at an epoch's end (every_n_epochs=1, or "
+                "every_n_train_steps dividing the steps of an epoch)")
+        return {**node, "batches": None, EPOCH_OVER: True}
+    if isinstance(node, dict):
+        return {k: _positions_at(v, path, saved, world) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_positions_at(v, path, saved, world) for v in node]
+    return node
+
+
+def _without_rng(node: Any) -> Any:
+    """``node`` without the RNG streams torchresume saved in it (the callback's and each DataLoader
+    position's ``rng``)."""
+    if isinstance(node, dict):
+        return {k: _without_rng(v) for k, v in node.items() if k != "rng"}
+    if isinstance(node, list):
+        return [_without_rng(v) for v in node]
+    return node
 
 
 # -- the DataLoader's position -----------------------------------------------------------------
@@ -202,17 +352,24 @@ class _Position:
         self.pending = dict(state)
 
     def iterate(self) -> Iterator[Any]:
+        """The epoch's batches, the loader's iterator made at the first ``next``: Lightning makes this
+        iterator before it sets a DistributedSampler's epoch (and a resumed run before its start
+        hooks), while a loader with workers fetches in the sampler's order at once."""
         pending, self.pending = self.pending, None
+        if pending is not None and (int(pending["consumed"]) >= len(self.loader) or pending.get(EPOCH_OVER)):
+            pending = None  # saved at the epoch's end: the next one starts here (the callback put the RNG back)
         done = int(pending["consumed"]) if pending is not None else 0
-        if pending is not None:
+        return _Tracked(self, lambda: self._begin(pending, done), done)
+
+    def _begin(self, pending: dict[str, Any] | None, done: int) -> tuple[Iterator[Any], list[Any]]:
+        """The loader's iterator past ``done`` batches, and the batches fetched ahead loaded again."""
+        if pending is not None and "rng" in pending:  # none: a rank new to the run keeps its own
             rng.restore(pending["rng"])  # the checkpoint's state: the feed puts it back after seeking
-            if done >= len(self.loader):  # saved at the epoch's end: the next one starts here
-                pending, done = None, 0
         self.feed.pending = pending
         with self.raw_iterators():
             source = iter(self.feed.batches(done, len(self.loader)))
             again = [self._load_again(source, s) for s in (pending or {}).get("ahead", [])]
-        return _Tracked(self, source, again, done)
+        return source, again
 
     def _load_again(self, source: Iterator[Any], before: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         now = rng.capture()
@@ -225,9 +382,10 @@ class _Position:
 class _Tracked:
     """The iterator Lightning gets: the loader's batches, each with the RNG state it was loaded from."""
 
-    def __init__(self, position: _Position, source: Iterator[Any], again: list[tuple[Any, dict[str, Any]]],
-                 done: int) -> None:
-        self.position, self.source, self.again = position, source, again
+    def __init__(self, position: _Position, begin: Callable[[], tuple[Iterator[Any], list[Any]]], done: int) -> None:
+        self.position, self.begin = position, begin
+        self.source: Iterator[Any] | None = None
+        self.again: list[tuple[Any, dict[str, Any]]] = []
         position.yielded = done
         position.ahead.clear()
 
@@ -235,6 +393,8 @@ class _Tracked:
         return self
 
     def __next__(self) -> Any:
+        if self.source is None:
+            self.source, self.again = self.begin()
         if self.again:
             batch, before = self.again.pop(0)
         else:
@@ -363,18 +523,15 @@ class TorchResumeCheckpoint(ModelCheckpoint):
                 f"TorchResumeCheckpoint writes through TorchResumeIO, but the trainer has {type(io).__name__}; "
                 "pass plugins=[TorchResumeIO()] (or no CheckpointIO plugin) to the Trainer")
         io.on_commit = self._after_commit
+        io.retention = self.policies
         return io
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        io = self._io(trainer)
         if trainer.world_size > 1:
-            raise UnsupportedStrategyError(
-                f"TorchResumeCheckpoint saves from one process; this trainer runs {trainer.world_size} "
-                f"({type(trainer.strategy).__name__}), whose checkpoint would be rank 0's alone: train on "
-                "one device, or use torchresume's own harness under torchrun for sharded checkpoints "
-                "(docs/guides/torchrun.md)")
+            check_strategy(trainer, io)
         super().setup(trainer, pl_module, stage)
         self._trainer = trainer
-        self._io(trainer)
         source = getattr(trainer.fit_loop._data_source, "instance", None)
         if stage == "fit" and isinstance(source, DataLoader):
             resumable(source)
@@ -411,6 +568,19 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         if deferred and due and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """One save; under DDP a collective one: every rank's state into one sharded checkpoint."""
+        if trainer.world_size == 1:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+        self._io(trainer).save_sharded(checkpoint, filepath, trainer.lightning_module, trainer.optimizers)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
     def format_checkpoint_name(self, metrics: dict[str, Any], filename: str | None = None,
                                ver: int | None = None, prefix: str | None = None) -> str:
         """``{dirpath}/{prefix}-{epoch}_{step}.ckpt``: torchresume's name for the position now."""
@@ -421,19 +591,28 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         return os.path.join(str(self.dirpath), checkpoint_name(self.prefix, trainer.current_epoch + 1, step))
 
     def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
-        """``ckpt_path="last"``: the newest checkpoint of ``prefix`` that reads and verifies."""
-        directory = str(self.dirpath)
-        try:
-            entries = catalog.list_checkpoints(directory, verify=False)
-        except FileNotFoundError:
+        """``ckpt_path="last"``: the newest checkpoint of ``prefix`` that reads and verifies (rank 0's
+        choice on every rank under DDP; rank 0's failure raised on every rank)."""
+        from torchresume.train.sharded_checkpoints import on_rank_0
+        io = self._io(trainer)
+
+        def newest() -> str | None:
+            directory = str(self.dirpath)
+            try:
+                entries = catalog.list_checkpoints(directory, verify=False)
+            except FileNotFoundError:
+                return None
+            found = catalog.newest_readable(entries, directory, run=self.prefix)
+            if found is None:
+                return None
+            io.preload(found[0].path, found[1])
+            return found[0].path
+        path = on_rank_0(newest)
+        if path is None:
             return set()
-        found = catalog.newest_readable(entries, directory, run=self.prefix)
-        if found is None:
-            return set()
-        entry, ckpt = found
-        self._io(trainer).preload(entry.path, ckpt)
-        log.info("resuming from %s", entry.path)
-        return {entry.path}
+        if trainer.is_global_zero:
+            log.info("resuming from %s", path)
+        return {path}
 
     def _after_commit(self, path: str) -> None:
         if self.policies:
@@ -453,7 +632,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         super().teardown(trainer, pl_module, stage)
         io = trainer.strategy.checkpoint_io
         if isinstance(io, TorchResumeIO):
-            io.slot.wait()
+            io.wait()
 
 
 __all__ = ["TorchResumeCheckpoint", "TorchResumeIO", "resumable"]
