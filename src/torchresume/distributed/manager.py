@@ -5,7 +5,8 @@ tensors once, DTensor/FSDP2 shards by their owners), every rank writes its
 parts in parallel, the coordinator commits after all ranks reported; then
 rank 0 applies retention and every rank passes a barrier. ``restore`` loads the
 newest committed checkpoint in place, resharding through DCP when the world
-size changed, and returns every old rank's ``rank_state``. Without an
+size changed; each rank reads its own old part (``rank_state``), and any other
+old rank's only when asked (``RestoreInfo.rank_states``). Without an
 initialised process group it works as a single process.
 
 With ``async_save=True`` a save stages the state into reused host buffers
@@ -35,7 +36,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
 from torchresume.catalog import Entry
-from torchresume.distributed.reader import PartReader, is_sharded, read_part, restore_error, sharded_manifest
+from torchresume.distributed.reader import PartReader, RankStates, is_sharded, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
@@ -54,14 +55,29 @@ from torchresume.storage import resolve
 
 @dataclass
 class RestoreInfo:
-    """What ``restore`` loaded: the checkpoint and the per-rank state of every saving rank."""
+    """What ``restore`` loaded: the checkpoint, this rank's own saved state and every saving rank's.
+
+    ``rank_state``: what old rank r saved, on rank r (None on a rank the saving job did not have).
+    ``rank_states``: every old rank's, index = old rank; a part this rank did not read during the
+    restore is read when indexed, by this rank from storage (never through another rank).
+    """
 
     path: str
     epoch: int
     step: int
-    rank_states: list[Any]
+    rank_states: Sequence[Any]
     world_size: int
     info: dict[str, Any]
+    rank_state: Any = None
+
+    @classmethod
+    def read(cls, path: str, doc: dict[str, Any], rank: int, *, dec_key: bytes | None = None,
+             known: dict[int, Any] | None = None) -> RestoreInfo:
+        """The info of manifest ``doc`` as seen by ``rank`` (``known``: rank parts read already)."""
+        info = doc["info"]
+        states = RankStates(path, doc, dec_key=dec_key, known=known)
+        return cls(path, int(info["epoch"]), int(info["step"]), states, int(info["world_size"]), dict(info),
+                   rank_state=states[rank] if rank < len(states) else None)
 
 
 def _distributed() -> bool:
@@ -329,12 +345,13 @@ class DistributedCheckpointManager:
             log.warning("could not remove the parts of the failed save %s: %s", path, exc)
 
     def checkpoints(self) -> list[Entry]:
-        """This prefix's committed sharded checkpoints, newest first (manifests and headers only)."""
+        """This prefix's committed sharded checkpoints, newest first (their manifests only: no part of
+        any rank is opened, so listing costs the same at any world size but the manifest's length)."""
         with self._listing:  # never while background retention is deleting
             storage, where = resolve(self.directory)
             if not storage.isdir(where):
                 return []
-            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)
+            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix, headers=False)
             return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
@@ -361,33 +378,21 @@ class DistributedCheckpointManager:
         path = self.newest() if path is None else path
         if path is None:
             return None
+        reader = PartReader(path, dec_key=self.enc_key, rank_part=True)  # also reads this rank's own part
         try:
             with _single_process_quiet():
-                dcp.load(state, storage_reader=PartReader(path, dec_key=self.enc_key), no_dist=not _distributed())
+                dcp.load(state, storage_reader=reader, no_dist=not _distributed())
         except CheckpointException as exc:
             raise restore_error(path, exc) from None
-        restored = self._rank_states(path)
+        restored = RestoreInfo.read(path, reader.doc, _rank(), dec_key=self.enc_key, known=reader.own)
         if announce:  # Model.train says it once, with the position
             log.info("resumed from %s", path)
         return restored
 
     def rank_states(self, path: str) -> RestoreInfo:
-        """Collective: ``path``'s info and every saving rank's ``rank_state``, its shards left unread."""
-        return self._rank_states(path)
-
-    def _rank_states(self, path: str) -> RestoreInfo:
-        found: Any = None
-        if _rank() == 0:
-            doc = sharded_manifest(path)
-            info = doc["info"]
-            parts = {p["file"]: p for p in doc["parts"]}
-            states = []
-            for rank, file in enumerate(info["rank_parts"]):
-                tree = read_part(path, parts[file], dec_key=self.enc_key)
-                states.append(tree.get(f"__rank_state_{rank:05d}"))
-            found = RestoreInfo(path, int(info["epoch"]), int(info["step"]), states,
-                                int(info["world_size"]), dict(info))
-        return _broadcast(found)
+        """``path``'s info and every saving rank's ``rank_state``, its shards left unread: each rank
+        reads the manifest and its own part (no collective; other parts when indexed)."""
+        return RestoreInfo.read(path, sharded_manifest(path), _rank(), dec_key=self.enc_key)
 
     def close(self) -> None:
         """Wait for the background save (re-raising its failure), then free the staging buffers."""
