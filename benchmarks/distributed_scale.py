@@ -28,8 +28,9 @@ and per restore it measures, inside this benchmark's processes only:
   ``open`` is wrapped, and the bytes its ``read``/``readinto`` return plus the length of every
   ``mmap`` of it are summed (torchresume maps local part files and checksums every mapped byte).
 
-Figures are medians over ``--repeat`` rounds. The files come from the page cache (saves fsync,
-restores read what the save just wrote). DCP has no per-rank state of its own: its saves write the
+Figures are medians over ``--repeat`` rounds. Saves fsync. Before each restore the checkpoint's files
+are dropped from the page cache (``posix_fadvise DONTNEED``, no root needed), so both methods read
+from the disk, as after a restart (``--warm``: not dropped). DCP has no per-rank state of its own: its saves write the
 tensors only, torchresume's also each rank's ``rank_state`` part.
 """
 
@@ -303,6 +304,20 @@ def measured(fn: Callable[[int], Any], i: int, coll: Collectives, reads: Reads) 
     return {"s": wall, "cpu_s": cpu, **counts}
 
 
+def evict(root: str) -> None:
+    """Rank 0, outside the timings: drop every checkpoint file's pages from the page cache
+    (``POSIX_FADV_DONTNEED``; the files are durable, both methods fsync), so each restore reads
+    from the disk as after a restart. torchresume writes large parts with O_DIRECT (never cached)
+    and DCP through the page cache: a restore of what was just written is otherwise warm for one only."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def _clear(root: str) -> None:
     """Rank 0, outside the timings: remove DCP's checkpoints (torchresume's retention keeps one)."""
     for entry in Path(root).iterdir():
@@ -325,7 +340,10 @@ def worker(args: argparse.Namespace) -> None:
     for i in range(args.repeat):
         for name in order:
             save, load = pairs[name]
-            samples[name].append({"save": measured(save, i, coll, reads), "restore": measured(load, i, coll, reads)})
+            saved = measured(save, i, coll, reads)
+            if dist.get_rank() == 0 and not args.warm:
+                evict(args.dir)
+            samples[name].append({"save": saved, "restore": measured(load, i, coll, reads)})
             if dist.get_rank() == 0:
                 _clear(args.dir)
             dist.barrier()
@@ -365,7 +383,8 @@ def launch(world: int, case: str, args: argparse.Namespace) -> dict[str, Any]:
     out = os.path.join(root, "result.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
            __file__, "--worker", "--case", case, "--tensors", str(args.tensors), "--numel", str(args.numel),
-           "--gib", str(args.big_gib), "--repeat", str(args.repeat), "--dir", root, "--out", out]
+           "--gib", str(args.big_gib), "--repeat", str(args.repeat), "--dir", root, "--out", out,
+           *(["--warm"] if args.warm else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -411,7 +430,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         if not rows:
             continue
         for op in ("save", "restore"):
-            text += [f"== {case}: {title}; {op}, median of {args.repeat}", *lines(rows, op), ""]
+            cold = "" if op == "save" or args.warm else " (cold: files dropped from the page cache)"
+            text += [f"== {case}: {title}; {op}{cold}, median of {args.repeat}", *lines(rows, op), ""]
     return "\n".join(text)
 
 
@@ -433,6 +453,7 @@ def main() -> None:
     p.add_argument("--big-gib", type=float, default=1.0, help="size of the sharded case (0: skip it)")
     p.add_argument("--big-worlds", type=int, nargs="*", default=[2, 4])
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warm", action="store_true", help="restore from the page cache (no eviction)")
     p.add_argument("--dir", default=None, help="where to write (default: the system temp dir)")
     p.add_argument("--record", action="store_true", help="store the rows in benchmarks/results.json")
     p.add_argument("--results", default=None, help=argparse.SUPPRESS)

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
 from torchresume.catalog import Entry
+from torchresume.distributed import plan_cache
 from torchresume.distributed.reader import PartReader, RankStates, is_sharded, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
@@ -235,6 +236,7 @@ class DistributedCheckpointManager:
         self.async_save = async_save
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
+        self._plan_key = plan_cache.new_key()  # steady saves reuse the plan and metadata (plan_cache.py)
 
     def path_for(self, epoch: int, step: int) -> str:
         storage, _ = resolve(self.directory)
@@ -281,10 +283,11 @@ class DistributedCheckpointManager:
                append: dict[str, Any] | None, *, group: Any) -> None:
         """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``)."""
         writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info, append=append,
-                            enc_key=self.enc_key)
+                            enc_key=self.enc_key, lean=True)
         try:
             with _single_process_quiet():
-                dcp.save(state, storage_writer=writer, process_group=group, no_dist=not _distributed())
+                dcp.save(state, storage_writer=writer, planner=plan_cache.cached_planner(self._plan_key),
+                         process_group=group, no_dist=not _distributed())
         except CheckpointException as exc:
             if _rank() == 0:
                 self._discard(path)
@@ -395,7 +398,11 @@ class DistributedCheckpointManager:
         return RestoreInfo.read(path, sharded_manifest(path), _rank(), dec_key=self.enc_key)
 
     def close(self) -> None:
-        """Wait for the background save (re-raising its failure), then free the staging buffers."""
-        self.slot.close()
+        """Wait for the background save (re-raising its failure), then free the staging buffers
+        and the cached save plan."""
+        try:
+            self.slot.close()
+        finally:
+            plan_cache.forget(self._plan_key)
 
 
