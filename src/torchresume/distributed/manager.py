@@ -42,6 +42,8 @@ from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,
+    CorruptCheckpointError,
+    TorchResumeError,
 )
 from torchresume.files.directory import is_committed
 from torchresume.format.crypto import check_key
@@ -105,6 +107,20 @@ def _any_rank(flag: bool) -> bool:
     flags: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(flags, flag)
     return any(flags)
+
+
+def _raise_on_every_rank(error: Exception | None) -> None:
+    """Collective: raise the first failing rank's error (its type, the rank named) on every rank."""
+    if not _distributed():
+        if error is not None:
+            raise error
+        return
+    errors: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, None if error is None else (type(error), str(error)))
+    for rank, failed in enumerate(errors):
+        if failed is not None:
+            kind, message = failed
+            raise kind(message if rank == _rank() else f"rank {rank}: {message}") from None
 
 
 @contextmanager
@@ -381,12 +397,20 @@ class DistributedCheckpointManager:
         path = self.newest() if path is None else path
         if path is None:
             return None
-        reader = PartReader(path, dec_key=self.enc_key, rank_part=True)  # also reads this rank's own part
+        # Each rank plans its own reads (a load plan needs no coordinator: DCP's would gather every
+        # rank's plan to rank 0 and scatter it back) and reads its own old part; then one small
+        # all-gather raises the first failing rank's error on every rank.
+        reader = PartReader(path, dec_key=self.enc_key, rank_part=True, rank=_rank())
+        error: Exception | None = None
         try:
             with _single_process_quiet():
-                dcp.load(state, storage_reader=reader, no_dist=not _distributed())
+                dcp.load(state, storage_reader=reader, no_dist=True)
         except CheckpointException as exc:
-            raise restore_error(path, exc) from None
+            error = restore_error(path, exc)
+        except Exception as exc:  # raised outside DCP's steps: still on every rank, never a hang
+            error = exc if isinstance(exc, TorchResumeError) else CorruptCheckpointError(
+                f"{path}: restore failed: {type(exc).__name__}: {exc}")
+        _raise_on_every_rank(error)
         restored = RestoreInfo.read(path, reader.doc, _rank(), dec_key=self.enc_key, known=reader.own)
         if announce:  # Model.train says it once, with the position
             log.info("resumed from %s", path)

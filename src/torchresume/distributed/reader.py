@@ -145,13 +145,14 @@ class PartReader(StorageReader):
     """Loads chunks from the part files of one committed sharded checkpoint."""
 
     def __init__(self, path: str, *, verify: bool = True, dec_key: bytes | None = None,
-                 rank_part: bool = False) -> None:
+                 rank_part: bool = False, rank: int | None = None) -> None:
         super().__init__()
         self.path = path
         self.verify = verify
         self.dec_key = dec_key
         self.rank_part = rank_part
-        self.rank = 0
+        self._given_rank = rank  # a load without DCP's collectives (no_dist) still reads its own part
+        self.rank = rank or 0
         self.doc: dict[str, Any] = {}
         self.parts: dict[str, dict[str, Any]] = {}
         self.storage_data: dict[Any, dcp_json.Location] = {}
@@ -168,7 +169,7 @@ class PartReader(StorageReader):
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.storage_data = metadata.storage_data
-        self.rank = int(kwargs.get("rank") or 0)
+        self.rank = self._given_rank if self._given_rank is not None else int(kwargs.get("rank") or 0)
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         return plan
