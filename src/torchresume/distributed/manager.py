@@ -110,17 +110,18 @@ def _any_rank(flag: bool) -> bool:
 
 
 def _raise_on_every_rank(error: Exception | None) -> None:
-    """Collective: raise the first failing rank's error (its type, the rank named) on every rank."""
+    """Collective: raise the first failing rank's error (its type and message, which names the part
+    that failed) on every rank, as DCP's own collective steps do."""
     if not _distributed():
         if error is not None:
             raise error
         return
     errors: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(errors, None if error is None else (type(error), str(error)))
-    for rank, failed in enumerate(errors):
+    for failed in errors:
         if failed is not None:
             kind, message = failed
-            raise kind(message if rank == _rank() else f"rank {rank}: {message}") from None
+            raise kind(message) from None
 
 
 @contextmanager
