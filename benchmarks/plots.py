@@ -159,6 +159,36 @@ def distributed(results: dict[str, Entry]) -> Any:
     return fig
 
 
+def distributed_scale(results: dict[str, Entry]) -> Any:
+    entry = results["distributed_scale"]
+    rows = [r for r in entry["rows"] if r["case"] == "small"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+
+    def series(method: str, op: str, value: Callable[[Entry], float]) -> tuple[list[int], list[float]]:
+        picked = sorted((r["ranks"], value(r)) for r in rows if r["method"] == method and r["op"] == op)
+        return [x for x, _ in picked], [y for _, y in picked]
+    styles = {"torchresume": ("o", "tab:blue"), "dcp": ("s", "tab:orange")}
+    panels = [("seconds, slowest rank", lambda r: r["s"], ("save", "restore")),
+              ("rank 0 payload KiB per save (sent + received)",
+               lambda r: (r["r0_sent"] + r["r0_received"]) / 1024, ("save",)),
+              ("KiB read per rank on restore (most)", lambda r: r["read_max"] / 1024, ("restore",))]
+    for ax, (label, value, ops) in zip(axes, panels, strict=True):
+        for method, (marker, color) in styles.items():
+            for op in ops:
+                xs, ys = series(method, op, value)
+                ax.plot(xs, ys, marker=marker, color=color, linestyle="-" if op == "save" else "--",
+                        label=f"{'DCP FileSystem' if method == 'dcp' else method} {op}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["ranks"] for r in rows}), [str(x) for x in sorted({r["ranks"] for r in rows})])
+        ax.set_xlabel("ranks (torchrun, gloo, CPU)")
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Many small replicated tensors by world size: torchresume vs DCP\n{entry['date']}, "
+                 f"commit {entry['commit']}", fontsize=10)
+    return fig
+
+
 def s3(results: dict[str, Entry]) -> Any:
     entry = results["s3_throughput"]
     rows = entry["rows"]
@@ -186,6 +216,7 @@ def pacing(results: dict[str, Entry]) -> Any:
 PLOTS: dict[str, Callable[[dict[str, Entry]], Any]] = {
     "save_load.png": save_load, "stall.png": stall, "cold_load.png": cold_load, "mindspore.png": mindspore,
     "distributed.png": distributed, "s3.png": s3, "write_pacing.png": pacing,
+    "distributed_scale.png": distributed_scale,
 }
 
 
@@ -212,7 +243,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 _SOURCE = {"save_load.png": "save_load", "stall.png": "save_stall", "cold_load.png": "cold_load",
            "mindspore.png": "mindspore_io", "distributed.png": "distributed_save", "s3.png": "s3_throughput",
-           "write_pacing.png": "write_pacing"}
+           "write_pacing.png": "write_pacing", "distributed_scale.png": "distributed_scale"}
 
 
 if __name__ == "__main__":

@@ -76,11 +76,13 @@ def delete(entry_or_path: Entry | str) -> None:
 
 
 def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None = None,
-                     dec_key: bytes | None = None) -> list[Entry]:
+                     dec_key: bytes | None = None, headers: bool = True) -> list[Entry]:
     """Checkpoint files in ``directory``, newest first, each with its validity.
 
     ``verify``: read each one whole (checksums; ``dec_key`` for encrypted ones) and note
-    whether its weights are finite.
+    whether its weights are finite. ``headers=False``: a directory checkpoint's facts come from
+    its manifest alone, its parts' headers unread (a sharded checkpoint has parts from every
+    rank; a damaged part is then found when it is read, not when it is listed).
     """
     storage, where = resolve(directory)
     out = []
@@ -95,7 +97,7 @@ def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None 
             entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
         if prefix is not None and entry.prefix != prefix:
             continue
-        _read_header_facts(entry)
+        _read_header_facts(entry, headers)
         if verify and entry.valid:
             _read_whole(entry, dec_key)
         out.append(entry)
@@ -151,9 +153,16 @@ def _encrypted(path: str) -> bool:
         return False
 
 
-def _read_header_facts(entry: Entry) -> None:
+def _manifest_facts(path: str) -> Any:
+    """What ``files.describe`` says of a directory checkpoint that its manifest alone tells: size, info."""
+    doc = directory_layout.read_manifest(path)
+    return files.Description(path, sum(int(p["size"]) for p in doc["parts"]), "torchresume-directory",
+                             info=dict(doc.get("info", {})))
+
+
+def _read_header_facts(entry: Entry, headers: bool = True) -> None:
     try:
-        desc = files.describe(entry.path)
+        desc = files.describe(entry.path) if headers or not entry.is_dir else _manifest_facts(entry.path)
     except (TorchResumeError, OSError, ValueError) as exc:
         entry.valid, entry.reason = False, str(exc)
         return

@@ -3,8 +3,8 @@
     torchrun --nproc-per-node N tests/distributed/worker.py SCENARIO DIR OUT
 
 Each rank writes ``OUT/rank{r}.json`` with what it observed; the tests assert on it.
-Scenarios: ddp_save, ddp_restore, fsdp_save, fsdp_load, plain_load, fail_save, kill_save, restore_any;
-async saves: async_save, async_fail, async_kill, fsdp_async_save, ddp_save_async.
+Scenarios: ddp_save, ddp_restore, fsdp_save, fsdp_load, plain_load, fail_save, kill_save, restore_any,
+restore_reads; async saves: async_save, async_fail, async_kill, fsdp_async_save, ddp_save_async.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def compare_loaded(directory: str, out: str, model: nn.Module) -> dict[str, Any]
     loaded = full_state(model)
     return {"world_size": info.world_size, "names": sorted(loaded),
             "equal": {k: torch.equal(expected[k], loaded[k]) for k in expected},
-            "rank_states": info.rank_states}
+            "rank_states": list(info.rank_states)}
 
 
 def fsdp_load(directory: str, out: str) -> dict[str, Any]:
@@ -224,7 +224,91 @@ def restore_any(directory: str, out: str) -> dict[str, Any]:
     info = DistributedCheckpointManager(directory, prefix="ddp").restore({"model": model.state_dict()})
     if info is None:
         return {"path": None}
-    return {"path": info.path, "epoch": info.epoch, "step": info.step, "rank_states": info.rank_states}
+    return {"path": info.path, "epoch": info.epoch, "step": info.step, "rank_states": list(info.rank_states)}
+
+
+class CountedReads:
+    """Every file under ``root`` this process opens for reading, and the bytes it reads from each
+    (``read``/``readinto`` results, plus the length of each ``mmap`` of it): the real files, read."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self.nbytes: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+
+    def __enter__(self) -> CountedReads:
+        import builtins
+        import mmap
+        self._open, self._mmap = builtins.open, mmap.mmap
+        builtins.open, mmap.mmap = self._counted_open, self._counted_mmap  # type: ignore[assignment,misc]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import builtins
+        import mmap
+        builtins.open, mmap.mmap = self._open, self._mmap  # type: ignore[misc]
+
+    def _counted_open(self, file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        f = self._open(file, mode, *args, **kwargs)
+        if "r" in mode and not isinstance(file, int) and os.path.realpath(file).startswith(self.root):
+            name = os.path.basename(file)
+            self.nbytes.setdefault(name, 0)
+            self._names[f.fileno()] = name
+            return _Counting(f, lambda n: self._add(name, n))
+        return f
+
+    def _counted_mmap(self, fileno: int, length: int, *args: Any, **kwargs: Any) -> Any:
+        mapped = self._mmap(fileno, length, *args, **kwargs)
+        if fileno in self._names:
+            self._add(self._names[fileno], len(mapped))
+        return mapped
+
+    def _add(self, name: str, n: int) -> None:
+        self.nbytes[name] = self.nbytes.get(name, 0) + n
+
+
+class _Counting:
+    """A file whose reads report their byte counts; everything else is the file's own."""
+
+    def __init__(self, f: Any, add: Any) -> None:
+        self._f, self._add = f, add
+
+    def read(self, *args: Any) -> Any:
+        data = self._f.read(*args)
+        self._add(len(data))
+        return data
+
+    def readinto(self, buf: Any) -> Any:
+        n = self._f.readinto(buf)
+        self._add(n or 0)
+        return n
+
+    def __enter__(self) -> _Counting:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._f.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def restore_reads(directory: str, out: str) -> dict[str, Any]:
+    """FSDP2 state restored with every file read counted: which parts this rank opened, and bytes."""
+    model = fsdp_model(7)
+    state = {"model": model.state_dict()}
+    mgr = DistributedCheckpointManager(directory, prefix="fsdp")
+    with CountedReads(directory) as reads:
+        info = mgr.restore(state)
+    assert info is not None
+    read_before_asked = info.rank_states.read  # type: ignore[attr-defined]
+    with CountedReads(directory) as later:
+        others = list(info.rank_states)  # now every old part, each read here, by this rank
+    return {"world_size": info.world_size, "rank_state": info.rank_state, "read": reads.nbytes,
+            "read_before_asked": read_before_asked, "later": later.nbytes, "rank_states": others,
+            "equal": all(torch.equal(a, b) for a, b in zip(full_state(model).values(),
+                                                            torch.load(os.path.join(out, "expected.pt")).values(),
+                                                            strict=True))}
 
 
 def _slow_writes(seconds: float, kill_rank: int | None = None) -> None:
@@ -331,7 +415,8 @@ def async_fail(directory: str, out: str) -> dict[str, Any]:
 SCENARIOS = {"async_save": async_save, "async_kill": async_kill, "async_fail": async_fail,
              "fsdp_async_save": fsdp_async_save,
              "ddp_save_async": lambda d, o: ddp_save(d, o, async_save=True),
-             "restore_any": restore_any, "ddp_save": ddp_save, "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
+             "restore_any": restore_any, "restore_reads": restore_reads, "ddp_save": ddp_save,
+             "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),
              "kill_save": lambda d, o: faulty_save(d, o, "kill")}

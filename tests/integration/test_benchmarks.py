@@ -83,3 +83,23 @@ def test_overlap_staging_runs_and_reports_every_method(tmp_path: Path) -> None:
     assert [line.split("  ")[0] for line in table] == ["torchresume async", "DCP async_save", "DCP DefaultStager",
                                                         "no saves"], done.stdout
     assert list(tmp_path.iterdir()) == []  # what it wrote is gone
+
+
+def test_distributed_scale_runs_side_by_side_with_dcp(tmp_path: Path) -> None:
+    """Issue 23's command at a tiny size: per world size and method, every measured figure, recorded."""
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "distributed_scale.py"), "--worlds", "2", "--tensors", "20",
+           "--numel", "16", "--big-gib", "0.01", "--big-worlds", "2", "--repeat", "1", "--dir", str(tmp_path),
+           "--record", "--results", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = re.findall(r"^\s+2 (torchresume|dcp)\s", done.stdout, flags=re.M)
+    assert rows == ["torchresume", "dcp"] * 4, done.stdout  # small and big case, save and restore each
+    recorded = json.loads(out.read_text())["distributed_scale"]["rows"]
+    assert {(r["case"], r["method"], r["op"]) for r in recorded} == {
+        (case, method, op) for case in ("small", "big") for method in ("torchresume", "dcp")
+        for op in ("save", "restore")}
+    for row in recorded:
+        assert row["s"] > 0 and row["collectives"] > 0 and row["r0_received"] > 0, row
+        assert row["read_max"] > 0 if row["op"] == "restore" else True, row
+    assert list(tmp_path.iterdir()) == [out]  # what it wrote is gone

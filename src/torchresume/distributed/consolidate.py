@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from torchresume.distributed.reader import PartReader, read_part, restore_error, sharded_manifest
+from torchresume.distributed.reader import PartReader, read_rank_state, restore_error, sharded_manifest
 from torchresume.files import sharded
 
 RANK_STATES = "rank_states"
@@ -27,9 +27,8 @@ RANK_STATES = "rank_states"
 def rank_states(path: str, doc: dict[str, Any], dec_key: bytes | None = None, *,
                 verify: bool = True) -> list[Any]:
     """Every saving rank's ``rank_state``, index = rank."""
-    parts = {p["file"]: p for p in doc["parts"]}
-    return [read_part(path, parts[file], dec_key=dec_key, verify=verify).get(f"__rank_state_{rank:05d}")
-            for rank, file in enumerate(doc["info"]["rank_parts"])]
+    return [read_rank_state(path, doc, rank, dec_key=dec_key, verify=verify)
+            for rank in range(len(doc["info"]["rank_parts"]))]
 
 
 def consolidate(path: str, dec_key: bytes | None = None, *,

@@ -5,7 +5,8 @@ tensors once, DTensor/FSDP2 shards by their owners), every rank writes its
 parts in parallel, the coordinator commits after all ranks reported; then
 rank 0 applies retention and every rank passes a barrier. ``restore`` loads the
 newest committed checkpoint in place, resharding through DCP when the world
-size changed, and returns every old rank's ``rank_state``. Without an
+size changed; each rank reads its own old part (``rank_state``), and any other
+old rank's only when asked (``RestoreInfo.rank_states``). Without an
 initialised process group it works as a single process.
 
 With ``async_save=True`` a save stages the state into reused host buffers
@@ -35,11 +36,14 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
 from torchresume.catalog import Entry
-from torchresume.distributed.reader import PartReader, is_sharded, read_part, restore_error, sharded_manifest
+from torchresume.distributed import plan_cache
+from torchresume.distributed.reader import PartReader, RankStates, is_sharded, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,
+    CorruptCheckpointError,
+    TorchResumeError,
 )
 from torchresume.files.directory import is_committed
 from torchresume.format.crypto import check_key
@@ -55,14 +59,29 @@ from torchresume.storage import resolve
 
 @dataclass
 class RestoreInfo:
-    """What ``restore`` loaded: the checkpoint and the per-rank state of every saving rank."""
+    """What ``restore`` loaded: the checkpoint, this rank's own saved state and every saving rank's.
+
+    ``rank_state``: what old rank r saved, on rank r (None on a rank the saving job did not have).
+    ``rank_states``: every old rank's, index = old rank; a part this rank did not read during the
+    restore is read when indexed, by this rank from storage (never through another rank).
+    """
 
     path: str
     epoch: int
     step: int
-    rank_states: list[Any]
+    rank_states: Sequence[Any]
     world_size: int
     info: dict[str, Any]
+    rank_state: Any = None
+
+    @classmethod
+    def read(cls, path: str, doc: dict[str, Any], rank: int, *, dec_key: bytes | None = None,
+             known: dict[int, Any] | None = None) -> RestoreInfo:
+        """The info of manifest ``doc`` as seen by ``rank`` (``known``: rank parts read already)."""
+        info = doc["info"]
+        states = RankStates(path, doc, dec_key=dec_key, known=known)
+        return cls(path, int(info["epoch"]), int(info["step"]), states, int(info["world_size"]), dict(info),
+                   rank_state=states[rank] if rank < len(states) else None)
 
 
 def _distributed() -> bool:
@@ -89,6 +108,21 @@ def _any_rank(flag: bool) -> bool:
     flags: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(flags, flag)
     return any(flags)
+
+
+def _raise_on_every_rank(error: Exception | None) -> None:
+    """Collective: raise the first failing rank's error (its type and message, which names the part
+    that failed) on every rank, as DCP's own collective steps do."""
+    if not _distributed():
+        if error is not None:
+            raise error
+        return
+    errors: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, None if error is None else (type(error), str(error)))
+    for failed in errors:
+        if failed is not None:
+            kind, message = failed
+            raise kind(message) from None
 
 
 @contextmanager
@@ -223,6 +257,7 @@ class DistributedCheckpointManager:
         self.async_save = async_save
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
+        self._plan_key = plan_cache.new_key()  # steady saves reuse the plan and metadata (plan_cache.py)
 
     def guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """With ``overlap``: copy ``optimizer``'s parameters and state after ``save`` returned; its
@@ -279,10 +314,11 @@ class DistributedCheckpointManager:
                append: dict[str, Any] | None, *, group: Any) -> None:
         """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``)."""
         writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info, append=append,
-                            enc_key=self.enc_key)
+                            enc_key=self.enc_key, lean=True)
         try:
             with _single_process_quiet():
-                dcp.save(state, storage_writer=writer, process_group=group, no_dist=not _distributed())
+                dcp.save(state, storage_writer=writer, planner=plan_cache.cached_planner(self._plan_key),
+                         process_group=group, no_dist=not _distributed())
         except CheckpointException as exc:
             if _rank() == 0:
                 self._discard(path)
@@ -343,12 +379,13 @@ class DistributedCheckpointManager:
             log.warning("could not remove the parts of the failed save %s: %s", path, exc)
 
     def checkpoints(self) -> list[Entry]:
-        """This prefix's committed sharded checkpoints, newest first (manifests and headers only)."""
+        """This prefix's committed sharded checkpoints, newest first (their manifests only: no part of
+        any rank is opened, so listing costs the same at any world size but the manifest's length)."""
         with self._listing:  # never while background retention is deleting
             storage, where = resolve(self.directory)
             if not storage.isdir(where):
                 return []
-            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)
+            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix, headers=False)
             return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
@@ -375,36 +412,36 @@ class DistributedCheckpointManager:
         path = self.newest() if path is None else path
         if path is None:
             return None
+        # Each rank plans its own reads (a load plan needs no coordinator: DCP's would gather every
+        # rank's plan to rank 0 and scatter it back) and reads its own old part; then one small
+        # all-gather raises the first failing rank's error on every rank.
+        reader = PartReader(path, dec_key=self.enc_key, rank_part=True, rank=_rank())
+        error: Exception | None = None
         try:
             with _single_process_quiet():
-                dcp.load(state, storage_reader=PartReader(path, dec_key=self.enc_key), no_dist=not _distributed())
+                dcp.load(state, storage_reader=reader, no_dist=True)
         except CheckpointException as exc:
-            raise restore_error(path, exc) from None
-        restored = self._rank_states(path)
+            error = restore_error(path, exc)
+        except Exception as exc:  # raised outside DCP's steps: still on every rank, never a hang
+            error = exc if isinstance(exc, TorchResumeError) else CorruptCheckpointError(
+                f"{path}: restore failed: {type(exc).__name__}: {exc}")
+        _raise_on_every_rank(error)
+        restored = RestoreInfo.read(path, reader.doc, _rank(), dec_key=self.enc_key, known=reader.own)
         if announce:  # Model.train says it once, with the position
             log.info("resumed from %s", path)
         return restored
 
     def rank_states(self, path: str) -> RestoreInfo:
-        """Collective: ``path``'s info and every saving rank's ``rank_state``, its shards left unread."""
-        return self._rank_states(path)
-
-    def _rank_states(self, path: str) -> RestoreInfo:
-        found: Any = None
-        if _rank() == 0:
-            doc = sharded_manifest(path)
-            info = doc["info"]
-            parts = {p["file"]: p for p in doc["parts"]}
-            states = []
-            for rank, file in enumerate(info["rank_parts"]):
-                tree = read_part(path, parts[file], dec_key=self.enc_key)
-                states.append(tree.get(f"__rank_state_{rank:05d}"))
-            found = RestoreInfo(path, int(info["epoch"]), int(info["step"]), states,
-                                int(info["world_size"]), dict(info))
-        return _broadcast(found)
+        """``path``'s info and every saving rank's ``rank_state``, its shards left unread: each rank
+        reads the manifest and its own part (no collective; other parts when indexed)."""
+        return RestoreInfo.read(path, sharded_manifest(path), _rank(), dec_key=self.enc_key)
 
     def close(self) -> None:
-        """Wait for the background save (re-raising its failure), then free the staging buffers."""
-        self.slot.close()
+        """Wait for the background save (re-raising its failure), then free the staging buffers
+        and the cached save plan."""
+        try:
+            self.slot.close()
+        finally:
+            plan_cache.forget(self._plan_key)
 
 

@@ -4,13 +4,19 @@ Reads the manifest (refusing an uncommitted directory), the JSON DCP metadata
 (checked against the digest the manifest recorded), and for each planned read
 only the part files that hold the wanted chunks, each checked against the
 manifest and its per-tensor checksums. DCP's planner does the resharding.
+
+A restore (``rank_part=True``) also reads, on each rank and inside DCP's read step (so a failure
+is raised on every rank), that rank's own part: old rank r's for rank r, old rank 0's for a rank
+the saving job did not have. ``RankStates`` reads any other old rank's part only when asked, in
+the process that asks: no rank's part passes through another rank.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
@@ -65,6 +71,70 @@ def read_part(path: str, part: dict[str, Any], *, verify: bool = True,
     return ckpt.tree
 
 
+def rank_key(rank: int) -> str:
+    """The name of old rank ``rank``'s state inside its rank part."""
+    return f"__rank_state_{rank:05d}"
+
+
+def read_rank_state(path: str, doc: dict[str, Any], rank: int, *, dec_key: bytes | None = None,
+                    verify: bool = True) -> Any:
+    """Old rank ``rank``'s ``rank_state`` from its own part of checkpoint ``path`` (manifest ``doc``)."""
+    file = doc["info"]["rank_parts"][rank]
+    parts = {p["file"]: p for p in doc["parts"]}
+    if file not in parts:
+        raise CorruptCheckpointError(f"{path}: the manifest names rank part {file} but does not list it; "
+                                     "the checkpoint is damaged")
+    return read_part(path, parts[file], dec_key=dec_key, verify=verify).get(rank_key(rank))
+
+
+class RankStates(Sequence[Any]):
+    """Every saving rank's ``rank_state`` (index = old rank), each part read on first use by this process.
+
+    ``known`` holds what was read already (this rank's own part, during the restore). Compares
+    equal to a list of the same states (reading every part to compare).
+    """
+
+    def __init__(self, path: str, doc: dict[str, Any], *, dec_key: bytes | None = None,
+                 known: dict[int, Any] | None = None) -> None:
+        self.path, self.doc, self.dec_key = path, doc, dec_key
+        self._states: dict[int, Any] = dict(known or {})
+
+    @property
+    def read(self) -> list[int]:
+        """The old ranks whose part this process read, in order."""
+        return sorted(self._states)
+
+    def __len__(self) -> int:
+        return len(self.doc["info"]["rank_parts"])
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        rank = range(len(self))[index]  # IndexError past the old world size
+        if rank not in self._states:
+            self._states[rank] = read_rank_state(self.path, self.doc, rank, dec_key=self.dec_key)
+        return self._states[rank]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RankStates({self.path!r}, {len(self)} ranks, read: {self.read})"
+
+
 def narrow(tensor: torch.Tensor, offsets: Any, lengths: Any) -> torch.Tensor:
     for dim, (start, length) in enumerate(zip(offsets, lengths, strict=True)):
         tensor = torch.narrow(tensor, dim, int(start), int(length))
@@ -74,25 +144,32 @@ def narrow(tensor: torch.Tensor, offsets: Any, lengths: Any) -> torch.Tensor:
 class PartReader(StorageReader):
     """Loads chunks from the part files of one committed sharded checkpoint."""
 
-    def __init__(self, path: str, *, verify: bool = True, dec_key: bytes | None = None) -> None:
+    def __init__(self, path: str, *, verify: bool = True, dec_key: bytes | None = None,
+                 rank_part: bool = False, rank: int | None = None) -> None:
         super().__init__()
         self.path = path
         self.verify = verify
         self.dec_key = dec_key
+        self.rank_part = rank_part
+        self._given_rank = rank  # a load without DCP's collectives (no_dist) still reads its own part
+        self.rank = rank or 0
+        self.doc: dict[str, Any] = {}
         self.parts: dict[str, dict[str, Any]] = {}
         self.storage_data: dict[Any, dcp_json.Location] = {}
+        self.own: dict[int, Any] = {}  # with rank_part: {old rank: its rank_state} read by this rank
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id:
             self.path = str(checkpoint_id)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        doc = sharded_manifest(self.path)
-        self.parts = {p["file"]: p for p in doc["parts"]}
-        return load_metadata(self.path, doc)
+        self.doc = sharded_manifest(self.path)
+        self.parts = {p["file"]: p for p in self.doc["parts"]}
+        return load_metadata(self.path, self.doc)
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.storage_data = metadata.storage_data
+        self.rank = self._given_rank if self._given_rank is not None else int(kwargs.get("rank") or 0)
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         return plan
@@ -114,6 +191,9 @@ class PartReader(StorageReader):
                 if name not in tree:
                     raise sharded.missing_chunk(self.path, name, file)
                 self._load_item(planner, item, tree[name])
+        if self.rank_part:
+            old = self.rank if self.rank < len(self.doc["info"]["rank_parts"]) else 0  # no old part: rank 0's
+            self.own = {old: read_rank_state(self.path, self.doc, old, dec_key=self.dec_key, verify=self.verify)}
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut

@@ -6,6 +6,8 @@ parts (safetensors with per-tensor checksums, any storage URL) and its own
 travel to the coordinator with DCP's write results. The coordinator's
 ``finish`` writes ``dcp_metadata.json`` and then the manifest (the commit),
 only after every rank's results arrived; a rank that failed leaves no commit.
+With ``lean=True`` it then empties the metadata object it was given (a copy, see
+``plan_cache.py``), so DCP's broadcast of it back to every rank carries next to nothing.
 """
 
 from __future__ import annotations
@@ -72,12 +74,13 @@ def _resolved(planner: SavePlanner, item: WriteItem) -> torch.Tensor:
 class PartWriter(StorageWriter):
     """Writes one checkpoint directory; ``rank_state``, ``info`` and ``append`` are set per save by the manager.
 
-    ``enc_key``: every part (shards and rank state) is AES-GCM encrypted with it.
+    ``enc_key``: every part (shards and rank state) is AES-GCM encrypted with it. ``lean``: the
+    coordinator empties the metadata once committed (``dcp.save`` then returns an empty one).
     """
 
     def __init__(self, path: str, *, threads: int = 1, rank_state: Any = None,
                  info: dict[str, Any] | None = None, append: dict[str, Any] | None = None,
-                 enc_key: bytes | None = None) -> None:
+                 enc_key: bytes | None = None, lean: bool = False) -> None:
         super().__init__()
         self.path = path
         self.threads = max(1, threads)
@@ -85,6 +88,7 @@ class PartWriter(StorageWriter):
         self.info = dict(info or {})
         self.append = dict(append or {})
         self.enc_key = enc_key
+        self.lean = lean
         self.rank = 0
         self.save_id = os.urandom(8).hex()
 
@@ -147,6 +151,8 @@ class PartWriter(StorageWriter):
         info = {**self.info, "layout": LAYOUT, "world_size": len(results), "rank_parts": rank_parts,
                 "dcp_metadata": {"file": dcp_json.FILE, "size": len(raw), "xxh3": xxhash.xxh3_64_hexdigest(raw)}}
         commit_directory(self.path, parts, info=info, append=self.append)
+        if self.lean:  # what DCP broadcasts back to every rank; the planner's cached metadata is another object
+            metadata.state_dict_metadata, metadata.planner_data, metadata.storage_data = {}, None, None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:

@@ -7,7 +7,9 @@ through DCP (the DDP replica written once), and each rank's own state (its RNG s
 data position, scheduler and callback state, identical on every rank) is its ``rank_state``
 inside the same checkpoint. Restore loads the newest committed checkpoint at any world size;
 each rank takes back the RNG streams of the old rank with its number (exact at the same world
-size) and everyone takes rank 0's data position (world-size free). Decisions every rank must
+size) and the data position (world-size free, alike on every rank) from its own old part, or
+from old rank 0's when the saving job had no rank with its number; no rank reads another's part
+otherwise, and nothing of it passes through rank 0. Decisions every rank must
 take alike (a save due by the clock, the best metric, the run lock held by rank 0) are agreed
 by collectives. Options the sharded path cannot honour are refused before training starts
 (``train/torchrun_options.py``).
@@ -254,8 +256,10 @@ def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: W
     optimizers = (ctx.optimizer,) if ctx.optimizer is not None else ()
     set_state_dict(ctx.network, optimizers, model_state_dict=state["model"],
                    optim_state_dict=state.get("optim", {}))
-    shared = found.rank_states[0] or {}  # the data position, scheduler and callbacks: alike on every rank
-    own = found.rank_states[world.rank] if world.rank < len(found.rank_states) else None
+    # The data position, scheduler and callbacks are alike on every rank: each rank takes its own old
+    # part's copy; a rank the saving job did not have reads old rank 0's itself (restore read it).
+    own = found.rank_state if world.rank < found.world_size else None
+    shared = (own if world.rank < found.world_size else found.rank_states[0]) or {}
     parts = {k: shared[k] for k in ("scheduler", "sampler", "callbacks") if shared.get(k) is not None}
     if own and own.get("rng"):
         parts["rng"] = own["rng"]
