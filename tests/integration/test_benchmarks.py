@@ -80,8 +80,8 @@ def test_overlap_staging_runs_and_reports_every_method(tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout.split("method ", 1)[1].splitlines()[1:]
-    assert [line.split("  ")[0] for line in table] == ["torchresume async", "DCP async_save", "DCP DefaultStager",
-                                                        "no saves"], done.stdout
+    assert [line.split("  ")[0] for line in table] == ["torchresume async", "torchresume overlap", "DCP async_save",
+                                                        "DCP DefaultStager", "no saves"], done.stdout
     assert list(tmp_path.iterdir()) == []  # what it wrote is gone
 
 
