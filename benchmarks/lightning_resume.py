@@ -33,8 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-import torchresume as tr  # noqa: E402
 from tests.fault.killing import env, kill_once  # noqa: E402
+
+import torchresume as tr  # noqa: E402
 
 SCRIPT = str(ROOT / "tests" / "integration" / "lightning_run.py")
 WARNING = "not resumable"  # Lightning's warning on a mid-epoch resume it cannot make exact
