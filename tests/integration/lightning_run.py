@@ -1,6 +1,6 @@
 """A real Lightning Trainer.fit with torchresume's plugin, for tests/integration/test_lightning.py.
 
-usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp] [async]]
+usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp] [async] [stock]]
        torchrun --standalone --nproc-per-node 2 lightning_run.py RUN_DIR NUM_WORKERS EPOCHS ddp [async]
 
 Trains a small MLP with dropout on a plain ``DataLoader(shuffle=True)`` whose dataset draws
@@ -12,7 +12,9 @@ a finished run writes RUN_DIR/final.ckpt (weights, optimizer state, every RNG). 
 it trains under Lightning's DDP strategy, one rank per torchrun process (gloo on CPU): rank r logs
 its batches to RUN_DIR/batches-r and writes RUN_DIR/final-r.ckpt, rank 0 alone prints the steps,
 and each rank ends with ``torchresume.distributed.end_process``. With ``async`` checkpoints are
-written in the background (``TorchResumeIO(async_save=True)``).
+written in the background (``TorchResumeIO(async_save=True)``). With ``stock`` the same run checkpoints
+the way stock Lightning does, for benchmarks/lightning_resume.py: its own ``ModelCheckpoint`` (every 2
+steps, ``save_last=True``) and checkpoint IO (``torch.save`` ``.ckpt``), no torchresume plugin.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -72,7 +75,7 @@ def every_rng() -> dict[str, torch.Tensor]:
 def main() -> None:
     run_dir, workers = sys.argv[1], int(sys.argv[2])
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-    ddp, async_save = "ddp" in sys.argv[4:], "async" in sys.argv[4:]
+    ddp, async_save, stock = ("ddp" in sys.argv[4:], "async" in sys.argv[4:], "stock" in sys.argv[4:])
     rank = int(os.environ.get("RANK", "0"))
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
@@ -80,11 +83,13 @@ def main() -> None:
     model.log_path = os.path.join(run_dir, f"batches-{rank}" if ddp and rank else "batches")
     model.quiet = rank != 0
     loader = DataLoader(Noisy(80), batch_size=8, shuffle=True, num_workers=workers)
-    ckpt = TorchResumeCheckpoint(run_dir, prefix="lit", every_n_train_steps=2, keep=3)
+    ckpt: pl.Callback = (ModelCheckpoint(run_dir, every_n_train_steps=2, save_last=True) if stock else
+                         TorchResumeCheckpoint(run_dir, prefix="lit", every_n_train_steps=2, keep=3))
+    plugins = [] if stock else [TorchResumeIO(async_save=async_save)]
     devices = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: one per rank
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[ckpt], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=devices, deterministic=True,
-                         plugins=[TorchResumeIO(async_save=async_save)], **({"strategy": "ddp"} if ddp else {}))
+                         plugins=plugins, **({"strategy": "ddp"} if ddp else {}))
     trainer.fit(model, loader, DataLoader(Noisy(24), batch_size=8), ckpt_path="last")
     opt = trainer.optimizers[0]
     tr.save_checkpoint({**model.state_dict(), "optimizer": opt.state_dict(), **every_rng()},

@@ -103,3 +103,16 @@ def test_distributed_scale_runs_side_by_side_with_dcp(tmp_path: Path) -> None:
         assert row["s"] > 0 and row["collectives"] > 0 and row["r0_received"] > 0, row
         assert row["read_max"] > 0 if row["op"] == "restore" else True, row
     assert list(tmp_path.iterdir()) == [out]  # what it wrote is gone
+
+
+def test_lightning_resume_runs_stock_and_torchresume_side_by_side(tmp_path: Path) -> None:
+    """Issue 21's stock-vs-torchresume command at a tiny size: both rows, torchresume's bitwise equal."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "lightning_resume.py"), "--epochs", "1", "--kills", "1",
+           "--workers", "0", "--dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
+    assert set(rows) == {"stock", "torchresume"}, done.stdout
+    assert rows["torchresume"][6:10] == ["equal", "eq", "eq", "0/10"], done.stdout
+    assert rows["torchresume"][-1] == "no" and rows["stock"][9].endswith("/10")
+    assert list(tmp_path.iterdir()) == []  # what it wrote is gone
