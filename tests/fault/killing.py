@@ -217,14 +217,14 @@ def kill_once(cmd: list[str], run_dir: Path, aim: str, rng: random.Random, *,
 
 
 def _aim_between_saves(child: Child, run_dir: Path, rng: random.Random) -> str:
-    """Freeze the child at a random instant when no checkpoint write is in flight."""
+    """Freeze the child at a random instant when no checkpoint write or deferred copy is in flight."""
     attempts = 50
     for attempt in range(attempts):
         time.sleep(rng.uniform(0.0, 0.005))
         landed = _stop_and_classify(child, run_dir)
-        if landed != "mid-save" or attempt == attempts - 1:
+        if landed in ("mid-step", "finished") or attempt == attempts - 1:
             return landed  # still frozen: the kill lands in the state just classified
-        child.signal(signal.SIGCONT)  # a save is being written: aim again
+        child.signal(signal.SIGCONT)  # a save is being written (or a copy made): aim again
     return "finished"
 
 
