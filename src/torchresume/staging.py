@@ -82,10 +82,11 @@ class StagingBuffers:
         now_devices: set[torch.device] = set()
         for buffer, t in zip(self._buffers, dense, strict=True):
             live, on_cuda = t.detach(), t.device.type == "cuda"
-            if on_cuda and deferred and storage_key(live) in deferred:
-                on_device.setdefault(t.device, []).append((buffer, live))
-            elif deferred and storage_key(live) in deferred:
-                later += pieces(buffer, live)
+            if deferred and storage_key(live) in deferred:
+                if on_cuda:
+                    on_device.setdefault(t.device, []).append((buffer, live))
+                else:
+                    later += pieces(buffer, live)
             else:
                 buffer.copy_(live, non_blocking=on_cuda)
                 if on_cuda:

@@ -68,6 +68,8 @@ def test_flags_are_named_as_typed(tmp_path) -> None:
         "torchresume: error: --keep-max must be at least 1, got 0" + see
     assert train(tmp_path, "--write-mb-per-s", "200", check=2).stderr == \
         "torchresume: error: --write-mb-per-s paces background saves; add --async-save" + see
+    assert train(tmp_path, "--overlap", check=2).stderr == \
+        "torchresume: error: --overlap overlaps the copy of a background save with training; add --async-save" + see
     assert train(tmp_path, "--async-save", "--write-mb-per-s", "0", check=2).stderr == \
         "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got 0" + see
     assert train(tmp_path, "--async-save", "--write-mb-per-s", "nan", check=2).stderr == \
