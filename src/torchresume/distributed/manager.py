@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.planner import SavePlanner, WriteItemType
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
@@ -150,22 +151,48 @@ def _copy_leaves(node: Any) -> Any:
 
 
 class ShardStager:
-    """The save slot's stager for DCP state: DTensors staged as their local shards (``stage_state``)."""
+    """The save slot's stager for DCP state: DTensors staged as their local shards (``stage_state``).
+
+    ``share``: the positions of the tensors this rank's plan writes (None: every tensor), set by the
+    manager before each save; ``last``: the snapshot of the save in flight.
+    """
 
     def __init__(self) -> None:
         self.buffers = StagingBuffers()
+        self.share: frozenset[int] | None = None
+        self.last: Snapshot | None = None
 
     def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
-        return stage_state(self.buffers, tree, deferred)
+        self.last = stage_state(self.buffers, tree, deferred, only=self.share)
+        return self.last
 
     def release(self) -> None:
         self.buffers.release()
+        self.last = None
 
 
-def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
+def layout_key(node: Any) -> Any:
+    """What a save plan depends on: the tree's keys and each tensor's shape, dtype, device and
+    DTensor placement, never a value. Equal keys on every rank: the cached plan is used again."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(node, DTensor):
+        return "S", tuple(node.shape), node.dtype, node.placements, node.device_mesh, tuple(node.to_local().shape)
+    if isinstance(node, torch.Tensor):
+        return "T", tuple(node.shape), node.dtype, node.device.type, node.layout
+    if isinstance(node, dict):
+        return "D", tuple((k, layout_key(v)) for k, v in node.items())
+    if isinstance(node, (list, tuple)):
+        return "L", tuple(layout_key(v) for v in node)
+    return "V"
+
+
+def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = frozenset(),
+                only: frozenset[int] | None = None) -> Snapshot:
     """A snapshot of ``state`` in ``buffers``: plain tensors copied, DTensors as their staged local shard.
 
     A top-level ``Stateful`` (a module, an optimizer) is replaced by its ``state_dict()`` first.
+    ``only``: the positions of the tensors to stage (``StagingBuffers.snapshot``), placeholders for the rest.
     A DTensor is rebuilt around its staged local tensor with the same mesh, placements, global
     shape and stride (no collective), so DCP plans the snapshot exactly as it would the live state.
     """
@@ -182,7 +209,7 @@ def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = 
 
     if isinstance(state, dict):  # DCP calls a top-level Stateful's state_dict(): now, not in the background
         state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
-    snapshot = buffers.snapshot(map_tensors(state, unwrap), deferred)
+    snapshot = buffers.snapshot(map_tensors(state, unwrap), deferred, only)
     spec_iter = iter(specs)
 
     def rewrap(t: torch.Tensor) -> torch.Tensor:
@@ -194,6 +221,13 @@ def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = 
 
     snapshot.tree = _copy_leaves(map_tensors(snapshot.tree, rewrap))  # the same buffers, rewrapped
     return snapshot
+
+
+def written_tensors(planner: SavePlanner) -> list[torch.Tensor]:
+    """The tensors (local shards) the finished plan of ``planner`` wrote on this rank."""
+    found = (planner.lookup_object(item.index) for item in planner.plan.items  # type: ignore[attr-defined]
+             if item.type != WriteItemType.BYTE_IO)
+    return [t for t in found if isinstance(t, torch.Tensor)]
 
 
 def failure_line(path: str, exc: CheckpointException) -> str:
@@ -252,8 +286,10 @@ class DistributedCheckpointManager:
         self.enc_key = check_key(enc_key, "AES-GCM", "enc_key") if enc_key is not None else None
         self.threads = threads
         # At most one save in flight; async saves stage DTensors as their local shards.
-        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=ShardStager() if async_save else None,
+        self._stager = ShardStager()
+        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=self._stager if async_save else None,
                              name="torchresume-dist-writer", overlap=overlap)
+        self._written: tuple[Any, frozenset[int]] | None = None  # the last async save's layout and this rank's share
         self.async_save = async_save
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
@@ -305,20 +341,41 @@ class DistributedCheckpointManager:
         if self.async_save and self._group is None and _distributed():  # collective: the first async save
             self._group = dist.new_group(backend="gloo")
         group = self._group if self.async_save else None
+        layout = None
+        if group is not None:  # every rank stages only what its plan writes, once the plan is known
+            state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
+            layout = layout_key(state)
+            self._stager.share = self._agreed_share(layout, group)
         own, full_info, append = copy.deepcopy(rank_state), copy.deepcopy(full_info), copy.deepcopy(append)
         self.slot.run(path, state, lambda snapshot, pace: self._write(snapshot, path, own, full_info, append,
-                                                                       group=group))
+                                                                       group=group, layout=layout))
         return path
 
+    def _agreed_share(self, layout: Any, group: Any) -> frozenset[int] | None:
+        """Collective: this rank's share of the last save when every rank's state has that save's
+        layout (the cached plan then holds on every rank), else None (stage everything)."""
+        mine = self._written[1] if self._written is not None and self._written[0] == layout else None
+        flag = torch.tensor([0 if mine is None else 1])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        return mine if int(flag.item()) == 1 else None
+
     def _write(self, state: dict[str, Any], path: str, rank_state: Any, info: dict[str, Any],
-               append: dict[str, Any] | None, *, group: Any) -> None:
-        """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``)."""
+               append: dict[str, Any] | None, *, group: Any, layout: Any = None) -> None:
+        """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``).
+
+        ``layout``: the staged state's ``layout_key`` (background saves under torchrun): once
+        committed, this rank's share of it is kept for the next save's staging."""
         writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info, append=append,
                             enc_key=self.enc_key, lean=True)
+        staged = self._stager.last if layout is not None else None
+        planner = plan_cache.cached_planner(self._plan_key, staged.placeholders if staged else frozenset())
+        self._written = None
         try:
             with _single_process_quiet():
-                dcp.save(state, storage_writer=writer, planner=plan_cache.cached_planner(self._plan_key),
-                         process_group=group, no_dist=not _distributed())
+                dcp.save(state, storage_writer=writer, planner=planner, process_group=group,
+                         no_dist=not _distributed())
+            if layout is not None:
+                self._written = layout, self._stager.buffers.positions_of(written_tensors(planner))
         except CheckpointException as exc:
             if _rank() == 0:
                 self._discard(path)
