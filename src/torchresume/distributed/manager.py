@@ -46,10 +46,10 @@ from torchresume.errors import (
     CorruptCheckpointError,
     TorchResumeError,
 )
-from torchresume.files.directory import is_committed
+from torchresume.files.directory import MANIFEST, is_committed
 from torchresume.format.crypto import check_key
 from torchresume.log import log
-from torchresume.naming import check_prefix
+from torchresume.naming import check_prefix, parse_name
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.save_slot import SaveSlot, check_on_busy
 from torchresume.snapshot import Snapshot
@@ -434,6 +434,24 @@ class DistributedCheckpointManager:
                 storage.delete(where)
         except OSError as exc:
             log.warning("could not remove the parts of the failed save %s: %s", path, exc)
+
+    def remove_unfinished(self) -> list[str]:
+        """Delete the directories of this prefix that an interrupted save left (parts, no manifest);
+        returns their paths. Not collective: call it on one rank, and only while no save of this
+        prefix can be in flight anywhere (the trainer: rank 0, holding the run lock, before the first save)."""
+        storage, where = resolve(self.directory)
+        if not storage.isdir(where):
+            return []
+        removed = []
+        for entry in storage.list(where):
+            parsed = parse_name(entry.path.rstrip("/").rsplit("/", 1)[-1])
+            if (entry.is_dir and parsed is not None and parsed[0] == self.prefix
+                    and not storage.exists(storage.join(entry.path, MANIFEST))):  # a damaged manifest stays
+                log.warning("removing %s: an interrupted save's parts (never committed, never resumed from)",
+                            entry.path)
+                storage.delete(entry.path)
+                removed.append(entry.path)
+        return removed
 
     def checkpoints(self) -> list[Entry]:
         """This prefix's committed sharded checkpoints, newest first (their manifests only: no part of

@@ -106,13 +106,16 @@ class ShardedCheckpoints:
 
     # -- saving ---------------------------------------------------------------------------
     def begin(self, ctx: RunContext, prefix: str) -> None:
-        """The managers of this run (``prefix``) and the run lock (held by rank 0 for the job)."""
+        """The managers of this run (``prefix``) and the run lock (held by rank 0 for the job); then
+        rank 0 removes what saves of this run interrupted by a kill left (parts without a manifest)."""
         self._lock()
         self.manager = self._manager(self.directory, prefix, self.policies)
         cfg = self.config
         if cfg.monitor:
             self.best_manager = self._manager(self.directory, best_prefix(prefix),
                                               [KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)])
+        managers = [m for m in (self.manager, self.best_manager) if m is not None]
+        on_rank_0(lambda: [m.remove_unfinished() for m in managers])
         optimizer = ctx.run_state().optimizer
         for manager in (self.manager, self.best_manager):
             if manager is not None and optimizer is not None:  # overlap: its step waits for the copy
