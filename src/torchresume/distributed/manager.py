@@ -518,5 +518,6 @@ class DistributedCheckpointManager:
             self.slot.close()
         finally:
             plan_cache.forget(self._plan_key)
+            self._written = None  # its plan is forgotten: the next save stages everything
 
 
