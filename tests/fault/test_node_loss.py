@@ -8,7 +8,8 @@ uninterrupted. The interrupted run loses a whole node several times: node 1 betw
 (the store's host) mid-save, node 0 between saves, node 1 mid-save. Before each kill both nodes are
 frozen (SIGSTOP), the checkpoint directory is looked at (``killing.in_flight``: a part's temporary
 or a checkpoint directory without its ``manifest.json``, of either node's processes, means
-mid-save), then the lost node's launcher and all its descendants get SIGKILL and the other node
+mid-save; that includes a save's retention, which uncommits an old checkpoint before removing it),
+then the lost node's launcher and all its descendants get SIGKILL and the other node
 is let go. The surviving node must end by itself, non-zero and soon (a failed collective or a
 lost store, never the 600 s process-group timeout). Then both nodes are started again with the same
 commands; each start resumes from the newest committed checkpoint there at the time ("resumed
