@@ -1,20 +1,21 @@
 """A whole node lost: SIGKILL of one of two launchers (a "node") and its ranks; the end is bitwise equal.
 
-Two torchrun launchers on this machine as two nodes (``--nnodes 2``, c10d rendezvous on
-127.0.0.1, one rank each: world size 2), as ``tests/distributed/test_two_nodes.py`` starts them.
-Node 0 is started first and hosts the rendezvous store (its launcher binds the endpoint's port
-before node 1 starts); rank 0 runs there too (c10d orders the nodes by host, then launcher pid). A baseline runs
-uninterrupted. The interrupted run loses a whole node several times: node 1 between saves, node 0
-(the store's host) mid-save, node 0 between saves, node 1 mid-save. Before each kill both nodes are
-frozen (SIGSTOP), the checkpoint directory is looked at (``killing.in_flight``: a part's temporary
-or a checkpoint directory without its ``manifest.json``, of either node's processes, means
-mid-save; that includes a save's retention, which uncommits an old checkpoint before removing it),
-then the lost node's launcher and all its descendants get SIGKILL and the other node
-is let go. The surviving node must end by itself, non-zero and soon (a failed collective or a
-lost store, never the 600 s process-group timeout). Then both nodes are started again with the same
-commands; each start resumes from the newest committed checkpoint there at the time ("resumed
-from ... at epoch E, step S"). Every tensor of the final checkpoint (weights, optimizer state, each
-rank's RNG and data position) is bitwise equal to the baseline's. ``KILL_SEED`` varies the aims.
+Two torchrun launchers on this machine as two nodes (``--nnodes 2``, c10d rendezvous on 127.0.0.1,
+one rank each: world size 2), as ``tests/distributed/test_two_nodes.py`` starts them. Node 0 is
+started first and hosts the rendezvous store (its launcher binds the endpoint's port before node 1
+starts); rank 0 runs there too (c10d orders the nodes by host, then launcher pid). A baseline runs
+uninterrupted. The interrupted run loses a whole node four times: node 1 between saves, node 0 (the
+store's host) mid-save, node 0 between saves, node 1 mid-save. Before each kill both nodes are
+frozen (SIGSTOP) and the checkpoint directory is looked at (``killing.in_flight``: a part's
+temporary or a checkpoint directory without its ``manifest.json``, of either node's processes,
+means mid-save; that includes a save's retention, which uncommits an old checkpoint before removing
+it); then the lost node's launcher and all its descendants get SIGKILL and the other node is let
+go. The surviving node must end by itself, soon and non-zero, its rank saying the one line "lost
+rank ...; this job cannot go on" (never waiting out the 600 s process-group timeout). Then both
+nodes are started again with the same commands; each start resumes from the newest committed
+checkpoint there at the time ("resumed from ... at epoch E, step S"). Every tensor of the final
+checkpoint (weights, optimizer state, each rank's RNG and data position) is bitwise equal to the
+baseline's. ``KILL_SEED`` varies the aims.
 """
 
 from __future__ import annotations
