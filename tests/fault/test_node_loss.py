@@ -261,6 +261,8 @@ def test_a_lost_node_resumes_bitwise_equal_to_an_uninterrupted_run(tmp_path: Pat
     _run_through(work, port)  # both nodes again: the run ends
     final = committed(work, "mlp")[-1]
     assert final.name == f"mlp-1_{STEPS}.ckpt"
+    left = [p.name for p in work.glob("*.ckpt") if not (p / "manifest.json").exists()]
+    assert left == [], f"a killed save's leftovers outlived the next start: {left}"
     got = every_tensor(final)
     assert sorted(got) == sorted(expected)
     unequal = [name for name in expected if not got[name].equal(expected[name])]
