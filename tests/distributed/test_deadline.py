@@ -20,7 +20,9 @@ from torch import nn
 
 from tests.distributed import deadline_worker
 from tests.distributed.conftest import free_port, torchrun
+from torchresume.data import ArrayDataset
 from torchresume.distributed import DistributedCheckpointManager, writer
+from torchresume.distributed.manager import deadline_line
 from torchresume.errors import CheckpointConfigError, SaveDeadlineError
 from torchresume.train import CheckpointConfig, Model, ModelCheckpoint
 
@@ -152,7 +154,6 @@ def test_one_process_training_refuses_a_deadline_it_cannot_honour(tmp_path: Path
     net = nn.Linear(2, 1)
     model = Model(net, nn.MSELoss(), torch.optim.SGD(net.parameters(), lr=0.1), device="cpu")
     x = torch.randn(8, 2)
-    from torchresume.data import ArrayDataset
     for options, message in (
         ({"save_deadline_s": 60}, "save_deadline_s=60 applies to sharded saves under torchrun (a rank whose write "
          "hangs would hold the others); one process has no other rank to hold and does not abandon its save: "
@@ -171,7 +172,6 @@ def test_one_process_training_refuses_a_deadline_it_cannot_honour(tmp_path: Path
 
 
 def test_the_line_names_every_late_rank_and_what_stays() -> None:
-    from torchresume.distributed.manager import deadline_line
     assert deadline_line("c/x-1_4.ckpt", [1, 3], 2.5, "there is no earlier checkpoint", "rank 2: OSError: full") == (
         "c/x-1_4.ckpt: save aborted: ranks 1, 3 did not write their parts within save_deadline_s=2.5 (their "
         "storage hung or is too slow) (also failed: rank 2: OSError: full); nothing was committed and there is "
