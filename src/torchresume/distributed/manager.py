@@ -16,6 +16,10 @@ separate gloo process group, then retention and a barrier. At most one save is
 in flight: the next save, ``restore``, ``wait`` and ``close`` wait for it and
 re-raise its failure as AsyncSaveError. ``newest`` names the in-flight
 checkpoint only once its background work finished on every rank.
+
+A save has a deadline (``save_deadline_s``): a rank whose part is not written by then fails the
+save on every rank with ``SaveDeadlineError`` naming it (the writer abandons its writes), and
+nothing is committed, so a hung rank's storage holds the job no longer than that.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -44,6 +48,7 @@ from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,
     CorruptCheckpointError,
+    SaveDeadlineError,
     TorchResumeError,
 )
 from torchresume.files.directory import MANIFEST, is_committed
@@ -51,7 +56,7 @@ from torchresume.format.crypto import check_key
 from torchresume.log import log
 from torchresume.naming import check_prefix, parse_name
 from torchresume.retention import KeepLast, RetentionPolicy
-from torchresume.save_slot import SaveSlot, check_on_busy
+from torchresume.save_slot import DEFAULT_SAVE_DEADLINE_S, SaveSlot, check_on_busy, check_save_deadline
 from torchresume.snapshot import Snapshot
 from torchresume.staging import StagingBuffers
 from torchresume.state.tree import map_tensors
@@ -93,12 +98,12 @@ def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
 
 
-def _broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
+def _broadcast(value: Any, group: Any = None) -> Any:
+    """Rank 0's ``value`` on every rank (of ``group``, which holds rank 0)."""
     if not _distributed():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
@@ -230,14 +235,63 @@ def written_tensors(planner: SavePlanner) -> list[torch.Tensor]:
     return [t for t in found if isinstance(t, torch.Tensor)]
 
 
+def _failures(exc: CheckpointException) -> dict[int, BaseException]:
+    """Each failed rank's exception."""
+    return {rank: failure[0] if isinstance(failure, tuple) else failure for rank, failure in exc.failures.items()}
+
+
+def _late_ranks(exc: CheckpointException) -> list[int]:
+    """The ranks that did not write their part within the save's deadline."""
+    return sorted(rank for rank, err in _failures(exc).items() if isinstance(err, SaveDeadlineError))
+
+
+def _rank_errors(exc: CheckpointException, skip: Sequence[int] = ()) -> str:
+    """Each failed rank but those in ``skip`` with its error's first line, ``; ``-separated."""
+    return "; ".join(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                     for rank, err in sorted(_failures(exc).items()) if rank not in skip)
+
+
 def failure_line(path: str, exc: CheckpointException) -> str:
     """One line naming each failed rank and its error."""
-    parts = []
-    for rank, failure in sorted(exc.failures.items()):
-        err = failure[0] if isinstance(failure, tuple) else failure
-        parts.append(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-    return (f"{path}: sharded save failed ({'; '.join(parts)}); nothing was committed and the previous "
+    return (f"{path}: sharded save failed ({_rank_errors(exc)}); nothing was committed and the previous "
             "checkpoint stays the newest; fix the storage of the failing rank and save again")
+
+
+def deadline_line(path: str, late: Sequence[int], deadline_s: float, kept: str, others: str = "") -> str:
+    """One line for a save aborted because ranks ``late`` did not write their parts in time
+    (``kept``: what stays the newest, said by ``_newest_kept``)."""
+    one = len(late) == 1
+    who = (f"rank {late[0]} did not write its part" if one else
+           f"ranks {', '.join(map(str, late))} did not write their parts")
+    also = f" (also failed: {others})" if others else ""
+    its, whose = ("its", "that rank's") if one else ("their", "those ranks'")
+    return (f"{path}: save aborted: {who} within save_deadline_s={deadline_s:g} ({its} storage hung or is too "
+            f"slow){also}; nothing was committed and {kept}; check {whose} storage, or raise save_deadline_s "
+            f"if {its} writes are only slow")
+
+
+def _group_timeout_s() -> float | None:
+    """The default process group's timeout in seconds, where torch lets it be read (else None)."""
+    if not _distributed():
+        return None
+    try:
+        pg = dist.distributed_c10d._get_default_group()
+        device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+        return float(pg._get_backend(device).options._timeout.total_seconds())
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+
+
+def _check_below_timeout(save_deadline_s: float | None) -> None:
+    """Refuse a deadline the process group's timeout would cut short: the others wait for a late rank
+    in a collective, and the timeout would end the job before the deadline aborts the save."""
+    timeout = _group_timeout_s()
+    if save_deadline_s is not None and timeout is not None and save_deadline_s >= timeout:
+        raise CheckpointConfigError(
+            f"save_deadline_s={save_deadline_s:g} is not below the process group's timeout ({timeout:g} s): "
+            "the ranks wait for a late one in a collective, which would time out first and end the job; "
+            f"pass a smaller save_deadline_s (default {DEFAULT_SAVE_DEADLINE_S:g}) or a longer timeout to "
+            "init_process_group")
 
 
 class DistributedCheckpointManager:
@@ -253,6 +307,11 @@ class DistributedCheckpointManager:
     every rank before ``dist.destroy_process_group()``.
     ``overlap`` (with ``async_save``): the copy of the parameters and state of the optimizers
     passed to ``guard_optimizer`` runs beside the next forward and backward; their ``step`` waits for it.
+    ``save_deadline_s``: seconds each rank has to write its part of a save (from the start of its
+    write; for an async save, in the background); a rank past it makes every rank abort the save
+    with ``SaveDeadlineError`` naming it, nothing committed (an async save's is re-raised as
+    ``AsyncSaveError`` by the next call). None: no deadline. It must be below the process group's
+    timeout (checked here when the group is up and its timeout can be read).
 
     Every method is collective under torchrun; without a process group it works in one process.
 
@@ -273,7 +332,8 @@ class DistributedCheckpointManager:
 
     def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2,
                  async_save: bool = False, retention: Sequence[RetentionPolicy] | None = None,
-                 enc_key: bytes | None = None, on_busy: str = "wait", overlap: bool = False) -> None:
+                 enc_key: bytes | None = None, on_busy: str = "wait", overlap: bool = False,
+                 save_deadline_s: float | None = DEFAULT_SAVE_DEADLINE_S) -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         check_prefix(prefix)
@@ -285,6 +345,8 @@ class DistributedCheckpointManager:
         self.retention: list[RetentionPolicy] = list(retention) if retention else [KeepLast(keep)]
         self.enc_key = check_key(enc_key, "AES-GCM", "enc_key") if enc_key is not None else None
         self.threads = threads
+        self.save_deadline_s = check_save_deadline(save_deadline_s)
+        _check_below_timeout(self.save_deadline_s)
         # At most one save in flight; async saves stage DTensors as their local shards.
         self._stager = ShardStager()
         self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=self._stager if async_save else None,
@@ -366,7 +428,7 @@ class DistributedCheckpointManager:
         ``layout``: the staged state's ``layout_key`` (background saves under torchrun): once
         committed, this rank's share of it is kept for the next save's staging."""
         writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info, append=append,
-                            enc_key=self.enc_key, lean=True)
+                            enc_key=self.enc_key, lean=True, deadline_s=self.save_deadline_s)
         staged = self._stager.last if layout is not None else None
         planner = plan_cache.cached_planner(self._plan_key, staged.placeholders if staged else frozenset())
         self._written = None
@@ -377,9 +439,9 @@ class DistributedCheckpointManager:
             if layout is not None:
                 self._written = layout, self._stager.buffers.positions_of(written_tensors(planner))
         except CheckpointException as exc:
-            if _rank() == 0:
-                self._discard(path)
-            raise CheckpointWriteError(failure_line(path, exc)) from None
+            self._failed(path, exc, _late_ranks(exc), group)
+        except SaveDeadlineError as exc:  # one process: DCP runs write_data without its collectives
+            self._failed(path, exc, [0], group)
         except (dist.DistError, RuntimeError) as exc:  # DCP wraps rank errors; these are from collectives
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointWriteError(f"{path}: sharded save failed: the process group broke ({first}); "
@@ -393,6 +455,29 @@ class DistributedCheckpointManager:
                     self._retain(path)
         finally:
             _barrier(group)  # every rank, whatever rank 0 met
+
+    def _failed(self, path: str, exc: BaseException, late: list[int], group: Any) -> NoReturn:
+        """Every rank: the save of ``path`` failed (DCP's outcome, alike on every rank); rank 0 removes
+        its parts. Ranks past the deadline: SaveDeadlineError, naming the newest checkpoint kept."""
+        if _rank() == 0:
+            self._discard(path)
+        if late:
+            assert self.save_deadline_s is not None  # only a writer with a deadline reports one
+            kept = _broadcast(self._newest_kept() if _rank() == 0 else None, group)  # every rank is here
+            others = _rank_errors(exc, skip=late) if isinstance(exc, CheckpointException) else ""
+            raise SaveDeadlineError(deadline_line(path, late, self.save_deadline_s, kept, others)) from None
+        assert isinstance(exc, CheckpointException)
+        raise CheckpointWriteError(failure_line(path, exc)) from None
+
+    def _newest_kept(self) -> str:
+        """Rank 0, after a failed save: which checkpoint stays the newest, in words (never raised:
+        the other ranks wait for the answer)."""
+        try:
+            entries = self.checkpoints()
+        except Exception as exc:
+            log.warning("could not list %s after a failed save: %s", self.directory, exc)
+            return "the previous checkpoint stays the newest"
+        return f"{entries[0].path} stays the newest" if entries else "there is no earlier checkpoint"
 
     def _retain(self, path: str) -> None:
         """Retention after ``path``'s commit; a failure is said, never raised (it happens on rank 0
