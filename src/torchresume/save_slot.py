@@ -33,7 +33,19 @@ from torchresume.staging import StagingBuffers
 from torchresume.storage.pacing import Pace, check_write_rate
 
 ON_BUSY = ("wait", "skip")
-DEFAULT_SAVE_DEADLINE_S = 300.0  # far below a process group's timeout (torchresume's: 600 s, torch's: 10-30 min)
+
+
+class _DefaultDeadline(float):
+    """The default deadline: unlike a value passed explicitly, it is shortened to half a process
+    group's timeout that is not longer than it (Lightning and HF Trainer users cannot pass one)."""
+
+
+DEFAULT_SAVE_DEADLINE_S: float = _DefaultDeadline(300.0)  # far below a group's timeout (ours 600 s, torch's 10-30 min)
+
+
+def is_default_deadline(save_deadline_s: float | None) -> bool:
+    """Whether ``save_deadline_s`` is the default (not a value the user passed)."""
+    return isinstance(save_deadline_s, _DefaultDeadline)
 
 
 def check_on_busy(on_busy: str) -> str:
@@ -54,7 +66,7 @@ def check_save_deadline(save_deadline_s: float | None) -> float | None:
         raise CheckpointConfigError(
             f"save_deadline_s must be a number of seconds > 0 (each rank's time to write its part of a "
             f"sharded save, default {DEFAULT_SAVE_DEADLINE_S:g}) or None for no deadline, got {save_deadline_s!r}")
-    return float(save_deadline_s)
+    return save_deadline_s if is_default_deadline(save_deadline_s) else float(save_deadline_s)
 
 
 class Stager(Protocol):
@@ -220,4 +232,4 @@ def _deleter() -> AsyncWriter:
 
 
 __all__ = ["DEFAULT_SAVE_DEADLINE_S", "ON_BUSY", "SaveSlot", "Stager", "check_on_busy", "check_overlap",
-           "check_save_deadline"]
+           "check_save_deadline", "is_default_deadline"]

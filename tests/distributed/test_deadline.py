@@ -134,7 +134,7 @@ def test_on_save_deadline_is_continue_or_stop() -> None:
     assert CheckpointConfig(save_deadline_s=None, on_save_deadline="stop").save_deadline_s is None
 
 
-def test_a_deadline_not_below_the_process_group_timeout_is_refused(tmp_path: Path) -> None:
+def test_a_deadline_not_below_the_process_group_timeout_is_refused_the_default_shortened(tmp_path: Path) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=120))
     try:
@@ -145,6 +145,9 @@ def test_a_deadline_not_below_the_process_group_timeout_is_refused(tmp_path: Pat
             "in a collective, which would time out first and end the job; pass a smaller save_deadline_s "
             "(default 300) or a longer timeout to init_process_group")
         assert DistributedCheckpointManager(str(tmp_path), save_deadline_s=60).save_deadline_s == 60.0
+        # Not passed (as under Lightning or the HF Trainer, which cannot pass one): half the timeout.
+        assert DistributedCheckpointManager(str(tmp_path)).save_deadline_s == 60.0
+        assert DistributedCheckpointManager(str(tmp_path), save_deadline_s=None).save_deadline_s is None
     finally:
         dist.destroy_process_group()
 

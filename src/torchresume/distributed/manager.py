@@ -56,7 +56,13 @@ from torchresume.format.crypto import check_key
 from torchresume.log import log
 from torchresume.naming import check_prefix, parse_name
 from torchresume.retention import KeepLast, RetentionPolicy
-from torchresume.save_slot import DEFAULT_SAVE_DEADLINE_S, SaveSlot, check_on_busy, check_save_deadline
+from torchresume.save_slot import (
+    DEFAULT_SAVE_DEADLINE_S,
+    SaveSlot,
+    check_on_busy,
+    check_save_deadline,
+    is_default_deadline,
+)
 from torchresume.snapshot import Snapshot
 from torchresume.staging import StagingBuffers
 from torchresume.state.tree import map_tensors
@@ -282,16 +288,22 @@ def _group_timeout_s() -> float | None:
         return None
 
 
-def _check_below_timeout(save_deadline_s: float | None) -> None:
-    """Refuse a deadline the process group's timeout would cut short: the others wait for a late rank
-    in a collective, and the timeout would end the job before the deadline aborts the save."""
+def _below_timeout(save_deadline_s: float | None) -> float | None:
+    """The deadline to use: the default is shortened to half a process-group timeout not longer than
+    it; a deadline passed explicitly that the timeout would cut short is refused (the ranks wait for a
+    late one in a collective, which would time out first and end the job)."""
     timeout = _group_timeout_s()
-    if save_deadline_s is not None and timeout is not None and save_deadline_s >= timeout:
-        raise CheckpointConfigError(
-            f"save_deadline_s={save_deadline_s:g} is not below the process group's timeout ({timeout:g} s): "
-            "the ranks wait for a late one in a collective, which would time out first and end the job; "
-            f"pass a smaller save_deadline_s (default {DEFAULT_SAVE_DEADLINE_S:g}) or a longer timeout to "
-            "init_process_group")
+    if save_deadline_s is None or timeout is None or save_deadline_s < timeout:
+        return save_deadline_s
+    if is_default_deadline(save_deadline_s):
+        log.info("save_deadline_s: %g s, half the process group's timeout (%g s; the default %g s is not below it)",
+                 timeout / 2, timeout, save_deadline_s)
+        return timeout / 2
+    raise CheckpointConfigError(
+        f"save_deadline_s={save_deadline_s:g} is not below the process group's timeout ({timeout:g} s): "
+        "the ranks wait for a late one in a collective, which would time out first and end the job; "
+        f"pass a smaller save_deadline_s (default {DEFAULT_SAVE_DEADLINE_S:g}) or a longer timeout to "
+        "init_process_group")
 
 
 class DistributedCheckpointManager:
@@ -345,8 +357,7 @@ class DistributedCheckpointManager:
         self.retention: list[RetentionPolicy] = list(retention) if retention else [KeepLast(keep)]
         self.enc_key = check_key(enc_key, "AES-GCM", "enc_key") if enc_key is not None else None
         self.threads = threads
-        self.save_deadline_s = check_save_deadline(save_deadline_s)
-        _check_below_timeout(self.save_deadline_s)
+        self.save_deadline_s = _below_timeout(check_save_deadline(save_deadline_s))
         # At most one save in flight; async saves stage DTensors as their local shards.
         self._stager = ShardStager()
         self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=self._stager if async_save else None,
