@@ -50,7 +50,7 @@ def _layout(t: torch.Tensor) -> Layout:
     return tuple(t.shape), t.dtype, t.device.type
 
 
-def _stageable(t: torch.Tensor) -> bool:
+def is_stageable(t: torch.Tensor) -> bool:
     """Dense tensors only; others are copied plainly and the encoder says what is wrong with them."""
     return t.layout == torch.strided and not t.is_sparse
 
@@ -84,7 +84,7 @@ class StagingBuffers:
         """
         tensors: list[torch.Tensor] = []
         map_tensors(tree, tensors.append)
-        dense = [t for t in tensors if _stageable(t)]
+        dense = [t for t in tensors if is_stageable(t)]
         staged = [i for i in range(len(dense)) if only is None or i in only or dense[i].numel() == 0]
         layout = [_layout(dense[i]) for i in staged]
         pinned = any(t.device.type == "cuda" for t in dense)  # placeholders and buffers alike: one plan
@@ -113,7 +113,7 @@ class StagingBuffers:
         positions = iter(range(len(dense)))
 
         def stand_in(t: torch.Tensor) -> torch.Tensor:
-            if not _stageable(t):
+            if not is_stageable(t):
                 return t.detach().to("cpu", copy=True)
             i = next(positions)
             return by_position[i] if i in by_position else empty.like(t)
@@ -182,4 +182,4 @@ def _slab(nbytes: int, pinned: bool) -> torch.Tensor:
     return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)  # the tensor keeps the map alive
 
 
-__all__ = ["Placeholders", "StagingBuffers"]
+__all__ = ["Placeholders", "StagingBuffers", "is_stageable"]

@@ -5,14 +5,24 @@ A real 4-rank torchrun (gloo on CPU) saves the same replicated state five times 
 (tests/distributed/worker.py ``lean_staging``). The first save stages every tensor (no plan yet);
 the next two, with the same layout, stage ~1/4 of the replica on each rank, and the four shares add
 up to the replica exactly; a new tensor on every rank, then one on rank 1 only, stage everything
-again. Every checkpoint restores bitwise to the state at its call, though the live state moved on.
+again. Every checkpoint restores bitwise to the state at its call, though the live state moved on,
+a tuple of tensors (written whole, as bytes) included. DTensor shards are always staged (one rank,
+in this process).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from tests.distributed.conftest import Launch, torchrun
+from torchresume.distributed import DistributedCheckpointManager
 
 RANKS = 4
 
@@ -55,3 +65,33 @@ def test_every_checkpoint_restores_the_state_at_its_call(launch: Launch) -> None
 
 def test_the_worker_measures_real_files(launch: Launch) -> None:
     assert sum(launch.results[0]["written"]) >= launch.results[0]["replica"]  # every byte landed in a part
+
+
+@pytest.fixture
+def one_rank_group(tmp_path: Path) -> Iterator[None]:
+    """A real process group of one rank (gloo): the manager's torchrun path, in this process."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dtensor_shards_are_always_staged(one_rank_group: None, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA mesh ``DTensor.from_local`` copies a host tensor to the device: a placeholder there
+    would become a real tensor of zeros. Emulated on a CPU mesh with the same copy; every save of
+    the shard restores its values."""
+    real = DTensor.from_local
+    monkeypatch.setattr(DTensor, "from_local",
+                        staticmethod(lambda t, *a, **k: real(t.clone(memory_format=torch.contiguous_format), *a, **k)))
+    mesh = init_device_mesh("cpu", (1,))
+    weight = distribute_tensor(torch.arange(8.0), mesh, [Shard(0)])
+    mgr = DistributedCheckpointManager(str(tmp_path / "ck"), prefix="t", keep=5, async_save=True)
+    for step in (1, 2, 3):
+        mgr.save({"model": {"w": weight, "b": torch.full((4,), float(step))}}, epoch=1, step=step)
+        mgr.wait()
+        into = {"model": {"w": distribute_tensor(torch.full((8,), -1.0), mesh, [Shard(0)]), "b": torch.zeros(4)}}
+        assert mgr.restore(into, path=mgr.path_for(1, step)) is not None
+        assert into["model"]["w"].to_local().tolist() == list(range(8)) and into["model"]["b"].eq(step).all(), step
+    mgr.close()

@@ -54,6 +54,12 @@ def test_steady_saves_reuse_the_plan_and_a_new_tensor_plans_again(tmp_path: Path
     meta = json.loads((Path(fourth) / "dcp_metadata.json").read_text())["state_dict_metadata"]["model.b"]
     assert meta["size"] == [3, 3] and meta["chunks"] == [[[0, 0], [3, 3]]], meta
     assert torch.equal(restored(mgr, fourth, model)["b"], torch.ones(3, 3))
+    cached = SavePlanner._cached_metadata[mgr._plan_key]
+    model["b"] = torch.ones(3, 3, dtype=torch.float64)  # another dtype only: DCP's own check misses it
+    fifth = mgr.save({"model": model}, epoch=1, step=5)
+    assert SavePlanner._cached_metadata[mgr._plan_key] is not cached
+    meta = json.loads((Path(fifth) / "dcp_metadata.json").read_text())["state_dict_metadata"]["model.b"]
+    assert meta["dtype"] == "torch.float64", meta
     mgr.close()
     assert mgr._plan_key not in SavePlanner._cached_metadata  # close drops this manager's plans
 

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from torchresume.distributed import DistributedCheckpointManager
+from torchresume.state.tree import map_tensors
 from torchresume.train.distributed import end_process
 
 
@@ -413,11 +414,18 @@ def async_fail(directory: str, out: str) -> dict[str, Any]:
 
 
 def _replica(extra: int = 0) -> dict[str, Any]:
-    """What DDP holds: the same tensors on every rank (sizes 1..24 KiB and a larger one), and a
-    non-tensor value; ``extra`` adds that many tensors."""
+    """What DDP holds: the same tensors on every rank (sizes 1..24 KiB and a larger one), a tuple of
+    tensors (DCP writes a tuple whole, as bytes: Adam's tensor ``betas``) and a non-tensor value;
+    ``extra`` adds that many tensors."""
     gen = torch.Generator().manual_seed(5)
     model = {f"t{i:02d}": torch.randn(256 * (i + 1), generator=gen) for i in range(24 + extra)}
-    return {"model": model, "big": {"w": torch.randn(64, 256, generator=gen)}, "meta": {"lr": 0.1}}
+    return {"model": model, "big": {"w": torch.randn(64, 256, generator=gen)},
+            "optim": {"betas": (torch.tensor(0.9), torch.tensor(0.999))}, "meta": {"lr": 0.1}}
+
+
+def _live(state: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors a step changes in place."""
+    return [*state["model"].values(), *state["optim"]["betas"]]
 
 
 def _written_per_rank(path: str) -> list[int]:
@@ -440,22 +448,23 @@ def lean_staging(directory: str, out: str) -> dict[str, Any]:
             state = _replica(extra=1)
         if step == 5 and rank() == 1:
             state["model"]["only1"] = torch.arange(512.0)
-        for t in state["model"].values():
+        for t in _live(state):
             t.add_(step)
         paths.append(mgr.save(state, epoch=1, step=step))
         staged.append(mgr._stager.buffers.nbytes)
         expected[step] = copy.deepcopy(state)
-        for t in state["model"].values():
+        for t in _live(state):
             t.mul_(-3.0)  # the live state moves on while the save is written
         mgr.wait()
     equal = {}
     for step, path in enumerate(paths, start=1):
-        into = {k: {n: torch.zeros_like(t) for n, t in v.items()} if k != "meta" else {"lr": 0.0}
-                for k, v in expected[step].items()}
+        into = {**map_tensors(expected[step], torch.zeros_like), "meta": {"lr": 0.0}}
         assert mgr.restore(into, path=path) is not None
         equal[step] = tensors_equal(into, expected[step])
     mgr.close()
-    replica = sum(t.numel() * 4 for k in ("model", "big") for t in _replica()[k].values())
+    tensors: list[torch.Tensor] = []
+    map_tensors(_replica(), tensors.append)
+    replica = sum(t.numel() * t.element_size() for t in tensors)
     largest = 64 * 256 * 4
     return {"staged": staged, "replica": replica, "largest": largest, "equal": equal,
             "written": _written_per_rank(paths[1]) if rank() == 0 else None}

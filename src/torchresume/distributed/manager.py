@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.planner import SavePlanner, WriteItemType
+from torch.distributed.checkpoint.planner import SavePlanner
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
@@ -64,7 +64,7 @@ from torchresume.save_slot import (
     is_default_deadline,
 )
 from torchresume.snapshot import Snapshot
-from torchresume.staging import StagingBuffers
+from torchresume.staging import StagingBuffers, is_stageable
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
 
@@ -203,7 +203,9 @@ def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = 
     """A snapshot of ``state`` in ``buffers``: plain tensors copied, DTensors as their staged local shard.
 
     A top-level ``Stateful`` (a module, an optimizer) is replaced by its ``state_dict()`` first.
-    ``only``: the positions of the tensors to stage (``StagingBuffers.snapshot``), placeholders for the rest.
+    ``only``: the positions of the plain tensors to stage (``StagingBuffers.snapshot``), placeholders
+    for the rest; a DTensor's local shard is always staged (``from_local`` moves a tensor to the
+    mesh's device, so a placeholder there would be copied into a real tensor of zeros).
     A DTensor is rebuilt around its staged local tensor with the same mesh, placements, global
     shape and stride (no collective), so DCP plans the snapshot exactly as it would the live state.
     """
@@ -220,7 +222,10 @@ def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = 
 
     if isinstance(state, dict):  # DCP calls a top-level Stateful's state_dict(): now, not in the background
         state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
-    snapshot = buffers.snapshot(map_tensors(state, unwrap), deferred, only)
+    unwrapped = map_tensors(state, unwrap)
+    if only is not None:
+        only = only | _dense_positions(unwrapped, [spec is not None for spec in specs])
+    snapshot = buffers.snapshot(unwrapped, deferred, only)
     spec_iter = iter(specs)
 
     def rewrap(t: torch.Tensor) -> torch.Tensor:
@@ -234,11 +239,32 @@ def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = 
     return snapshot
 
 
+def _dense_positions(tree: Any, chosen: list[bool]) -> frozenset[int]:
+    """The positions, as ``StagingBuffers.snapshot`` counts them (its stageable tensors in tree
+    order), of the tensors of ``tree`` flagged in ``chosen`` (one flag per tensor, in tree order)."""
+    tensors: list[torch.Tensor] = []
+    map_tensors(tree, tensors.append)
+    flags = [c for t, c in zip(tensors, chosen, strict=True) if is_stageable(t)]
+    return frozenset(i for i, c in enumerate(flags) if c)
+
+
 def written_tensors(planner: SavePlanner) -> list[torch.Tensor]:
-    """The tensors (local shards) the finished plan of ``planner`` wrote on this rank."""
-    found = (planner.lookup_object(item.index) for item in planner.plan.items  # type: ignore[attr-defined]
-             if item.type != WriteItemType.BYTE_IO)
-    return [t for t in found if isinstance(t, torch.Tensor)]
+    """The tensors (local shards) the finished plan of ``planner`` wrote on this rank, with those
+    inside a value DCP writes as bytes (a tuple of tensors, e.g. Adam's tensor ``betas``)."""
+    found: list[torch.Tensor] = []
+    for item in planner.plan.items:  # type: ignore[attr-defined]
+        map_tensors(planner.lookup_object(item.index), found.append)  # type: ignore[attr-defined]
+    return found
+
+
+def _share(layout: Any, buffers: StagingBuffers, planner: SavePlanner) -> tuple[Any, frozenset[int]] | None:
+    """What the next save with ``layout`` stages on this rank; None (everything) if it cannot be told.
+    The save is committed by now: nothing here may raise."""
+    try:
+        return layout, buffers.positions_of(written_tensors(planner))
+    except Exception as exc:  # a tensor without plain storage (sparse, a wrapper subclass)
+        log.debug("staging every tensor at the next save: %s", exc)
+        return None
 
 
 def _failures(exc: CheckpointException) -> dict[int, BaseException]:
@@ -447,8 +473,6 @@ class DistributedCheckpointManager:
             with _single_process_quiet():
                 dcp.save(state, storage_writer=writer, planner=planner, process_group=group,
                          no_dist=not _distributed())
-            if layout is not None:
-                self._written = layout, self._stager.buffers.positions_of(written_tensors(planner))
         except CheckpointException as exc:
             self._failed(path, exc, _late_ranks(exc), group)
         except SaveDeadlineError as exc:  # one process: DCP runs write_data without its collectives
@@ -458,6 +482,8 @@ class DistributedCheckpointManager:
             raise CheckpointWriteError(f"{path}: sharded save failed: the process group broke ({first}); "
                                        "nothing was committed; restart the job to resume from the "
                                        "newest committed checkpoint") from None
+        if layout is not None:
+            self._written = _share(layout, self._stager.buffers, planner)
         try:
             if _rank() == 0:  # a sync save's deletes run in the slot's thread (an async save is already there)
                 if group is None and not self.slot.async_save:

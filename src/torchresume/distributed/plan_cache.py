@@ -18,7 +18,9 @@ default: two managers of one process (a run's checkpoints and its best copies) w
 other. Each manager gets its own key here, and ``forget`` drops its entries (``close``).
 
 What invalidates a cached plan: any rank's local plan differing from its last one (a tensor added
-or removed, another shape, dtype, placement or chunk, a non-tensor value added or removed), in
+or removed, another shape, dtype, placement or chunk, a non-tensor value added or removed; DCP
+2.13 compares names, offsets and sizes only, so ``CachedPlanner`` also compares each tensor's
+properties: a dtype change alone would otherwise commit the old dtype in the metadata), in
 which case the coordinator merges the changed plans and plans again; a new process (a restart
 or another world size) starts empty. Values never do: plans name tensors, not their contents.
 
@@ -38,13 +40,15 @@ import dataclasses
 import io
 import itertools
 from collections import defaultdict
+from typing import Any
 
 import torch
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
-from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 
 from torchresume.errors import CheckpointWriteError
+from torchresume.state.tree import map_tensors
 
 _CACHES = ("_cached_save_plan", "_cached_all_plans", "_cached_global_plan", "_cached_metadata",
            "_cached_final_save_plan")
@@ -62,20 +66,40 @@ class CachedPlanner(DefaultSavePlanner):
 
     unstaged: frozenset[int] = frozenset()  # data addresses of this rank's placeholders
 
+    def create_local_plan(self) -> SavePlan:
+        plan = super().create_local_plan()
+        cached = SavePlanner._cached_save_plan.get(self._cached_plans_key)
+        if plan.usable or cached is None or _properties(self.plan) == _properties(cached):
+            return plan
+        self._pending_local_plan = self.plan  # as DCP does for a changed plan: cached once planned
+        return self.plan  # DCP saw it unchanged (it ignores dtypes): sent in full, planned again
+
+    def transform_object(self, write_item: WriteItem, object: Any) -> Any:
+        if write_item.type == WriteItemType.BYTE_IO:  # torch.save writes a view's whole storage: the
+            object = map_tensors(object, torch.clone)  # staging slab, for a tuple of staged tensors
+        return super().transform_object(write_item, object)
+
     def _dedup_save_plans(self, all_plans: list[SavePlan]) -> list[SavePlan]:
         return spread(all_plans)
 
     def resolve_data(self, write_item: WriteItem) -> torch.Tensor | io.BytesIO:
-        data = super().resolve_data(write_item)
-        if isinstance(data, torch.Tensor) and data.numel() and data.data_ptr() in self.unstaged:
-            raise CheckpointWriteError(
-                f"{write_item.index.fqn} was planned on this rank but not staged (the plan changed after "
-                "staging); nothing was committed; the next save stages every tensor")
-        return data
+        if self.unstaged:  # the tensor, or those in a value written as bytes (a tuple of tensors)
+            tensors: list[torch.Tensor] = []
+            map_tensors(self.lookup_object(write_item.index), tensors.append)
+            if any(t.numel() and t.data_ptr() in self.unstaged for t in tensors):
+                raise CheckpointWriteError(
+                    f"{write_item.index.fqn} was planned on this rank but not staged (the plan changed after "
+                    "staging); nothing was committed; the next save stages every tensor")
+        return super().resolve_data(write_item)
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
         plans, metadata = super().create_global_plan(all_plans)
         return plans, dataclasses.replace(metadata)  # the writer may empty this one, never the cached one
+
+
+def _properties(plan: SavePlan) -> list[object]:
+    """Each write's tensor properties (dtype, layout, ...), which DCP's plan comparison leaves out."""
+    return [item.tensor_data.properties if item.tensor_data is not None else None for item in plan.items]
 
 
 def cached_planner(key: str, unstaged: frozenset[int] = frozenset()) -> CachedPlanner:

@@ -63,6 +63,7 @@ class ShardedCheckpoints:
         self.manager: DistributedCheckpointManager | None = None
         self.best_manager: DistributedCheckpointManager | None = None
         self._locked = False
+        self._run_lock: run_lock.RunLock | None = None  # rank 0's
 
     def _manager(self, directory: str, prefix: str, policies: list[RetentionPolicy]) -> DistributedCheckpointManager:
         cfg = self.config
@@ -133,9 +134,20 @@ class ShardedCheckpoints:
     def _lock(self) -> None:
         """Rank 0 takes the directory's run lock; every rank raises the same RunLockedError if held."""
         def take() -> None:
-            run_lock.acquire(self.directory)
+            self._run_lock = run_lock.acquire(self.directory)
         on_rank_0(take)
         self._locked = self.world.rank == 0
+
+    def _heartbeat(self) -> None:
+        """Rank 0 renews the run lock (on object storage a heartbeat older than ``run_lock.STALE_S`` lets
+        another job take it, and that job's start would remove this run's save in flight). Said, never
+        raised: the other ranks are on their way into the save's collectives."""
+        if self._run_lock is None:
+            return
+        try:
+            self._run_lock.refresh()
+        except Exception as exc:
+            log.warning("could not renew the run lock of %s: %s", self.directory, exc)
 
     def lead(self) -> bool:
         """Whether this rank writes the run's own files (the graph): rank 0."""
@@ -159,6 +171,7 @@ class ShardedCheckpoints:
         """One collective save (``best``: into ``{prefix}-best``); None when every rank skipped it."""
         manager = self.best_manager if best else self.manager
         assert manager is not None
+        self._heartbeat()
         info = {"epoch": ctx.epoch, "step": step, "global_step": ctx.global_step,
                 **parts["info"], "world_size": self.world.world_size}
         def save() -> str | None:
@@ -213,7 +226,7 @@ class ShardedCheckpoints:
                         log.warning("%s", err)
         finally:
             if self._locked:
-                self._locked = False
+                self._locked, self._run_lock = False, None
                 run_lock.release(self.directory)
 
 
