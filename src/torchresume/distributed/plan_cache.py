@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 _CACHES = ("_cached_save_plan", "_cached_all_plans", "_cached_global_plan", "_cached_metadata",
            "_cached_final_save_plan")
 _keys = itertools.count()
+UNCHANGED = ()  # an unchanged plan on the wire
 
 
 def new_key() -> str:
@@ -43,11 +44,27 @@ def new_key() -> str:
 
 
 class CachedPlanner(DefaultSavePlanner):
-    """DCP's default save planner with plan caching; the metadata it returns is a shallow copy."""
+    """DCP's default save planner with plan caching; the metadata it returns is a shallow copy.
+
+    An unchanged plan travels as ``()`` (4 bytes pickled) in DCP's gather and scatter, not as DCP's
+    empty ``SavePlan([], usable=False)`` (124 bytes); the planner maps it back on either side.
+    """
+
+    def create_local_plan(self) -> SavePlan:
+        plan = super().create_local_plan()
+        return plan if plan.usable else UNCHANGED  # type: ignore[return-value]
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
-        plans, metadata = super().create_global_plan(all_plans)
-        return plans, dataclasses.replace(metadata)  # the writer may empty this one, never the cached one
+        plans, metadata = super().create_global_plan([_unwire(p) for p in all_plans])
+        wire = [p if p.usable else UNCHANGED for p in plans]
+        return wire, dataclasses.replace(metadata)  # type: ignore[return-value]  # the writer may empty this copy
+
+    def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        return super().finish_plan(_unwire(new_plan))
+
+
+def _unwire(plan: SavePlan | tuple[()]) -> SavePlan:
+    return SavePlan([], usable=False) if plan == UNCHANGED else plan  # type: ignore[return-value]
 
 
 def cached_planner(key: str) -> CachedPlanner:
