@@ -4,9 +4,11 @@ Every rank writes the chunks DCP planned for it into ``shard-{rank}-{i}.safetens
 parts (safetensors with per-tensor checksums, any storage URL) and its own
 ``rank_state`` into ``rank-{rank}.safetensors``. Its write result, gathered by DCP to the
 coordinator, is one compact tuple (``Written``): the size and header digest of each part it wrote
-and, per chunk of its plan, the index of the part holding it, plus a digest of the chunk names; the
-coordinator rebuilds every chunk's location from the global plan it made (it knows each rank's
-items), checking the digest, so the gather carries a few bytes per chunk, not a record of each.
+and, per chunk of its plan, the index of the part holding it, its byte range in that part and its
+xxh3, plus a digest of the chunk names; the coordinator rebuilds every chunk's location from the
+global plan it made (it knows each rank's items), checking the digest, so the gather carries a few
+numbers per chunk, not a record of each. The byte ranges and digests go into ``dcp_metadata.json``:
+a restore reads just the chunks it needs and checks each against its digest (``reader.py``).
 The coordinator's ``finish`` writes ``dcp_metadata.json`` and then the manifest (the commit),
 only after every rank's results arrived; a rank that failed leaves no commit.
 With ``lean=True`` it then empties the metadata object it was given (a copy, see
@@ -31,14 +33,15 @@ from torchresume.distributed import metadata as dcp_json
 from torchresume.distributed.metadata import Location
 from torchresume.errors import CheckpointWriteError
 from torchresume.files import PartRecord, commit_directory, write_part
-from torchresume.files.directory import PART_SUFFIX
+from torchresume.files.directory import PART_SUFFIX, Span
 from torchresume.files.sharded import LAYOUT
 from torchresume.storage import resolve
 from torchresume.storage.base import write_all
 
 # One rank's write result: (rank, encrypted, ((size, header xxh3), ...) of its shard parts then its
-# rank part, the part index of each item of its final plan in plan order, xxh3 of the items' chunk keys).
-Written = tuple[int, bool, tuple[tuple[int, int], ...], bytes, int]
+# rank part, the part index of each item of its final plan in plan order, (begin, end, xxh3) of each
+# item's bytes in its part flattened in plan order, xxh3 of the items' chunk keys).
+Written = tuple[int, bool, tuple[tuple[int, int], ...], bytes, tuple[int, ...], int]
 
 
 def shard_name(rank: int, i: int) -> str:
@@ -137,22 +140,27 @@ class PartWriter(StorageWriter):
         jobs = [(shard_name(self.rank, i), bucket) for i, bucket in enumerate(buckets(plan.items, self.threads))]
         records: list[PartRecord] = []
         part_of: dict[int, int] = {}
+        spans: dict[int, Span] = {}
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for i, record in enumerate(pool.map(lambda job: self._write_bucket(planner, *job), jobs)):
+            for i, (record, chunk_spans) in enumerate(pool.map(lambda job: self._write_bucket(planner, *job), jobs)):
                 records.append(record)
                 part_of.update((id(item), i) for item in jobs[i][1])
+                spans.update(zip(map(id, jobs[i][1]), chunk_spans, strict=True))
         records.append(write_part(self.path, rank_name(self.rank), "state",
                                   {f"__rank_state_{self.rank:05d}": self.rank_state}, enc_key=self.enc_key))
         written: Written = (self.rank, self.enc_key is not None,
                             tuple((r.size, int(r.header_xxh3, 16)) for r in records),
-                            bytes(part_of[id(item)] for item in plan.items), keys_digest(plan.items))
+                            bytes(part_of[id(item)] for item in plan.items),
+                            tuple(n for item in plan.items for n in spans[id(item)]), keys_digest(plan.items))
         fut: Future[list[Written]] = Future()
         fut.set_result([written])
         return fut
 
-    def _write_bucket(self, planner: SavePlanner, name: str, items: list[WriteItem]) -> PartRecord:
-        return write_part(self.path, name, "tensors", {chunk_key(item): _resolved(planner, item) for item in items},
-                          enc_key=self.enc_key)
+    def _write_bucket(self, planner: SavePlanner, name: str, items: list[WriteItem]) -> tuple[PartRecord, list[Span]]:
+        spans: dict[str, Span] = {}
+        record = write_part(self.path, name, "tensors", {chunk_key(item): _resolved(planner, item) for item in items},
+                            enc_key=self.enc_key, spans=spans)
+        return record, [spans[chunk_key(item)] for item in items]
 
     def _parts_and_locations(self, results: list[list[Written]]) -> tuple[list[PartRecord], list[str],
                                                                          dict[MetadataIndex, Location]]:
@@ -165,17 +173,19 @@ class PartWriter(StorageWriter):
         rank_parts: list[str] = []
         locations: dict[MetadataIndex, Location] = {}
         for per_rank, plan in zip(results, plans, strict=True):
-            ((rank, encrypted, sizes, part_of, digest),) = per_rank
+            ((rank, encrypted, sizes, part_of, spans, digest),) = per_rank
             items = plan.items
-            if len(part_of) != len(items) or digest != keys_digest(items) or max(part_of, default=0) >= len(sizes) - 1:
+            if (len(part_of) != len(items) or len(spans) != 3 * len(items) or digest != keys_digest(items)
+                    or max(part_of, default=0) >= len(sizes) - 1):
                 raise CheckpointWriteError(f"{self.path}: rank {rank} wrote other chunks than the global plan "
                                            "gives it; nothing was committed")
             files = [shard_name(rank, i) + PART_SUFFIX for i in range(len(sizes) - 1)] + [rank_name(rank) + PART_SUFFIX]
             parts += [PartRecord(file, size, f"{xxh3:016x}", encrypted)
                       for file, (size, xxh3) in zip(files, sizes, strict=True)]
             rank_parts.append(files[-1])
-            locations.update((item.index, Location(files[i], chunk_key(item)))
-                             for item, i in zip(items, part_of, strict=True))
+            locations.update((item.index, Location(files[i], chunk_key(item), (spans[3 * k], spans[3 * k + 1]),
+                                                   f"{spans[3 * k + 2]:016x}"))
+                             for k, (item, i) in enumerate(zip(items, part_of, strict=True)))
         return parts, rank_parts, locations
 
     def finish(self, metadata: Metadata, results: list[list[Written]]) -> None:  # type: ignore[override]
