@@ -147,6 +147,26 @@ def test_restore_reads_only_the_chunks_and_checks_each(tmp_path: Path) -> None:
     mgr.close()
 
 
+def test_a_chunk_range_outside_its_part_is_refused(tmp_path: Path) -> None:
+    from torchresume.files.single import read_checkpoint
+    mgr = DistributedCheckpointManager(str(tmp_path), prefix="r")
+    path = Path(mgr.save(_state(), epoch=1, step=1) or "")
+    mgr.close()
+    meta_file, manifest_file = path / "dcp_metadata.json", path / "manifest.json"
+    meta = json.loads(meta_file.read_text())
+    meta["storage_data"][0]["at"][1] += 1 << 30
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    doc = json.loads(manifest_file.read_text())
+    doc["info"]["dcp_metadata"].update(size=len(raw), xxh3=xxhash.xxh3_64_hexdigest(raw))
+    for file, data in ((meta_file, raw), (manifest_file, json.dumps(doc).encode())):
+        file.chmod(0o600)
+        file.write_bytes(data)
+    with pytest.raises(CorruptCheckpointError, match="outside its part"):
+        read_checkpoint(str(path))
+    with pytest.raises(CorruptCheckpointError, match="outside the .*-byte part"):
+        mgr.restore(_state())
+
+
 def test_a_checkpoint_written_before_0_3_reads_whole_parts(tmp_path: Path) -> None:
     state = _state()
     mgr = DistributedCheckpointManager(str(tmp_path), prefix="old", keep=5)
