@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
@@ -78,9 +79,11 @@ def read_part(path: str, part: dict[str, Any], *, verify: bool = True,
 
 
 def read_chunks(path: str, part: dict[str, Any], wanted: dict[str, tuple[tuple[int, int], str]], *,
-                verify: bool = True) -> dict[str, torch.Tensor]:
+                verify: bool = True, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The bytes of the named chunks of one unencrypted part (``wanted``: name -> ([begin, end), xxh3)),
-    each checked against its xxh3; chunks that lie back to back are read at once."""
+    each checked against its xxh3; chunks that lie back to back are read at once. ``into``: chunks read
+    straight into these contiguous CPU tensors of their byte size (no buffer, no copy), then checked."""
+    into = into or {}
     storage, where = resolve(path)
     file = f"{path}/{part['file']}"
     f, size = storage.open_read(storage.join(where, part["file"]))
@@ -90,6 +93,14 @@ def read_chunks(path: str, part: dict[str, Any], wanted: dict[str, tuple[tuple[i
             raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
                                          f"{part['size']}; the part is damaged or was replaced")
         order = sorted(wanted.items(), key=lambda kv: kv[1][0])
+        for name, ((b, e), digest) in order:
+            if name in into:
+                if not 0 <= b <= e <= size or into[name].nbytes != e - b:
+                    raise CorruptCheckpointError(f"{file}: the metadata puts chunk {name!r} at bytes {b}-{e}, "
+                                                 f"outside the {size}-byte part or not its size; the checkpoint is "
+                                                 "damaged")
+                out[name] = _checked(f, b, native.tensor_bytes(into[name]), name, digest if verify else None, file)
+        order = [kv for kv in order if kv[0] not in into]
         i = 0
         while i < len(order):
             begin, end = order[i][1][0]
@@ -105,11 +116,21 @@ def read_chunks(path: str, part: dict[str, Any], wanted: dict[str, tuple[tuple[i
             for name, ((b, e), digest) in order[i:j]:
                 chunk = buf[b - begin:e - begin]
                 if verify and checksum.digest(native.tensor_bytes(chunk)) != digest:
-                    raise CorruptCheckpointError(f"{file}: checksum mismatch in tensor {name!r}; the part is "
-                                                 "damaged")
+                    raise _mismatch(file, name)
                 out[name] = chunk
             i = j
     return out
+
+
+def _checked(f: Any, begin: int, view: memoryview, name: str, digest: str | None, where: str) -> Any:
+    _read_into(f, begin, view, where)
+    if digest is not None and checksum.digest(view) != digest:
+        raise _mismatch(where, name)
+    return view
+
+
+def _mismatch(where: str, name: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{where}: checksum mismatch in tensor {name!r}; the part is damaged")
 
 
 def _read_into(f: Any, begin: int, view: memoryview, where: str) -> None:
@@ -243,10 +264,16 @@ class PartReader(StorageReader):
             part = self.parts[file]
             locations = [self.storage_data[item.storage_index] for item in items]
             if self.dec_key is None and not part.get("encrypted") and all(loc.at for loc in locations):
+                once = Counter(loc.name for loc in locations)
+                direct = {loc.name: target for item, loc in zip(items, locations, strict=True)
+                          if once[loc.name] == 1 and (target := self._whole_target(planner, item)) is not None}
                 chunks = read_chunks(self.path, part, {loc.name: (loc.at, loc.xxh3) for loc in locations
-                                                       if loc.at and loc.xxh3}, verify=self.verify)
+                                                       if loc.at and loc.xxh3}, verify=self.verify, into=direct)
                 for item, loc in zip(items, locations, strict=True):
-                    self._load_item(planner, item, self._typed(item, chunks[loc.name], file))
+                    if loc.name in direct:
+                        planner.commit_tensor(item, direct[loc.name])
+                    else:
+                        self._load_item(planner, item, self._typed(item, chunks[loc.name], file))
                 continue
             tree = read_part(self.path, part, verify=self.verify, dec_key=self.dec_key)
             for item in items:
@@ -260,6 +287,21 @@ class PartReader(StorageReader):
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
+
+    def _whole_target(self, planner: LoadPlanner, item: ReadItem) -> torch.Tensor | None:
+        """The tensor ``item`` loads into, when it takes the whole saved chunk as stored (the same
+        dtype and shape, contiguous, on the CPU): its bytes can be read straight into it."""
+        if item.type == LoadItemType.BYTE_IO:
+            return None
+        index = item.storage_index
+        found = self.chunk_types.get((index.fqn, tuple(index.offset or ())))
+        if found is None or any(int(o) for o in item.storage_offsets) or tuple(item.lengths) != found[1]:
+            return None
+        target = planner.resolve_tensor(item).detach()
+        if (target.device.type != "cpu" or target.dtype != found[0] or tuple(target.size()) != found[1]
+                or not target.is_contiguous()):
+            return None
+        return target
 
     def _typed(self, item: ReadItem, raw: torch.Tensor, file: str) -> torch.Tensor:
         """The saved chunk ``item`` reads, from its raw bytes (a non-tensor value stays bytes)."""
