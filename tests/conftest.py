@@ -44,6 +44,7 @@ PROCESS_MODULES = (
     "tests/distributed/test_resharding.py",
     "tests/cli/test_mindspore_cli.py",
     "tests/fault/test_distributed_kills.py",
+    "tests/fault/test_node_loss.py",
     "tests/cli/test_training_cli.py",
     "tests/distributed/test_cli.py",
     "tests/distributed/test_sharded_as_one.py",

@@ -28,4 +28,5 @@ def test_every_quick_id_names_a_test_and_only_those_process_tests_are_quick() ->
     unit = {t for t in every if t.split("::")[0] not in PROCESS_MODULES}
     assert unit <= quick, "every unit test is in the quick tier"
     fault_modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests" / "fault").glob("test_*.py")}
-    assert fault_modules - {"tests/fault/test_distributed_kills.py"} <= {t.split("::")[0] for t in QUICK}
+    torchrun_kills = {"tests/fault/test_distributed_kills.py", "tests/fault/test_node_loss.py"}
+    assert fault_modules - torchrun_kills <= {t.split("::")[0] for t in QUICK}

@@ -79,6 +79,11 @@ class CheckpointWriteError(TorchResumeError, OSError):
     """
 
 
+class SaveDeadlineError(CheckpointWriteError):
+    """A rank did not write its part of a sharded save within ``save_deadline_s``; every rank aborted
+    that save (the slow one abandoned its write) and nothing was committed."""
+
+
 class RunLockedError(TorchResumeError, RuntimeError):
     """Another live process is training into the same directory or URL."""
 

@@ -19,6 +19,7 @@ would change them). Everything else is copied before ``run`` returns (snapshot.p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,6 +35,19 @@ from torchresume.storage.pacing import Pace, check_write_rate
 ON_BUSY = ("wait", "skip")
 
 
+class _DefaultDeadline(float):
+    """The default deadline: unlike a value passed explicitly, it is shortened to half a process
+    group's timeout that is not longer than it (Lightning and HF Trainer users cannot pass one)."""
+
+
+DEFAULT_SAVE_DEADLINE_S: float = _DefaultDeadline(300.0)  # far below a group's timeout (ours 600 s, torch's 10-30 min)
+
+
+def is_default_deadline(save_deadline_s: float | None) -> bool:
+    """Whether ``save_deadline_s`` is the default (not a value the user passed)."""
+    return isinstance(save_deadline_s, _DefaultDeadline)
+
+
 def check_on_busy(on_busy: str) -> str:
     """What a save does when the previous background save is still running: "wait" or "skip"."""
     if on_busy not in ON_BUSY:
@@ -41,6 +55,18 @@ def check_on_busy(on_busy: str) -> str:
             f"on_busy={on_busy!r} is not a policy; use 'wait' (block until the previous background "
             "save is committed, then save) or 'skip' (drop this save and keep training)")
     return on_busy
+
+
+def check_save_deadline(save_deadline_s: float | None) -> float | None:
+    """A sharded save's deadline: seconds > 0 each rank has to write its part, or None (no deadline)."""
+    if save_deadline_s is None:
+        return None
+    if isinstance(save_deadline_s, bool) or not isinstance(save_deadline_s, (int, float)) or not (
+            0 < save_deadline_s < math.inf):
+        raise CheckpointConfigError(
+            f"save_deadline_s must be a number of seconds > 0 (each rank's time to write its part of a "
+            f"sharded save, default {DEFAULT_SAVE_DEADLINE_S:g}) or None for no deadline, got {save_deadline_s!r}")
+    return save_deadline_s if is_default_deadline(save_deadline_s) else float(save_deadline_s)
 
 
 class Stager(Protocol):
@@ -205,4 +231,5 @@ def _deleter() -> AsyncWriter:
     return _DELETER
 
 
-__all__ = ["ON_BUSY", "SaveSlot", "Stager", "check_on_busy", "check_overlap"]
+__all__ = ["DEFAULT_SAVE_DEADLINE_S", "ON_BUSY", "SaveSlot", "Stager", "check_on_busy", "check_overlap",
+           "check_save_deadline", "is_default_deadline"]

@@ -53,8 +53,10 @@ class Snapshot:
     """The staged tree, and the deferred copies still to make before it is complete."""
 
     def __init__(self, tree: Any, later: list[Pair] | None = None,
-                 device_done: dict[torch.device, Any] | None = None) -> None:
+                 device_done: dict[torch.device, Any] | None = None,
+                 placeholders: frozenset[int] = frozenset()) -> None:
         self.tree = tree
+        self.placeholders = placeholders  # data addresses of stand-ins for tensors not staged (staging.py)
         self._later = later or []
         self._device_done = device_done or {}
         self._next = 0

@@ -20,7 +20,10 @@ run to the disk straight from the slab, with no copy (storage/direct.py).
 If the encoder's order differs (a tree with numpy arrays among the tensors),
 runs are shorter and the writer copies what it must; the bytes are the same.
 
-``snapshot(tree, deferred)`` leaves the copies of the tensors a guarded optimizer owns for after
+``snapshot(tree, deferred, only)`` stages only the tensors at the positions ``only`` names and puts
+placeholders (``Placeholders``: shape and dtype, no memory) for the rest: a sharded save under
+DDP stages only the replicated tensors its rank writes (distributed/plan_cache.py says when).
+``deferred`` leaves the copies of the tensors a guarded optimizer owns for after
 the call returned (overlapped staging: snapshot.py says how and when they complete).
 
 The buffers are reused, so a snapshot is only valid until the next ``stage``:
@@ -58,6 +61,8 @@ class StagingBuffers:
     def __init__(self) -> None:
         self._layout: list[Layout] = []
         self._buffers: list[torch.Tensor] = []
+        self._pinned = False
+        self._positions: list[int] = []  # each buffer's position among the dense tensors of the last snapshot
         self.allocations = 0  # how many times the buffers were (re)allocated
 
     @property
@@ -68,19 +73,28 @@ class StagingBuffers:
         """A copy of ``tree`` whose tensors live in the reused host buffers (complete on return)."""
         return self.snapshot(tree).tree
 
-    def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
+    def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset(),
+                 only: frozenset[int] | None = None) -> Snapshot:
         """Stage ``tree``; the copies of tensors whose ``storage_key`` is in ``deferred`` are only
-        recorded (CPU) or queued on a side stream (CUDA), for ``Snapshot.copy_rest``/``gate``."""
+        recorded (CPU) or queued on a side stream (CUDA), for ``Snapshot.copy_rest``/``gate``.
+
+        ``only``: the positions (among the dense tensors, in tree order) to stage; every other dense
+        tensor becomes a placeholder of its shape and dtype that holds no data (``placeholder``):
+        a sharded save whose plan writes only this rank's share stages nothing else.
+        """
         tensors: list[torch.Tensor] = []
         map_tensors(tree, tensors.append)
         dense = [t for t in tensors if _stageable(t)]
-        layout = [_layout(t) for t in dense]
-        if layout != self._layout:
-            self._allocate(layout)
+        staged = [i for i in range(len(dense)) if only is None or i in only or dense[i].numel() == 0]
+        layout = [_layout(dense[i]) for i in staged]
+        pinned = any(t.device.type == "cuda" for t in dense)  # placeholders and buffers alike: one plan
+        if layout != self._layout or pinned != self._pinned:
+            self._allocate(layout, pinned)
+        self._positions = staged
         later: list[Pair] = []
         on_device: dict[torch.device, list[Pair]] = {}
         now_devices: set[torch.device] = set()
-        for buffer, t in zip(self._buffers, dense, strict=True):
+        for buffer, t in zip(self._buffers, (dense[i] for i in staged), strict=True):
             live, on_cuda = t.detach(), t.device.type == "cuda"
             if deferred and storage_key(live) in deferred:
                 if on_cuda:
@@ -94,18 +108,32 @@ class StagingBuffers:
         for device in now_devices:  # not run by the CPU-only test suite
             torch.cuda.synchronize(device)  # every stream of the device: these copies are complete
         device_done = {device: copy_on_side_stream(device, pairs) for device, pairs in on_device.items()}
-        buffers = iter(self._buffers)
-        staged = map_tensors(tree, lambda t: next(buffers) if _stageable(t) else t.detach().to("cpu", copy=True))
-        return Snapshot(staged, later, device_done)
+        by_position = dict(zip(staged, self._buffers, strict=True))
+        empty = Placeholders(pinned)
+        positions = iter(range(len(dense)))
 
-    def _allocate(self, layout: list[Layout]) -> None:
+        def stand_in(t: torch.Tensor) -> torch.Tensor:
+            if not _stageable(t):
+                return t.detach().to("cpu", copy=True)
+            i = next(positions)
+            return by_position[i] if i in by_position else empty.like(t)
+
+        return Snapshot(map_tensors(tree, stand_in), later, device_done, placeholders=empty.keys())
+
+    def positions_of(self, tensors: list[torch.Tensor]) -> frozenset[int]:
+        """The positions (as ``snapshot``'s ``only`` counts them) of the staged buffers among ``tensors``."""
+        at = {b.data_ptr(): i for i, b in zip(self._positions, self._buffers, strict=True) if b.numel()}
+        return frozenset(at[t.data_ptr()] for t in tensors if t.numel() and t.data_ptr() in at)
+
+    def _allocate(self, layout: list[Layout], pinned: bool) -> None:
         self.release()
         sizes = [_numel(shape) * dtype.itemsize for shape, dtype, _ in layout]
         order = sorted(range(len(layout)), key=lambda i: -layout[i][1].itemsize)  # the encoder's order
         offsets, total = [0] * len(layout), 0
         for i in order:
             offsets[i], total = total, total + sizes[i]
-        slab = _slab(total, pinned=any(device == "cuda" for _, _, device in layout))
+        slab = _slab(total, pinned=pinned)
+        self._pinned = pinned
         self._buffers = [slab[offsets[i]:offsets[i] + sizes[i]].view(dtype).view(shape)
                          for i, (shape, dtype, _) in enumerate(layout)]
         self._layout = layout
@@ -115,7 +143,27 @@ class StagingBuffers:
 
     def release(self) -> None:
         """Free the buffers (the next ``stage`` allocates them again)."""
-        self._buffers, self._layout = [], []
+        self._buffers, self._layout, self._positions = [], [], []
+
+
+class Placeholders:
+    """Stand-ins for the tensors a snapshot does not stage: a zero-stride view of one element per
+    dtype, so a planner sees the tensor's shape, dtype and layout (DCP plans it exactly as the
+    staged buffer it replaces) while no memory is copied or held. ``keys()`` names them."""
+
+    def __init__(self, pinned: bool) -> None:
+        self.pinned = pinned
+        self._bases: dict[torch.dtype, torch.Tensor] = {}
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        base = self._bases.get(t.dtype)
+        if base is None:
+            base = self._bases[t.dtype] = torch.zeros((), dtype=t.dtype, pin_memory=self.pinned)
+        return base.expand(t.shape)
+
+    def keys(self) -> frozenset[int]:
+        """The data addresses every placeholder view has (its base's)."""
+        return frozenset(b.data_ptr() for b in self._bases.values())
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -134,4 +182,4 @@ def _slab(nbytes: int, pinned: bool) -> torch.Tensor:
     return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)  # the tensor keeps the map alive
 
 
-__all__ = ["StagingBuffers"]
+__all__ = ["Placeholders", "StagingBuffers"]

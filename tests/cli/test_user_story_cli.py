@@ -74,6 +74,11 @@ def test_flags_are_named_as_typed(tmp_path) -> None:
         "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got 0" + see
     assert train(tmp_path, "--async-save", "--write-mb-per-s", "nan", check=2).stderr == \
         "torchresume: error: --write-mb-per-s must be a positive number of MB/s, got nan" + see
+    assert train(tmp_path, "--save-deadline", "0", check=2).stderr == \
+        "torchresume: error: --save-deadline must be a positive number of seconds, got 0" + see
+    assert train(tmp_path, "--save-deadline", "60", check=2).stderr == \
+        ("torchresume: error: --save-deadline bounds each rank's write of a sharded save under torchrun; one "
+         "process has no other rank to hold: drop --save-deadline, or run under torchrun" + see)
 
 
 def test_a_failed_save_names_the_file_and_the_cause(tmp_path) -> None:

@@ -33,13 +33,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun(nproc: int, scenario: str, directory: Path | str, out: Path, *, timeout: float = LIMIT_S) -> Launch:
-    """Run ``scenario`` on ``nproc`` ranks; results from ``out/rank{r}.json``."""
+def torchrun(nproc: int, scenario: str, directory: Path | str, out: Path, *, timeout: float = LIMIT_S,
+             worker: Path = WORKER) -> Launch:
+    """Run ``scenario`` of ``worker`` on ``nproc`` ranks; results from ``out/rank{r}.json``."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("rank*.json"):
         old.unlink()
     cmd = [str(TORCHRUN), "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(WORKER), scenario, str(directory), str(out)]
+           "--master-port", str(free_port()), str(worker), scenario, str(directory), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

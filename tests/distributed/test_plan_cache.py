@@ -1,17 +1,27 @@
 """Plan once (issue 23, item 3): steady saves reuse the cached plan and metadata, a changed state plans
-again, and every checkpoint still holds what was saved. One process, no torchrun: the caching path of
-DCP's planner runs the same without a process group (a 32-rank run is benchmarks/distributed_scale.py)."""
+again, and every checkpoint still holds what was saved. Replicated writes are spread over the ranks,
+and a placeholder (a tensor this rank did not stage) is never written (item 2). One process, no
+torchrun: the caching path of DCP's planner runs the same without a process group (a 32-rank run is
+benchmarks/distributed_scale.py; a 4-rank one test_lean_staging.py)."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import pytest
 import torch
-from torch.distributed.checkpoint.planner import SavePlanner
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import create_default_local_save_plan
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 
 from torchresume.distributed import DistributedCheckpointManager
-from torchresume.distributed.plan_cache import cached_planner, forget
+from torchresume.distributed.plan_cache import cached_planner, forget, spread
+from torchresume.distributed.writer import PartWriter
+from torchresume.errors import CheckpointWriteError
+from torchresume.staging import Placeholders
 
 
 def tensors(path: str) -> list[str]:
@@ -67,3 +77,34 @@ def test_forget_and_the_planner_key() -> None:
     SavePlanner._cached_metadata["k-test"] = None  # type: ignore[assignment]
     forget("k-test")
     assert "k-test" not in SavePlanner._cached_metadata
+
+
+def _plan(state: dict[str, torch.Tensor]) -> SavePlan:
+    return create_default_local_save_plan(state, is_coordinator=False)
+
+
+def test_spread_gives_the_largest_first_to_the_least_loaded_rank() -> None:
+    # In plan order, four small tensors then a big one: a rank-by-rank greedy ends 6 vs 2 units;
+    # largest first ends 4 vs 4.
+    state = {f"s{i}": torch.zeros(256) for i in range(4)} | {"big": torch.zeros(1024)}
+    kept = spread([_plan(state), _plan(state)])
+    loads = [sum(item.tensor_storage_size() or 0 for item in plan.items) for plan in kept]
+    assert loads == [4096, 4096], loads
+    assert sorted(i.index.fqn for p in kept for i in p.items) == sorted(state)  # each written once
+    alone = spread([_plan({"a": torch.zeros(8)}), _plan({"b": torch.zeros(8)})])  # not replicated: kept
+    assert [[i.index.fqn for i in p.items] for p in alone] == [["a"], ["b"]]
+
+
+def test_a_placeholder_planned_for_writing_fails_the_save_and_commits_nothing(tmp_path: Path) -> None:
+    stand_in = Placeholders(pinned=False)
+    state = {"model": {"w": torch.ones(4), "v": stand_in.like(torch.ones(3, 2))}}
+    writer = PartWriter(str(tmp_path / "p-1_1.ckpt"))
+    with pytest.raises(CheckpointException) as raised, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, storage_writer=writer, planner=cached_planner("k-stand-in", stand_in.keys()), no_dist=True)
+    forget("k-stand-in")
+    (error,) = [e[0] if isinstance(e, tuple) else e for e in raised.value.failures.values()]
+    assert isinstance(error, CheckpointWriteError)
+    assert str(error) == ("model.v was planned on this rank but not staged (the plan changed after staging); "
+                          "nothing was committed; the next save stages every tensor")
+    assert not (tmp_path / "p-1_1.ckpt" / "manifest.json").exists()

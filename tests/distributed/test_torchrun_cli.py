@@ -1,10 +1,11 @@
 """The README's torchrun command (the block marked ``id=torchrun-resume``): 2 ranks, SIGTERM to the
-launcher, the same command resumes."""
+launcher, the same command resumes (and removes the parts of a save a kill interrupted)."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -47,10 +48,15 @@ def test_readme_command_sigterm_to_launcher_then_same_command_finishes(tmp_path:
     assert 10 <= int(step) < 60
     assert not any("done:" in line for line in first.lines)
     stopped = {name.split("/", 1)[1]: t for name, t in every_tensor(saved).items()}  # before retention
+    interrupted = tmp_path / "ckpt" / "mlp-1_59.ckpt"  # what a SIGKILL mid-save leaves: parts, no manifest
+    shutil.copytree(saved, interrupted)
+    (interrupted / "manifest.json").unlink()
 
     second = Launcher(cmd, tmp_path)
     assert second.finish() == 0, second.output()[-3000:]
     assert f"resumed from {path} at epoch 1, step {step}" in second.output()
+    assert not interrupted.exists()  # rank 0 removed it, holding the run lock, before the first save
+    assert second.output().count("removing ckpt/mlp-1_59.ckpt: an interrupted save's parts") == 1
     assert sum(line.startswith("done: 60 steps") for line in second.lines) == 1  # rank 0 only
     final = committed(tmp_path / "ckpt", "mlp")[-1]
     assert final.name == "mlp-1_60.ckpt"

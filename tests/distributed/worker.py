@@ -465,7 +465,56 @@ def async_fail(directory: str, out: str) -> dict[str, Any]:
     return {"error": None}
 
 
-SCENARIOS = {"async_save": async_save, "async_kill": async_kill, "async_fail": async_fail,
+def _replica(extra: int = 0) -> dict[str, Any]:
+    """What DDP holds: the same tensors on every rank (sizes 1..24 KiB and a larger one), and a
+    non-tensor value; ``extra`` adds that many tensors."""
+    gen = torch.Generator().manual_seed(5)
+    model = {f"t{i:02d}": torch.randn(256 * (i + 1), generator=gen) for i in range(24 + extra)}
+    return {"model": model, "big": {"w": torch.randn(64, 256, generator=gen)}, "meta": {"lr": 0.1}}
+
+
+def _written_per_rank(path: str) -> list[int]:
+    """Bytes of the shard parts each rank wrote into the checkpoint ``path``."""
+    sizes = [0] * world()
+    for name in os.listdir(path):
+        if name.startswith("shard-"):
+            sizes[int(name.split("-")[1])] += os.path.getsize(os.path.join(path, name))
+    return sizes
+
+
+def lean_staging(directory: str, out: str) -> dict[str, Any]:
+    """Async saves of replicated state: how many bytes each rank stages per save, what each rank
+    wrote, and every checkpoint restored bitwise. Saves 1-3 share one layout; save 4 adds a tensor
+    on every rank, save 5 one on rank 1 only (the ranks no longer agree: everything is staged)."""
+    mgr = DistributedCheckpointManager(directory, prefix="lean", keep=10, async_save=True)
+    state, expected, staged, paths = _replica(), {}, [], []
+    for step in range(1, 6):
+        if step == 4:
+            state = _replica(extra=1)
+        if step == 5 and rank() == 1:
+            state["model"]["only1"] = torch.arange(512.0)
+        for t in state["model"].values():
+            t.add_(step)
+        paths.append(mgr.save(state, epoch=1, step=step))
+        staged.append(mgr._stager.buffers.nbytes)
+        expected[step] = copy.deepcopy(state)
+        for t in state["model"].values():
+            t.mul_(-3.0)  # the live state moves on while the save is written
+        mgr.wait()
+    equal = {}
+    for step, path in enumerate(paths, start=1):
+        into = {k: {n: torch.zeros_like(t) for n, t in v.items()} if k != "meta" else {"lr": 0.0}
+                for k, v in expected[step].items()}
+        assert mgr.restore(into, path=path) is not None
+        equal[step] = tensors_equal(into, expected[step])
+    mgr.close()
+    replica = sum(t.numel() * 4 for k in ("model", "big") for t in _replica()[k].values())
+    largest = 64 * 256 * 4
+    return {"staged": staged, "replica": replica, "largest": largest, "equal": equal,
+            "written": _written_per_rank(paths[1]) if rank() == 0 else None}
+
+
+SCENARIOS = {"async_save": async_save, "lean_staging": lean_staging, "async_kill": async_kill, "async_fail": async_fail,
              "fsdp_async_save": fsdp_async_save,
              "ddp_save_async": lambda d, o: ddp_save(d, o, async_save=True),
              "restore_any": restore_any, "restore_reads": restore_reads, "scale_probe": scale_probe,

@@ -25,6 +25,7 @@ KEY = bytes(range(32))
 PARITY = "tests.distributed.test_torchrun_parity"
 CONFIG = "tests.train.test_checkpoint_config"
 HERE = "tests.train.test_torchrun_options"
+DEADLINE = "tests.distributed.test_deadline"
 OR_ONE = ", or train in one process"
 
 # parameter -> ("honoured", kwargs the gate accepts, "module::test that shows it")
@@ -70,6 +71,10 @@ TABLE: dict[str, tuple[str, dict[str, object], str]] = {
                 f"{PARITY}::test_best_skip_lock_and_finished_under_torchrun"),
     "overlap": ("honoured", {"async_save": True, "overlap": True},
                 "tests.fault.test_distributed_kills::test_random_kills_end_bitwise_equal_to_an_uninterrupted_run"),
+    "save_deadline_s": ("honoured", {"save_deadline_s": 2},
+                        f"{DEADLINE}::test_hung_rank_aborts_the_save_on_every_rank_sync_and_async"),
+    "on_save_deadline": ("honoured", {"on_save_deadline": "stop"},
+                         f"{DEADLINE}::test_training_continues_or_stops_after_an_aborted_save"),
     "write_mb_per_s": ("refused", {"async_save": True, "write_mb_per_s": 50},
                        "write_mb_per_s=50 is not supported under torchrun yet (each rank writes its part of a "
                        "sharded save at full speed); leave write_mb_per_s=None" + OR_ONE),

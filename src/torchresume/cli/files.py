@@ -342,4 +342,5 @@ def _dash(value: int | None) -> str:
 
 
 # CheckpointConfig options that `torchresume train` sets from a flag (refusals under torchrun name them).
-_FLAG_WORDS.update({"leave write_mb_per_s=None": "drop --write-mb-per-s", "write_mb_per_s=": "--write-mb-per-s "})
+_FLAG_WORDS.update({"leave write_mb_per_s=None": "drop --write-mb-per-s", "write_mb_per_s=": "--write-mb-per-s ",
+                    "raise save_deadline_s": "raise --save-deadline", "save_deadline_s=": "--save-deadline "})

@@ -56,6 +56,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    default=None, metavar="MB",
                    help="with --async-save: write each checkpoint at most this fast (MB/s), to spread "
                         "its I/O over more steps (default: as fast as the disk goes)")
+    p.add_argument("--save-deadline", type=options.number(above=0, what="a positive number of seconds"),
+                   default=None, metavar="S",
+                   help="under torchrun: a save whose part a rank has not written after S seconds is "
+                        "aborted on every rank, nothing committed, and training goes on (default: 300)")
     p.add_argument("--print-every", type=options.whole(1), default=None,
                    help="loss print period in steps (default: once per epoch)")
     p.set_defaults(func=cmd_train)
@@ -143,6 +147,9 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise options.UsageError("--write-mb-per-s paces background saves; add --async-save")
     if args.overlap and not args.async_save:
         raise options.UsageError("--overlap overlaps the copy of a background save with training; add --async-save")
+    if args.save_deadline is not None and not _launched():
+        raise options.UsageError("--save-deadline bounds each rank's write of a sharded save under torchrun; one "
+                                 "process has no other rank to hold: drop --save-deadline, or run under torchrun")
     if args.prefix is not None and ("-" in args.prefix or "/" in args.prefix or not args.prefix):
         raise options.UsageError(f"--prefix must be a name without '-' or '/', got {args.prefix!r}")
 
@@ -167,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_checkpoint_steps=args.save_steps if args.save_seconds is None else 0,
         save_checkpoint_seconds=args.save_seconds or 0, keep_checkpoint_max=args.keep_max,
         async_save=args.async_save, write_mb_per_s=args.write_mb_per_s, overlap=args.overlap,
+        **({} if args.save_deadline is None else {"save_deadline_s": args.save_deadline}),
         exception_save=not _launched())  # under torchrun a breakpoint would need the failed rank too
     if args.save_steps is None and args.save_seconds is None:
         cfg.save_checkpoint_steps = steps

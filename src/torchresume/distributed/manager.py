@@ -16,6 +16,10 @@ separate gloo process group, then retention and a barrier. At most one save is
 in flight: the next save, ``restore``, ``wait`` and ``close`` wait for it and
 re-raise its failure as AsyncSaveError. ``newest`` names the in-flight
 checkpoint only once its background work finished on every rank.
+
+A save has a deadline (``save_deadline_s``): a rank whose part is not written by then fails the
+save on every rank with ``SaveDeadlineError`` naming it (the writer abandons its writes), and
+nothing is committed, so a hung rank's storage holds the job no longer than that.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.planner import SavePlanner, WriteItemType
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
@@ -43,14 +48,21 @@ from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,
     CorruptCheckpointError,
+    SaveDeadlineError,
     TorchResumeError,
 )
-from torchresume.files.directory import is_committed
+from torchresume.files.directory import MANIFEST, is_committed
 from torchresume.format.crypto import check_key
 from torchresume.log import log
-from torchresume.naming import check_prefix
+from torchresume.naming import check_prefix, parse_name
 from torchresume.retention import KeepLast, RetentionPolicy
-from torchresume.save_slot import SaveSlot, check_on_busy
+from torchresume.save_slot import (
+    DEFAULT_SAVE_DEADLINE_S,
+    SaveSlot,
+    check_on_busy,
+    check_save_deadline,
+    is_default_deadline,
+)
 from torchresume.snapshot import Snapshot
 from torchresume.staging import StagingBuffers
 from torchresume.state.tree import map_tensors
@@ -92,12 +104,12 @@ def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
 
 
-def _broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
+def _broadcast(value: Any, group: Any = None) -> Any:
+    """Rank 0's ``value`` on every rank (of ``group``, which holds rank 0)."""
     if not _distributed():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
@@ -150,22 +162,48 @@ def _copy_leaves(node: Any) -> Any:
 
 
 class ShardStager:
-    """The save slot's stager for DCP state: DTensors staged as their local shards (``stage_state``)."""
+    """The save slot's stager for DCP state: DTensors staged as their local shards (``stage_state``).
+
+    ``share``: the positions of the tensors this rank's plan writes (None: every tensor), set by the
+    manager before each save; ``last``: the snapshot of the save in flight.
+    """
 
     def __init__(self) -> None:
         self.buffers = StagingBuffers()
+        self.share: frozenset[int] | None = None
+        self.last: Snapshot | None = None
 
     def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
-        return stage_state(self.buffers, tree, deferred)
+        self.last = stage_state(self.buffers, tree, deferred, only=self.share)
+        return self.last
 
     def release(self) -> None:
         self.buffers.release()
+        self.last = None
 
 
-def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
+def layout_key(node: Any) -> Any:
+    """What a save plan depends on: the tree's keys and each tensor's shape, dtype, device and
+    DTensor placement, never a value. Equal keys on every rank: the cached plan is used again."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(node, DTensor):
+        return "S", tuple(node.shape), node.dtype, node.placements, node.device_mesh, tuple(node.to_local().shape)
+    if isinstance(node, torch.Tensor):
+        return "T", tuple(node.shape), node.dtype, node.device.type, node.layout
+    if isinstance(node, dict):
+        return "D", tuple((k, layout_key(v)) for k, v in node.items())
+    if isinstance(node, (list, tuple)):
+        return "L", tuple(layout_key(v) for v in node)
+    return "V"
+
+
+def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = frozenset(),
+                only: frozenset[int] | None = None) -> Snapshot:
     """A snapshot of ``state`` in ``buffers``: plain tensors copied, DTensors as their staged local shard.
 
     A top-level ``Stateful`` (a module, an optimizer) is replaced by its ``state_dict()`` first.
+    ``only``: the positions of the tensors to stage (``StagingBuffers.snapshot``), placeholders for the rest.
     A DTensor is rebuilt around its staged local tensor with the same mesh, placements, global
     shape and stride (no collective), so DCP plans the snapshot exactly as it would the live state.
     """
@@ -182,7 +220,7 @@ def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = 
 
     if isinstance(state, dict):  # DCP calls a top-level Stateful's state_dict(): now, not in the background
         state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
-    snapshot = buffers.snapshot(map_tensors(state, unwrap), deferred)
+    snapshot = buffers.snapshot(map_tensors(state, unwrap), deferred, only)
     spec_iter = iter(specs)
 
     def rewrap(t: torch.Tensor) -> torch.Tensor:
@@ -196,14 +234,76 @@ def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = 
     return snapshot
 
 
+def written_tensors(planner: SavePlanner) -> list[torch.Tensor]:
+    """The tensors (local shards) the finished plan of ``planner`` wrote on this rank."""
+    found = (planner.lookup_object(item.index) for item in planner.plan.items  # type: ignore[attr-defined]
+             if item.type != WriteItemType.BYTE_IO)
+    return [t for t in found if isinstance(t, torch.Tensor)]
+
+
+def _failures(exc: CheckpointException) -> dict[int, BaseException]:
+    """Each failed rank's exception."""
+    return {rank: failure[0] if isinstance(failure, tuple) else failure for rank, failure in exc.failures.items()}
+
+
+def _late_ranks(exc: CheckpointException) -> list[int]:
+    """The ranks that did not write their part within the save's deadline."""
+    return sorted(rank for rank, err in _failures(exc).items() if isinstance(err, SaveDeadlineError))
+
+
+def _rank_errors(exc: CheckpointException, skip: Sequence[int] = ()) -> str:
+    """Each failed rank but those in ``skip`` with its error's first line, ``; ``-separated."""
+    return "; ".join(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                     for rank, err in sorted(_failures(exc).items()) if rank not in skip)
+
+
 def failure_line(path: str, exc: CheckpointException) -> str:
     """One line naming each failed rank and its error."""
-    parts = []
-    for rank, failure in sorted(exc.failures.items()):
-        err = failure[0] if isinstance(failure, tuple) else failure
-        parts.append(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-    return (f"{path}: sharded save failed ({'; '.join(parts)}); nothing was committed and the previous "
+    return (f"{path}: sharded save failed ({_rank_errors(exc)}); nothing was committed and the previous "
             "checkpoint stays the newest; fix the storage of the failing rank and save again")
+
+
+def deadline_line(path: str, late: Sequence[int], deadline_s: float, kept: str, others: str = "") -> str:
+    """One line for a save aborted because ranks ``late`` did not write their parts in time
+    (``kept``: what stays the newest, said by ``_newest_kept``)."""
+    one = len(late) == 1
+    who = (f"rank {late[0]} did not write its part" if one else
+           f"ranks {', '.join(map(str, late))} did not write their parts")
+    also = f" (also failed: {others})" if others else ""
+    its, whose = ("its", "that rank's") if one else ("their", "those ranks'")
+    return (f"{path}: save aborted: {who} within save_deadline_s={deadline_s:g} ({its} storage hung or is too "
+            f"slow){also}; nothing was committed and {kept}; check {whose} storage, or raise save_deadline_s "
+            f"if {its} writes are only slow")
+
+
+def _group_timeout_s() -> float | None:
+    """The default process group's timeout in seconds, where torch lets it be read (else None)."""
+    if not _distributed():
+        return None
+    try:
+        pg = dist.distributed_c10d._get_default_group()
+        device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+        return float(pg._get_backend(device).options._timeout.total_seconds())
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+
+
+def _below_timeout(save_deadline_s: float | None) -> float | None:
+    """The deadline to use: the default is shortened to half a process-group timeout not longer than
+    it; a deadline passed explicitly that the timeout would cut short is refused (the ranks wait for a
+    late one in a collective, which would time out first and end the job)."""
+    timeout = _group_timeout_s()
+    if save_deadline_s is None or timeout is None or save_deadline_s < timeout:
+        return save_deadline_s
+    if is_default_deadline(save_deadline_s):
+        log.info("save_deadline_s: %g s, half the process group's timeout (%g s; the default %g s is not below it)",
+                 timeout / 2, timeout, save_deadline_s)
+        return timeout / 2
+    raise CheckpointConfigError(
+        f"save_deadline_s={save_deadline_s:g} is not below the process group's timeout ({timeout:g} s): "
+        "the ranks wait for a late one in a collective, which would time out first and end the job; "
+        f"pass a smaller save_deadline_s (default {DEFAULT_SAVE_DEADLINE_S:g}) or a longer timeout to "
+        "init_process_group")
 
 
 class DistributedCheckpointManager:
@@ -219,6 +319,11 @@ class DistributedCheckpointManager:
     every rank before ``dist.destroy_process_group()``.
     ``overlap`` (with ``async_save``): the copy of the parameters and state of the optimizers
     passed to ``guard_optimizer`` runs beside the next forward and backward; their ``step`` waits for it.
+    ``save_deadline_s``: seconds each rank has to write its part of a save (from the start of its
+    write; for an async save, in the background); a rank past it makes every rank abort the save
+    with ``SaveDeadlineError`` naming it, nothing committed (an async save's is re-raised as
+    ``AsyncSaveError`` by the next call). None: no deadline. It must be below the process group's
+    timeout (checked here when the group is up and its timeout can be read).
 
     Every method is collective under torchrun; without a process group it works in one process.
 
@@ -239,7 +344,8 @@ class DistributedCheckpointManager:
 
     def __init__(self, directory: str, *, prefix: str = "ckpt", keep: int = 5, threads: int = 2,
                  async_save: bool = False, retention: Sequence[RetentionPolicy] | None = None,
-                 enc_key: bytes | None = None, on_busy: str = "wait", overlap: bool = False) -> None:
+                 enc_key: bytes | None = None, on_busy: str = "wait", overlap: bool = False,
+                 save_deadline_s: float | None = DEFAULT_SAVE_DEADLINE_S) -> None:
         if not isinstance(directory, str) or not directory:
             raise CheckpointConfigError(f"directory must be a non-empty path or URL, got {directory!r}")
         check_prefix(prefix)
@@ -251,9 +357,12 @@ class DistributedCheckpointManager:
         self.retention: list[RetentionPolicy] = list(retention) if retention else [KeepLast(keep)]
         self.enc_key = check_key(enc_key, "AES-GCM", "enc_key") if enc_key is not None else None
         self.threads = threads
+        self.save_deadline_s = _below_timeout(check_save_deadline(save_deadline_s))
         # At most one save in flight; async saves stage DTensors as their local shards.
-        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=ShardStager() if async_save else None,
+        self._stager = ShardStager()
+        self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=self._stager if async_save else None,
                              name="torchresume-dist-writer", overlap=overlap)
+        self._written: tuple[Any, frozenset[int]] | None = None  # the last async save's layout and this rank's share
         self.async_save = async_save
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
@@ -305,24 +414,45 @@ class DistributedCheckpointManager:
         if self.async_save and self._group is None and _distributed():  # collective: the first async save
             self._group = dist.new_group(backend="gloo")
         group = self._group if self.async_save else None
+        layout = None
+        if group is not None:  # every rank stages only what its plan writes, once the plan is known
+            state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
+            layout = layout_key(state)
+            self._stager.share = self._agreed_share(layout, group)
         own, full_info, append = copy.deepcopy(rank_state), copy.deepcopy(full_info), copy.deepcopy(append)
         self.slot.run(path, state, lambda snapshot, pace: self._write(snapshot, path, own, full_info, append,
-                                                                       group=group))
+                                                                       group=group, layout=layout))
         return path
 
+    def _agreed_share(self, layout: Any, group: Any) -> frozenset[int] | None:
+        """Collective: this rank's share of the last save when every rank's state has that save's
+        layout (the cached plan then holds on every rank), else None (stage everything)."""
+        mine = self._written[1] if self._written is not None and self._written[0] == layout else None
+        flag = torch.tensor([0 if mine is None else 1])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        return mine if int(flag.item()) == 1 else None
+
     def _write(self, state: dict[str, Any], path: str, rank_state: Any, info: dict[str, Any],
-               append: dict[str, Any] | None, *, group: Any) -> None:
-        """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``)."""
+               append: dict[str, Any] | None, *, group: Any, layout: Any = None) -> None:
+        """The collective DCP save into ``path``, the commit, then retention and a barrier (on ``group``).
+
+        ``layout``: the staged state's ``layout_key`` (background saves under torchrun): once
+        committed, this rank's share of it is kept for the next save's staging."""
         writer = PartWriter(path, threads=self.threads, rank_state=rank_state, info=info, append=append,
-                            enc_key=self.enc_key, lean=True)
+                            enc_key=self.enc_key, lean=True, deadline_s=self.save_deadline_s)
+        staged = self._stager.last if layout is not None else None
+        planner = plan_cache.cached_planner(self._plan_key, staged.placeholders if staged else frozenset())
+        self._written = None
         try:
             with _single_process_quiet():
-                dcp.save(state, storage_writer=writer, planner=plan_cache.cached_planner(self._plan_key),
-                         process_group=group, no_dist=not _distributed())
+                dcp.save(state, storage_writer=writer, planner=planner, process_group=group,
+                         no_dist=not _distributed())
+            if layout is not None:
+                self._written = layout, self._stager.buffers.positions_of(written_tensors(planner))
         except CheckpointException as exc:
-            if _rank() == 0:
-                self._discard(path)
-            raise CheckpointWriteError(failure_line(path, exc)) from None
+            self._failed(path, exc, _late_ranks(exc), group)
+        except SaveDeadlineError as exc:  # one process: DCP runs write_data without its collectives
+            self._failed(path, exc, [0], group)
         except (dist.DistError, RuntimeError) as exc:  # DCP wraps rank errors; these are from collectives
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointWriteError(f"{path}: sharded save failed: the process group broke ({first}); "
@@ -336,6 +466,29 @@ class DistributedCheckpointManager:
                     self._retain(path)
         finally:
             _barrier(group)  # every rank, whatever rank 0 met
+
+    def _failed(self, path: str, exc: BaseException, late: list[int], group: Any) -> NoReturn:
+        """Every rank: the save of ``path`` failed (DCP's outcome, alike on every rank); rank 0 removes
+        its parts. Ranks past the deadline: SaveDeadlineError, naming the newest checkpoint kept."""
+        if _rank() == 0:
+            self._discard(path)
+        if late:
+            assert self.save_deadline_s is not None  # only a writer with a deadline reports one
+            kept = _broadcast(self._newest_kept() if _rank() == 0 else None, group)  # every rank is here
+            others = _rank_errors(exc, skip=late) if isinstance(exc, CheckpointException) else ""
+            raise SaveDeadlineError(deadline_line(path, late, self.save_deadline_s, kept, others)) from None
+        assert isinstance(exc, CheckpointException)
+        raise CheckpointWriteError(failure_line(path, exc)) from None
+
+    def _newest_kept(self) -> str:
+        """Rank 0, after a failed save: which checkpoint stays the newest, in words (never raised:
+        the other ranks wait for the answer)."""
+        try:
+            entries = self.checkpoints()
+        except Exception as exc:
+            log.warning("could not list %s after a failed save: %s", self.directory, exc)
+            return "the previous checkpoint stays the newest"
+        return f"{entries[0].path} stays the newest" if entries else "there is no earlier checkpoint"
 
     def _retain(self, path: str) -> None:
         """Retention after ``path``'s commit; a failure is said, never raised (it happens on rank 0
@@ -377,6 +530,24 @@ class DistributedCheckpointManager:
                 storage.delete(where)
         except OSError as exc:
             log.warning("could not remove the parts of the failed save %s: %s", path, exc)
+
+    def remove_unfinished(self) -> list[str]:
+        """Delete the directories of this prefix that an interrupted save left (parts, no manifest);
+        returns their paths. Not collective: call it on one rank, and only while no save of this
+        prefix can be in flight anywhere (the trainer: rank 0, holding the run lock, before the first save)."""
+        storage, where = resolve(self.directory)
+        if not storage.isdir(where):
+            return []
+        removed = []
+        for entry in storage.list(where):
+            parsed = parse_name(entry.path.rstrip("/").rsplit("/", 1)[-1])
+            if (entry.is_dir and parsed is not None and parsed[0] == self.prefix
+                    and not storage.exists(storage.join(entry.path, MANIFEST))):  # a damaged manifest stays
+                log.warning("removing %s: an interrupted save's parts (never committed, never resumed from)",
+                            entry.path)
+                storage.delete(entry.path)
+                removed.append(entry.path)
+        return removed
 
     def checkpoints(self) -> list[Entry]:
         """This prefix's committed sharded checkpoints, newest first (their manifests only: no part of
@@ -443,5 +614,6 @@ class DistributedCheckpointManager:
             self.slot.close()
         finally:
             plan_cache.forget(self._plan_key)
+            self._written = None  # its plan is forgotten: the next save stages everything
 
 

@@ -21,16 +21,30 @@ What invalidates a cached plan: any rank's local plan differing from its last on
 or removed, another shape, dtype, placement or chunk, a non-tensor value added or removed), in
 which case the coordinator merges the changed plans and plans again; a new process (a restart
 or another world size) starts empty. Values never do: plans name tensors, not their contents.
+
+Stage only what is written: a replicated tensor (what DDP holds: the same on every rank) is written by
+one rank. ``spread`` gives each to the rank with the fewest bytes planned so far, largest first, so
+the ranks write about 1/W of the replica each. An async save then stages on each rank only the
+tensors its cached plan writes (the manager's ``share``) and hands the planner placeholders for the
+rest (``staging.Placeholders``): same shape, dtype and layout, so the local plan equals the cached
+one and the cached final plan is used. If a plan changed anyway and a rank was given a tensor it
+did not stage, ``resolve_data`` refuses to write the placeholder: that save fails on every rank,
+nothing is committed, and the next save stages everything.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
+from collections import defaultdict
 
+import torch
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import Metadata
-from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
+
+from torchresume.errors import CheckpointWriteError
 
 _CACHES = ("_cached_save_plan", "_cached_all_plans", "_cached_global_plan", "_cached_metadata",
            "_cached_final_save_plan")
@@ -44,11 +58,25 @@ def new_key() -> str:
 
 
 class CachedPlanner(DefaultSavePlanner):
-    """DCP's default save planner with plan caching; the metadata it returns is a shallow copy.
+    """DCP's default save planner with plan caching; the metadata it returns is a shallow copy,
+    replicated writes are ``spread`` over the ranks, and a placeholder is never written.
 
     An unchanged plan travels as ``()`` (4 bytes pickled) in DCP's gather and scatter, not as DCP's
     empty ``SavePlan([], usable=False)`` (124 bytes); the planner maps it back on either side.
     """
+
+    unstaged: frozenset[int] = frozenset()  # data addresses of this rank's placeholders
+
+    def _dedup_save_plans(self, all_plans: list[SavePlan]) -> list[SavePlan]:
+        return spread(all_plans)
+
+    def resolve_data(self, write_item: WriteItem) -> torch.Tensor | io.BytesIO:
+        data = super().resolve_data(write_item)
+        if isinstance(data, torch.Tensor) and data.numel() and data.data_ptr() in self.unstaged:
+            raise CheckpointWriteError(
+                f"{write_item.index.fqn} was planned on this rank but not staged (the plan changed after "
+                "staging); nothing was committed; the next save stages every tensor")
+        return data
 
     def create_local_plan(self) -> SavePlan:
         plan = super().create_local_plan()
@@ -67,11 +95,31 @@ def _unwire(plan: SavePlan | tuple[()]) -> SavePlan:
     return SavePlan([], usable=False) if plan == UNCHANGED else plan  # type: ignore[return-value]
 
 
-def cached_planner(key: str) -> CachedPlanner:
-    """A save planner with plan caching under ``key``."""
+def cached_planner(key: str, unstaged: frozenset[int] = frozenset()) -> CachedPlanner:
+    """A save planner with plan caching under ``key``; ``unstaged``: this rank's placeholders."""
     planner = CachedPlanner(enable_plan_caching=True)
     planner._cached_plans_key = key
+    planner.unstaged = unstaged
     return planner
+
+
+def spread(plans: list[SavePlan]) -> list[SavePlan]:
+    """Each write planned by several ranks kept by one: the largest first, each by the rank holding
+    it with the fewest bytes kept so far (the lowest such rank on a tie)."""
+    holders: dict[MetadataIndex, list[int]] = defaultdict(list)
+    items: dict[MetadataIndex, WriteItem] = {}
+    for rank, plan in enumerate(plans):
+        for item in plan.items:
+            holders[item.index].append(rank)
+            items.setdefault(item.index, item)
+    load = [0] * len(plans)
+    keeper: dict[MetadataIndex, int] = {}
+    for index in sorted(items, key=lambda i: -(items[i].tensor_storage_size() or 1)):  # stable: plan order on ties
+        rank = min(holders[index], key=lambda r: (load[r], r))
+        keeper[index] = rank
+        load[rank] += items[index].tensor_storage_size() or 1
+    return [dataclasses.replace(plan, items=[i for i in plan.items if keeper[i.index] == rank])
+            for rank, plan in enumerate(plans)]
 
 
 def forget(key: str) -> None:
@@ -82,4 +130,4 @@ def forget(key: str) -> None:
             cache.pop(key, None)
 
 
-__all__ = ["CachedPlanner", "cached_planner", "forget", "new_key"]
+__all__ = ["CachedPlanner", "cached_planner", "forget", "new_key", "spread"]

@@ -13,14 +13,24 @@ The coordinator's ``finish`` writes ``dcp_metadata.json`` and then the manifest 
 only after every rank's results arrived; a rank that failed leaves no commit.
 With ``lean=True`` it then empties the metadata object it was given (a copy, see
 ``plan_cache.py``), so DCP's broadcast of it back to every rank carries next to nothing.
+
+With ``deadline_s`` a rank whose parts are not all written that many seconds after the writer
+was made (the start of its save) raises ``SaveDeadlineError`` from ``write_data``: DCP carries it
+to the coordinator with the write results, so every rank fails the save and nothing is committed.
+The parts are written in daemon threads, so the late rank abandons them: it starts no further
+part, and a write hung in its storage never holds the process's exit.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import torch
 import xxhash
@@ -31,13 +41,14 @@ from torch.futures import Future
 
 from torchresume.distributed import metadata as dcp_json
 from torchresume.distributed.metadata import Location
-from torchresume.errors import CheckpointWriteError
+from torchresume.errors import CheckpointWriteError, SaveDeadlineError
 from torchresume.files import PartRecord, commit_directory, write_part
 from torchresume.files.directory import PART_SUFFIX, Span
 from torchresume.files.sharded import LAYOUT
 from torchresume.storage import resolve
 from torchresume.storage.base import write_all
 
+T = TypeVar("T")
 # One rank's write result: (rank, encrypted, ((size, header xxh3), ...) of its shard parts then its
 # rank part, the part index of each item of its final plan in plan order, (begin, end, xxh3) of each
 # item's bytes in its part flattened in plan order, xxh3 of the items' chunk keys).
@@ -96,17 +107,34 @@ def _resolved(planner: SavePlanner, item: WriteItem) -> torch.Tensor:
     return data.detach()
 
 
+def _in_thread(work: Callable[[], T], name: str) -> cf.Future[T]:
+    """``work()`` in a daemon thread: a write abandoned at the deadline never holds the process's exit."""
+    done: cf.Future[T] = cf.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(work())
+        except BaseException as exc:  # handed to the waiting rank, as a pool would
+            done.set_exception(exc)
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
+
+
 class PartWriter(StorageWriter):
     """Writes one checkpoint directory; ``rank_state``, ``info`` and ``append`` are set per save by the manager.
 
     ``enc_key``: every part (shards and rank state) is AES-GCM encrypted with it. ``lean``: the
     coordinator empties the metadata once committed (``dcp.save`` then returns an empty one).
+    ``deadline_s``: this rank's parts must be written that many seconds after the writer is made,
+    else ``write_data`` raises ``SaveDeadlineError`` and abandons them (None: no deadline).
     """
 
     def __init__(self, path: str, *, threads: int = 1, rank_state: Any = None,
                  info: dict[str, Any] | None = None, append: dict[str, Any] | None = None,
-                 enc_key: bytes | None = None, lean: bool = False) -> None:
+                 enc_key: bytes | None = None, lean: bool = False, deadline_s: float | None = None) -> None:
         super().__init__()
+        self.deadline_s = deadline_s
+        self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
         self.path = path
         self.threads = max(1, min(threads, 256))  # a part index travels as one byte
         self.rank_state = rank_state
@@ -141,13 +169,14 @@ class PartWriter(StorageWriter):
         records: list[PartRecord] = []
         part_of: dict[int, int] = {}
         spans: dict[int, Span] = {}
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for i, (record, chunk_spans) in enumerate(pool.map(lambda job: self._write_bucket(planner, *job), jobs)):
-                records.append(record)
-                part_of.update((id(item), i) for item in jobs[i][1])
-                spans.update(zip(map(id, jobs[i][1]), chunk_spans, strict=True))
-        records.append(write_part(self.path, rank_name(self.rank), "state",
-                                  {f"__rank_state_{self.rank:05d}": self.rank_state}, enc_key=self.enc_key))
+        written_parts = self._in_time([partial(self._write_bucket, planner, *job) for job in jobs])
+        for i, (record, chunk_spans) in enumerate(written_parts):
+            records.append(record)
+            part_of.update((id(item), i) for item in jobs[i][1])
+            spans.update(zip(map(id, jobs[i][1]), chunk_spans, strict=True))
+        records += self._in_time([lambda: write_part(self.path, rank_name(self.rank), "state",
+                                                     {f"__rank_state_{self.rank:05d}": self.rank_state},
+                                                     enc_key=self.enc_key)])
         written: Written = (self.rank, self.enc_key is not None,
                             tuple((r.size, int(r.header_xxh3, 16)) for r in records),
                             bytes(part_of[id(item)] for item in plan.items),
@@ -155,6 +184,17 @@ class PartWriter(StorageWriter):
         fut: Future[list[Written]] = Future()
         fut.set_result([written])
         return fut
+
+    def _in_time(self, writes: list[Callable[[], T]]) -> list[T]:
+        """Run ``writes`` in parallel and return their results once all ended (the first failure
+        raised then); past the deadline raise SaveDeadlineError and leave them running, abandoned."""
+        futures = [_in_thread(w, f"torchresume-part-{self.rank}-{i}") for i, w in enumerate(writes)]
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        _, running = cf.wait(futures, timeout=left)
+        if running:
+            raise SaveDeadlineError(f"rank {self.rank} did not write its part within "
+                                    f"save_deadline_s={self.deadline_s:g}")
+        return [f.result() for f in futures]
 
     def _write_bucket(self, planner: SavePlanner, name: str, items: list[WriteItem]) -> tuple[PartRecord, list[Span]]:
         spans: dict[str, Span] = {}

@@ -7,10 +7,21 @@ from typing import Any
 from torch import nn
 
 from torchresume.errors import CheckpointConfigError
-from torchresume.save_slot import check_on_busy, check_overlap
+from torchresume.save_slot import DEFAULT_SAVE_DEADLINE_S, check_on_busy, check_overlap, check_save_deadline
 from torchresume.storage.pacing import check_write_rate
 
 _APPEND_KEYS = ("epoch_num", "step_num")
+ON_SAVE_DEADLINE = ("continue", "stop")
+
+
+def check_on_save_deadline(on_save_deadline: str) -> str:
+    """What training does after a sharded save aborted at its deadline: "continue" or "stop"."""
+    if on_save_deadline not in ON_SAVE_DEADLINE:
+        raise CheckpointConfigError(
+            f"on_save_deadline={on_save_deadline!r} is not a policy; use 'continue' (warn, keep training: the "
+            "previous checkpoint stays the newest and the next save tries again) or 'stop' (raise the "
+            "SaveDeadlineError and end training)")
+    return on_save_deadline
 
 
 def _non_negative_int(name: str, value: Any) -> int:
@@ -76,6 +87,13 @@ class CheckpointConfig:
       are copied; the copy runs beside the next forward and backward pass, and the next
       ``optimizer.step`` waits for what is left (module buffers, RNG and data position are
       copied before the save returns). Also under torchrun.
+    - ``save_deadline_s`` (under torchrun): seconds each rank has to write its part of a save
+      (default 300, far below the process group's 600 s timeout); a rank past it makes every rank
+      abort that save (``SaveDeadlineError`` naming the rank), nothing is committed and the previous
+      checkpoint stays the newest. None: no deadline. ``on_save_deadline`` says what training does
+      then: "continue" (default: a warning, the next save tries again) or "stop" (the error is
+      raised). One process has no other rank for a hung write to hold: there only the defaults
+      (or ``save_deadline_s=None``) are accepted.
 
     Example:
         ```python
@@ -93,7 +111,8 @@ class CheckpointConfig:
                  exception_save: bool = False, crc_check: bool = False,
                  remove_redundancy: bool = False, format: str | None = None,
                  monitor: str | None = None, mode: str = "max", keep_best_max: int = 1,
-                 on_busy: str = "wait", write_mb_per_s: float | None = None, overlap: bool = False) -> None:
+                 on_busy: str = "wait", write_mb_per_s: float | None = None, overlap: bool = False,
+                 save_deadline_s: float | None = DEFAULT_SAVE_DEADLINE_S, on_save_deadline: str = "continue") -> None:
         steps = _non_negative_int("save_checkpoint_steps", save_checkpoint_steps)
         seconds = _non_negative_int("save_checkpoint_seconds", save_checkpoint_seconds)
         keep_max = _non_negative_int("keep_checkpoint_max", keep_checkpoint_max)
@@ -134,6 +153,8 @@ class CheckpointConfig:
         check_on_busy(on_busy)  # the manager's checks: same errors, same messages, raised here up front
         check_write_rate(write_mb_per_s, async_save)
         check_overlap(overlap, async_save)
+        self.save_deadline_s = check_save_deadline(save_deadline_s)
+        self.on_save_deadline = check_on_save_deadline(on_save_deadline)
         self.save_checkpoint_steps = steps
         self.save_checkpoint_seconds = seconds
         self.keep_checkpoint_max = keep_max

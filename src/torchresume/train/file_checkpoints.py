@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchresume.errors import CheckpointNotFoundError
+from torchresume.errors import CheckpointConfigError, CheckpointNotFoundError
 from torchresume.files.directory import is_committed
 from torchresume.manager import CheckpointManager
 from torchresume.naming import best_prefix, unique_prefix
 from torchresume.retention import KeepBest, RetentionPolicy
+from torchresume.save_slot import DEFAULT_SAVE_DEADLINE_S
 from torchresume.storage import resolve
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
@@ -25,6 +26,7 @@ class FileCheckpoints:
 
     def __init__(self, directory: str, config: CheckpointConfig, policies: list[RetentionPolicy]) -> None:
         self.directory, self.config, self.policies = directory, config, policies
+        refuse_deadline(config)
         self.manager: CheckpointManager | None = None
         self.best_manager: CheckpointManager | None = None
 
@@ -113,6 +115,21 @@ class FileCheckpoints:
         running finishes in its thread (the process waits for it at exit)."""
         if self.manager is not None:
             self.manager.release_lock()
+
+
+def refuse_deadline(config: CheckpointConfig) -> None:
+    """A save deadline guards the ranks of a torchrun job against a hung one: one process has no
+    other rank to hold, and its save is not abandoned. A deadline asked for here is refused."""
+    if config.save_deadline_s not in (None, DEFAULT_SAVE_DEADLINE_S):
+        raise CheckpointConfigError(
+            f"save_deadline_s={config.save_deadline_s:g} applies to sharded saves under torchrun (a rank whose "
+            "write hangs would hold the others); one process has no other rank to hold and does not abandon "
+            f"its save: leave save_deadline_s at its default ({DEFAULT_SAVE_DEADLINE_S:g}) or None, or train "
+            "under torchrun")
+    if config.on_save_deadline != "continue":
+        raise CheckpointConfigError(
+            f"on_save_deadline={config.on_save_deadline!r} applies to sharded saves under torchrun; one process "
+            "has no save deadline: leave on_save_deadline at its default ('continue'), or train under torchrun")
 
 
 def is_directory_of_runs(path: str) -> bool:

@@ -12,7 +12,9 @@ from old rank 0's when the saving job had no rank with its number; no rank reads
 otherwise, and nothing of it passes through rank 0. Decisions every rank must
 take alike (a save due by the clock, the best metric, the run lock held by rank 0) are agreed
 by collectives. Options the sharded path cannot honour are refused before training starts
-(``train/torchrun_options.py``).
+(``train/torchrun_options.py``). A save aborted at its deadline (``save_deadline_s``: a rank did
+not write its part in time) fails alike on every rank; ``on_save_deadline="continue"`` says so and
+training goes on (the next save tries again), ``"stop"`` raises it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torchresume import catalog, run_lock
 from torchresume.distributed import DistributedCheckpointManager
 from torchresume.distributed.reader import is_sharded
-from torchresume.errors import AsyncSaveError, CheckpointConfigError, CheckpointNotFoundError, TorchResumeError
+from torchresume.errors import (
+    AsyncSaveError,
+    CheckpointConfigError,
+    CheckpointNotFoundError,
+    SaveDeadlineError,
+    TorchResumeError,
+)
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import BEST, best_prefix, parse_name, unique_prefix
@@ -60,7 +68,8 @@ class ShardedCheckpoints:
         cfg = self.config
         return DistributedCheckpointManager(directory, prefix=prefix, keep=cfg.keep_checkpoint_max or 1,
                                             async_save=bool(cfg.async_save), retention=policies,
-                                            enc_key=cfg.enc_key, on_busy=cfg.on_busy, overlap=cfg.overlap)
+                                            enc_key=cfg.enc_key, on_busy=cfg.on_busy, overlap=cfg.overlap,
+                                            save_deadline_s=cfg.save_deadline_s)
 
     # -- resume ---------------------------------------------------------------------------
     def resume(self, ctx: RunContext, target: Any, run: str | None) -> None:
@@ -106,13 +115,16 @@ class ShardedCheckpoints:
 
     # -- saving ---------------------------------------------------------------------------
     def begin(self, ctx: RunContext, prefix: str) -> None:
-        """The managers of this run (``prefix``) and the run lock (held by rank 0 for the job)."""
+        """The managers of this run (``prefix``) and the run lock (held by rank 0 for the job); then
+        rank 0 removes what saves of this run interrupted by a kill left (parts without a manifest)."""
         self._lock()
         self.manager = self._manager(self.directory, prefix, self.policies)
         cfg = self.config
         if cfg.monitor:
             self.best_manager = self._manager(self.directory, best_prefix(prefix),
                                               [KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)])
+        managers = [m for m in (self.manager, self.best_manager) if m is not None]
+        on_rank_0(lambda: [m.remove_unfinished() for m in managers])
         optimizer = ctx.run_state().optimizer
         for manager in (self.manager, self.best_manager):
             if manager is not None and optimizer is not None:  # overlap: its step waits for the copy
@@ -149,9 +161,16 @@ class ShardedCheckpoints:
         assert manager is not None
         info = {"epoch": ctx.epoch, "step": step, "global_step": ctx.global_step,
                 **parts["info"], "world_size": self.world.world_size}
-        path = manager.save(model_state(ctx.network, ctx.optimizer), ctx.epoch, step,
-                            rank_state=rank_state(ctx, parts), info=_jsonable(info), append=append,
-                            on_busy=on_busy)
+        def save() -> str | None:
+            return manager.save(model_state(ctx.network, ctx.optimizer), ctx.epoch, step,
+                                rank_state=rank_state(ctx, parts), info=_jsonable(info), append=append,
+                                on_busy=on_busy)
+        try:
+            path = save()
+        except (SaveDeadlineError, AsyncSaveError) as exc:
+            self._past_deadline(exc)
+            # the background save before this one was aborted (its error raised now); this one saved nothing yet
+            path = save() if isinstance(exc, AsyncSaveError) else None
         if path is not None:
             log.info("%s %s", "saving" if manager.async_save else "saved", path +
                      (" in the background (committed when every rank finished)" if manager.async_save else ""))
@@ -161,10 +180,22 @@ class ShardedCheckpoints:
     def staging(self) -> str | None:
         return None  # sharded parts are written where they live, never staged locally
 
+    def _past_deadline(self, exc: SaveDeadlineError | AsyncSaveError) -> None:
+        """Training goes on after a save aborted at its deadline (said on every rank) unless
+        ``on_save_deadline="stop"``; any other failure is raised."""
+        if not isinstance(exc.__cause__ if isinstance(exc, AsyncSaveError) else exc, SaveDeadlineError):
+            raise exc
+        if self.config.on_save_deadline == "stop":
+            raise exc
+        log.warning("%s; training continues (on_save_deadline='continue'), the next save tries again", exc)
+
     def wait(self, timeout: float | None = None) -> None:
         for manager in (self.manager, self.best_manager):
             if manager is not None:
-                manager.wait(timeout)
+                try:
+                    manager.wait(timeout)
+                except AsyncSaveError as exc:
+                    self._past_deadline(exc)
 
     def fresh_prefix(self, base: str) -> str:
         """``base``, or ``base_N`` when the directory already has a run of ``base`` (rank 0 decides)."""

@@ -42,6 +42,10 @@ HONOURED: dict[str, str] = {
     "overlap": "each rank's copy of its parameter shards and optimizer state overlaps its next step; "
                "its optimizer.step waits for it",
     "on_busy": "'skip' is agreed: a save due while any rank's background save runs is skipped by every rank",
+    "save_deadline_s": "each rank's time to write its part; a rank past it makes every rank abort the save "
+                       "(SaveDeadlineError naming it), nothing committed",
+    "on_save_deadline": "after a save aborted at its deadline, every rank alike warns and trains on ('continue') "
+                        "or raises ('stop')",
 }
 
 
