@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 import torch
+import xxhash
 from torch import nn
 
 from torchresume.distributed import DistributedCheckpointManager
 from torchresume.distributed.reader import read_part
 from torchresume.errors import CorruptCheckpointError
 from torchresume.files.directory import write_part
+from torchresume.format import native
 
 
 class _Payload:
@@ -43,7 +45,29 @@ def _pickled_values(tree: dict[str, Any]) -> list[str]:
     return names
 
 
-def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path) -> None:
+def _follow_the_parts(path: str, doc: dict[str, Any], ranges: bool) -> None:
+    """The attacker also rewrites dcp_metadata.json to match the rewritten parts (each chunk's byte
+    range and xxh3, read from its part's header; ``ranges=False``: none, as written before 0.3) and
+    the manifest's digest of it, so only the plain-data check stands in the way."""
+    meta_file = Path(path) / "dcp_metadata.json"
+    meta = json.loads(meta_file.read_text())
+    for entry in meta["storage_data"]:
+        if not ranges:
+            entry.pop("at", None), entry.pop("xxh3", None)
+            continue
+        with open(Path(path) / entry["file"], "rb") as f:
+            header = native.read_header(f, os.path.getsize(Path(path) / entry["file"]), entry["file"])
+        found = next(e for e in header.entries if e.name == entry["name"])
+        entry["at"] = [header.data_start + found.begin, header.data_start + found.end]
+        entry["xxh3"] = header.meta["checksums"]["tensors"][entry["name"]] if header.meta else None
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    meta_file.chmod(0o600)
+    meta_file.write_bytes(raw)
+    doc["info"]["dcp_metadata"].update(size=len(raw), xxh3=xxhash.xxh3_64_hexdigest(raw))
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["chunk-ranges", "before-0.3"])
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path, ranges: bool) -> None:
     net = nn.Linear(4, 3)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x", keep=2)
@@ -65,6 +89,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path) -> No
         record.update(size=new.size, header_xxh3=new.header_xxh3)
         rewritten += len(names)
     assert rewritten >= 1, "the optimizer's param_groups should be stored as pickled bytes"
+    _follow_the_parts(path, doc, ranges)
     manifest_file.write_text(json.dumps(doc))
 
     state = {"model": nn.Linear(4, 3).state_dict(), "optim": torch.optim.SGD(net.parameters(), lr=0.1).state_dict()}

@@ -312,6 +312,59 @@ def restore_reads(directory: str, out: str) -> dict[str, Any]:
                                                             strict=True))}
 
 
+class Payload:
+    """Rank 0's payload bytes in tensor collectives while on: what it sends, counted once per rank
+    that gets it, and what it gets from the others (as benchmarks/distributed_scale.py counts)."""
+
+    NAMES = ("broadcast", "all_gather", "gather", "scatter")
+
+    def __init__(self) -> None:
+        import torch.distributed.distributed_c10d as c10d
+        self.on, self.sent, self.received = False, 0, 0
+        for name in self.NAMES:
+            setattr(c10d, name, self._counted(name, getattr(c10d, name)))
+
+    def _counted(self, name: str, real: Any) -> Any:
+        def nbytes(t: Any) -> int:
+            return sum(nbytes(x) for x in t) if isinstance(t, list) else int(t.numel() * t.element_size())
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.on and rank() == 0:
+                others = world() - 1
+                if name == "broadcast":
+                    self.sent += nbytes(args[0]) * others
+                elif name == "all_gather":
+                    self.sent += nbytes(args[1]) * others
+                    self.received += nbytes(args[0]) - nbytes(args[1])
+                elif name == "gather":
+                    gathered = kwargs.get("gather_list") or args[1]
+                    self.received += nbytes(gathered[1:])
+                else:
+                    scattered = kwargs.get("scatter_list") or args[1]
+                    self.sent += nbytes(scattered[1:])
+            return real(*args, **kwargs)
+        return call
+
+
+def scale_probe(directory: str, out: str) -> dict[str, Any]:
+    """Replicated state (as DDP holds it) saved three times (the plan reused by the last two), rank 0's
+    collective payload in the last save counted; then restored with every file read counted."""
+    state = {"model": {f"w{i}": torch.full((64,), float(i)) for i in range(48)}}
+    payload = Payload()
+    mgr = DistributedCheckpointManager(directory, prefix="scale", keep=1)
+    for step in range(3):
+        payload.on = step == 2
+        mgr.save(state, epoch=1, step=step, rank_state={"rank": rank()})
+    payload.on = False
+    restored = {"model": {k: torch.zeros_like(v) for k, v in state["model"].items()}}
+    with CountedReads(directory) as reads:
+        info = mgr.restore(restored)
+    assert info is not None
+    mgr.close()
+    return {"sent": payload.sent, "received": payload.received, "read": reads.nbytes,
+            "equal": all(torch.equal(restored["model"][k], v) for k, v in state["model"].items())}
+
+
 def _slow_writes(seconds: float, kill_rank: int | None = None) -> None:
     """Every part write of this rank sleeps ``seconds`` first (rank ``kill_rank`` is SIGKILLed instead)."""
     from torchresume.distributed import writer
@@ -473,7 +526,8 @@ def lean_staging(directory: str, out: str) -> dict[str, Any]:
 SCENARIOS = {"async_save": async_save, "lean_staging": lean_staging, "async_kill": async_kill, "async_fail": async_fail,
              "fsdp_async_save": fsdp_async_save,
              "ddp_save_async": lambda d, o: ddp_save(d, o, async_save=True),
-             "restore_any": restore_any, "restore_reads": restore_reads, "ddp_save": ddp_save,
+             "restore_any": restore_any, "restore_reads": restore_reads, "scale_probe": scale_probe,
+             "ddp_save": ddp_save,
              "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),

@@ -32,10 +32,14 @@ VERSION = 1
 
 @dataclass(frozen=True)
 class Location:
-    """Where one saved chunk lives: the part file and the tensor's name in it."""
+    """Where one saved chunk lives: the part file and the tensor's name in it; since torchresume 0.3
+    (unreleased) also its bytes ``at`` = [begin, end) in the unencrypted part file and their xxh3-64
+    (hex), so a restore reads only those bytes (None in checkpoints written before)."""
 
     file: str
     name: str
+    at: tuple[int, int] | None = None
+    xxh3: str | None = None
 
 
 def _torch_attr(text: str, where: str) -> Any:
@@ -73,10 +77,21 @@ def _encode_planner_data(data: Any) -> dict[str, list[Any]] | None:
     return {k: list(v) for k, v in data.items()}
 
 
+def _location(s: dict[str, Any]) -> Location:
+    at = s.get("at")
+    if at is None:
+        return Location(s["file"], s["name"])
+    begin, end = (int(n) for n in at)
+    if not 0 <= begin <= end or not isinstance(s["xxh3"], str):
+        raise TypeError(f"bad byte range {at!r} of {s['name']!r}")
+    return Location(s["file"], s["name"], (begin, end), s["xxh3"])
+
+
 def encode(md: Metadata, locations: dict[MetadataIndex, Location]) -> bytes:
     """The JSON bytes of ``md`` with ``locations`` as its storage data."""
     storage = [{"fqn": i.fqn, "offset": None if i.offset is None else list(i.offset), "index": i.index,
-                "file": loc.file, "name": loc.name} for i, loc in locations.items()]
+                "file": loc.file, "name": loc.name,
+                **({} if loc.at is None else {"at": list(loc.at), "xxh3": loc.xxh3})} for i, loc in locations.items()]
     sm = md.storage_meta
     doc = {"format": FORMAT, "version": VERSION, "dcp_version": md.version,
            "state_dict_metadata": {k: _encode_item(v) for k, v in md.state_dict_metadata.items()},
@@ -98,7 +113,7 @@ def decode(raw: bytes, where: str) -> Metadata:
         planner = doc["planner_data"]
         planner_data = None if planner is None else {k: tuple(v) for k, v in planner.items()}
         storage = {MetadataIndex(s["fqn"], None if s["offset"] is None else torch.Size(s["offset"]), s["index"]):
-                   Location(s["file"], s["name"]) for s in doc["storage_data"]}
+                   _location(s) for s in doc["storage_data"]}
         sm = doc.get("storage_meta")
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptCheckpointError(f"{where}: damaged DCP metadata ({type(exc).__name__}: {exc})") from None

@@ -53,6 +53,7 @@ from torchresume.state.tree import map_tensors
 _CACHES = ("_cached_save_plan", "_cached_all_plans", "_cached_global_plan", "_cached_metadata",
            "_cached_final_save_plan")
 _keys = itertools.count()
+UNCHANGED = ()  # an unchanged plan on the wire
 
 
 def new_key() -> str:
@@ -62,7 +63,11 @@ def new_key() -> str:
 
 class CachedPlanner(DefaultSavePlanner):
     """DCP's default save planner with plan caching; the metadata it returns is a shallow copy,
-    replicated writes are ``spread`` over the ranks, and a placeholder is never written."""
+    replicated writes are ``spread`` over the ranks, and a placeholder is never written.
+
+    An unchanged plan travels as ``()`` (4 bytes pickled) in DCP's gather and scatter, not as DCP's
+    empty ``SavePlan([], usable=False)`` (124 bytes); the planner maps it back on either side.
+    """
 
     unstaged: frozenset[int] = frozenset()  # data addresses of this rank's placeholders
 
@@ -92,9 +97,21 @@ class CachedPlanner(DefaultSavePlanner):
                     "staging); nothing was committed; the next save stages every tensor")
         return super().resolve_data(write_item)
 
+    def create_local_plan(self) -> SavePlan:
+        plan = super().create_local_plan()
+        return plan if plan.usable else UNCHANGED  # type: ignore[return-value]
+
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
-        plans, metadata = super().create_global_plan(all_plans)
-        return plans, dataclasses.replace(metadata)  # the writer may empty this one, never the cached one
+        plans, metadata = super().create_global_plan([_unwire(p) for p in all_plans])
+        wire = [p if p.usable else UNCHANGED for p in plans]
+        return wire, dataclasses.replace(metadata)  # type: ignore[return-value]  # the writer may empty this copy
+
+    def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        return super().finish_plan(_unwire(new_plan))
+
+
+def _unwire(plan: SavePlan | tuple[()]) -> SavePlan:
+    return SavePlan([], usable=False) if plan == UNCHANGED else plan  # type: ignore[return-value]
 
 
 def _properties(plan: SavePlan) -> list[object]:

@@ -3,7 +3,12 @@
 Reads the manifest (refusing an uncommitted directory), the JSON DCP metadata
 (checked against the digest the manifest recorded), and for each planned read
 only the part files that hold the wanted chunks, each checked against the
-manifest and its per-tensor checksums. DCP's planner does the resharding.
+manifest's size. DCP's planner does the resharding. Where the metadata records each
+chunk's byte range and xxh3 (checkpoints written since 0.3), only those bytes are read,
+neighbours in one read, and each chunk is checked against its xxh3 (the metadata's digest is
+in the manifest, so the chain of checks is manifest -> metadata -> chunk); otherwise, and for
+encrypted parts, the whole part is read and checked against its header digest and per-tensor
+checksums, as before.
 
 A restore (``rank_part=True``) also reads, on each rank and inside DCP's read step (so a failure
 is raised on every rank), that rank's own part: old rank r's for rank r, old rank 0's for a rank
@@ -14,13 +19,15 @@ the process that asks: no rank's part passes through another rank.
 from __future__ import annotations
 
 import io
+import math
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
@@ -28,7 +35,7 @@ from torch.futures import Future
 from torchresume.distributed import metadata as dcp_json
 from torchresume.errors import CorruptCheckpointError, TorchResumeError
 from torchresume.files import directory, sharded
-from torchresume.format import reader
+from torchresume.format import checksum, native, reader
 from torchresume.storage import resolve
 
 
@@ -69,6 +76,71 @@ def read_part(path: str, part: dict[str, Any], *, verify: bool = True,
     if not isinstance(ckpt.tree, dict):
         raise CorruptCheckpointError(f"{path}: part {part['file']} does not hold a dict")
     return ckpt.tree
+
+
+def read_chunks(path: str, part: dict[str, Any], wanted: dict[str, tuple[tuple[int, int], str]], *,
+                verify: bool = True, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The bytes of the named chunks of one unencrypted part (``wanted``: name -> ([begin, end), xxh3)),
+    each checked against its xxh3; chunks that lie back to back are read at once. ``into``: chunks read
+    straight into these contiguous CPU tensors of their byte size (no buffer, no copy), then checked."""
+    into = into or {}
+    storage, where = resolve(path)
+    file = f"{path}/{part['file']}"
+    f, size = storage.open_read(storage.join(where, part["file"]))
+    out: dict[str, torch.Tensor] = {}
+    with f:
+        if size != part["size"]:
+            raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
+                                         f"{part['size']}; the part is damaged or was replaced")
+        order = sorted(wanted.items(), key=lambda kv: kv[1][0])
+        for name, ((b, e), digest) in order:
+            if name in into:
+                if not 0 <= b <= e <= size or into[name].nbytes != e - b:
+                    raise CorruptCheckpointError(f"{file}: the metadata puts chunk {name!r} at bytes {b}-{e}, "
+                                                 f"outside the {size}-byte part or not its size; the checkpoint is "
+                                                 "damaged")
+                out[name] = _checked(f, b, native.tensor_bytes(into[name]), name, digest if verify else None, file)
+        order = [kv for kv in order if kv[0] not in into]
+        i = 0
+        while i < len(order):
+            begin, end = order[i][1][0]
+            j = i + 1
+            while j < len(order) and order[j][1][0][0] == end:
+                end = order[j][1][0][1]
+                j += 1
+            if not 0 <= begin <= end <= size:
+                raise CorruptCheckpointError(f"{file}: the metadata puts chunk {order[i][0]!r} at bytes "
+                                             f"{begin}-{end}, outside the {size}-byte part; the checkpoint is damaged")
+            buf = torch.empty(end - begin, dtype=torch.uint8)
+            _read_into(f, begin, native.tensor_bytes(buf), file)
+            for name, ((b, e), digest) in order[i:j]:
+                chunk = buf[b - begin:e - begin]
+                if verify and checksum.digest(native.tensor_bytes(chunk)) != digest:
+                    raise _mismatch(file, name)
+                out[name] = chunk
+            i = j
+    return out
+
+
+def _checked(f: Any, begin: int, view: memoryview, name: str, digest: str | None, where: str) -> Any:
+    _read_into(f, begin, view, where)
+    if digest is not None and checksum.digest(view) != digest:
+        raise _mismatch(where, name)
+    return view
+
+
+def _mismatch(where: str, name: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{where}: checksum mismatch in tensor {name!r}; the part is damaged")
+
+
+def _read_into(f: Any, begin: int, view: memoryview, where: str) -> None:
+    f.seek(begin)
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise CorruptCheckpointError(f"{where}: truncated while reading bytes {begin}-{begin + len(view)}")
+        done += n
 
 
 def rank_key(rank: int) -> str:
@@ -156,6 +228,7 @@ class PartReader(StorageReader):
         self.doc: dict[str, Any] = {}
         self.parts: dict[str, dict[str, Any]] = {}
         self.storage_data: dict[Any, dcp_json.Location] = {}
+        self.chunk_types: dict[tuple[str, tuple[int, ...]], tuple[torch.dtype, tuple[int, ...]]] = {}
         self.own: dict[int, Any] = {}  # with rank_part: {old rank: its rank_state} read by this rank
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
@@ -169,6 +242,9 @@ class PartReader(StorageReader):
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.storage_data = metadata.storage_data
+        self.chunk_types = {(fqn, tuple(c.offsets)): (md.properties.dtype, tuple(c.sizes))
+                            for fqn, md in metadata.state_dict_metadata.items()
+                            if isinstance(md, TensorStorageMetadata) for c in md.chunks}
         self.rank = self._given_rank if self._given_rank is not None else int(kwargs.get("rank") or 0)
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
@@ -185,7 +261,21 @@ class PartReader(StorageReader):
             if file not in self.parts:
                 raise CorruptCheckpointError(f"{self.path}: the metadata names part {file}, which the "
                                              "manifest does not list; the checkpoint is damaged")
-            tree = read_part(self.path, self.parts[file], verify=self.verify, dec_key=self.dec_key)
+            part = self.parts[file]
+            locations = [self.storage_data[item.storage_index] for item in items]
+            if self.dec_key is None and not part.get("encrypted") and all(loc.at for loc in locations):
+                once = Counter(loc.name for loc in locations)
+                direct = {loc.name: target for item, loc in zip(items, locations, strict=True)
+                          if once[loc.name] == 1 and (target := self._whole_target(planner, item)) is not None}
+                chunks = read_chunks(self.path, part, {loc.name: (loc.at, loc.xxh3) for loc in locations
+                                                       if loc.at and loc.xxh3}, verify=self.verify, into=direct)
+                for item, loc in zip(items, locations, strict=True):
+                    if loc.name in direct:
+                        planner.commit_tensor(item, direct[loc.name])
+                    else:
+                        self._load_item(planner, item, self._typed(item, chunks[loc.name], file))
+                continue
+            tree = read_part(self.path, part, verify=self.verify, dec_key=self.dec_key)
             for item in items:
                 name = self.storage_data[item.storage_index].name
                 if name not in tree:
@@ -197,6 +287,39 @@ class PartReader(StorageReader):
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
+
+    def _whole_target(self, planner: LoadPlanner, item: ReadItem) -> torch.Tensor | None:
+        """The tensor ``item`` loads into, when it takes the whole saved chunk as stored (the same
+        dtype and shape, contiguous, on the CPU): its bytes can be read straight into it."""
+        if item.type == LoadItemType.BYTE_IO:
+            return None
+        index = item.storage_index
+        found = self.chunk_types.get((index.fqn, tuple(index.offset or ())))
+        if found is None or any(int(o) for o in item.storage_offsets) or tuple(item.lengths) != found[1]:
+            return None
+        target = planner.resolve_tensor(item).detach()
+        if (target.device.type != "cpu" or target.dtype != found[0] or tuple(target.size()) != found[1]
+                or not target.is_contiguous()):
+            return None
+        return target
+
+    def _typed(self, item: ReadItem, raw: torch.Tensor, file: str) -> torch.Tensor:
+        """The saved chunk ``item`` reads, from its raw bytes (a non-tensor value stays bytes)."""
+        if item.type == LoadItemType.BYTE_IO:
+            return raw
+        index = item.storage_index
+        found = self.chunk_types.get((index.fqn, tuple(index.offset or ())))
+        if found is None:
+            raise CorruptCheckpointError(f"{self.path}: the metadata lists no saved chunk of {index.fqn} at "
+                                         f"{tuple(index.offset or ())}; the checkpoint is damaged")
+        dtype, sizes = found
+        need = math.prod(sizes) * dtype.itemsize
+        if raw.numel() != need:
+            raise CorruptCheckpointError(f"{self.path}/{file}: chunk of {index.fqn} is {raw.numel()} bytes, "
+                                         f"its shape {list(sizes)} and {dtype} need {need}")
+        if raw.data_ptr() % dtype.itemsize:
+            raw = raw.clone()
+        return raw.view(dtype).view(sizes)
 
     def _load_item(self, planner: LoadPlanner, item: ReadItem, saved: torch.Tensor) -> None:
         if item.type == LoadItemType.BYTE_IO:

@@ -2,9 +2,14 @@
 
 Every rank writes the chunks DCP planned for it into ``shard-{rank}-{i}.safetensors``
 parts (safetensors with per-tensor checksums, any storage URL) and its own
-``rank_state`` into ``rank-{rank}.safetensors``; the records of those parts
-travel to the coordinator with DCP's write results. The coordinator's
-``finish`` writes ``dcp_metadata.json`` and then the manifest (the commit),
+``rank_state`` into ``rank-{rank}.safetensors``. Its write result, gathered by DCP to the
+coordinator, is one compact tuple (``Written``): the size and header digest of each part it wrote
+and, per chunk of its plan, the index of the part holding it, its byte range in that part and its
+xxh3, plus a digest of the chunk names; the coordinator rebuilds every chunk's location from the
+global plan it made (it knows each rank's items), checking the digest, so the gather carries a few
+numbers per chunk, not a record of each. The byte ranges and digests go into ``dcp_metadata.json``:
+a restore reads just the chunks it needs and checks each against its digest (``reader.py``).
+The coordinator's ``finish`` writes ``dcp_metadata.json`` and then the manifest (the commit),
 only after every rank's results arrived; a rank that failed leaves no commit.
 With ``lean=True`` it then empties the metadata object it was given (a copy, see
 ``plan_cache.py``), so DCP's broadcast of it back to every rank carries next to nothing.
@@ -31,19 +36,38 @@ import torch
 import xxhash
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
-from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
+from torch.distributed.checkpoint.storage import StorageWriter
 from torch.futures import Future
 
 from torchresume.distributed import metadata as dcp_json
 from torchresume.distributed.metadata import Location
-from torchresume.errors import SaveDeadlineError
+from torchresume.errors import CheckpointWriteError, SaveDeadlineError
 from torchresume.files import PartRecord, commit_directory, write_part
+from torchresume.files.directory import PART_SUFFIX, Span
 from torchresume.files.sharded import LAYOUT
 from torchresume.storage import resolve
 from torchresume.storage.base import write_all
 
-PARTS_FQN = "__torchresume_parts__"
 T = TypeVar("T")
+# One rank's write result: (rank, encrypted, ((size, header xxh3), ...) of its shard parts then its
+# rank part, the part index of each item of its final plan in plan order, (begin, end, xxh3) of each
+# item's bytes in its part flattened in plan order, xxh3 of the items' chunk keys).
+Written = tuple[int, bool, tuple[tuple[int, int], ...], bytes, tuple[int, ...], int]
+
+
+def shard_name(rank: int, i: int) -> str:
+    """Part ``i`` of ``rank``'s shard (without the suffix)."""
+    return f"shard-{rank:05d}-{i}"
+
+
+def rank_name(rank: int) -> str:
+    """``rank``'s own part, its ``rank_state`` (without the suffix)."""
+    return f"rank-{rank:05d}"
+
+
+def keys_digest(items: list[WriteItem]) -> int:
+    """xxh3 of the chunk keys of ``items`` in order: the coordinator checks it maps the items the rank wrote."""
+    return xxhash.xxh3_64_intdigest("\0".join(chunk_key(item) for item in items).encode())
 
 
 def chunk_key(item: WriteItem) -> str:
@@ -112,7 +136,7 @@ class PartWriter(StorageWriter):
         self.deadline_s = deadline_s
         self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
         self.path = path
-        self.threads = max(1, threads)
+        self.threads = max(1, min(threads, 256))  # a part index travels as one byte
         self.rank_state = rank_state
         self.info = dict(info or {})
         self.append = dict(append or {})
@@ -120,6 +144,7 @@ class PartWriter(StorageWriter):
         self.lean = lean
         self.rank = 0
         self.save_id = os.urandom(8).hex()
+        self._planner: SavePlanner | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id:
@@ -138,19 +163,26 @@ class PartWriter(StorageWriter):
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
 
-    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        jobs = [(f"shard-{self.rank:05d}-{i}", bucket) for i, bucket in enumerate(buckets(plan.items, self.threads))]
-        results: list[WriteResult] = []
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[Written]]:  # type: ignore[override]
+        self._planner = planner  # on the coordinator, finish reads the global plan from it
+        jobs = [(shard_name(self.rank, i), bucket) for i, bucket in enumerate(buckets(plan.items, self.threads))]
         records: list[PartRecord] = []
-        for recs, res in self._in_time([partial(self._write_bucket, planner, *job) for job in jobs]):
-            records += recs
-            results += res
-        records += self._in_time([lambda: write_part(self.path, f"rank-{self.rank:05d}", "state",
+        part_of: dict[int, int] = {}
+        spans: dict[int, Span] = {}
+        written_parts = self._in_time([partial(self._write_bucket, planner, *job) for job in jobs])
+        for i, (record, chunk_spans) in enumerate(written_parts):
+            records.append(record)
+            part_of.update((id(item), i) for item in jobs[i][1])
+            spans.update(zip(map(id, jobs[i][1]), chunk_spans, strict=True))
+        records += self._in_time([lambda: write_part(self.path, rank_name(self.rank), "state",
                                                      {f"__rank_state_{self.rank:05d}": self.rank_state},
                                                      enc_key=self.enc_key)])
-        results.append(WriteResult(MetadataIndex(f"{PARTS_FQN}/{self.rank}"), 0, records))
-        fut: Future[list[WriteResult]] = Future()
-        fut.set_result(results)
+        written: Written = (self.rank, self.enc_key is not None,
+                            tuple((r.size, int(r.header_xxh3, 16)) for r in records),
+                            bytes(part_of[id(item)] for item in plan.items),
+                            tuple(n for item in plan.items for n in spans[id(item)]), keys_digest(plan.items))
+        fut: Future[list[Written]] = Future()
+        fut.set_result([written])
         return fut
 
     def _in_time(self, writes: list[Callable[[], T]]) -> list[T]:
@@ -164,25 +196,40 @@ class PartWriter(StorageWriter):
                                     f"save_deadline_s={self.deadline_s:g}")
         return [f.result() for f in futures]
 
-    def _write_bucket(self, planner: SavePlanner, name: str,
-                      items: list[WriteItem]) -> tuple[list[PartRecord], list[WriteResult]]:
-        tree = {chunk_key(item): _resolved(planner, item) for item in items}
-        record = write_part(self.path, name, "tensors", tree, enc_key=self.enc_key)
-        results = [WriteResult(item.index, int(tree[chunk_key(item)].nbytes), Location(record.file, chunk_key(item)))
-                   for item in items]
-        return [record], results
+    def _write_bucket(self, planner: SavePlanner, name: str, items: list[WriteItem]) -> tuple[PartRecord, list[Span]]:
+        spans: dict[str, Span] = {}
+        record = write_part(self.path, name, "tensors", {chunk_key(item): _resolved(planner, item) for item in items},
+                            enc_key=self.enc_key, spans=spans)
+        return record, [spans[chunk_key(item)] for item in items]
 
-    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+    def _parts_and_locations(self, results: list[list[Written]]) -> tuple[list[PartRecord], list[str],
+                                                                         dict[MetadataIndex, Location]]:
+        """Every rank's part records and every chunk's location, from the compact results and the global plan."""
+        plans = getattr(getattr(self, "_planner", None), "global_plan", None)
+        if not isinstance(plans, list) or len(plans) != len(results):
+            raise CheckpointWriteError(f"{self.path}: PartWriter needs DCP's DefaultSavePlanner (or a subclass): "
+                                       "the coordinator rebuilds where each chunk went from its global plan")
         parts: list[PartRecord] = []
-        locations: dict[MetadataIndex, Location] = {}
         rank_parts: list[str] = []
-        for per_rank in results:
-            for wr in per_rank:
-                if wr.index.fqn.startswith(PARTS_FQN + "/"):
-                    parts += wr.storage_data
-                    rank_parts.append(wr.storage_data[-1].file)
-                else:
-                    locations[wr.index] = wr.storage_data
+        locations: dict[MetadataIndex, Location] = {}
+        for per_rank, plan in zip(results, plans, strict=True):
+            ((rank, encrypted, sizes, part_of, spans, digest),) = per_rank
+            items = plan.items
+            if (len(part_of) != len(items) or len(spans) != 3 * len(items) or digest != keys_digest(items)
+                    or max(part_of, default=0) >= len(sizes) - 1):
+                raise CheckpointWriteError(f"{self.path}: rank {rank} wrote other chunks than the global plan "
+                                           "gives it; nothing was committed")
+            files = [shard_name(rank, i) + PART_SUFFIX for i in range(len(sizes) - 1)] + [rank_name(rank) + PART_SUFFIX]
+            parts += [PartRecord(file, size, f"{xxh3:016x}", encrypted)
+                      for file, (size, xxh3) in zip(files, sizes, strict=True)]
+            rank_parts.append(files[-1])
+            locations.update((item.index, Location(files[i], chunk_key(item), (spans[3 * k], spans[3 * k + 1]),
+                                                   f"{spans[3 * k + 2]:016x}"))
+                             for k, (item, i) in enumerate(zip(items, part_of, strict=True)))
+        return parts, rank_parts, locations
+
+    def finish(self, metadata: Metadata, results: list[list[Written]]) -> None:  # type: ignore[override]
+        parts, rank_parts, locations = self._parts_and_locations(results)
         metadata.storage_meta = self.storage_meta()
         raw = dcp_json.encode(metadata, locations)
         storage, where = resolve(self.path)
@@ -193,6 +240,7 @@ class PartWriter(StorageWriter):
         commit_directory(self.path, parts, info=info, append=self.append)
         if self.lean:  # what DCP broadcasts back to every rank; the planner's cached metadata is another object
             metadata.state_dict_metadata, metadata.planner_data, metadata.storage_data = {}, None, None
+            metadata.storage_meta = metadata.version = None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:

@@ -14,6 +14,7 @@ manifest first, so a half-deleted directory is never taken for a checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +25,11 @@ import xxhash
 from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
 from torchresume.files import sharded
 from torchresume.files.encoding import Description, encode_state, scalars, tensor_rows, write_encoded
-from torchresume.format import reader
+from torchresume.format import native, reader
 from torchresume.format.reader import Checkpoint
 from torchresume.storage import resolve
 from torchresume.storage.base import write_all
+from torchresume.storage.local import LocalStorage
 
 MANIFEST = "manifest.json"
 LAYOUT = "torchresume-directory"
@@ -46,15 +48,32 @@ class PartRecord:
 
 
 def write_part(directory: str, name: str, kind: str, tree: Any, *, info: dict[str, Any] | None = None,
-               enc_key: bytes | None = None) -> PartRecord:
-    """Write one part file (``name`` + .safetensors) into ``directory``; returns its record."""
+               enc_key: bytes | None = None, spans: dict[str, Span] | None = None) -> PartRecord:
+    """Write one part file (``name`` + .safetensors) into ``directory``; returns its record.
+
+    ``spans``: filled with each tensor's bytes in the (unencrypted) file and their xxh3 (``tensor_spans``).
+    """
     if "/" in name or not name:
         raise ValueError(f"part name must be a non-empty file name without '/', got {name!r}")
     storage, _ = resolve(directory)
     encoded = encode_state(kind, tree, info=info)
+    if spans is not None:
+        spans.update(tensor_spans(encoded))
     file = name + PART_SUFFIX
     size = write_encoded(encoded, storage.join(directory, file), enc_key)
     return PartRecord(file, size, xxhash.xxh3_64_hexdigest(encoded.header), enc_key is not None)
+
+
+# A tensor's bytes in a part file: [begin, end) from the start of the file, and their xxh3-64 (int).
+Span = tuple[int, int, int]
+
+
+def tensor_spans(encoded: native.Encoded) -> dict[str, Span]:
+    """Where each tensor of ``encoded`` lies in the file written from it (unencrypted), with its digest."""
+    header = native.read_header(io.BytesIO(encoded.header), encoded.size, "a part being written")
+    digests = header.meta["checksums"]["tensors"] if header.meta else {}
+    return {e.name: (header.data_start + e.begin, header.data_start + e.end, int(digests[e.name], 16))
+            for e in header.entries}
 
 
 def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str, Any] | None = None,
@@ -78,7 +97,9 @@ def read_manifest(path: str) -> dict[str, Any]:
     """The committed manifest of directory ``path``; CheckpointNotFoundError if uncommitted."""
     storage, where = resolve(path)
     target = storage.join(where, MANIFEST)
-    if storage.stat(target) is None or storage.digest(target) is None:
+    # Local files are renamed into place once complete: present is committed (the digest would read
+    # the whole manifest once more). Object storage: committed once its marker is (``digest``).
+    if storage.stat(target) is None or (not isinstance(storage, LocalStorage) and storage.digest(target) is None):
         raise CheckpointNotFoundError(f"{path}: a directory without a committed {MANIFEST}; "
                                       "it is not a checkpoint (a save that did not finish?)")
     f, _ = storage.open_read(target)

@@ -58,10 +58,15 @@ def check(path: str, doc: dict[str, Any]) -> None:
         storage_data = meta["storage_data"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise CorruptCheckpointError(f"{path}/{METADATA_FILE}: not valid DCP metadata") from None
-    committed = {p.get("file") for p in doc.get("parts", []) if isinstance(p, dict)}
+    committed = {p.get("file"): p.get("size") for p in doc.get("parts", []) if isinstance(p, dict)}
     for s in storage_data:
         if s["file"] not in committed:
             raise missing_chunk(path, s["name"], s["file"])
+        at = s.get("at")  # since 0.3: the chunk's bytes in its part
+        if at is not None and not (isinstance(at, list) and len(at) == 2 and all(type(n) is int for n in at)
+                                   and 0 <= at[0] <= at[1] <= (committed[s["file"]] or 0)):
+            raise CorruptCheckpointError(f"{path}/{METADATA_FILE}: chunk {s['name']!r} lies at {at!r}, outside "
+                                         f"its part {s['file']}")
     for fqn, md in chunks_of.items():
         covered = sum(math.prod(sizes) for _, sizes in md["chunks"])
         if covered != math.prod(md["size"]):
