@@ -73,11 +73,13 @@ class CachedPlanner(DefaultSavePlanner):
 
     def create_local_plan(self) -> SavePlan:
         plan = super().create_local_plan()
-        cached = SavePlanner._cached_save_plan.get(self._cached_plans_key)
-        if plan.usable or cached is None or _properties(self.plan) == _properties(cached):
+        if plan.usable:
             return plan
-        self._pending_local_plan = self.plan  # as DCP does for a changed plan: cached once planned
-        return self.plan  # DCP saw it unchanged (it ignores dtypes): sent in full, planned again
+        cached = SavePlanner._cached_save_plan.get(self._cached_plans_key)
+        if cached is not None and _properties(self.plan) != _properties(cached):
+            self._pending_local_plan = self.plan  # as DCP does for a changed plan: cached once planned
+            return self.plan  # DCP saw it unchanged (it ignores dtypes): sent in full, planned again
+        return UNCHANGED  # type: ignore[return-value]
 
     def transform_object(self, write_item: WriteItem, object: Any) -> Any:
         if write_item.type == WriteItemType.BYTE_IO:  # torch.save writes a view's whole storage: the
@@ -96,10 +98,6 @@ class CachedPlanner(DefaultSavePlanner):
                     f"{write_item.index.fqn} was planned on this rank but not staged (the plan changed after "
                     "staging); nothing was committed; the next save stages every tensor")
         return super().resolve_data(write_item)
-
-    def create_local_plan(self) -> SavePlan:
-        plan = super().create_local_plan()
-        return plan if plan.usable else UNCHANGED  # type: ignore[return-value]
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
         plans, metadata = super().create_global_plan([_unwire(p) for p in all_plans])
