@@ -7,7 +7,8 @@ then stops the other; the same command restarts it), then the launcher itself
 one rank again, which torchrun restarts by itself. Every tensor of the final
 checkpoint (weights, optimizer state, each rank's RNG and data position) is
 bitwise equal to the baseline's. Once with synchronous saves, once with ``--async-save --overlap``
-(each rank's copy of its parameters and optimizer state runs beside its next step).
+(each rank's copy of its parameters and optimizer state runs beside its next step) and a save
+deadline (``--save-deadline 120``: one every healthy save meets changes nothing, under kills too).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ STEPS = 40
 ARGS = ("--epochs", "1", "--steps-per-epoch", str(STEPS), "--save-steps", "4", "--print-every", "1")
 
 
-MODES = {"sync": (), "overlap": ("--async-save", "--overlap")}
+MODES = {"sync": (), "overlap": ("--async-save", "--overlap", "--save-deadline", "120")}
 
 
 def _cmd(directory: Path, restarts: int = 0, mode: str = "sync") -> list[str]:
