@@ -116,3 +116,18 @@ def test_lightning_resume_runs_stock_and_torchresume_side_by_side(tmp_path: Path
     assert rows["torchresume"][6:10] == ["equal", "eq", "eq", "0/10"], done.stdout
     assert rows["torchresume"][-1] == "no" and rows["stock"][9].endswith("/10")
     assert list(tmp_path.iterdir()) == []  # what it wrote is gone
+
+
+def test_sharded_restore_cold_and_replicated_async_save_run(tmp_path: Path) -> None:
+    """The two commands docs/DISTRIBUTED.md names for issue 23's staging and cold-restore figures."""
+    bench = ROOT / "benchmarks"
+    for args in (["--mib", "64", "--repeat", "1"], ["--mib", "128", "--repeat", "2", "--ranks", "2"]):
+        done = subprocess.run([sys.executable, str(bench / "sharded_restore_cold.py"), *args],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert re.search(r"cold restore, seconds: torchresume \[.+\]; dcp \[.+\]; median tr/DCP \d", done.stdout)
+    done = subprocess.run([sys.executable, str(bench / "distributed_async_save.py"), "--mib", "32", "--ranks", "2",
+                           "--repeat", "2", "--replicated"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "async: MiB staged per save (largest rank) [32.0, 16.0]" in done.stdout, done.stdout
+    assert "MiB written per rank (last save) [16.0, 16.0]" in done.stdout, done.stdout
