@@ -264,7 +264,9 @@ class Reads:
 
 
 # -- the two methods --------------------------------------------------------------------------
-Pair = tuple[Callable[[int], Any], Callable[[int], Any]]
+# (save, restore, settle): settle runs between the two, outside the timings, for work a save left in
+# the background (torchresume's retention deletes the older checkpoint off the training thread).
+Pair = tuple[Callable[[int], Any], Callable[[int], Any], Callable[[], Any]]
 
 
 def torchresume_pair(state: dict[str, Any], root: str) -> Pair:
@@ -277,13 +279,14 @@ def torchresume_pair(state: dict[str, Any], root: str) -> Pair:
     logging.getLogger("torchresume").setLevel(logging.WARNING)  # no "resumed from" line per restore
     mgr = DistributedCheckpointManager(os.path.join(root, "tr"), prefix="bench", keep=1)
     own = {"rng": torch.get_rng_state(), "position": [dist.get_rank(), 0]}
-    return (lambda i: mgr.save(state, epoch=1, step=i, rank_state=own)), (lambda i: mgr.restore(state))
+    return (lambda i: mgr.save(state, epoch=1, step=i, rank_state=own)), (lambda i: mgr.restore(state)), mgr.wait
 
 
 def dcp_pair(state: dict[str, Any], root: str) -> Pair:
     import torch.distributed.checkpoint as dcp
     return (lambda i: dcp.save(state, storage_writer=dcp.FileSystemWriter(os.path.join(root, f"dcp{i}"))),
-            lambda i: dcp.load(state, storage_reader=dcp.FileSystemReader(os.path.join(root, f"dcp{i}"))))
+            lambda i: dcp.load(state, storage_reader=dcp.FileSystemReader(os.path.join(root, f"dcp{i}"))),
+            lambda: None)
 
 
 METHODS = {"torchresume": torchresume_pair, "dcp": dcp_pair}
@@ -339,8 +342,9 @@ def worker(args: argparse.Namespace) -> None:
     order = list(METHODS)
     for i in range(args.repeat):
         for name in order:
-            save, load = pairs[name]
+            save, load, settle = pairs[name]
             saved = measured(save, i, coll, reads)
+            settle()  # DCP's deletes (_clear, below) are outside the timings too
             if dist.get_rank() == 0 and not args.warm:
                 evict(args.dir)
             samples[name].append({"save": saved, "restore": measured(load, i, coll, reads)})
