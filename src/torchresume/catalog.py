@@ -24,6 +24,7 @@ from torchresume.errors import (
 )
 from torchresume.files import CHECKPOINT_SUFFIXES
 from torchresume.files import directory as directory_layout
+from torchresume.files import sharded as sharded_layout
 from torchresume.format.reader import Checkpoint
 from torchresume.log import log
 from torchresume.naming import parse_name
@@ -76,28 +77,32 @@ def delete(entry_or_path: Entry | str) -> None:
 
 
 def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None = None,
-                     dec_key: bytes | None = None, headers: bool = True) -> list[Entry]:
+                     dec_key: bytes | None = None, headers: bool = True, sharded_only: bool = False) -> list[Entry]:
     """Checkpoint files in ``directory``, newest first, each with its validity.
 
     ``verify``: read each one whole (checksums; ``dec_key`` for encrypted ones) and note
     whether its weights are finite. ``headers=False``: a directory checkpoint's facts come from
     its manifest alone, its parts' headers unread (a sharded checkpoint has parts from every
-    rank; a damaged part is then found when it is read, not when it is listed).
+    rank; a damaged part is then found when it is read, not when it is listed), each manifest
+    read once. ``sharded_only``: only sharded (torch.distributed) directory checkpoints.
     """
     storage, where = resolve(directory)
     out = []
     for info in storage.list(where):
-        if not info.name.endswith(CHECKPOINT_SUFFIXES):
+        if not info.name.endswith(CHECKPOINT_SUFFIXES) or (sharded_only and not info.is_dir):
             continue
-        if info.is_dir and not directory_layout.is_committed(info.path):
-            continue  # a directory checkpoint is one only once its manifest is committed
         entry = Entry(info.path, info.name, info.size, info.mtime, is_dir=info.is_dir)
         parsed = parse_name(info.name)
         if parsed:
             entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
         if prefix is not None and entry.prefix != prefix:
             continue
-        _read_header_facts(entry, headers)
+        manifest = _committed_manifest(info.path) if info.is_dir else None
+        if info.is_dir and manifest is None:
+            continue  # a directory checkpoint is one only once its manifest is committed
+        if sharded_only and not sharded_layout.is_sharded(manifest or {}):
+            continue
+        _read_header_facts(entry, headers, manifest)
         if verify and entry.valid:
             _read_whole(entry, dec_key)
         out.append(entry)
@@ -153,16 +158,26 @@ def _encrypted(path: str) -> bool:
         return False
 
 
-def _manifest_facts(path: str) -> Any:
+def _committed_manifest(path: str) -> dict[str, Any] | None:
+    """The manifest of directory ``path``; None when it is not committed (or unreadable)."""
+    try:
+        return directory_layout.read_manifest(path)
+    except (TorchResumeError, OSError):
+        return None
+
+
+def _manifest_facts(path: str, doc: dict[str, Any]) -> Any:
     """What ``files.describe`` says of a directory checkpoint that its manifest alone tells: size, info."""
-    doc = directory_layout.read_manifest(path)
     return files.Description(path, sum(int(p["size"]) for p in doc["parts"]), "torchresume-directory",
                              info=dict(doc.get("info", {})))
 
 
-def _read_header_facts(entry: Entry, headers: bool = True) -> None:
+def _read_header_facts(entry: Entry, headers: bool = True, manifest: dict[str, Any] | None = None) -> None:
     try:
-        desc = files.describe(entry.path) if headers or not entry.is_dir else _manifest_facts(entry.path)
+        if headers or manifest is None:
+            desc = files.describe(entry.path)
+        else:
+            desc = _manifest_facts(entry.path, manifest)
     except (TorchResumeError, OSError, ValueError) as exc:
         entry.valid, entry.reason = False, str(exc)
         return

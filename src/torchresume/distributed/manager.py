@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torchresume import catalog, retention
 from torchresume.catalog import Entry
 from torchresume.distributed import plan_cache
-from torchresume.distributed.reader import PartReader, RankStates, is_sharded, restore_error, sharded_manifest
+from torchresume.distributed.reader import PartReader, RankStates, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
@@ -582,8 +582,9 @@ class DistributedCheckpointManager:
             storage, where = resolve(self.directory)
             if not storage.isdir(where):
                 return []
-            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix, headers=False)
-            return [e for e in entries if e.valid and e.is_dir and is_sharded(e.path)]
+            entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix, headers=False,
+                                               sharded_only=True)
+            return [e for e in entries if e.valid]
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete checkpoints no retention policy keeps (never the newest, never ``protect``)."""
