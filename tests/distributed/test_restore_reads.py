@@ -14,6 +14,7 @@ per rank at each world size).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,19 +108,26 @@ def _reads_during(fn: Any, root: Path) -> dict[str, int]:
     return counted.nbytes
 
 
-def _as_written_before(path: Path) -> None:
-    """Make ``path`` what the sharded writer wrote before 0.3: no ``at``/``xxh3`` per chunk in
-    dcp_metadata.json (everything else was the same), its size and digest in the manifest updated."""
+def _rewrite_metadata(path: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+    """``edit`` the dcp_metadata.json of checkpoint ``path``; its size and digest in the manifest follow."""
     meta_file, manifest_file = path / "dcp_metadata.json", path / "manifest.json"
     meta = json.loads(meta_file.read_text())
-    for entry in meta["storage_data"]:
-        entry.pop("at"), entry.pop("xxh3")
+    edit(meta)
     raw = json.dumps(meta, separators=(",", ":")).encode()
     doc = json.loads(manifest_file.read_text())
     doc["info"]["dcp_metadata"].update(size=len(raw), xxh3=xxhash.xxh3_64_hexdigest(raw))
     for file, data in ((meta_file, raw), (manifest_file, json.dumps(doc).encode())):
         file.chmod(0o600)
         file.write_bytes(data)
+
+
+def _as_written_before(path: Path) -> None:
+    """Make ``path`` what the sharded writer wrote before 0.3: no ``at``/``xxh3`` per chunk in
+    dcp_metadata.json (everything else was the same)."""
+    def strip(meta: dict[str, Any]) -> None:
+        for entry in meta["storage_data"]:
+            entry.pop("at"), entry.pop("xxh3")
+    _rewrite_metadata(path, strip)
 
 
 def test_restore_reads_only_the_chunks_and_checks_each(tmp_path: Path) -> None:
@@ -152,15 +160,9 @@ def test_a_chunk_range_outside_its_part_is_refused(tmp_path: Path) -> None:
     mgr = DistributedCheckpointManager(str(tmp_path), prefix="r")
     path = Path(mgr.save(_state(), epoch=1, step=1) or "")
     mgr.close()
-    meta_file, manifest_file = path / "dcp_metadata.json", path / "manifest.json"
-    meta = json.loads(meta_file.read_text())
-    meta["storage_data"][0]["at"][1] += 1 << 30
-    raw = json.dumps(meta, separators=(",", ":")).encode()
-    doc = json.loads(manifest_file.read_text())
-    doc["info"]["dcp_metadata"].update(size=len(raw), xxh3=xxhash.xxh3_64_hexdigest(raw))
-    for file, data in ((meta_file, raw), (manifest_file, json.dumps(doc).encode())):
-        file.chmod(0o600)
-        file.write_bytes(data)
+    def past_the_end(meta: dict[str, Any]) -> None:
+        meta["storage_data"][0]["at"][1] += 1 << 30
+    _rewrite_metadata(path, past_the_end)
     with pytest.raises(CorruptCheckpointError, match="outside its part"):
         read_checkpoint(str(path))
     with pytest.raises(CorruptCheckpointError, match="outside the .*-byte part"):
