@@ -11,6 +11,8 @@ by this list and its `quick` mark, never by how long it happens to take.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 # Every process a test starts (training runs, torchrun ranks, the CLI) trains with one intra-op
 # thread unless the test says otherwise: two tests run side by side on two cores, and OpenMP's
@@ -19,6 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 # Modules whose tests start real processes or servers: the full tier only, except tests marked
@@ -137,3 +140,13 @@ def _local_dirs_in_tmp(tmp_path, monkeypatch) -> None:
     """Staging and cache directories of remote runs go under the test's tmp dir, not ~/.cache."""
     monkeypatch.setenv("TORCHRESUME_STAGING", str(tmp_path / ".staging"))
     monkeypatch.setenv("TORCHRESUME_CACHE", str(tmp_path / ".cache"))
+
+
+@pytest.fixture
+def one_rank_group(tmp_path: Path) -> Iterator[None]:
+    """A real process group of one rank (gloo) in this process: torchrun's code paths without a launch."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -97,3 +97,27 @@ def test_a_pipeline_that_cannot_resume_exactly_says_so_once(tmp_path, capsys) ->
             "state_dict(): a resumed epoch re-reads it from its start and skips the batches already trained "
             "on, which is exact only if it yields the same batches each time (use torchdata's "
             "StatefulDataLoader with a stateful dataset for exact resume)\n") in err
+
+
+FORK_HAZARD = (
+    "the training DataLoader forks its 2 workers from a process in a process group: a fork while one of "
+    "the group's threads is inside Python can leave a worker hung at its start, and the training with it; "
+    "make the DataLoader with multiprocessing_context='forkserver' (or 'spawn'), which resumes exactly the same")
+
+
+def test_workers_forked_from_a_rank_are_warned_of(one_rank_group: None) -> None:
+    """A rank's DataLoader workers started by fork can hang at their start: the run says how to avoid it."""
+    from torchresume.data.loader_state import feed_for, fork_hazard
+    assert fork_hazard(DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="fork")) \
+        == FORK_HAZARD
+    assert feed_for(DataLoader(Counting(), batch_size=8, num_workers=2,
+                               multiprocessing_context="fork")).warning() == FORK_HAZARD
+    for safe in (DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="forkserver"),
+                 DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="spawn"),
+                 DataLoader(Counting(), batch_size=8)):
+        assert fork_hazard(safe) is None
+
+
+def test_workers_forked_outside_a_process_group_are_not_warned_of() -> None:
+    from torchresume.data.loader_state import fork_hazard
+    assert fork_hazard(DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="fork")) is None

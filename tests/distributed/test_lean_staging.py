@@ -12,12 +12,10 @@ in this process).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
@@ -65,16 +63,6 @@ def test_every_checkpoint_restores_the_state_at_its_call(launch: Launch) -> None
 
 def test_the_worker_measures_real_files(launch: Launch) -> None:
     assert sum(launch.results[0]["written"]) >= launch.results[0]["replica"]  # every byte landed in a part
-
-
-@pytest.fixture
-def one_rank_group(tmp_path: Path) -> Iterator[None]:
-    """A real process group of one rank (gloo): the manager's torchrun path, in this process."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def test_dtensor_shards_are_always_staged(one_rank_group: None, tmp_path: Path,

@@ -1,7 +1,7 @@
 """A real Lightning Trainer.fit with torchresume's plugin, for tests/integration/test_lightning.py.
 
 usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp] [async] [stock]]
-       torchrun --standalone --nproc-per-node 2 lightning_run.py RUN_DIR NUM_WORKERS EPOCHS ddp [async]
+       torchrun --standalone --nproc-per-node 2 lightning_run.py RUN_DIR NUM_WORKERS EPOCHS ddp [async] [fork]
 
 Trains a small MLP with dropout on a plain ``DataLoader(shuffle=True)`` whose dataset draws
 random noise in ``__getitem__`` (in the workers when there are any), checkpointing every 2
@@ -11,15 +11,18 @@ training step prints ``step N`` and appends ``N digest`` (the batch's bytes) to 
 a finished run writes RUN_DIR/final.ckpt (weights, optimizer state, every RNG). With ``ddp``
 it trains under Lightning's DDP strategy, one rank per torchrun process (gloo on CPU): rank r logs
 its batches to RUN_DIR/batches-r and writes RUN_DIR/final-r.ckpt, rank 0 alone prints the steps,
-and each rank ends with ``torchresume.distributed.end_process``. With ``async`` checkpoints are
-written in the background (``TorchResumeIO(async_save=True)``). With ``stock`` the same run checkpoints
-the way stock Lightning does, for benchmarks/lightning_resume.py: its own ``ModelCheckpoint`` (every 2
-steps, ``save_last=True``) and checkpoint IO (``torch.save`` ``.ckpt``), no torchresume plugin.
+and each rank ends with ``torchresume.distributed.end_process``; its DataLoader workers start from a
+forkserver (forked from a rank they can hang at their start: ``fork_hazard``), or by fork with
+``fork``. With ``async`` checkpoints are written in the background (``TorchResumeIO(async_save=True)``).
+With ``stock`` the same run checkpoints the way stock Lightning does, for benchmarks/lightning_resume.py:
+its own ``ModelCheckpoint`` (every 2 steps, ``save_last=True``) and checkpoint IO (``torch.save``
+``.ckpt``), no torchresume plugin.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import random
 import sys
@@ -82,7 +85,13 @@ def main() -> None:
     model = Net()
     model.log_path = os.path.join(run_dir, f"batches-{rank}" if ddp and rank else "batches")
     model.quiet = rank != 0
-    loader = DataLoader(Noisy(80), batch_size=8, shuffle=True, num_workers=workers)
+    context = None
+    if ddp and workers and "fork" not in sys.argv[4:]:
+        # Workers forked from a rank can hang at their start (torchresume's fork_hazard says so):
+        # the runs follow its advice, from a forkserver that has imported this script and the dataset.
+        multiprocessing.set_forkserver_preload(["__main__", "lightning.pytorch", "tests.fault.dataloader_run"])
+        context = "forkserver"
+    loader = DataLoader(Noisy(80), batch_size=8, shuffle=True, num_workers=workers, multiprocessing_context=context)
     ckpt: pl.Callback = (ModelCheckpoint(run_dir, every_n_train_steps=2, save_last=True) if stock else
                          TorchResumeCheckpoint(run_dir, prefix="lit", every_n_train_steps=2, keep=3))
     plugins = [] if stock else [TorchResumeIO(async_save=async_save)]

@@ -164,7 +164,8 @@ def _ddp_finish(run: Path, workers: int, **kwargs: int) -> str:
 def _ddp_reference(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Path:
     if -1 - workers not in _references:
         run = tmp_path_factory.mktemp(f"lightning-ddp-ref-{workers}")
-        assert f"finished {DDP_TOTAL}" in _ddp_finish(run, workers)
+        out = _ddp_finish(run, workers)
+        assert f"finished {DDP_TOTAL}" in out and "forks its" not in out  # forkserver workers: no warning
         _references[-1 - workers] = run
     return _references[-1 - workers]
 
@@ -286,6 +287,23 @@ def test_unstorable_hyperparameter_is_a_typed_error_naming_its_key(tmp_path) -> 
         trainer.fit(_WithObjectHparam({1, 2}), loader)
     assert info.value.key == "hyper_parameters.act" and isinstance(info.value, TypeError)
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".ckpt")]  # nothing was written
+
+
+def test_workers_forked_from_a_rank_are_warned_of_once(one_rank_group, tmp_path, capsys) -> None:
+    """Under a process group (one rank here), a DataLoader forking its workers is told of the hang
+    they risk and how to avoid it, by rank 0, before its first batch; forkserver workers are not."""
+    from tests.data.test_loader_state import FORK_HAZARD
+
+    def fit(context: str) -> str:
+        loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4, num_workers=2,
+                            multiprocessing_context=context)
+        trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[TorchResumeCheckpoint(str(tmp_path / context), prefix="w")],
+                             plugins=[TorchResumeIO()], accelerator="cpu", devices=1)
+        trainer.fit(_WithObjectHparam(0.5), loader)
+        return capsys.readouterr().err
+    assert fit("fork").count(f"warning: {FORK_HAZARD}") == 1
+    assert "forks its" not in fit("forkserver")
 
 
 def test_io_alone_under_lightnings_own_model_checkpoint(tmp_path) -> None:

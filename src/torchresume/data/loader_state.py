@@ -25,6 +25,7 @@ A *feed* wraps the training data of one run:
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -138,7 +139,7 @@ class DataLoaderFeed(Feed):
             return ("the training DataLoader has persistent_workers=True: its workers' random state "
                     "runs on across epochs and is not saved, so random augmentation in workers "
                     "differs after a resume (persistent_workers=False resumes exactly)")
-        return None
+        return fork_hazard(self.data)
 
     def batches(self, done: int, total: int) -> Iterable[Any]:
         pending, self.pending = self.pending, None
@@ -243,6 +244,31 @@ class ReplayFeed(Feed):
         return self.data
 
 
+def _start_method(loader: Any) -> str:
+    """How ``loader`` starts its workers: its own multiprocessing context, else the default one
+    (asked without fixing it, as ``get_start_method()`` would)."""
+    context = getattr(loader, "multiprocessing_context", None)
+    if context is not None:
+        return str(context.get_start_method())
+    return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+
+
+def fork_hazard(loader: Any) -> str | None:
+    """Why ``loader``'s workers may hang at their start, or None: they are forked from a process
+    that joined a process group. Its threads (gloo's) may be inside the Python runtime at the
+    moment of the fork; the worker then inherits a lock that nobody will release (CPython 3.11,
+    torch 2.13, gloo: seen in torchresume's Lightning DDP kill test, one resumed run in ten on a
+    loaded 2-core machine, the worker stuck in ``PyOS_AfterFork_Child``)."""
+    import torch.distributed as dist
+    workers = int(getattr(loader, "num_workers", 0) or 0)
+    if workers == 0 or not (dist.is_available() and dist.is_initialized()) or _start_method(loader) != "fork":
+        return None
+    return (f"the training DataLoader forks its {workers} workers from a process in a process group: "
+            "a fork while one of the group's threads is inside Python can leave a worker hung at its "
+            "start, and the training with it; make the DataLoader with "
+            "multiprocessing_context='forkserver' (or 'spawn'), which resumes exactly the same")
+
+
 def check_feed_state(state: dict[str, Any], kind: str, batches: int | None) -> None:
     saved = state.get(FEED_KEY) if isinstance(state, dict) else None
     if saved != kind:
@@ -268,4 +294,4 @@ def feed_for(data: Any) -> Feed:
     return ReplayFeed(data)
 
 
-__all__ = ["DataLoaderFeed", "Feed", "PositionFeed", "ReplayFeed", "StatefulFeed", "feed_for"]
+__all__ = ["DataLoaderFeed", "Feed", "PositionFeed", "ReplayFeed", "StatefulFeed", "feed_for", "fork_hazard"]

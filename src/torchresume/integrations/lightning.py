@@ -39,7 +39,7 @@ from weakref import proxy
 from torch.utils.data import DataLoader
 
 from torchresume import catalog, retention
-from torchresume.data.loader_state import FEED_KEY, DataLoaderFeed, check_feed_state
+from torchresume.data.loader_state import FEED_KEY, DataLoaderFeed, check_feed_state, fork_hazard
 from torchresume.errors import CheckpointConfigError, UnstorableStateError, UnsupportedStrategyError
 from torchresume.files import encode_state, read_checkpoint, sharded_as_one, write_encoded
 from torchresume.format.reader import Checkpoint
@@ -539,6 +539,10 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._watch_loaders(trainer)
+        combined = trainer.fit_loop._combined_loader
+        hazards = {fork_hazard(loader) for loader in (combined.flattened if combined is not None else [])}
+        for hazard in sorted(h for h in hazards if h and trainer.is_global_zero):
+            log.warning("warning: %s", hazard)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
