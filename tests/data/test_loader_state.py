@@ -102,7 +102,8 @@ def test_a_pipeline_that_cannot_resume_exactly_says_so_once(tmp_path, capsys) ->
 FORK_HAZARD = (
     "the training DataLoader forks its 2 workers from a process in a process group: a fork while one of "
     "the group's threads is inside Python can leave a worker hung at its start, and the training with it; "
-    "make the DataLoader with multiprocessing_context='forkserver' (or 'spawn'), which resumes exactly the same")
+    "make the DataLoader with multiprocessing_context='forkserver' (or 'spawn'), or call "
+    "torch.multiprocessing.set_start_method('forkserver') first: it resumes exactly the same")
 
 
 def test_workers_forked_from_a_rank_are_warned_of(one_rank_group: None) -> None:
@@ -121,3 +122,19 @@ def test_workers_forked_from_a_rank_are_warned_of(one_rank_group: None) -> None:
 def test_workers_forked_outside_a_process_group_are_not_warned_of() -> None:
     from torchresume.data.loader_state import fork_hazard
     assert fork_hazard(DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="fork")) is None
+
+
+def test_a_forkserver_default_start_method_is_not_warned_of(one_rank_group: None) -> None:
+    """The HF Trainer cannot pass a multiprocessing context: the default one, set first, is what counts."""
+    import multiprocessing
+
+    from torchresume.data.loader_state import fork_hazard
+    before = multiprocessing.get_start_method(allow_none=True)
+    loader = DataLoader(Counting(), batch_size=8, num_workers=2)
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        assert fork_hazard(loader) is None
+        multiprocessing.set_start_method("fork", force=True)
+        assert fork_hazard(loader) == FORK_HAZARD
+    finally:
+        multiprocessing.set_start_method(before, force=True)

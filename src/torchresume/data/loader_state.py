@@ -266,7 +266,8 @@ def fork_hazard(loader: Any) -> str | None:
     return (f"the training DataLoader forks its {workers} workers from a process in a process group: "
             "a fork while one of the group's threads is inside Python can leave a worker hung at its "
             "start, and the training with it; make the DataLoader with "
-            "multiprocessing_context='forkserver' (or 'spawn'), which resumes exactly the same")
+            "multiprocessing_context='forkserver' (or 'spawn'), or call "
+            "torch.multiprocessing.set_start_method('forkserver') first: it resumes exactly the same")
 
 
 def check_feed_state(state: dict[str, Any], kind: str, batches: int | None) -> None:
