@@ -223,22 +223,31 @@ def newest_readable(candidates: list[Entry], directory: str, *, run: str | None 
             log.warning("skipping %s: its weights are not finite (NaN or Inf: the run diverged there)", entry.path)
             diverged.append(entry.name)
             continue
-        for _, reason in damaged:
-            log.warning("skipping invalid checkpoint %s", reason)
+        say_skipped(damaged)
         return entry, ckpt
     if diverged:
-        for _, reason in damaged:
-            log.warning("skipping invalid checkpoint %s", reason)
+        say_skipped(damaged)
         raise DivergedRunError(
             f"{directory}: every checkpoint of the run ({', '.join(diverged)}) has non-finite "
             "weights (the run diverged); start over with resume='none', e.g. at a lower learning rate")
     if damaged:
-        names = ", ".join(name for name, _ in damaged)
-        raise DamagedRunError(
-            f"{directory}: no checkpoint of the run can be read ({names}; the newest: "
-            f"{_reason_only(damaged[0][1])}); nothing to resume from: put back a good copy, or "
-            "start over with resume='none' (the damaged files are kept)")
+        raise damaged_run(directory, damaged)
     return None
+
+
+def say_skipped(damaged: list[tuple[str, str]]) -> None:
+    """One warning per damaged checkpoint passed over on the way to a good one ((name, reason) pairs)."""
+    for _, reason in damaged:
+        log.warning("skipping invalid checkpoint %s", reason)
+
+
+def damaged_run(directory: str, damaged: list[tuple[str, str]]) -> DamagedRunError:
+    """The error of a run whose every checkpoint failed to read ((name, reason) pairs, newest first)."""
+    names = ", ".join(name for name, _ in damaged)
+    return DamagedRunError(
+        f"{directory}: no checkpoint of the run can be read ({names}; the newest: "
+        f"{_reason_only(damaged[0][1])}); nothing to resume from: put back a good copy, or "
+        "start over with resume='none' (the damaged files are kept)")
 
 
 def _reason_only(reason: str) -> str:

@@ -111,6 +111,17 @@ def ddp_restore(directory: str, out: str) -> dict[str, Any]:
             "rank_states_equal": [tensors_equal(a, b) for a, b in zip(states, info.rank_states, strict=True)]}
 
 
+def ddp_restore_model(directory: str, out: str) -> dict[str, Any]:
+    """The newest checkpoint that loads on every rank, weights only (every ddp_save checkpoint has them)."""
+    model, _ = ddp_model(1)
+    state = {"model": model.state_dict()}
+    info = DistributedCheckpointManager(directory, prefix="ddp").restore(state)
+    assert info is not None
+    model.load_state_dict(state["model"])
+    expected = torch.load(os.path.join(out, "expected.pt"))
+    return {"path": info.path, "model_equal": tensors_equal(expected["model"], model.state_dict())}
+
+
 def fsdp_model(seed: int) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -528,7 +539,7 @@ SCENARIOS = {"async_save": async_save, "lean_staging": lean_staging, "async_kill
              "ddp_save_async": lambda d, o: ddp_save(d, o, async_save=True),
              "restore_any": restore_any, "restore_reads": restore_reads, "scale_probe": scale_probe,
              "ddp_save": ddp_save,
-             "ddp_restore": ddp_restore, "fsdp_save": fsdp_save,
+             "ddp_restore": ddp_restore, "ddp_restore_model": ddp_restore_model, "fsdp_save": fsdp_save,
              "fsdp_load": fsdp_load, "plain_load": plain_load,
              "fail_save": lambda d, o: faulty_save(d, o, "fail"),
              "kill_save": lambda d, o: faulty_save(d, o, "kill")}

@@ -25,6 +25,7 @@ nothing is committed, so a hung rank's storage holds the job no longer than that
 from __future__ import annotations
 
 import copy
+import posixpath
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -591,25 +592,58 @@ class DistributedCheckpointManager:
         with self._listing:
             return retention.apply(self.checkpoints(), self.retention, protect)
 
-    def newest(self) -> str | None:
-        """Collective: the newest committed checkpoint, as rank 0 sees it."""
+    def committed(self) -> list[str]:
+        """Collective: the committed checkpoints, newest first, as rank 0 sees them."""
         local = None
         if _rank() == 0:
             busy = self.saving  # committed maybe, but not yet finished on every rank
-            entries = [e for e in self.checkpoints() if e.path != busy]
-            local = entries[0].path if entries else None
-        return _broadcast(local)
+            local = [e.path for e in self.checkpoints() if e.path != busy]
+        return list(_broadcast(local))
+
+    def newest(self) -> str | None:
+        """Collective: the newest committed checkpoint, as rank 0 sees it."""
+        paths = self.committed()
+        return paths[0] if paths else None
 
     def restore(self, state: dict[str, Any], *, announce: bool = True, path: str | None = None) -> RestoreInfo | None:
-        """Collective: load the newest committed checkpoint (or the committed one at ``path``) into
-        ``state`` in place; None when there is none.
+        """Collective: load the newest committed checkpoint that reads and verifies (or the committed
+        one at ``path``) into ``state`` in place; None when there is none.
 
-        A background save still running is waited for first (its failure raises AsyncSaveError).
+        A damaged newest is skipped with a warning for the next older one, which is loaded over the
+        whole state (a chunk that failed its checksum midway leaves nothing of that checkpoint behind);
+        if none reads, DamagedRunError. A background save still running is waited for first (its
+        failure raises AsyncSaveError).
         """
         self.wait()
-        path = self.newest() if path is None else path
         if path is None:
-            return None
+            path, reader = self._newest_that_loads(state)
+            if path is None or reader is None:
+                return None
+        else:
+            reader = self._load(state, path)
+        restored = RestoreInfo.read(path, reader.doc, _rank(), dec_key=self.enc_key, known=reader.own)
+        if announce:  # Model.train says it once, with the position
+            log.info("resumed from %s", path)
+        return restored
+
+    def _newest_that_loads(self, state: dict[str, Any]) -> tuple[str | None, PartReader | None]:
+        """Collective: load the committed checkpoints newest first until one loads on every rank."""
+        damaged: list[tuple[str, str]] = []
+        for path in self.committed():
+            try:
+                reader = self._load(state, path)
+            except TorchResumeError as exc:  # raised alike on every rank: every rank tries the next
+                damaged.append((posixpath.basename(path.rstrip("/")), str(exc)))
+                continue
+            if _rank() == 0:
+                catalog.say_skipped(damaged)
+            return path, reader
+        if damaged:
+            raise catalog.damaged_run(self.directory, damaged)
+        return None, None
+
+    def _load(self, state: dict[str, Any], path: str) -> PartReader:
+        """Collective: ``path`` into ``state``; a failure on any rank is raised on every rank."""
         # Each rank plans its own reads (a load plan needs no coordinator: DCP's would gather every
         # rank's plan to rank 0 and scatter it back) and reads its own old part; then one small
         # all-gather raises the first failing rank's error on every rank.
@@ -624,10 +658,7 @@ class DistributedCheckpointManager:
             error = exc if isinstance(exc, TorchResumeError) else CorruptCheckpointError(
                 f"{path}: restore failed: {type(exc).__name__}: {exc}")
         _raise_on_every_rank(error)
-        restored = RestoreInfo.read(path, reader.doc, _rank(), dec_key=self.enc_key, known=reader.own)
-        if announce:  # Model.train says it once, with the position
-            log.info("resumed from %s", path)
-        return restored
+        return reader
 
     def rank_states(self, path: str) -> RestoreInfo:
         """``path``'s info and every saving rank's ``rank_state``, its shards left unread: each rank
