@@ -112,11 +112,26 @@ def test_workers_forked_from_a_rank_are_warned_of(one_rank_group: None) -> None:
     assert fork_hazard(DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="fork")) \
         == FORK_HAZARD
     assert feed_for(DataLoader(Counting(), batch_size=8, num_workers=2,
-                               multiprocessing_context="fork")).warning() == FORK_HAZARD
+                               multiprocessing_context="fork")).warning() is None  # said apart (Model.fit)
     for safe in (DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="forkserver"),
                  DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="spawn"),
                  DataLoader(Counting(), batch_size=8)):
         assert fork_hazard(safe) is None
+
+
+class _StopAtBegin(tr.Callback):
+    def on_train_begin(self, ctx) -> None:
+        raise RuntimeError("stopped before the first batch")  # no worker is ever forked
+
+
+def test_model_fit_warns_of_forked_workers_beside_its_other_caveats(one_rank_group: None, tmp_path, capsys) -> None:
+    """persistent_workers' caveat does not hide the fork hazard: each is said at start-up."""
+    loader = DataLoader(Counting(), batch_size=8, num_workers=2, multiprocessing_context="fork",
+                        persistent_workers=True)
+    with pytest.raises(RuntimeError, match="stopped before the first batch"):
+        _model().fit(1, loader, callbacks=[_StopAtBegin()], resume="none")
+    err = capsys.readouterr().err
+    assert f"warning: {FORK_HAZARD}" in err and "persistent_workers=True" in err
 
 
 def test_workers_forked_outside_a_process_group_are_not_warned_of() -> None:

@@ -44,12 +44,23 @@ def test_a_damaged_newest_is_skipped_and_the_older_loaded_over_everything(
     _damage(tmp_path / "run" / "run-1_2.ckpt")
     capsys.readouterr()
 
-    state = _state(0.0)
+    partly = _state(0.0)
+    with pytest.raises(CorruptCheckpointError, match="checksum mismatch"):
+        mgr.restore(partly, path=str(tmp_path / "run" / "run-1_2.ckpt"))
+    assert any(t.ne(0.0).any() for t in partly["model"].values())  # DCP loads in place: partly loaded
+    state = partly
     found = mgr.restore(state)
     assert found is not None and found.path.endswith("run-1_1.ckpt") and found.step == 1
     assert all(torch.equal(t, torch.full_like(t, 1.0)) for t in state["model"].values())  # no 2.0 left
     err = capsys.readouterr().err
     assert f"skipping invalid checkpoint {tmp_path}/run/run-1_2.ckpt" in err and "checksum mismatch" in err
+    mgr.save(_state(3.0), epoch=1, step=2)  # training reaches the damaged step again: the save replaces it
+    mgr.wait()
+    assert "run-1_2.ckpt is the damaged checkpoint the restore passed over; replacing it" in capsys.readouterr().err
+    again = _state(0.0)
+    assert mgr.restore(again).path.endswith("run-1_2.ckpt")
+    assert all(torch.equal(t, torch.full_like(t, 3.0)) for t in again["model"].values())
+    _damage(tmp_path / "run" / "run-1_2.ckpt")
 
     _damage(tmp_path / "run" / "run-1_1.ckpt")
     with pytest.raises(DamagedRunError) as info:
@@ -60,6 +71,18 @@ def test_a_damaged_newest_is_skipped_and_the_older_loaded_over_everything(
     assert message.endswith("); nothing to resume from: put back a good copy, or start over with "
                             "resume='none' (the damaged files are kept)")
     assert sorted(os.listdir(tmp_path / "run")) == ["run-1_1.ckpt", "run-1_2.ckpt"]  # nothing deleted
+    mgr.close()
+
+
+def test_a_state_that_does_not_fit_is_raised_not_skipped(tmp_path: Path) -> None:
+    """Only damage the reader finds passes a checkpoint over: a changed model fails on the newest, as it is."""
+    mgr = DistributedCheckpointManager(str(tmp_path), prefix="run", keep=5)
+    mgr.save(_state(1.0), epoch=1, step=1)
+    mgr.save(_state(2.0), epoch=1, step=2)
+    mgr.wait()
+    changed = {"model": {**_state(0.0)["model"], "new_layer": torch.zeros(4)}}
+    with pytest.raises(CorruptCheckpointError, match=r"run-1_2\.ckpt: restore failed: .*new_layer"):
+        mgr.restore(changed)
     mgr.close()
 
 

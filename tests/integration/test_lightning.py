@@ -294,13 +294,18 @@ def test_workers_forked_from_a_rank_are_warned_of_once(one_rank_group, tmp_path,
     they risk and how to avoid it, by rank 0, before its first batch; forkserver workers are not."""
     from tests.data.test_loader_state import FORK_HAZARD
 
+    class StopBeforeTheFirstBatch(_WithObjectHparam):
+        def on_train_start(self) -> None:  # after the callbacks' on_train_start: no worker ever starts
+            raise RuntimeError("stopped before the first batch")
+
     def fit(context: str) -> str:
         loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4, num_workers=2,
                             multiprocessing_context=context)
         trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                              callbacks=[TorchResumeCheckpoint(str(tmp_path / context), prefix="w")],
                              plugins=[TorchResumeIO()], accelerator="cpu", devices=1)
-        trainer.fit(_WithObjectHparam(0.5), loader)
+        with pytest.raises(RuntimeError, match="stopped before the first batch"):
+            trainer.fit(StopBeforeTheFirstBatch(0.5), loader)
         return capsys.readouterr().err
     assert fit("fork").count(f"warning: {FORK_HAZARD}") == 1
     assert "forks its" not in fit("forkserver")

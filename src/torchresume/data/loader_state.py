@@ -139,7 +139,7 @@ class DataLoaderFeed(Feed):
             return ("the training DataLoader has persistent_workers=True: its workers' random state "
                     "runs on across epochs and is not saved, so random augmentation in workers "
                     "differs after a resume (persistent_workers=False resumes exactly)")
-        return fork_hazard(self.data)
+        return None
 
     def batches(self, done: int, total: int) -> Iterable[Any]:
         pending, self.pending = self.pending, None
@@ -248,9 +248,11 @@ def _start_method(loader: Any) -> str:
     """How ``loader`` starts its workers: its own multiprocessing context, else the default one
     (asked without fixing it, as ``get_start_method()`` would)."""
     context = getattr(loader, "multiprocessing_context", None)
-    if context is not None:
-        return str(context.get_start_method())
-    return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if isinstance(context, str):
+        return context
+    method = context.get_start_method(allow_none=True) if context is not None else None
+    method = method or multiprocessing.get_start_method(allow_none=True)
+    return str(method or multiprocessing.get_all_start_methods()[0])
 
 
 def fork_hazard(loader: Any) -> str | None:

@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torchresume import catalog, retention
 from torchresume.catalog import Entry
 from torchresume.distributed import plan_cache
-from torchresume.distributed.reader import PartReader, RankStates, restore_error, sharded_manifest
+from torchresume.distributed.reader import RESTORE_FAILED, PartReader, RankStates, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
@@ -394,6 +394,7 @@ class DistributedCheckpointManager:
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
         self._plan_key = plan_cache.new_key()  # steady saves reuse the plan and metadata (plan_cache.py)
+        self._damaged: set[str] = set()  # committed checkpoints a restore passed over: a save there replaces them
 
     def guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """With ``overlap``: copy ``optimizer``'s parameters and state after ``save`` returned; its
@@ -542,10 +543,14 @@ class DistributedCheckpointManager:
         storage, where = resolve(path)
         if not storage.exists(where):
             return False
-        if is_committed(path):
+        if path in self._damaged:
+            log.warning("%s is the damaged checkpoint the restore passed over; replacing it", path)
+            self._damaged.discard(path)
+        elif is_committed(path):
             log.info("%s is already committed (this step was saved before); keeping it", path)
             return True
-        log.warning("%s holds an unfinished save's parts; replacing them", path)
+        else:
+            log.warning("%s holds an unfinished save's parts; replacing them", path)
         storage.delete(where)
         return False
 
@@ -609,10 +614,11 @@ class DistributedCheckpointManager:
         """Collective: load the newest committed checkpoint that reads and verifies (or the committed
         one at ``path``) into ``state`` in place; None when there is none.
 
-        A damaged newest is skipped with a warning for the next older one, which is loaded over the
-        whole state (a chunk that failed its checksum midway leaves nothing of that checkpoint behind);
-        if none reads, DamagedRunError. A background save still running is waited for first (its
-        failure raises AsyncSaveError).
+        A damaged newest (a checksum, a part or chunk missing) is skipped with a warning for the next
+        older one, loaded over the whole state (a chunk that failed midway leaves nothing of that
+        checkpoint behind), and a later save of its step replaces it; if none reads, DamagedRunError.
+        Any other failure (a state that does not fit the checkpoint, a wrong key) is raised. A
+        background save still running is waited for first (its failure raises AsyncSaveError).
         """
         self.wait()
         if path is None:
@@ -632,8 +638,11 @@ class DistributedCheckpointManager:
         for path in self.committed():
             try:
                 reader = self._load(state, path)
-            except TorchResumeError as exc:  # raised alike on every rank: every rank tries the next
+            except CorruptCheckpointError as exc:  # raised alike on every rank: every rank tries the next
+                if str(exc).startswith(f"{path}: {RESTORE_FAILED}"):
+                    raise  # not damage the reader found (a state that does not fit, memory): never skipped
                 damaged.append((posixpath.basename(path.rstrip("/")), str(exc)))
+                self._damaged.add(path)
                 continue
             if _rank() == 0:
                 catalog.say_skipped(damaged)
@@ -656,7 +665,7 @@ class DistributedCheckpointManager:
             error = restore_error(path, exc)
         except Exception as exc:  # raised outside DCP's steps: still on every rank, never a hang
             error = exc if isinstance(exc, TorchResumeError) else CorruptCheckpointError(
-                f"{path}: restore failed: {type(exc).__name__}: {exc}")
+                f"{path}: {RESTORE_FAILED}{type(exc).__name__}: {exc}")
         _raise_on_every_rank(error)
         return reader
 

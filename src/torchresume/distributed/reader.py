@@ -356,10 +356,13 @@ def _check_plain_data(data: bytes, where: str) -> None:
             "it. Only load sharded checkpoints from sources you trust, or re-save this one") from None
 
 
+RESTORE_FAILED = "restore failed: "  # a failure other than damage the reader found (wrapped, never skipped)
+
+
 def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:
     """The typed error of the first failing rank (a torchresume error keeps its type)."""
     first = next(iter(exc.failures.values()))
     err = first[0] if isinstance(first, tuple) else first
     if isinstance(err, TorchResumeError):
         return type(err)(str(err))
-    return CorruptCheckpointError(f"{path}: restore failed: {type(err).__name__}: {err}")
+    return CorruptCheckpointError(f"{path}: {RESTORE_FAILED}{type(err).__name__}: {err}")

@@ -512,6 +512,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         self.policies: list[RetentionPolicy] = [KeepLast(keep)] if isinstance(keep, int) else list(keep or [])
         self._trainer: pl.Trainer | None = None
         self._deferred = False  # the last batch's save, taken at the epoch's end
+        self._fork_warned: set[str] = set()  # fork_hazard warnings said (once each)
 
     def _io(self, trainer: pl.Trainer) -> TorchResumeIO:
         """The strategy's TorchResumeIO, installed in place of Lightning's default pickle IO."""
@@ -536,13 +537,24 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         if stage == "fit" and isinstance(source, DataLoader):
             resumable(source)
 
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_sanity_check_start(trainer, pl_module)
+        self._warn_of_forks(trainer.fit_loop.epoch_loop.val_loop._combined_loader, trainer)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._watch_loaders(trainer)
-        combined = trainer.fit_loop._combined_loader
-        hazards = {fork_hazard(loader) for loader in (combined.flattened if combined is not None else [])}
-        for hazard in sorted(h for h in hazards if h and trainer.is_global_zero):
-            log.warning("warning: %s", hazard)
+        self._warn_of_forks(trainer.fit_loop._combined_loader, trainer)
+        self._warn_of_forks(trainer.fit_loop.epoch_loop.val_loop._combined_loader, trainer)
+
+    def _warn_of_forks(self, combined: Any, trainer: pl.Trainer) -> None:
+        """Rank 0 warns once of DataLoaders that would fork their workers from a rank (``fork_hazard``),
+        before their first workers start (the sanity check's validation loaders start first)."""
+        for loader in combined.flattened if combined is not None else []:
+            hazard = fork_hazard(loader)
+            if hazard and hazard not in self._fork_warned and trainer.is_global_zero:
+                self._fork_warned.add(hazard)
+                log.warning("warning: %s", hazard)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)

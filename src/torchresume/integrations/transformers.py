@@ -373,7 +373,7 @@ class ShardStore:
     def restore(self, resume: _Resume) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
         t, state = self.trainer, self._state()
-        self._manager().restore(state)
+        self._manager().restore(state, path=resume.path)  # the one find() read the trainer state from
         optimizer = getattr(t.optimizer, "optimizer", t.optimizer)
         set_state_dict(t.model, (optimizer,), model_state_dict=state["model"],
                        optim_state_dict=state.get("optim", {}))

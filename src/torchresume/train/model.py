@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torchresume.manager import CheckpointManager
 
 from torchresume import signals
-from torchresume.data.loader_state import feed_for
+from torchresume.data.loader_state import feed_for, fork_hazard
 from torchresume.log import log
 from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state import rng
@@ -144,9 +144,9 @@ class Model:
                          resume=resume, world=world)
         ctx.start_epoch, ctx.step = initial_epoch, 0
         ctx.feed = feed_for(dataset)
-        caveat = ctx.feed.warning()
-        if caveat:
-            log.warning("warning: %s", caveat)
+        for caveat in (ctx.feed.warning(), fork_hazard(dataset)):
+            if caveat:
+                log.warning("warning: %s", caveat)
         if resuming:
             cbs.call("on_resume", ctx)
         else:
