@@ -20,7 +20,7 @@ from torch import nn
 
 from torchresume.distributed import DistributedCheckpointManager
 from torchresume.distributed.reader import read_part
-from torchresume.errors import CorruptCheckpointError
+from torchresume.errors import CorruptCheckpointError, DamagedRunError
 from torchresume.files.directory import write_part
 from torchresume.format import native
 
@@ -95,5 +95,8 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path, range
     state = {"model": nn.Linear(4, 3).state_dict(), "optim": torch.optim.SGD(net.parameters(), lr=0.1).state_dict()}
     with pytest.raises(CorruptCheckpointError, match=r"a non-tensor value is not plain data \(.*\); refusing to "
                                                     r"unpickle it"):
+        mgr.restore(state, path=str(path))  # named: without it the only checkpoint is passed over
+    assert not marker.exists()
+    with pytest.raises(DamagedRunError, match="refusing to unpickle it"):  # the newest, passed over
         mgr.restore(state)
     assert not marker.exists()
