@@ -311,6 +311,29 @@ def test_workers_forked_from_a_rank_are_warned_of_once(one_rank_group, tmp_path,
     assert "forks its" not in fit("forkserver")
 
 
+def test_validation_workers_forked_from_a_rank_are_warned_of_before_the_sanity_check(
+        one_rank_group, tmp_path, capsys) -> None:
+    """A validation loader given to fit forks its workers in the sanity check, before training starts:
+    the warning comes at set-up, before it."""
+    from tests.data.test_loader_state import FORK_HAZARD
+
+    class WithValidation(_WithObjectHparam):
+        def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+            pass
+
+    class StopAtTheSanityCheck(pl.Callback):
+        def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            raise RuntimeError("stopped before the validation loader's workers start")
+
+    val = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4, num_workers=2, multiprocessing_context="fork")
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[TorchResumeCheckpoint(str(tmp_path), prefix="v"), StopAtTheSanityCheck()],
+                         plugins=[TorchResumeIO()], accelerator="cpu", devices=1)
+    with pytest.raises(RuntimeError, match="stopped before the validation loader's workers start"):
+        trainer.fit(WithValidation(0.5), DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4), val)
+    assert capsys.readouterr().err.count(f"warning: {FORK_HAZARD}") == 1
+
+
 def test_io_alone_under_lightnings_own_model_checkpoint(tmp_path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -536,21 +536,20 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         source = getattr(trainer.fit_loop._data_source, "instance", None)
         if stage == "fit" and isinstance(source, DataLoader):
             resumable(source)
-
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_sanity_check_start(trainer, pl_module)
-        self._warn_of_forks(trainer.fit_loop.epoch_loop.val_loop._combined_loader, trainer)
+        validation = getattr(trainer.fit_loop.epoch_loop.val_loop._data_source, "instance", None)
+        self._warn_of_forks([x for x in (source, validation) if isinstance(x, DataLoader)], trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._watch_loaders(trainer)
-        self._warn_of_forks(trainer.fit_loop._combined_loader, trainer)
-        self._warn_of_forks(trainer.fit_loop.epoch_loop.val_loop._combined_loader, trainer)
+        for combined in (trainer.fit_loop._combined_loader, trainer.fit_loop.epoch_loop.val_loop._combined_loader):
+            self._warn_of_forks(combined.flattened if combined is not None else [], trainer)
 
-    def _warn_of_forks(self, combined: Any, trainer: pl.Trainer) -> None:
-        """Rank 0 warns once of DataLoaders that would fork their workers from a rank (``fork_hazard``),
-        before their first workers start (the sanity check's validation loaders start first)."""
-        for loader in combined.flattened if combined is not None else []:
+    def _warn_of_forks(self, loaders: list[Any], trainer: pl.Trainer) -> None:
+        """Rank 0 warns once of DataLoaders that would fork their workers from a rank (``fork_hazard``):
+        at set-up for the loaders given to ``fit`` (before the sanity check's validation workers
+        start), at the start of training for those a module or data module makes."""
+        for loader in loaders:
             hazard = fork_hazard(loader)
             if hazard and hazard not in self._fork_warned and trainer.is_global_zero:
                 self._fork_warned.add(hazard)
