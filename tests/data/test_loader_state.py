@@ -100,7 +100,7 @@ def test_a_pipeline_that_cannot_resume_exactly_says_so_once(tmp_path, capsys) ->
 
 
 FORK_HAZARD = (
-    "the training DataLoader forks its 2 workers from a process in a process group: a fork while one of "
+    "a DataLoader forks its 2 workers from a process in a process group: a fork while one of "
     "the group's threads is inside Python can leave a worker hung at its start, and the training with it; "
     "make the DataLoader with multiprocessing_context='forkserver' (or 'spawn'), or call "
     "torch.multiprocessing.set_start_method('forkserver') first: it resumes exactly the same")

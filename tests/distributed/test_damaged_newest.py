@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed.reader import RestoreFailed
 from torchresume.errors import CorruptCheckpointError, DamagedRunError
 
 
@@ -81,7 +82,7 @@ def test_a_state_that_does_not_fit_is_raised_not_skipped(tmp_path: Path) -> None
     mgr.save(_state(2.0), epoch=1, step=2)
     mgr.wait()
     changed = {"model": {**_state(0.0)["model"], "new_layer": torch.zeros(4)}}
-    with pytest.raises(CorruptCheckpointError, match=r"run-1_2\.ckpt: restore failed: .*new_layer"):
+    with pytest.raises(RestoreFailed, match=r"run-1_2\.ckpt: restore failed: .*new_layer"):
         mgr.restore(changed)
     mgr.close()
 

@@ -265,7 +265,7 @@ def fork_hazard(loader: Any) -> str | None:
     workers = int(getattr(loader, "num_workers", 0) or 0)
     if workers == 0 or not (dist.is_available() and dist.is_initialized()) or _start_method(loader) != "fork":
         return None
-    return (f"the training DataLoader forks its {workers} workers from a process in a process group: "
+    return (f"a DataLoader forks its {workers} workers from a process in a process group: "
             "a fork while one of the group's threads is inside Python can leave a worker hung at its "
             "start, and the training with it; make the DataLoader with "
             "multiprocessing_context='forkserver' (or 'spawn'), or call "

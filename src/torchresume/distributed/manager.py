@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torchresume import catalog, retention
 from torchresume.catalog import Entry
 from torchresume.distributed import plan_cache
-from torchresume.distributed.reader import RESTORE_FAILED, PartReader, RankStates, restore_error, sharded_manifest
+from torchresume.distributed.reader import PartReader, RankStates, RestoreFailed, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
@@ -638,9 +638,9 @@ class DistributedCheckpointManager:
         for path in self.committed():
             try:
                 reader = self._load(state, path)
+            except RestoreFailed:
+                raise  # not damage the reader found (a state that does not fit, memory): never skipped
             except CorruptCheckpointError as exc:  # raised alike on every rank: every rank tries the next
-                if str(exc).startswith(f"{path}: {RESTORE_FAILED}"):
-                    raise  # not damage the reader found (a state that does not fit, memory): never skipped
                 damaged.append((posixpath.basename(path.rstrip("/")), str(exc)))
                 self._damaged.add(path)
                 continue
@@ -664,8 +664,7 @@ class DistributedCheckpointManager:
         except CheckpointException as exc:
             error = restore_error(path, exc)
         except Exception as exc:  # raised outside DCP's steps: still on every rank, never a hang
-            error = exc if isinstance(exc, TorchResumeError) else CorruptCheckpointError(
-                f"{path}: {RESTORE_FAILED}{type(exc).__name__}: {exc}")
+            error = exc if isinstance(exc, TorchResumeError) else RestoreFailed.wrapping(path, exc)
         _raise_on_every_rank(error)
         return reader
 

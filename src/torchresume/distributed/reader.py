@@ -356,7 +356,13 @@ def _check_plain_data(data: bytes, where: str) -> None:
             "it. Only load sharded checkpoints from sources you trust, or re-save this one") from None
 
 
-RESTORE_FAILED = "restore failed: "  # a failure other than damage the reader found (wrapped, never skipped)
+class RestoreFailed(CorruptCheckpointError):
+    """A restore failed for a reason other than damage the reader found (a state that does not fit
+    the checkpoint, memory): a restore never passes over a checkpoint for it."""
+
+    @classmethod
+    def wrapping(cls, path: str, err: BaseException) -> RestoreFailed:
+        return cls(f"{path}: restore failed: {type(err).__name__}: {err}")
 
 
 def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:
@@ -365,4 +371,4 @@ def restore_error(path: str, exc: CheckpointException) -> TorchResumeError:
     err = first[0] if isinstance(first, tuple) else first
     if isinstance(err, TorchResumeError):
         return type(err)(str(err))
-    return CorruptCheckpointError(f"{path}: {RESTORE_FAILED}{type(err).__name__}: {err}")
+    return RestoreFailed.wrapping(path, err)
