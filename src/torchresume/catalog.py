@@ -32,6 +32,11 @@ from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
 
 
+# Formats torchresume never writes into a run: such a file (a native one stripped of its metadata, a
+# torch file) is listed but never resumed from, whatever its name and mtime.
+FOREIGN = ("safetensors", "torch-zip", "torch-pickle")
+
+
 @dataclass
 class Entry:
     """One checkpoint file and what its name and header say."""
@@ -180,6 +185,11 @@ def _read_header_facts(entry: Entry, headers: bool = True, manifest: dict[str, A
             desc = _manifest_facts(entry.path, manifest)
     except (TorchResumeError, OSError, ValueError) as exc:
         entry.valid, entry.reason = False, str(exc)
+        return
+    if desc.format in FOREIGN:  # no run metadata: resume would take it by its mtime alone
+        entry.valid, entry.reason = False, (
+            f"{entry.path}: a plain {desc.format} file without torchresume's run metadata; resume and "
+            "retention never pick it as a checkpoint of the run (load it by name)")
         return
     if entry.is_dir:
         entry.size = desc.size
