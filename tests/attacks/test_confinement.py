@@ -275,3 +275,15 @@ def test_a_stripped_plain_safetensors_file_is_never_resumed_from(tmp_path) -> No
     resumed.close()
     assert torch.equal(fresh.weight, net.weight)  # the run's own checkpoint, not the stripped file
     assert torch.equal(tr.load_checkpoint(stripped)["weight"], torch.full((2, 3), 9.0))  # by name: loads
+
+
+def test_a_linked_backup_is_never_resumed_from(tmp_path) -> None:
+    from tests.train.helpers import toy_data, toy_model
+    other = tmp_path / "other"
+    toy_model().train(1, toy_data(), [tr.BackupAndRestore(str(other), delete_checkpoint=False)])
+    before = open(other / "backup.ckpt", "rb").read()
+    (tmp_path / "run").mkdir()
+    os.symlink(other / "backup.ckpt", tmp_path / "run" / "backup.ckpt")
+    with pytest.raises(UnsafePathError, match=r"run/backup.ckpt: a symbolic link \(to .*other/backup.ckpt\)"):
+        toy_model().train(1, toy_data(), [tr.BackupAndRestore(str(tmp_path / "run"))])
+    assert open(other / "backup.ckpt", "rb").read() == before

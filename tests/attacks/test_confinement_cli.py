@@ -109,6 +109,7 @@ def test_copy_from_s3_refuses_a_key_that_escapes(tmp_path, bucket) -> None:  # n
     fs.pipe(f"{key}/run/../../outside/X", b"planted")
     assert any(".." in k for k in fs.find(f"{key}/run"))  # the store holds the key as it is
     dst = tmp_path / "a" / "b" / "dst"
+    dst.mkdir(parents=True)  # there: the key would resolve to tmp_path/a/outside/X
     proc = _cli("copy", f"{bucket}/run", str(dst))
     assert proc.returncode == 1
     assert "failed to copy ../../outside/X: UnsafePathError: " in proc.stderr
