@@ -1,8 +1,9 @@
-"""A hostile sharded checkpoint cannot run code: DCP's pickled non-tensor values are checked first.
+"""Hostile sharded checkpoints: no code runs, no name leads out, no change of meaning passes.
 
-The attacker here rewrites a part with a pickle that would create a file when unpickled and
-recomputes every checksum and the manifest record, so only the plain-data check stands between
-the file and ``torch.load(weights_only=False)`` inside DCP's default load planner.
+The pickle case: a version 1 checkpoint (tests/fixtures/sharded_v1, written before non-tensor
+values became typed JSON) whose part the attacker rewrote with a pickle that would create a file
+when unpickled, every checksum and the manifest record recomputed, so only the plain-data check
+stands between the file and ``torch.load(weights_only=False)`` inside DCP's default load planner.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from torchresume.distributed.reader import read_part
 from torchresume.errors import CorruptCheckpointError, DamagedRunError
 from torchresume.files.directory import write_part
 from torchresume.format import native
+
+V1 = Path(__file__).parents[1] / "fixtures" / "sharded_v1"
 
 
 class _Payload:
@@ -69,9 +73,8 @@ def _follow_the_parts(path: str, doc: dict[str, Any], ranges: bool) -> None:
 @pytest.mark.parametrize("ranges", [True, False], ids=["chunk-ranges", "before-0.3"])
 def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path, ranges: bool) -> None:
     net = nn.Linear(4, 3)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
     mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x", keep=2)
-    path = mgr.save({"model": net.state_dict(), "optim": opt.state_dict()}, epoch=1, step=1)
+    path = str(shutil.copytree(V1 / "plain" / "x-1_6.ckpt", tmp_path / "run" / "x-1_6.ckpt"))
     manifest_file = Path(path) / "manifest.json"
     doc = json.loads(manifest_file.read_text())
     marker = tmp_path / "pwned"
@@ -92,7 +95,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path, range
     _follow_the_parts(path, doc, ranges)
     manifest_file.write_text(json.dumps(doc))
 
-    state = {"model": nn.Linear(4, 3).state_dict(), "optim": torch.optim.SGD(net.parameters(), lr=0.1).state_dict()}
+    state = {"model": nn.Linear(4, 3).state_dict(), "optim": torch.optim.Adam(net.parameters(), lr=0.1).state_dict()}
     with pytest.raises(CorruptCheckpointError, match=r"a non-tensor value is not plain data \(.*\); refusing to "
                                                     r"unpickle it"):
         mgr.restore(state, path=str(path))  # named: without it the only checkpoint is passed over

@@ -659,6 +659,7 @@ class DistributedCheckpointManager:
         reader = PartReader(path, dec_key=self.enc_key, rank_part=True, rank=_rank())
         error: Exception | None = None
         try:
+            reader.prepare()  # a damaged manifest or metadata: its typed error (DCP would swallow it)
             with _single_process_quiet():
                 dcp.load(state, storage_reader=reader, no_dist=True)
         except CheckpointException as exc:
@@ -671,7 +672,7 @@ class DistributedCheckpointManager:
     def rank_states(self, path: str) -> RestoreInfo:
         """``path``'s info and every saving rank's ``rank_state``, its shards left unread: each rank
         reads the manifest and its own part (no collective; other parts when indexed)."""
-        return RestoreInfo.read(path, sharded_manifest(path), _rank(), dec_key=self.enc_key)
+        return RestoreInfo.read(path, sharded_manifest(path, self.enc_key), _rank(), dec_key=self.enc_key)
 
     def close(self) -> None:
         """Wait for the background save (re-raising its failure), then free the staging buffers

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,8 +78,11 @@ def tensor_spans(encoded: native.Encoded) -> dict[str, Span]:
 
 
 def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str, Any] | None = None,
-                     append: dict[str, Any] | None = None) -> None:
-    """Write the manifest: the directory becomes a checkpoint. Call after every part is written."""
+                     append: dict[str, Any] | None = None,
+                     seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Write the manifest: the directory becomes a checkpoint. Call after every part is written.
+
+    ``seal``: the manifest as committed, from the one built here (a sharded checkpoint's adds its digest)."""
     if not parts:
         raise ValueError("a directory checkpoint needs at least one part")
     names = [p.file for p in parts]
@@ -89,6 +93,8 @@ def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str,
     manifest = {"format": LAYOUT, "version": VERSION, "time": time.time(),
                 "info": {"time": time.time(), **(info or {})}, "append": append or {},
                 "parts": [asdict(p) for p in parts]}
+    if seal is not None:
+        manifest = seal(manifest)
     data = json.dumps(manifest, indent=1).encode()
     storage.retrying(f"commit of {directory}", lambda: write_all(storage, target, [data]))
 
@@ -111,9 +117,12 @@ def read_manifest(path: str) -> dict[str, Any]:
         raise CorruptCheckpointError(f"{path}/{MANIFEST}: not valid JSON; the manifest is damaged") from None
     if not isinstance(doc, dict) or doc.get("format") != LAYOUT or not isinstance(doc.get("parts"), list):
         raise CorruptCheckpointError(f"{path}/{MANIFEST}: not a torchresume manifest")
-    if not isinstance(doc.get("version"), int) or doc["version"] > VERSION:
+    newest = sharded.VERSION if sharded.is_sharded(doc) else VERSION
+    if not isinstance(doc.get("version"), int) or doc["version"] > newest:
         raise CorruptCheckpointError(f"{path}/{MANIFEST}: version {doc.get('version')!r} is newer than "
-                                     f"this torchresume reads ({VERSION}): upgrade torchresume")
+                                     f"this torchresume reads ({newest}): upgrade torchresume")
+    if sharded.is_sharded(doc):
+        sharded.check_manifest(path, doc)  # every reader of a sharded checkpoint passes here
     return doc
 
 
