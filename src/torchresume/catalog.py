@@ -17,6 +17,7 @@ import torch
 from torchresume import files
 from torchresume.errors import (
     AmbiguousRunError,
+    CheckpointNotFoundError,
     CorruptCheckpointError,
     DamagedRunError,
     DivergedRunError,
@@ -30,6 +31,10 @@ from torchresume.log import log
 from torchresume.naming import parse_name
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
+
+# Formats torchresume never writes into a run: such a file (a native one stripped of its metadata, a
+# torch file) is listed but never resumed from, whatever its name and mtime.
+FOREIGN = ("safetensors", "torch-zip", "torch-pickle")
 
 
 @dataclass
@@ -97,12 +102,13 @@ def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None 
             entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
         if prefix is not None and entry.prefix != prefix:
             continue
-        manifest = _committed_manifest(info.path) if info.is_dir else None
-        if info.is_dir and manifest is None:
+        manifest = _committed_manifest(entry) if info.is_dir else None
+        if info.is_dir and manifest is None and entry.valid:
             continue  # a directory checkpoint is one only once its manifest is committed
         if sharded_only and not sharded_layout.is_sharded(manifest or {}):
             continue
-        _read_header_facts(entry, headers, manifest)
+        if entry.valid:
+            _read_header_facts(entry, headers, manifest)
         if verify and entry.valid:
             _read_whole(entry, dec_key)
         out.append(entry)
@@ -158,11 +164,15 @@ def _encrypted(path: str) -> bool:
         return False
 
 
-def _committed_manifest(path: str) -> dict[str, Any] | None:
-    """The manifest of directory ``path``; None when it is not committed (or unreadable)."""
+def _committed_manifest(entry: Entry) -> dict[str, Any] | None:
+    """The manifest of directory ``entry``; None when it is not committed, or damaged (``entry``
+    then marked invalid, with the reason: listed, never resumed from)."""
     try:
-        return directory_layout.read_manifest(path)
-    except (TorchResumeError, OSError):
+        return directory_layout.read_manifest(entry.path)
+    except CheckpointNotFoundError:
+        return None
+    except (TorchResumeError, OSError) as exc:
+        entry.valid, entry.reason = False, str(exc) if isinstance(exc, TorchResumeError) else f"{entry.path}: {exc}"
         return None
 
 
@@ -180,6 +190,11 @@ def _read_header_facts(entry: Entry, headers: bool = True, manifest: dict[str, A
             desc = _manifest_facts(entry.path, manifest)
     except (TorchResumeError, OSError, ValueError) as exc:
         entry.valid, entry.reason = False, str(exc)
+        return
+    if desc.format in FOREIGN:  # no run metadata: resume would take it by its mtime alone
+        entry.valid, entry.reason = False, (
+            f"{entry.path}: a plain {desc.format} file without torchresume's run metadata; resume and "
+            "retention never pick it as a checkpoint of the run (load it by name)")
         return
     if entry.is_dir:
         entry.size = desc.size

@@ -110,3 +110,9 @@ class DeviceError(TorchResumeError, ValueError):
 
 class AsyncSaveError(TorchResumeError, RuntimeError):
     """A background save failed; raised on the next save or at close."""
+
+
+class UnsafePathError(CorruptCheckpointError):
+    """A name in a checkpoint, a run directory or a copy leads outside it (an absolute path, ``..``, a
+    symbolic link) or to something that is not a regular file (a FIFO, a device); refused before
+    anything there was read, written or deleted. The message names it."""

@@ -9,6 +9,8 @@ storage, where nothing can be locked, the lock is an object holding the
 holder's host, PID and a heartbeat refreshed at every save; it is taken over
 when its process is gone (same host) or its heartbeat is older than
 ``STALE_S``. The file or object records who holds it, so the error can say.
+The lock file is opened without following a link: a link (or a FIFO) in its place is an
+UnsafePathError naming it, and nothing outside the directory is written.
 Within one process the lock is re-entrant (a run's several managers share it).
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from torchresume.errors import RunLockedError
 from torchresume.storage import is_remote, resolve
+from torchresume.storage.confine import open_no_follow
 from torchresume.storage.local import pid_alive
 
 LOCK_NAME = ".torchresume.lock"
@@ -66,7 +69,7 @@ class RunLock:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, LOCK_NAME)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_no_follow(path, os.O_RDWR | os.O_CREAT, 0o644)  # a link there: refused, never written through
             try:
                 # A POSIX record lock, not flock: it belongs to this process alone, so forked
                 # children (DataLoader workers) do not keep holding it after a kill -9.
@@ -77,7 +80,7 @@ class RunLock:
                     raise
                 try:
                     doc = json.loads(os.pread(fd, 4096, 0) or b"{}")
-                except (ValueError, OSError):
+                except (ValueError, OSError, RecursionError):
                     doc = {}
                 os.close(fd)
                 raise self._locked(doc) from None
@@ -105,7 +108,7 @@ class RunLock:
         with f:
             try:
                 doc = json.loads(f.read())
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
         return doc if isinstance(doc, dict) else None
 

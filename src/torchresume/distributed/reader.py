@@ -40,7 +40,7 @@ from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, 
 from torchresume.files import directory, sharded
 from torchresume.format import checksum, native, reader
 from torchresume.state.tree import unflatten
-from torchresume.storage import resolve
+from torchresume.storage import confine, resolve
 
 
 def sharded_manifest(path: str, dec_key: bytes | None = None) -> dict[str, Any]:
@@ -74,9 +74,9 @@ def _open_part(path: str, part: dict[str, Any], *, header: bool = False) -> tupl
     """Part ``part`` of ``path`` opened for reading, its size checked against the manifest's; a part
     that is gone is damage (CorruptCheckpointError), as a changed one is."""
     storage, where = resolve(path)
-    file = sharded.check_name(path, part.get("file"), "part")
+    file = part.get("file")
     try:
-        f, size = (storage.open_header if header else storage.open_read)(storage.join(where, file))
+        f, size = confine.open_member(storage, where, file, path, header_only=header)
     except FileNotFoundError:
         raise CorruptCheckpointError(f"{path}: part {file} is missing; the checkpoint is damaged") from None
     if size != part.get("size"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from torchresume.files import sharded
 from torchresume.files.encoding import Description, encode_state, scalars, tensor_rows, write_encoded
 from torchresume.format import native, reader
 from torchresume.format.reader import Checkpoint
-from torchresume.storage import resolve
+from torchresume.storage import confine, resolve
 from torchresume.storage.base import write_all
 from torchresume.storage.local import LocalStorage
 
@@ -36,6 +37,7 @@ MANIFEST = "manifest.json"
 LAYOUT = "torchresume-directory"
 VERSION = 1
 PART_SUFFIX = ".safetensors"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,12 @@ def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str,
 
 
 def read_manifest(path: str) -> dict[str, Any]:
-    """The committed manifest of directory ``path``; CheckpointNotFoundError if uncommitted."""
+    """The committed manifest of directory ``path``, its schema checked; CheckpointNotFoundError if uncommitted.
+
+    Every later reader trusts what this returns: each part a record with a confined file name
+    (storage/confine.py), an int size and a header digest. Anything else is a CorruptCheckpointError
+    (``UnsafePathError`` for a name leading outside) naming the manifest, before any part is opened.
+    """
     storage, where = resolve(path)
     target = storage.join(where, MANIFEST)
     # Local files are renamed into place once complete: present is committed (the digest would read
@@ -108,22 +115,53 @@ def read_manifest(path: str) -> dict[str, Any]:
     if storage.stat(target) is None or (not isinstance(storage, LocalStorage) and storage.digest(target) is None):
         raise CheckpointNotFoundError(f"{path}: a directory without a committed {MANIFEST}; "
                                       "it is not a checkpoint (a save that did not finish?)")
-    f, _ = storage.open_read(target)
+    f, size = confine.open_member(storage, where, MANIFEST, path)
     with f:
-        raw = f.read()
+        if size > MAX_MANIFEST_BYTES:  # checked before reading: a manifest is a few KiB per part
+            raise CorruptCheckpointError(f"{path}/{MANIFEST}: {size} bytes, more than a manifest holds "
+                                         f"({MAX_MANIFEST_BYTES}); the manifest is damaged")
+        raw = f.read(size)
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CorruptCheckpointError(f"{path}/{MANIFEST}: not valid JSON; the manifest is damaged") from None
+    except RecursionError:  # json's depth limit: only a crafted file nests this deep
+        raise CorruptCheckpointError(f"{path}/{MANIFEST}: JSON nested too deeply; the manifest is damaged "
+                                     "or was crafted") from None
+    check_manifest(path, doc)
+    return doc
+
+
+def check_manifest(path: str, doc: Any) -> None:
+    """The manifest's schema, checked once for every reader: CorruptCheckpointError naming the fault."""
+    where = f"{path}/{MANIFEST}"
     if not isinstance(doc, dict) or doc.get("format") != LAYOUT or not isinstance(doc.get("parts"), list):
-        raise CorruptCheckpointError(f"{path}/{MANIFEST}: not a torchresume manifest")
+        raise CorruptCheckpointError(f"{where}: not a torchresume manifest")
     newest = sharded.VERSION if sharded.is_sharded(doc) else VERSION
     if not isinstance(doc.get("version"), int) or doc["version"] > newest:
-        raise CorruptCheckpointError(f"{path}/{MANIFEST}: version {doc.get('version')!r} is newer than "
+        raise CorruptCheckpointError(f"{where}: version {doc.get('version')!r} is newer than "
                                      f"this torchresume reads ({newest}): upgrade torchresume")
+    for key in ("info", "append"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise CorruptCheckpointError(f"{where}: {key!r} is not a JSON object; the manifest is damaged")
+    if not doc["parts"]:
+        raise CorruptCheckpointError(f"{where}: names no part files; the manifest is damaged")
+    seen: set[str] = set()
+    for i, part in enumerate(doc["parts"]):
+        if not isinstance(part, dict):
+            raise CorruptCheckpointError(f"{where}: part {i} is {part!r:.40}, not a record; the manifest is damaged")
+        name = confine.check_name(part.get("file"), where)
+        size, digest = part.get("size"), part.get("header_xxh3")
+        bad = ("size" if type(size) is not int or size < 0 else
+               "header_xxh3" if not isinstance(digest, str) else
+               "encrypted" if not isinstance(part.get("encrypted", False), bool) else
+               "file" if name in seen else "")
+        if bad:
+            raise CorruptCheckpointError(f"{where}: part {name!r} has {'a duplicate' if bad == 'file' else 'no valid'} "
+                                         f"{bad!r}; the manifest is damaged")
+        seen.add(name)
     if sharded.is_sharded(doc):
-        sharded.check_manifest(path, doc)  # every reader of a sharded checkpoint passes here
-    return doc
+        sharded.check_manifest(path, doc)  # its other names and its digest: every sharded reader passes here
 
 
 def is_committed(path: str) -> bool:
@@ -135,7 +173,7 @@ def is_committed(path: str) -> bool:
 
 
 def _part_header(storage: Any, path: str, part: dict[str, Any], where: str) -> Any:
-    f, size = storage.open_header(where)
+    f, size = confine.open_member(storage, where, part["file"], path, header_only=True)
     with f:
         if size != part["size"]:
             raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
@@ -157,8 +195,7 @@ def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Che
     kinds = set()
     encrypted = False
     for part in doc["parts"]:
-        file_where = storage.join(where, part["file"])
-        f, size = storage.open_read(file_where)
+        f, size = confine.open_member(storage, where, part["file"], path)
         with f:
             if size != part["size"]:
                 raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
@@ -190,7 +227,7 @@ def describe(path: str) -> Any:
         if part.get("encrypted"):
             desc.encrypted = True
             continue
-        _, header, _ = _part_header(storage, path, part, storage.join(where, part["file"]))
+        _, header, _ = _part_header(storage, path, part, where)
         if header is None or header.meta is None:
             continue
         kinds.add(header.kind)
@@ -201,8 +238,15 @@ def describe(path: str) -> Any:
 
 
 def delete(path: str) -> None:
-    """Uncommit (manifest first), then remove the parts and the directory."""
+    """Uncommit (manifest first), then remove the parts and the directory.
+
+    A symbolic link in its place is removed itself: its target (another run's checkpoint, say) is
+    never uncommitted.
+    """
     storage, where = resolve(path)
+    if isinstance(storage, LocalStorage) and os.path.islink(where):
+        storage.delete(where)
+        return
     storage.delete(storage.join(where, MANIFEST))
     storage.delete(where)
 

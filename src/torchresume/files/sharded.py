@@ -29,7 +29,7 @@ import xxhash
 
 from torchresume.errors import CorruptCheckpointError, DecryptionError
 from torchresume.log import log
-from torchresume.storage import resolve
+from torchresume.storage import confine, resolve
 
 LAYOUT = "torchresume-dcp"
 METADATA_FILE = "dcp_metadata.json"
@@ -48,17 +48,10 @@ def is_sharded(doc: dict[str, Any]) -> bool:
     return isinstance(info, dict) and info.get("layout") == LAYOUT
 
 
-def check_name(path: str, name: Any, what: str) -> str:
-    """``name`` when it is a plain file name inside checkpoint ``path``, else CorruptCheckpointError.
-
-    A name read from a manifest or metadata file must not lead out of the checkpoint: no
-    absolute path, no ``..``, no directory at all (every file of a sharded checkpoint lies in it).
-    """
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name):
-        raise CorruptCheckpointError(f"{path}: {what} {name!r} is not a file name inside the checkpoint "
-                                     "(a path leading out of it, or no name); refusing to read it")
-    return name
+def check_name(path: str, name: Any, what: str, source: str = "manifest.json") -> str:
+    """``name`` (the ``what`` that ``source`` of checkpoint ``path`` names) when it is a plain file name
+    inside the checkpoint; else UnsafePathError naming it (``storage/confine.py``, the one check)."""
+    return confine.check_name(name, f"{path}/{source} ({what})")
 
 
 def canonical(doc: dict[str, Any]) -> bytes:
@@ -91,13 +84,10 @@ def sealer(enc_key: bytes | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 
 def check_manifest(path: str, doc: dict[str, Any]) -> None:
-    """Raise CorruptCheckpointError unless the sharded manifest ``doc`` names only files inside the
-    checkpoint and matches its digest; a version 1 manifest (no digest) is said once, then read."""
+    """Raise CorruptCheckpointError unless the sharded manifest ``doc`` (its parts already checked by
+    ``directory.check_manifest``) names only files inside the checkpoint and matches its digest; a
+    version 1 manifest (no digest) is said once, then read."""
     info = doc["info"]
-    for part in doc["parts"]:
-        if not isinstance(part, dict):
-            raise CorruptCheckpointError(f"{path}: the manifest lists a part that is not a record: {part!r}")
-        check_name(path, part.get("file"), "part")
     rank_parts = info.get("rank_parts")
     if not isinstance(rank_parts, list):
         raise CorruptCheckpointError(f"{path}: the manifest of a sharded checkpoint lists no rank parts")
@@ -151,11 +141,11 @@ def read_metadata_json(path: str, doc: dict[str, Any]) -> bytes:
         raise CorruptCheckpointError(f"{path}: the manifest of a sharded checkpoint names no DCP metadata file")
     name = check_name(path, rec.get("file"), "dcp_metadata.file")
     storage, where = resolve(path)
-    target = storage.join(where, name)
-    if not storage.exists(target):
-        raise CorruptCheckpointError(f"{path}/{name}: missing; the sharded checkpoint cannot be loaded")
     size = rec.get("size")
-    f, actual = storage.open_read(target)
+    try:
+        f, actual = confine.open_member(storage, where, name, path)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{path}/{name}: missing; the sharded checkpoint cannot be loaded") from None
     with f:
         if actual != size:  # before reading: a declared size is what a reader may read
             raise CorruptCheckpointError(f"{path}/{name}: {actual} bytes, the manifest says {size!r}; the metadata "
@@ -175,7 +165,7 @@ def metadata_doc(path: str, doc: dict[str, Any]) -> dict[str, Any]:
         storage_data = meta["storage_data"]
         committed = {p["file"]: p.get("size") for p in doc["parts"]}
         for s in storage_data:
-            check_name(path, s["file"], "chunk file")
+            check_name(path, s["file"], "chunk file", METADATA_FILE)
             if s["file"] not in committed:
                 raise missing_chunk(path, s["name"], s["file"])
             _check_at(path, s, committed[s["file"]])

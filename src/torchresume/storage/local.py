@@ -14,12 +14,13 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, TypeVar
 
 import xxhash
 
-from torchresume.errors import CheckpointNotFoundError, CheckpointWriteError
+from torchresume.errors import CheckpointNotFoundError, CheckpointWriteError, UnsafePathError
 from torchresume.storage.base import Buffer, FileInfo, write_all
 from torchresume.storage.direct import DIRECT_MIN_BYTES, DirectSink, open_direct
 
@@ -142,6 +143,34 @@ class LocalWriter:
             pass
 
 
+def open_regular(path: str, label: str, *, follow: bool = True) -> tuple[BinaryIO, int]:
+    """``path`` opened for reading and its size, if it is a regular file; ``label`` names it in errors.
+
+    A FIFO, a device or a socket is refused before any read (opened non-blocking, so a FIFO
+    does not wait for a writer). ``follow=False``: a symbolic link is refused too (a name inside a
+    checkpoint, storage/confine.py).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{label}: no such checkpoint file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise UnsafePathError(f"{label}: a symbolic link; torchresume never follows a link inside a "
+                                  "checkpoint: replace it with the file") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise CheckpointNotFoundError(f"{label}: is a directory, not a checkpoint file")
+        raise UnsafePathError(f"{label}: not a regular file (a FIFO, a device or a socket); a checkpoint is "
+                              "read from regular files only")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb"), st.st_size
+
+
 class LocalStorage:
     """Storage on a local (POSIX) filesystem."""
 
@@ -156,13 +185,7 @@ class LocalStorage:
         return attempt()
 
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(f"{path}: no such checkpoint file") from None
-        except IsADirectoryError:
-            raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint file") from None
-        return f, os.fstat(f.fileno()).st_size
+        return open_regular(path, path)
 
     def open_header(self, path: str) -> tuple[BinaryIO, int]:
         return self.open_read(path)
@@ -174,25 +197,30 @@ class LocalStorage:
             return []
         out = []
         for e in entries:
-            if e.name.startswith("."):
+            # A symbolic link is never listed: what it leads to (another run's checkpoint, a file
+            # outside) is not this directory's to resume from, count or delete. Nor is a FIFO or a device.
+            if e.name.startswith(".") or e.is_symlink():
                 continue
-            st = e.stat()
-            if e.is_dir():
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
                 out.append(FileInfo(e.path, 0, st.st_mtime, is_dir=True))
-            elif e.is_file():
+            elif stat.S_ISREG(st.st_mode):
                 out.append(FileInfo(e.path, st.st_size, st.st_mtime))
         return out
 
     def walk(self, directory: str) -> dict[str, int]:
+        """Every file below ``directory``; a link (to a file or a directory) is listed, not followed
+        (its size is the link's own): reading it as a member is refused (storage/confine.py)."""
         if os.path.isfile(directory):
             return {"": os.path.getsize(directory)}
         out = {}
-        for root, _, files in os.walk(directory):
-            for name in files:
+        for root, dirs, files in os.walk(directory):
+            links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+            for name in files + links:
                 if _TEMP.match(name):
                     continue
                 path = os.path.join(root, name)
-                out[os.path.relpath(path, directory).replace(os.sep, "/")] = os.path.getsize(path)
+                out[os.path.relpath(path, directory).replace(os.sep, "/")] = os.lstat(path).st_size
         return out
 
     def stat(self, path: str) -> FileInfo | None:
@@ -204,9 +232,10 @@ class LocalStorage:
         return FileInfo(path, 0 if is_dir else st.st_size, st.st_mtime, is_dir=is_dir)
 
     def digest(self, path: str) -> str | None:
+        """None when absent, and for a link or anything not a regular file: not a file of ours."""
         try:
-            f = open(path, "rb")
-        except FileNotFoundError:
+            f, _ = open_regular(path, path, follow=False)
+        except (CheckpointNotFoundError, UnsafePathError):
             return None
         h = xxhash.xxh3_64()
         with f:

@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+from torchresume.storage.confine import open_no_follow
 from torchresume.train.callback import Callback, RunContext
 
 
@@ -14,7 +15,8 @@ class SummaryCollector(Callback):
     """Scalars as JSON lines in ``{summary_dir}/summary.jsonl``: step losses, epochs, evaluations.
 
     One record every ``collect_freq`` steps (loss and learning rate), one per epoch and one per
-    evaluation, each with a ``time``.
+    evaluation, each with a ``time``. A link in the file's place is refused (UnsafePathError), never
+    appended through.
 
     Example:
         ```python
@@ -32,7 +34,9 @@ class SummaryCollector(Callback):
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             os.makedirs(self.summary_dir, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            # Never through a link: the file it leads to (outside the run, say) is not ours to append to.
+            fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
         record["time"] = time.time()
         self._file.write(json.dumps(record) + "\n")
 
