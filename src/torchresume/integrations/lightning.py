@@ -530,8 +530,17 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     ``keep`` (an int or torchresume retention policies) runs after each commit, never deleting
     the newest. ``Trainer.fit(ckpt_path="last")`` resumes from the newest checkpoint of ``prefix``
     that reads and verifies, skipping damaged ones by name. Each checkpoint holds every RNG
-    (python, numpy, torch) and the training DataLoader's position, so a resumed run sees the same
-    batches and draws the same random numbers as an uninterrupted one.
+    (python, numpy, torch) and the training DataLoader's position (a DataLoader given to ``fit`` or
+    made by ``train_dataloader()`` is made ``resumable``), so a resumed run sees the same batches and
+    draws the same random numbers as an uninterrupted one. The end of training is saved when the
+    schedule did not save it, so a rerun of a finished command trains nothing. In one process the
+    directory's run lock is held from resume discovery to the end of ``fit`` (``RunLockedError``
+    when another live run holds it).
+
+    Lightning's ``filename``, ``save_top_k``, ``save_weights_only``, ``save_on_exception``,
+    ``auto_insert_metric_name`` and ``enable_version_counter`` are taken only at the value
+    torchresume's naming, retention and exact resume work with (their defaults here); any other is a
+    ``CheckpointConfigError`` naming the parameter and what to use instead.
 
     Args:
         dirpath: the checkpoint directory (a path or an ``s3://`` URL).
@@ -542,7 +551,10 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         train_time_interval: save every ``timedelta`` of training.
         monitor: the metric recorded for ``save_top_k``-style choices (all are kept: ``keep`` decides).
         mode: ``"min"`` or ``"max"`` for ``monitor``.
-        verbose: Lightning's save messages. ``save_top_k``, ``save_last`` and ``filename`` are torchresume's.
+        verbose: Lightning's save messages.
+        save_last: ``False``: the end of training is not saved unless the schedule saves it; otherwise
+            (``None``, ``True``, ``"link"``) it is. No ``last.ckpt`` is written: the newest is the last.
+        save_on_train_epoch_end: as Lightning's (``every_n_epochs`` saves after training or validation).
 
     Example:
         ```python
