@@ -608,7 +608,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         if trainer.world_size > 1:
             check_strategy(trainer, io)
         elif stage == "fit":
-            self._take_lock(trainer)
+            self._take_lock()
         super().setup(trainer, pl_module, stage)
         self._trainer = trainer
         source = getattr(trainer.fit_loop._data_source, "instance", None)
@@ -758,7 +758,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         from torchresume.train.sharded_checkpoints import on_rank_0
         io = self._io(trainer)
         if trainer.world_size == 1:
-            self._take_lock(trainer)  # nothing is read before the lock is held
+            self._take_lock()  # nothing is read before the lock is held
 
         def newest() -> str | None:
             directory = str(self.dirpath)
@@ -792,7 +792,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         if "rng" in state_dict:
             rng.restore(state_dict["rng"])
 
-    def _take_lock(self, trainer: pl.Trainer) -> None:
+    def _take_lock(self) -> None:
         """One process: make it the directory's only writer (``RunLockedError`` naming the holder if
         another live run is), from ``ckpt_path="last"``'s discovery (before anything is read) on."""
         if self._lock is None:
