@@ -50,6 +50,7 @@ PROCESS_MODULES = (
     "tests/fault/test_distributed_kills.py",
     "tests/fault/test_node_loss.py",
     "tests/cli/test_training_cli.py",
+    "tests/attacks/test_confinement_cli.py",
     "tests/distributed/test_cli.py",
     "tests/distributed/test_sharded_as_one.py",
     "tests/distributed/test_elastic.py",
