@@ -98,29 +98,22 @@ def read_part(path: str, part: dict[str, Any], *, verify: bool = True,
     return ckpt.tree
 
 
-class _Recorded:
-    """A file read from its start whose bytes are kept: the header read once, then its digest checked."""
-
-    def __init__(self, f: Any) -> None:
-        self.f, self.seen = f, bytearray()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.seen += data
-        return bytes(data)
-
-
 def part_header(path: str, part: dict[str, Any]) -> native.Header:
     """The header of one unencrypted part, read alone (one read) and checked against the manifest's
-    digest of it: bytes ``[0, 8 + N)``, every tensor's checksum and the typed-JSON values among them."""
+    digest of it before it is parsed: bytes ``[0, 8 + N)``, every tensor's checksum and the
+    typed-JSON values among them."""
     f, size = _open_part(path, part, header=True)
     where = f"{path}/{part['file']}"
     with f:
-        recorded = _Recorded(f)
-        header = native.read_header(recorded, size, where)  # type: ignore[arg-type]
-    if xxhash.xxh3_64_hexdigest(bytes(recorded.seen)) != part.get("header_xxh3"):
+        first = f.read(8)
+        n = int.from_bytes(first, "little") if len(first) == 8 else -1
+        if not 0 <= n <= min(size - 8, native.MAX_HEADER_BYTES):
+            raise CorruptCheckpointError(f"{where}: the header's length is damaged; the part is damaged")
+        raw = first + f.read(n)
+    if xxhash.xxh3_64_hexdigest(raw) != part.get("header_xxh3"):
         raise CorruptCheckpointError(f"{where}: header differs from the one the manifest recorded; "
                                      "the part was replaced or damaged")
+    header = native.read_header(io.BytesIO(raw), size, where)
     if header.meta is None:
         raise CorruptCheckpointError(f"{where}: not a torchresume part; the checkpoint is damaged")
     return header
