@@ -36,6 +36,7 @@ import random
 import select
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -340,7 +341,7 @@ def mindspore_structure(data: bytes, rng: random.Random, forge: bool) -> tuple[b
     what = f"entry {i} ({rows[i][0]}): {op}"
     extra_value: bytes | None = None
     if op == "name":
-        rows[i][0] = rng.choice(["", "..", "/etc/passwd", "a" * 100_000, "\udcff", rows[(i + 1) % len(rows)][0]])
+        rows[i][0] = rng.choice(["", "..", "/etc/passwd", "a" * 100_000, "\xff", rows[(i + 1) % len(rows)][0]])
     elif op == "type":
         rows[i][1] = rng.choice(["", "str", "Float64", "Int8", "Float32", "Q99", "Bool", "x" * 1000])
     elif op == "dims":
@@ -781,11 +782,18 @@ def fuzz_kind(kind: str, seed: Path, mutations: int, rng_seed: int, work: Path, 
                 kept = keep / case.root.name
                 if kept.exists():
                     shutil.rmtree(kept)
-                shutil.copytree(case.root, kept, symlinks=True)
+                shutil.copytree(case.root, kept, symlinks=True, copy_function=_copy_special)
             tally.findings.append(f"{kind} #{i} [{case.mutation}] {kept}: " + " | ".join(p.split("\n")[0] for p in problems))
             log_line(f"  {tally.findings[-1][:400]}")
         _remove(case.root)
     return tally
+
+
+def _copy_special(src: str, dst: str) -> None:
+    if stat.S_ISFIFO(os.lstat(src).st_mode):
+        os.mkfifo(dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 def _remove(root: Path) -> None:

@@ -43,6 +43,7 @@ PAGE_ALIGN_MIN = 1 << 20
 # memory, so a hostile header of a million empty tensors is refused before it is parsed (memory and
 # time stay within ~10x the file's size).
 MIN_TENSOR_BYTES = 128
+SMALL_FILE_TENSORS = 1024  # allowed whatever the size (bounded cost): small files of many scalars exist
 CONTAINER_BYTES = 16
 # Each dimension and the product of the non-zero ones must fit torch's int64 sizes and strides.
 MAX_NUMEL = 2**63 - 1
@@ -230,7 +231,7 @@ def _validate(doc: dict[str, Any], n: int, size: int, where: str) -> Header:
     raw_meta = doc.pop("__metadata__", None) or {}
     if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
         raise CorruptCheckpointError(f"{where}: __metadata__ must map strings to strings")
-    if len(doc) > 16 + size // MIN_TENSOR_BYTES:
+    if len(doc) > SMALL_FILE_TENSORS + size // MIN_TENSOR_BYTES:
         raise CorruptCheckpointError(f"{where}: header lists {len(doc)} tensors, more than a file of {size} "
                                      f"bytes holds (one per {MIN_TENSOR_BYTES} bytes); the file is damaged or hostile")
     entries = [_entry(name, spec, where) for name, spec in doc.items()]
