@@ -4,6 +4,7 @@ mlp run shared by the module)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import runpy
 from pathlib import Path
@@ -147,3 +148,12 @@ def test_openmp_waits_passively_only_for_the_command_line(argv, command, monkeyp
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's choice stays
     openmp.set_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "active"
+
+
+# -- 9: docs that fail -----------------------------------------------------------------------------
+def test_no_page_installs_torchresume_from_the_package_index() -> None:
+    """torchresume is not on the index: `pip install 'torchresume[x]'` fails; pages say -e from a checkout."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    wrong = [str(p.relative_to(ROOT)) for p in pages
+             if re.search(r"pip install ['\"]?torchresume\b", p.read_text())]
+    assert wrong == []
