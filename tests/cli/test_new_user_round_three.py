@@ -4,8 +4,8 @@ mlp run shared by the module)."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import runpy
 from pathlib import Path
 
@@ -77,7 +77,8 @@ def test_long_callback_state_names_are_shortened_for_people() -> None:
     key = ("callbacks.TorchResumeCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 3, "
            "'every_n_epochs': 0, 'train_time_interval': None}.best_model_score")
     assert short_name(key) == "callbacks.TorchResumeCheckpoint{'monitor': None, 'mode': 'min', ...}.best_model_score"
-    assert short_name("callbacks.EarlyStopping{'monitor': 'loss'}.wait") == "callbacks.EarlyStopping{'monitor': 'loss'}.wait"
+    short = "callbacks.EarlyStopping{'monitor': 'loss'}.wait"
+    assert short_name(short) == short
 
 
 def test_the_readme_train_py_says_when_it_is_already_finished(tmp_path, monkeypatch, capsys) -> None:
