@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def test_long_callback_state_names_are_shortened_for_people() -> None:
     key = ("callbacks.TorchResumeCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 3, "
            "'every_n_epochs': 0, 'train_time_interval': None}.best_model_score")
     assert short_name(key) == "callbacks.TorchResumeCheckpoint{'monitor': None, 'mode': 'min', ...}.best_model_score"
-    assert short_name("callbacks.EarlyStopping{'monitor': 'loss'}.wait") == "callbacks.EarlyStopping{'monitor': 'loss'}.wait"
+    short = "callbacks.EarlyStopping{'monitor': 'loss'}.wait"
+    assert short_name(short) == short
 
 
 def test_the_readme_train_py_says_when_it_is_already_finished(tmp_path, monkeypatch, capsys) -> None:
@@ -147,3 +149,12 @@ def test_openmp_waits_passively_only_for_the_command_line(argv, command, monkeyp
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's choice stays
     openmp.set_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "active"
+
+
+# -- 9: docs that fail -----------------------------------------------------------------------------
+def test_no_page_installs_torchresume_from_the_package_index() -> None:
+    """torchresume is not on the index: `pip install 'torchresume[x]'` fails; pages say -e from a checkout."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    wrong = [str(p.relative_to(ROOT)) for p in pages
+             if re.search(r"pip install ['\"]?torchresume\b", p.read_text())]
+    assert wrong == []
