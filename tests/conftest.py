@@ -35,6 +35,7 @@ PROCESS_MODULES = (
     "tests/integration/test_examples.py",
     "tests/fault/test_dataloader_resume.py",
     "tests/integration/test_lightning.py",
+    "tests/integration/test_lightning_round_three.py",
     "tests/storage/test_rclone_cli.py",
     "tests/fault/test_rng_kills.py",
     "tests/integration/test_s3_training.py",

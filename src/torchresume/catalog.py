@@ -105,8 +105,8 @@ def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None 
         manifest = _committed_manifest(entry) if info.is_dir else None
         if info.is_dir and manifest is None and entry.valid:
             continue  # a directory checkpoint is one only once its manifest is committed
-        if sharded_only and not sharded_layout.is_sharded(manifest or {}):
-            continue
+        if sharded_only and entry.valid and not sharded_layout.is_sharded(manifest or {}):
+            continue  # (a damaged manifest's entry stays, invalid: a sharded restore passes over it, saying so)
         if entry.valid:
             _read_header_facts(entry, headers, manifest)
         if verify and entry.valid:

@@ -99,21 +99,31 @@ def test_a_named_damaged_checkpoint_is_not_replaced_by_another(tmp_path: Path) -
     mgr.close()
 
 
-def test_a_newest_damaged_for_one_rank_is_skipped_by_every_rank(tmp_path: Path) -> None:
-    """Under torchrun only rank 1 reads its damaged rank part: both ranks pass over the checkpoint
-    together (rank 0 says so once) and load the next older one, whose weights are the same."""
+def _flip_last_byte(file: Path) -> None:
+    file.chmod(0o600)
+    raw = bytearray(file.read_bytes())
+    raw[-1] ^= 0xFF
+    file.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["rank 1's part flipped", "a shard part missing"])
+def test_a_newest_damaged_for_one_rank_is_skipped_by_every_rank(tmp_path: Path, damage: str) -> None:
+    """Under torchrun both ranks pass over the damaged newest together (rank 0 says so once, no
+    traceback) and load the next older one, whose weights are the same: whether only rank 1 meets the
+    damage (its own rank part), or every rank does (a part gone: issue 35 item 6)."""
     from tests.distributed.conftest import torchrun
     saved = torchrun(2, "ddp_save", tmp_path / "ckpt", tmp_path / "out")
     assert saved.returncode == 0, saved.output[-3000:]
     assert saved.results[0]["kept"] == ["ddp-1_1.ckpt", "ddp-1_2.ckpt"]
-    part = tmp_path / "ckpt" / "ddp-1_2.ckpt" / "rank-00001.safetensors"
-    part.chmod(0o600)
-    raw = bytearray(part.read_bytes())
-    raw[-1] ^= 0xFF
-    part.write_bytes(bytes(raw))
+    newest = tmp_path / "ckpt" / "ddp-1_2.ckpt"
+    if damage == "rank 1's part flipped":
+        _flip_last_byte(newest / "rank-00001.safetensors")
+    else:  # a flipped dcp_metadata.json and a damaged header: tests/attacks/test_hostile_sharded.py (one rank)
+        (newest / "shard-00001-0.safetensors").unlink()
 
     loaded = torchrun(2, "ddp_restore_model", tmp_path / "ckpt", tmp_path / "out")
     assert loaded.returncode == 0, loaded.output[-3000:]
     for r in (0, 1):
         assert loaded.results[r]["path"].endswith("ddp-1_1.ckpt") and loaded.results[r]["model_equal"]
     assert loaded.output.count(f"skipping invalid checkpoint {tmp_path}/ckpt/ddp-1_2.ckpt") == 1
+    assert "Traceback" not in loaded.output and "AssertionError" not in loaded.output, loaded.output[-3000:]

@@ -27,6 +27,7 @@ from tests.distributed.conftest import Launch, torchrun
 from torchresume.cli.main import main
 from torchresume.distributed import DistributedCheckpointManager
 from torchresume.errors import CorruptCheckpointError
+from torchresume.files import sharded
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +117,16 @@ def _rewrite_metadata(path: Path, edit: Callable[[dict[str, Any]], object]) -> N
     raw = json.dumps(meta, separators=(",", ":")).encode()
     doc = json.loads(manifest_file.read_text())
     doc["info"]["dcp_metadata"].update(size=len(raw), xxh3=xxhash.xxh3_64_hexdigest(raw))
+    doc = sharded.sealer(None)(doc)  # the manifest's digest follows too (xxh3: anyone can)
     for file, data in ((meta_file, raw), (manifest_file, json.dumps(doc).encode())):
         file.chmod(0o600)
         file.write_bytes(data)
+
+
+def _header_size(part: Path) -> int:
+    """Bytes of a part's header (the u64 length and the JSON it gives)."""
+    with open(part, "rb") as f:
+        return 8 + int.from_bytes(f.read(8), "little")
 
 
 def _as_written_before(path: Path) -> None:
@@ -126,7 +134,7 @@ def _as_written_before(path: Path) -> None:
     dcp_metadata.json (everything else was the same)."""
     def strip(meta: dict[str, Any]) -> None:
         for entry in meta["storage_data"]:
-            entry.pop("at"), entry.pop("xxh3")
+            entry.pop("at", None), entry.pop("xxh3", None)
     _rewrite_metadata(path, strip)
 
 
@@ -134,14 +142,18 @@ def test_restore_reads_only_the_chunks_and_checks_each(tmp_path: Path) -> None:
     state = _state()
     mgr = DistributedCheckpointManager(str(tmp_path), prefix="r", keep=5, threads=2)
     path = Path(mgr.save(state, epoch=1, step=1) or "")
-    entries = json.loads((path / "dcp_metadata.json").read_text())["storage_data"]
+    stored = json.loads((path / "dcp_metadata.json").read_text())["storage_data"]
+    entries = [e for e in stored if not e.get("value")]
     assert all(e["at"][0] < e["at"][1] and len(e["xxh3"]) == 16 for e in entries)
+    with_values = {e["file"] for e in stored if e.get("value")}  # non-tensor values: JSON in the header
+    assert with_values and all("at" not in e for e in stored if e.get("value"))
     restored = _zeroed(state)
     read = _reads_during(lambda: mgr.restore(restored), tmp_path)
     assert _equal(restored, state)
     shards = {name: n for name, n in read.items() if name.startswith("shard-")}
     chunk_bytes = sum(e["at"][1] - e["at"][0] for e in entries)
-    assert sum(shards.values()) == chunk_bytes  # the chunks' bytes and nothing else: no header
+    headers = sum(_header_size(path / file) for file in with_values)
+    assert sum(shards.values()) == chunk_bytes + headers  # the chunks' bytes, the values' headers: no more
     assert chunk_bytes < sum((path / name).stat().st_size for name in shards)
     # A flipped byte inside a chunk: that chunk's checksum fails, the restore raises
     target = max(entries, key=lambda e: e["at"][1] - e["at"][0])
@@ -161,11 +173,11 @@ def test_a_chunk_range_outside_its_part_is_refused(tmp_path: Path) -> None:
     path = Path(mgr.save(_state(), epoch=1, step=1) or "")
     mgr.close()
     def past_the_end(meta: dict[str, Any]) -> None:
-        meta["storage_data"][0]["at"][1] += 1 << 30
+        next(e for e in meta["storage_data"] if "at" in e)["at"][1] += 1 << 30
     _rewrite_metadata(path, past_the_end)
     with pytest.raises(CorruptCheckpointError, match="outside its part"):
         read_checkpoint(str(path))
-    with pytest.raises(CorruptCheckpointError, match="outside the .*-byte part"):
+    with pytest.raises(CorruptCheckpointError, match="outside its part"):  # the restore checks the metadata too
         mgr.restore(_state(), path=str(path))
 
 

@@ -251,18 +251,26 @@ class CountedReads:
     def __enter__(self) -> CountedReads:
         import builtins
         import mmap
-        self._open, self._mmap = builtins.open, mmap.mmap
+        self._open, self._mmap, self._fdopen = builtins.open, mmap.mmap, os.fdopen
         builtins.open, mmap.mmap = self._counted_open, self._counted_mmap  # type: ignore[assignment,misc]
+        os.fdopen = self._counted_fdopen  # local reads open the fd themselves (no link followed)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         import builtins
         import mmap
         builtins.open, mmap.mmap = self._open, self._mmap  # type: ignore[misc]
+        os.fdopen = self._fdopen
+
+    def _counted_fdopen(self, fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        return self._counted(self._fdopen(fd, mode, *args, **kwargs), os.readlink(f"/proc/self/fd/{fd}"), mode)
 
     def _counted_open(self, file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         f = self._open(file, mode, *args, **kwargs)
-        if "r" in mode and not isinstance(file, int) and os.path.realpath(file).startswith(self.root):
+        return f if isinstance(file, int) else self._counted(f, file, mode)
+
+    def _counted(self, f: Any, file: Any, mode: str) -> Any:
+        if "r" in mode and os.path.realpath(file).startswith(self.root):
             name = os.path.basename(file)
             self.nbytes.setdefault(name, 0)
             self._names[f.fileno()] = name

@@ -18,8 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from torchresume.distributed.reader import PartReader, read_rank_state, restore_error, sharded_manifest
-from torchresume.files import sharded
+from torchresume.distributed.reader import PartReader, part_header, read_rank_state, restore_error
 
 RANK_STATES = "rank_states"
 
@@ -36,17 +35,22 @@ def consolidate(path: str, dec_key: bytes | None = None, *,
     """The full saved state of sharded checkpoint ``path`` and its manifest info (parts saved with
     ``enc_key`` read with ``dec_key``; a missing or wrong key is a DecryptionError).
 
-    The metadata is checked against the manifest (every chunk's part committed, every tensor
-    covered) before any chunk is read; ``verify`` checks every tensor's checksum as it is read.
+    The manifest is checked (names, digest; with the key its HMAC) and the metadata against it (every
+    chunk's part committed, every tensor covered exactly) before any chunk is read; ``verify`` checks
+    every tensor's checksum as it is read and every unencrypted part's header against the manifest.
     """
-    doc = sharded_manifest(path)
-    sharded.check(path, doc)
+    reader = PartReader(path, dec_key=dec_key, verify=verify)
+    reader.prepare()  # the manifest (digest, names, HMAC with the key) and the metadata, checked
+    doc = reader.doc
     state: dict[str, Any] = {}
     try:
-        _load_state_dict(state, storage_reader=PartReader(path, dec_key=dec_key, verify=verify),
-                         planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+        _load_state_dict(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     except CheckpointException as exc:
         raise restore_error(path, exc) from None
+    if verify:  # chunks were read by their byte ranges: the rest of each header is checked too
+        for part in doc["parts"]:
+            if not part.get("encrypted"):
+                part_header(path, part)
     states = rank_states(path, doc, dec_key, verify=verify)
     if any(s is not None for s in states):
         state[RANK_STATES] = states

@@ -97,6 +97,11 @@ class RestoreInfo:
                    rank_state=states[rank] if rank < len(states) else None)
 
 
+# Committed checkpoints a restore in this process passed over as damaged: a save of their step replaces
+# them. Process-wide: the trainer restores through one manager and saves through another.
+_PASSED_OVER: set[str] = set()
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -394,7 +399,6 @@ class DistributedCheckpointManager:
         self._group: Any = None  # the gloo group of background saves, made on the first one
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
         self._plan_key = plan_cache.new_key()  # steady saves reuse the plan and metadata (plan_cache.py)
-        self._damaged: set[str] = set()  # committed checkpoints a restore passed over: a save there replaces them
 
     def guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """With ``overlap``: copy ``optimizer``'s parameters and state after ``save`` returned; its
@@ -543,9 +547,9 @@ class DistributedCheckpointManager:
         storage, where = resolve(path)
         if not storage.exists(where):
             return False
-        if path in self._damaged:
+        if path in _PASSED_OVER:
             log.warning("%s is the damaged checkpoint the restore passed over; replacing it", path)
-            self._damaged.discard(path)
+            _PASSED_OVER.discard(path)
         elif is_committed(path):
             log.info("%s is already committed (this step was saved before); keeping it", path)
             return True
@@ -584,25 +588,30 @@ class DistributedCheckpointManager:
     def checkpoints(self) -> list[Entry]:
         """This prefix's committed sharded checkpoints, newest first (their manifests only: no part of
         any rank is opened, so listing costs the same at any world size but the manifest's length)."""
+        return [e for e in self._listed() if e.valid]
+
+    def _listed(self) -> list[Entry]:
+        """This prefix's committed directories, newest first, a damaged manifest's too (invalid)."""
         with self._listing:  # never while background retention is deleting
             storage, where = resolve(self.directory)
             if not storage.isdir(where):
                 return []
             entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix, headers=False,
                                                sharded_only=True)
-            return [e for e in entries if e.valid]
+            return [e for e in entries if e.valid or e.is_dir]
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete checkpoints no retention policy keeps (never the newest, never ``protect``)."""
         with self._listing:
             return retention.apply(self.checkpoints(), self.retention, protect)
 
-    def committed(self) -> list[str]:
-        """Collective: the committed checkpoints, newest first, as rank 0 sees them."""
+    def committed(self, *, damaged: bool = False) -> list[str]:
+        """Collective: the committed checkpoints, newest first, as rank 0 sees them (``damaged``: with
+        those whose manifest does not check, which a restore tries and passes over, saying so)."""
         local = None
         if _rank() == 0:
             busy = self.saving  # committed maybe, but not yet finished on every rank
-            local = [e.path for e in self.checkpoints() if e.path != busy]
+            local = [e.path for e in self._listed() if (e.valid or damaged) and e.path != busy]
         return list(_broadcast(local))
 
     def newest(self) -> str | None:
@@ -635,14 +644,14 @@ class DistributedCheckpointManager:
     def _newest_that_loads(self, state: dict[str, Any]) -> tuple[str | None, PartReader | None]:
         """Collective: load the committed checkpoints newest first until one loads on every rank."""
         damaged: list[tuple[str, str]] = []
-        for path in self.committed():
+        for path in self.committed(damaged=True):
             try:
                 reader = self._load(state, path)
             except RestoreFailed:
                 raise  # not damage the reader found (a state that does not fit, memory): never skipped
             except CorruptCheckpointError as exc:  # raised alike on every rank: every rank tries the next
                 damaged.append((posixpath.basename(path.rstrip("/")), str(exc)))
-                self._damaged.add(path)
+                _PASSED_OVER.add(path)
                 continue
             if _rank() == 0:
                 catalog.say_skipped(damaged)
@@ -659,6 +668,7 @@ class DistributedCheckpointManager:
         reader = PartReader(path, dec_key=self.enc_key, rank_part=True, rank=_rank())
         error: Exception | None = None
         try:
+            reader.prepare()  # a damaged manifest or metadata: its typed error (DCP would swallow it)
             with _single_process_quiet():
                 dcp.load(state, storage_reader=reader, no_dist=True)
         except CheckpointException as exc:
@@ -671,7 +681,7 @@ class DistributedCheckpointManager:
     def rank_states(self, path: str) -> RestoreInfo:
         """``path``'s info and every saving rank's ``rank_state``, its shards left unread: each rank
         reads the manifest and its own part (no collective; other parts when indexed)."""
-        return RestoreInfo.read(path, sharded_manifest(path), _rank(), dec_key=self.enc_key)
+        return RestoreInfo.read(path, sharded_manifest(path, self.enc_key), _rank(), dec_key=self.enc_key)
 
     def close(self) -> None:
         """Wait for the background save (re-raising its failure), then free the staging buffers

@@ -4,6 +4,8 @@ DCP pickles its ``.metadata``; torchresume writes the same facts as JSON
 (``dcp_metadata.json``): every logical tensor's dtype, global size and saved
 chunks, the planner's key paths, and where each chunk lives (part file and
 tensor name). ``Location`` is the per-item storage record the writer returns.
+Version 2: a non-tensor value (``"value": true`` in its storage record) is typed JSON
+in its part's header, not DCP's pickle; version 1 files (pickled values) still read.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torchresume.errors import CorruptCheckpointError
 from torchresume.files.sharded import METADATA_FILE as FILE
 
 FORMAT = "torchresume-dcp-metadata"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Location:
     name: str
     at: tuple[int, int] | None = None
     xxh3: str | None = None
+    value: bool = False  # version 2: a non-tensor value, typed JSON in the part's skeleton (no bytes, no ``at``)
 
 
 def _torch_attr(text: str, where: str) -> Any:
@@ -79,6 +82,8 @@ def _encode_planner_data(data: Any) -> dict[str, list[Any]] | None:
 
 def _location(s: dict[str, Any]) -> Location:
     at = s.get("at")
+    if s.get("value") is True:
+        return Location(s["file"], s["name"], value=True)
     if at is None:
         return Location(s["file"], s["name"])
     begin, end = (int(n) for n in at)
@@ -90,7 +95,7 @@ def _location(s: dict[str, Any]) -> Location:
 def encode(md: Metadata, locations: dict[MetadataIndex, Location]) -> bytes:
     """The JSON bytes of ``md`` with ``locations`` as its storage data."""
     storage = [{"fqn": i.fqn, "offset": None if i.offset is None else list(i.offset), "index": i.index,
-                "file": loc.file, "name": loc.name,
+                "file": loc.file, "name": loc.name, **({"value": True} if loc.value else {}),
                 **({} if loc.at is None else {"at": list(loc.at), "xxh3": loc.xxh3})} for i, loc in locations.items()]
     sm = md.storage_meta
     doc = {"format": FORMAT, "version": VERSION, "dcp_version": md.version,
@@ -104,6 +109,16 @@ def decode(raw: bytes, where: str) -> Metadata:
     """The DCP Metadata stored in ``raw``; CorruptCheckpointError when it is not ours or is damaged."""
     try:
         doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpointError(f"{where}: damaged DCP metadata ({type(exc).__name__}: {exc})") from None
+    return decode_doc(doc, where)
+
+
+def decode_doc(doc: Any, where: str) -> Metadata:
+    """The DCP Metadata of the parsed metadata file ``doc``."""
+    try:
+        if not isinstance(doc, dict):
+            raise TypeError("not a JSON object")
         if doc.get("format") != FORMAT:
             raise CorruptCheckpointError(f"{where}: not a torchresume DCP metadata file")
         if doc.get("version", 0) > VERSION:
@@ -115,7 +130,9 @@ def decode(raw: bytes, where: str) -> Metadata:
         storage = {MetadataIndex(s["fqn"], None if s["offset"] is None else torch.Size(s["offset"]), s["index"]):
                    _location(s) for s in doc["storage_data"]}
         sm = doc.get("storage_meta")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, CorruptCheckpointError):
+            raise
         raise CorruptCheckpointError(f"{where}: damaged DCP metadata ({type(exc).__name__}: {exc})") from None
     meta = None if sm is None else StorageMeta(checkpoint_id=sm.get("checkpoint_id"), save_id=sm.get("save_id"))
     return Metadata(state_dict_metadata=sdm, planner_data=planner_data, storage_data=storage,

@@ -26,25 +26,34 @@ from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 import torch
+import xxhash
+from torch.distributed.checkpoint._traverse import set_element  # what DefaultLoadPlanner.load_bytes uses
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from torchresume.distributed import metadata as dcp_json
-from torchresume.errors import CorruptCheckpointError, TorchResumeError
+from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
 from torchresume.files import directory, sharded
 from torchresume.format import checksum, native, reader
-from torchresume.storage import resolve
+from torchresume.state.tree import unflatten
+from torchresume.storage import confine, resolve
 
 
-def sharded_manifest(path: str) -> dict[str, Any]:
-    """The committed manifest of sharded checkpoint ``path``; CorruptCheckpointError if it is not one."""
-    doc = directory.read_manifest(path)
+def sharded_manifest(path: str, dec_key: bytes | None = None) -> dict[str, Any]:
+    """The committed manifest of sharded checkpoint ``path``, its names and digest checked (with
+    ``dec_key`` also its HMAC); CorruptCheckpointError if it is not one or does not check."""
+    try:
+        doc = directory.read_manifest(path)
+    except CheckpointNotFoundError as exc:  # committed once (listed), its manifest gone: damage
+        raise CorruptCheckpointError(str(exc)) from None
     if not sharded.is_sharded(doc):
         raise CorruptCheckpointError(f"{path}: a directory checkpoint but not a sharded (torch.distributed) "
                                      "one; load it with torchresume.load_checkpoint")
+    sharded.authenticate(path, doc, dec_key)
     return doc
 
 
@@ -57,25 +66,78 @@ def is_sharded(path: str) -> bool:
 
 
 def load_metadata(path: str, doc: dict[str, Any]) -> Metadata:
-    """The DCP metadata of ``path``, checked against the digest in manifest ``doc``."""
-    raw = sharded.read_metadata_json(path, doc)
-    return dcp_json.decode(raw, f"{path}/{sharded.METADATA_FILE}")
+    """The DCP metadata of ``path``, checked against manifest ``doc`` (digest, chunk files, coverage)."""
+    return dcp_json.decode_doc(sharded.metadata_doc(path, doc), f"{path}/{sharded.METADATA_FILE}")
+
+
+def _open_part(path: str, part: dict[str, Any], *, header: bool = False) -> tuple[Any, int]:
+    """Part ``part`` of ``path`` opened for reading, its size checked against the manifest's; a part
+    that is gone is damage (CorruptCheckpointError), as a changed one is."""
+    storage, where = resolve(path)
+    file = part.get("file")
+    try:
+        f, size = confine.open_member(storage, where, file, path, header_only=header)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{path}: part {file} is missing; the checkpoint is damaged") from None
+    if size != part.get("size"):
+        f.close()
+        raise CorruptCheckpointError(f"{path}: {file} is {size} bytes, the manifest says "
+                                     f"{part.get('size')}; the part is damaged or was replaced")
+    return f, size
 
 
 def read_part(path: str, part: dict[str, Any], *, verify: bool = True,
               dec_key: bytes | None = None) -> dict[str, Any]:
     """The tree of one part file, checked against its manifest record (decrypted with ``dec_key``)."""
-    storage, where = resolve(path)
-    f, size = storage.open_read(storage.join(where, part["file"]))
+    f, size = _open_part(path, part)
     with f:
-        if size != part["size"]:
-            raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
-                                         f"{part['size']}; the part is damaged or was replaced")
         ckpt = reader.read(f, size, f"{path}/{part['file']}", dec_key=dec_key, verify=verify,
                            header_xxh3=part["header_xxh3"])
     if not isinstance(ckpt.tree, dict):
         raise CorruptCheckpointError(f"{path}: part {part['file']} does not hold a dict")
     return ckpt.tree
+
+
+def part_header(path: str, part: dict[str, Any]) -> native.Header:
+    """The header of one unencrypted part, read alone (one read) and checked against the manifest's
+    digest of it before it is parsed: bytes ``[0, 8 + N)``, every tensor's checksum and the
+    typed-JSON values among them."""
+    f, size = _open_part(path, part, header=True)
+    where = f"{path}/{part['file']}"
+    with f:
+        first = f.read(8)
+        n = int.from_bytes(first, "little") if len(first) == 8 else -1
+        if not 0 <= n <= min(size - 8, native.MAX_HEADER_BYTES):
+            raise CorruptCheckpointError(f"{where}: the header's length is damaged; the part is damaged")
+        raw = first + f.read(n)
+    if xxhash.xxh3_64_hexdigest(raw) != part.get("header_xxh3"):
+        raise CorruptCheckpointError(f"{where}: header differs from the one the manifest recorded; "
+                                     "the part was replaced or damaged")
+    header = native.read_header(io.BytesIO(raw), size, where)
+    if header.meta is None:
+        raise CorruptCheckpointError(f"{where}: not a torchresume part; the checkpoint is damaged")
+    return header
+
+
+def read_values(path: str, part: dict[str, Any], names: list[str]) -> dict[str, Any] | None:
+    """The typed-JSON values ``names`` of one unencrypted part, from its header alone (checked
+    against the manifest's header digest); None when one of them holds a tensor (read the part)."""
+    if not names:
+        return {}
+    header = part_header(path, part)
+    skeleton = header.meta.get("skeleton") if header.meta else None
+    nodes = dict(skeleton["D"]) if isinstance(skeleton, dict) and isinstance(skeleton.get("D"), list) else {}
+    out = {}
+    for name in names:
+        if name not in nodes:
+            raise sharded.missing_chunk(path, name, part["file"])
+        try:
+            out[name] = unflatten(nodes[name], {})
+        except KeyError:
+            return None  # a value holding a tensor
+        except (ValueError, TypeError) as exc:
+            raise CorruptCheckpointError(f"{path}/{part['file']}: value {name!r} is damaged ({exc})") from None
+    return out
 
 
 def read_chunks(path: str, part: dict[str, Any], wanted: dict[str, tuple[tuple[int, int], str]], *,
@@ -84,14 +146,10 @@ def read_chunks(path: str, part: dict[str, Any], wanted: dict[str, tuple[tuple[i
     each checked against its xxh3; chunks that lie back to back are read at once. ``into``: chunks read
     straight into these contiguous CPU tensors of their byte size (no buffer, no copy), then checked."""
     into = into or {}
-    storage, where = resolve(path)
     file = f"{path}/{part['file']}"
-    f, size = storage.open_read(storage.join(where, part["file"]))
+    f, size = _open_part(path, part)
     out: dict[str, torch.Tensor] = {}
     with f:
-        if size != part["size"]:
-            raise CorruptCheckpointError(f"{path}: {part['file']} is {size} bytes, the manifest says "
-                                         f"{part['size']}; the part is damaged or was replaced")
         order = sorted(wanted.items(), key=lambda kv: kv[1][0])
         for name, ((b, e), digest) in order:
             if name in into:
@@ -151,7 +209,7 @@ def rank_key(rank: int) -> str:
 def read_rank_state(path: str, doc: dict[str, Any], rank: int, *, dec_key: bytes | None = None,
                     verify: bool = True) -> Any:
     """Old rank ``rank``'s ``rank_state`` from its own part of checkpoint ``path`` (manifest ``doc``)."""
-    file = doc["info"]["rank_parts"][rank]
+    file = sharded.check_name(path, doc["info"]["rank_parts"][rank], "rank part")
     parts = {p["file"]: p for p in doc["parts"]}
     if file not in parts:
         raise CorruptCheckpointError(f"{path}: the manifest names rank part {file} but does not list it; "
@@ -230,15 +288,25 @@ class PartReader(StorageReader):
         self.storage_data: dict[Any, dcp_json.Location] = {}
         self.chunk_types: dict[tuple[str, tuple[int, ...]], tuple[torch.dtype, tuple[int, ...]]] = {}
         self.own: dict[int, Any] = {}  # with rank_part: {old rank: its rank_state} read by this rank
+        self._metadata: Metadata | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        if checkpoint_id:
+        if checkpoint_id and str(checkpoint_id) != self.path:
             self.path = str(checkpoint_id)
+            self._metadata = None
+
+    def prepare(self) -> Metadata:
+        """Read and check the manifest (with the key: its HMAC) and the metadata. Call it before DCP's
+        load: DCP swallows an error from ``read_metadata`` (an AssertionError 'metadata is None' and
+        a logged traceback follow), so the typed error is raised here, where the restore sees it."""
+        if self._metadata is None:
+            self.doc = sharded_manifest(self.path, self.dec_key)
+            self.parts = {p["file"]: p for p in self.doc["parts"]}
+            self._metadata = load_metadata(self.path, self.doc)
+        return self._metadata
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        self.doc = sharded_manifest(self.path)
-        self.parts = {p["file"]: p for p in self.doc["parts"]}
-        return load_metadata(self.path, self.doc)
+        return self.prepare()
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.storage_data = metadata.storage_data
@@ -261,32 +329,59 @@ class PartReader(StorageReader):
             if file not in self.parts:
                 raise CorruptCheckpointError(f"{self.path}: the metadata names part {file}, which the "
                                              "manifest does not list; the checkpoint is damaged")
-            part = self.parts[file]
-            locations = [self.storage_data[item.storage_index] for item in items]
-            if self.dec_key is None and not part.get("encrypted") and all(loc.at for loc in locations):
-                once = Counter(loc.name for loc in locations)
-                direct = {loc.name: target for item, loc in zip(items, locations, strict=True)
-                          if once[loc.name] == 1 and (target := self._whole_target(planner, item)) is not None}
-                chunks = read_chunks(self.path, part, {loc.name: (loc.at, loc.xxh3) for loc in locations
-                                                       if loc.at and loc.xxh3}, verify=self.verify, into=direct)
-                for item, loc in zip(items, locations, strict=True):
-                    if loc.name in direct:
-                        planner.commit_tensor(item, direct[loc.name])
-                    else:
-                        self._load_item(planner, item, self._typed(item, chunks[loc.name], file))
-                continue
-            tree = read_part(self.path, part, verify=self.verify, dec_key=self.dec_key)
-            for item in items:
-                name = self.storage_data[item.storage_index].name
-                if name not in tree:
-                    raise sharded.missing_chunk(self.path, name, file)
-                self._load_item(planner, item, tree[name])
+            self._read_file(planner, file, items)
         if self.rank_part:
             old = self.rank if self.rank < len(self.doc["info"]["rank_parts"]) else 0  # no old part: rank 0's
             self.own = {old: read_rank_state(self.path, self.doc, old, dec_key=self.dec_key, verify=self.verify)}
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
+
+    def _read_file(self, planner: LoadPlanner, file: str, items: list[ReadItem]) -> None:
+        """Load ``items`` from part ``file``: from an unencrypted part only their chunks' bytes and
+        (typed-JSON values) its header; else, or without byte ranges (before 0.3), the whole part."""
+        part = self.parts[file]
+        locations = [self.storage_data[item.storage_index] for item in items]
+        if self.dec_key is None and not part.get("encrypted") and all(loc.at or loc.value for loc in locations):
+            values = read_values(self.path, part, [loc.name for loc in locations if loc.value])
+            if values is not None:
+                once = Counter(loc.name for loc in locations)
+                direct = {loc.name: target for item, loc in zip(items, locations, strict=True)
+                          if once[loc.name] == 1 and (target := self._whole_target(planner, item)) is not None}
+                chunks = read_chunks(self.path, part, {loc.name: (loc.at, loc.xxh3) for loc in locations
+                                                       if loc.at and loc.xxh3}, verify=self.verify, into=direct)
+                for item, loc in zip(items, locations, strict=True):
+                    if loc.value:
+                        self._load_value(planner, item, values[loc.name])
+                    elif loc.name in direct:
+                        planner.commit_tensor(item, direct[loc.name])
+                    else:
+                        self._load_item(planner, item, self._typed(item, chunks[loc.name], file))
+                return
+        tree = read_part(self.path, part, verify=self.verify, dec_key=self.dec_key)
+        for item, loc in zip(items, locations, strict=True):
+            if loc.name not in tree:
+                raise sharded.missing_chunk(self.path, loc.name, file)
+            if loc.value:
+                self._load_value(planner, item, tree[loc.name])
+            else:
+                self._load_item(planner, item, tree[loc.name])
+
+    def _load_value(self, planner: LoadPlanner, item: ReadItem, value: Any) -> None:
+        """A typed-JSON non-tensor value (version 2) into the state, never through a pickle."""
+        if item.type != LoadItemType.BYTE_IO:
+            raise CorruptCheckpointError(f"{self.path}: {item.storage_index.fqn} is a tensor, the part holds a "
+                                         "value; the checkpoint is damaged")
+        if isinstance(planner, DefaultLoadPlanner):  # what its load_bytes does, without torch.load
+            if planner.flatten_state_dict:
+                set_element(planner.original_state_dict, planner.mappings[item.dest_index.fqn], value)
+            else:
+                planner.state_dict[item.dest_index.fqn] = value
+            return
+        data = io.BytesIO()  # another planner: the bytes it expects, pickled here from plain JSON values
+        torch.save(value, data)
+        data.seek(0)
+        planner.load_bytes(item, data)
 
     def _whole_target(self, planner: LoadPlanner, item: ReadItem) -> torch.Tensor | None:
         """The tensor ``item`` loads into, when it takes the whole saved chunk as stored (the same

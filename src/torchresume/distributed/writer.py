@@ -32,10 +32,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-import torch
 import xxhash
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
-from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import StorageWriter
 from torch.futures import Future
 
@@ -44,7 +43,7 @@ from torchresume.distributed.metadata import Location
 from torchresume.errors import CheckpointWriteError, SaveDeadlineError
 from torchresume.files import PartRecord, commit_directory, write_part
 from torchresume.files.directory import PART_SUFFIX, Span
-from torchresume.files.sharded import LAYOUT
+from torchresume.files.sharded import LAYOUT, sealer
 from torchresume.storage import resolve
 from torchresume.storage.base import write_all
 
@@ -100,10 +99,19 @@ def buckets(items: list[WriteItem], n: int) -> list[list[WriteItem]]:
     return [b for b in out if b]
 
 
-def _resolved(planner: SavePlanner, item: WriteItem) -> torch.Tensor:
+def _resolved(planner: SavePlanner, item: WriteItem) -> Any:
+    """The tensor of a chunk; a non-tensor value itself (stored as typed JSON in the part's header,
+    as one process stores it: never DCP's ``torch.save`` bytes)."""
+    if item.type == WriteItemType.BYTE_IO:
+        lookup = getattr(planner, "lookup_object", None)
+        if lookup is None:
+            raise CheckpointWriteError("PartWriter needs DCP's DefaultSavePlanner (or a subclass): it stores "
+                                       "non-tensor values as JSON, not DCP's pickles")
+        return lookup(item.index)
     data = planner.resolve_data(item)
-    if isinstance(data, io.BytesIO):
-        return torch.frombuffer(bytearray(data.getvalue()), dtype=torch.uint8)
+    if isinstance(data, io.BytesIO):  # a planner that pickles what the default does not
+        raise CheckpointWriteError(f"{item.index.fqn}: the save planner gave pickled bytes for a tensor; "
+                                   "use DCP's DefaultSavePlanner")
     return data.detach()
 
 
@@ -200,7 +208,7 @@ class PartWriter(StorageWriter):
         spans: dict[str, Span] = {}
         record = write_part(self.path, name, "tensors", {chunk_key(item): _resolved(planner, item) for item in items},
                             enc_key=self.enc_key, spans=spans)
-        return record, [spans[chunk_key(item)] for item in items]
+        return record, [spans.get(chunk_key(item), (0, 0, 0)) for item in items]  # a value has no bytes
 
     def _parts_and_locations(self, results: list[list[Written]]) -> tuple[list[PartRecord], list[str],
                                                                          dict[MetadataIndex, Location]]:
@@ -223,8 +231,10 @@ class PartWriter(StorageWriter):
             parts += [PartRecord(file, size, f"{xxh3:016x}", encrypted)
                       for file, (size, xxh3) in zip(files, sizes, strict=True)]
             rank_parts.append(files[-1])
-            locations.update((item.index, Location(files[i], chunk_key(item), (spans[3 * k], spans[3 * k + 1]),
-                                                   f"{spans[3 * k + 2]:016x}"))
+            locations.update((item.index, Location(files[i], chunk_key(item), value=True)
+                              if item.type == WriteItemType.BYTE_IO else
+                              Location(files[i], chunk_key(item), (spans[3 * k], spans[3 * k + 1]),
+                                       f"{spans[3 * k + 2]:016x}"))
                              for k, (item, i) in enumerate(zip(items, part_of, strict=True)))
         return parts, rank_parts, locations
 
@@ -237,7 +247,7 @@ class PartWriter(StorageWriter):
         storage.retrying(f"write of {target}", lambda: write_all(storage, target, [raw]))
         info = {**self.info, "layout": LAYOUT, "world_size": len(results), "rank_parts": rank_parts,
                 "dcp_metadata": {"file": dcp_json.FILE, "size": len(raw), "xxh3": xxhash.xxh3_64_hexdigest(raw)}}
-        commit_directory(self.path, parts, info=info, append=self.append)
+        commit_directory(self.path, parts, info=info, append=self.append, seal=sealer(self.enc_key))
         if self.lean:  # what DCP broadcasts back to every rank; the planner's cached metadata is another object
             metadata.state_dict_metadata, metadata.planner_data, metadata.storage_data = {}, None, None
             metadata.storage_meta = metadata.version = None

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,8 +80,11 @@ def tensor_spans(encoded: native.Encoded) -> dict[str, Span]:
 
 
 def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str, Any] | None = None,
-                     append: dict[str, Any] | None = None) -> None:
-    """Write the manifest: the directory becomes a checkpoint. Call after every part is written."""
+                     append: dict[str, Any] | None = None,
+                     seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Write the manifest: the directory becomes a checkpoint. Call after every part is written.
+
+    ``seal``: the manifest as committed, from the one built here (a sharded checkpoint's adds its digest)."""
     if not parts:
         raise ValueError("a directory checkpoint needs at least one part")
     names = [p.file for p in parts]
@@ -91,6 +95,8 @@ def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str,
     manifest = {"format": LAYOUT, "version": VERSION, "time": time.time(),
                 "info": {"time": time.time(), **(info or {})}, "append": append or {},
                 "parts": [asdict(p) for p in parts]}
+    if seal is not None:
+        manifest = seal(manifest)
     data = json.dumps(manifest, indent=1).encode()
     storage.retrying(f"commit of {directory}", lambda: write_all(storage, target, [data]))
 
@@ -131,9 +137,10 @@ def check_manifest(path: str, doc: Any) -> None:
     where = f"{path}/{MANIFEST}"
     if not isinstance(doc, dict) or doc.get("format") != LAYOUT or not isinstance(doc.get("parts"), list):
         raise CorruptCheckpointError(f"{where}: not a torchresume manifest")
-    if not isinstance(doc.get("version"), int) or doc["version"] > VERSION:
+    newest = sharded.VERSION if sharded.is_sharded(doc) else VERSION
+    if not isinstance(doc.get("version"), int) or doc["version"] > newest:
         raise CorruptCheckpointError(f"{where}: version {doc.get('version')!r} is newer than "
-                                     f"this torchresume reads ({VERSION}): upgrade torchresume")
+                                     f"this torchresume reads ({newest}): upgrade torchresume")
     for key in ("info", "append"):
         if not isinstance(doc.get(key, {}), dict):
             raise CorruptCheckpointError(f"{where}: {key!r} is not a JSON object; the manifest is damaged")
@@ -153,6 +160,8 @@ def check_manifest(path: str, doc: Any) -> None:
             raise CorruptCheckpointError(f"{where}: part {name!r} has {'a duplicate' if bad == 'file' else 'no valid'} "
                                          f"{bad!r}; the manifest is damaged")
         seen.add(name)
+    if sharded.is_sharded(doc):
+        sharded.check_manifest(path, doc)  # its other names and its digest: every sharded reader passes here
 
 
 def is_committed(path: str) -> bool:
