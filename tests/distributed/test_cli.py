@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.distributed.conftest import Launch, torchrun
+from torchresume.files import sharded as sharded_layout
 
 CLI = str(Path(sys.executable).with_name("torchresume"))
 
@@ -58,6 +59,11 @@ def test_verify_finds_a_missing_shard_and_a_damaged_metadata_file(sharded: tuple
     doc = json.loads(manifest.read_text())
     doc["parts"] = [p for p in doc["parts"] if p["file"] != "shard-00001-0.safetensors"]
     manifest.write_text(json.dumps(doc))
+    changed = cli("verify", str(bad))
+    assert changed.returncode == 1
+    assert "manifest.json: does not match its digest; the manifest (step, epoch, info or part list) is damaged " \
+        "or was changed" in changed.stdout
+    manifest.write_text(json.dumps(sharded_layout.sealer(None)(doc)))  # its digest recomputed (xxh3: anyone can)
     missing = cli("verify", str(bad))
     assert missing.returncode == 1
     assert "in shard-00001-0.safetensors, which the committed parts do not hold; a shard is missing" \
