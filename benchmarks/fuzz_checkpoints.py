@@ -71,31 +71,36 @@ def _state() -> dict[str, Any]:
             "note": "seed", "ids": torch.arange(5, dtype=torch.int64), "mask": torch.tensor([True, False])}
 
 
-def make_seeds(where: Path) -> dict[str, Path]:
-    """One valid checkpoint of each kind under ``where`` (each in its own folder)."""
+def make_seeds(where: Path, kinds: list[str]) -> dict[str, Path]:
+    """One valid checkpoint of each of ``kinds`` under ``where`` (each in its own folder)."""
     import torchresume as tr
-    from torchresume.distributed import DistributedCheckpointManager
     from torchresume.files import commit_directory, write_part
     state = _state()
     seeds: dict[str, Path] = {}
-    for kind in KINDS:
+    for kind in kinds:
         (where / kind).mkdir(parents=True, exist_ok=True)
-    seeds["single"] = where / "single" / "ckpt.ckpt"
-    tr.save_checkpoint(state, str(seeds["single"]), append_dict={"lr": 0.1})
-    seeds["encrypted"] = where / "encrypted" / "ckpt.ckpt"
-    tr.save_checkpoint(state, str(seeds["encrypted"]), enc_key=KEY)
-    seeds["directory"] = where / "directory" / "ckpt-1_2.ckpt"
-    seeds["directory"].mkdir()
-    parts = [write_part(str(seeds["directory"]), "model", "state", {"model": state["model"]}),
-             write_part(str(seeds["directory"]), "rest", "state",
-                        {k: v for k, v in state.items() if k != "model"})]
-    commit_directory(str(seeds["directory"]), parts, info={"epoch": 1, "step": 2}, append={"lr": 0.1})
-    mgr = DistributedCheckpointManager(str(where / "sharded"), prefix="ckpt", keep=1)
-    seeds["sharded"] = Path(mgr.save({"model": state["model"], "optimizer": state["optimizer"]},
-                                     epoch=1, step=6, rank_state={"seen": 32}) or "")
-    mgr.close()
-    seeds["mindspore"] = where / "mindspore" / "net.ckpt"
-    tr.save_checkpoint(_mindspore_entries(state), str(seeds["mindspore"]), format="ckpt", crc_check=True)
+    if "single" in kinds:
+        seeds["single"] = where / "single" / "ckpt.ckpt"
+        tr.save_checkpoint(state, str(seeds["single"]), append_dict={"lr": 0.1})
+    if "encrypted" in kinds:
+        seeds["encrypted"] = where / "encrypted" / "ckpt.ckpt"
+        tr.save_checkpoint(state, str(seeds["encrypted"]), enc_key=KEY)
+    if "directory" in kinds:
+        seeds["directory"] = where / "directory" / "ckpt-1_2.ckpt"
+        seeds["directory"].mkdir()
+        parts = [write_part(str(seeds["directory"]), "model", "state", {"model": state["model"]}),
+                 write_part(str(seeds["directory"]), "rest", "state",
+                            {k: v for k, v in state.items() if k != "model"})]
+        commit_directory(str(seeds["directory"]), parts, info={"epoch": 1, "step": 2}, append={"lr": 0.1})
+    if "sharded" in kinds:  # one process, no process group: the layout torchrun writes, one rank of it
+        from torchresume.distributed import DistributedCheckpointManager
+        mgr = DistributedCheckpointManager(str(where / "sharded"), prefix="ckpt", keep=1)
+        seeds["sharded"] = Path(mgr.save({"model": state["model"], "optimizer": state["optimizer"]},
+                                         epoch=1, step=6, rank_state={"seen": 32}) or "")
+        mgr.close()
+    if "mindspore" in kinds:
+        seeds["mindspore"] = where / "mindspore" / "net.ckpt"
+        tr.save_checkpoint(_mindspore_entries(state), str(seeds["mindspore"]), format="ckpt", crc_check=True)
     return seeds
 
 
@@ -846,7 +851,7 @@ def run(kinds: list[str], mutations: int, seed: int, keep: Path | None, timeout:
     """Fuzz ``kinds`` with ``mutations`` cases each; returns a Tally per kind."""
     tallies: dict[str, Tally] = {}
     with tempfile.TemporaryDirectory(prefix="torchresume-fuzz-") as tmp:
-        seeds = make_seeds(Path(tmp) / "seeds")
+        seeds = make_seeds(Path(tmp) / "seeds", kinds)
         workers = [Worker.start(seeds)]
         try:
             for kind in kinds:
