@@ -77,6 +77,15 @@ def test_more_tensors_than_the_file_can_hold_is_refused_before_loading() -> None
                             "(one per 128 bytes); the file is damaged or hostile")
 
 
+def test_tensors_hidden_from_the_quick_count_are_counted_after_parsing() -> None:
+    n = native.SMALL_FILE_TENSORS + 1000
+    entries = ",".join(f'"t{i}":{{"d\\u0074ype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(n))
+    data = _file("{" + entries + "}")
+    assert b'"dtype"' not in data
+    assert _fails(data) == (f"x.ckpt: header lists {n} tensors, more than a file of {len(data)} bytes holds "
+                            "(one per 128 bytes); the file is damaged or hostile")
+
+
 def test_many_small_tensors_within_the_bound_load() -> None:
     tensors = {f"layer.{i}.bias": torch.full((2,), float(i)) for i in range(3000)}
     data = _native(tensors)
