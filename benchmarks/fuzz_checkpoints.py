@@ -71,31 +71,36 @@ def _state() -> dict[str, Any]:
             "note": "seed", "ids": torch.arange(5, dtype=torch.int64), "mask": torch.tensor([True, False])}
 
 
-def make_seeds(where: Path) -> dict[str, Path]:
-    """One valid checkpoint of each kind under ``where`` (each in its own folder)."""
+def make_seeds(where: Path, kinds: list[str]) -> dict[str, Path]:
+    """One valid checkpoint of each of ``kinds`` under ``where`` (each in its own folder)."""
     import torchresume as tr
-    from torchresume.distributed import DistributedCheckpointManager
     from torchresume.files import commit_directory, write_part
     state = _state()
     seeds: dict[str, Path] = {}
-    for kind in KINDS:
+    for kind in kinds:
         (where / kind).mkdir(parents=True, exist_ok=True)
-    seeds["single"] = where / "single" / "ckpt.ckpt"
-    tr.save_checkpoint(state, str(seeds["single"]), append_dict={"lr": 0.1})
-    seeds["encrypted"] = where / "encrypted" / "ckpt.ckpt"
-    tr.save_checkpoint(state, str(seeds["encrypted"]), enc_key=KEY)
-    seeds["directory"] = where / "directory" / "ckpt-1_2.ckpt"
-    seeds["directory"].mkdir()
-    parts = [write_part(str(seeds["directory"]), "model", "state", {"model": state["model"]}),
-             write_part(str(seeds["directory"]), "rest", "state",
-                        {k: v for k, v in state.items() if k != "model"})]
-    commit_directory(str(seeds["directory"]), parts, info={"epoch": 1, "step": 2}, append={"lr": 0.1})
-    mgr = DistributedCheckpointManager(str(where / "sharded"), prefix="ckpt", keep=1)
-    seeds["sharded"] = Path(mgr.save({"model": state["model"], "optimizer": state["optimizer"]},
-                                     epoch=1, step=6, rank_state={"seen": 32}) or "")
-    mgr.close()
-    seeds["mindspore"] = where / "mindspore" / "net.ckpt"
-    tr.save_checkpoint(_mindspore_entries(state), str(seeds["mindspore"]), format="ckpt", crc_check=True)
+    if "single" in kinds:
+        seeds["single"] = where / "single" / "ckpt.ckpt"
+        tr.save_checkpoint(state, str(seeds["single"]), append_dict={"lr": 0.1})
+    if "encrypted" in kinds:
+        seeds["encrypted"] = where / "encrypted" / "ckpt.ckpt"
+        tr.save_checkpoint(state, str(seeds["encrypted"]), enc_key=KEY)
+    if "directory" in kinds:
+        seeds["directory"] = where / "directory" / "ckpt-1_2.ckpt"
+        seeds["directory"].mkdir()
+        parts = [write_part(str(seeds["directory"]), "model", "state", {"model": state["model"]}),
+                 write_part(str(seeds["directory"]), "rest", "state",
+                            {k: v for k, v in state.items() if k != "model"})]
+        commit_directory(str(seeds["directory"]), parts, info={"epoch": 1, "step": 2}, append={"lr": 0.1})
+    if "sharded" in kinds:  # one process, no process group: the layout torchrun writes, one rank of it
+        from torchresume.distributed import DistributedCheckpointManager
+        mgr = DistributedCheckpointManager(str(where / "sharded"), prefix="ckpt", keep=1)
+        seeds["sharded"] = Path(mgr.save({"model": state["model"], "optimizer": state["optimizer"]},
+                                         epoch=1, step=6, rank_state={"seen": 32}) or "")
+        mgr.close()
+    if "mindspore" in kinds:
+        seeds["mindspore"] = where / "mindspore" / "net.ckpt"
+        tr.save_checkpoint(_mindspore_entries(state), str(seeds["mindspore"]), format="ckpt", crc_check=True)
     return seeds
 
 
@@ -144,9 +149,11 @@ def _json_palette(rng: random.Random) -> Any:
         None, True, False, 0, -1, -(2**63), 2**63, 2**64 + 7, 2**31, 1.5, -0.0, "", "x", "..", "../../outside/x",
         "/etc/passwd", "/dev/zero", "F32", "U8", "I64", "BOOL", [], {}, [0], [0, 2**63], [2**62, 2**62],
         [-1, 4], [1] * 70, {"a": 1}, "x" * rng.choice([100, 100_000]),
-        "RAW:" + "[" * depth + "]" * depth, "RAW:" + "[" * depth, "RAW:" + '{"a":' * min(depth, 5000) + "1" + "}" * min(depth, 5000),
+        "RAW:" + "[" * depth + "]" * depth, "RAW:" + "[" * depth,
+        "RAW:" + '{"a":' * min(depth, 5000) + "1" + "}" * min(depth, 5000),
         "RAW:1" + "0" * rng.choice([20, 400, 5000]), "RAW:-1" + "0" * rng.choice([20, 5000]), "RAW:1e999",
-        "RAW:-1e999", "RAW:NaN", "RAW:Infinity", "RAW:1e-999", "RAW:\"\\ud800\"", "RAW:[" + ",".join(["0"] * 10000) + "]",
+        "RAW:-1e999", "RAW:NaN", "RAW:Infinity", "RAW:1e-999", "RAW:\"\\ud800\"",
+        "RAW:[" + ",".join(["0"] * 10000) + "]",
     ]
     return rng.choice(choices)
 
@@ -417,7 +424,11 @@ def _replace_with(target: Path, how: str, root: Path) -> str:
     return f"{target.name} -> {how}"
 
 
-def build_case(kind: str, seed: Path, index: int, rng: random.Random, work: Path) -> Case:
+FAMILIES = ("bytes", "structure", "links", "names")
+
+
+def build_case(kind: str, seed: Path, index: int, rng: random.Random, work: Path,
+               families: tuple[str, ...] = FAMILIES) -> Case:
     root = work / f"{kind}-{index}"
     if root.exists():
         shutil.rmtree(root)
@@ -430,9 +441,11 @@ def build_case(kind: str, seed: Path, index: int, rng: random.Random, work: Path
     case = Case(kind, index, root, path)
     files = _files_of(path)
     target = rng.choice(files)
-    family = rng.choices(["bytes", "structure", "links", "names"], weights=[4, 5, 1, 1 if path.is_dir() else 0])[0]
-    if family == "links":
-        how = rng.choice(["zero", "null", "fifo", "fifo_link", "dir", "dangling", "outside", "outside_rel", "self"])
+    weights = {"bytes": 8, "structure": 10, "links": 1, "names": 1 if path.is_dir() else 0}
+    family = rng.choices(families, weights=[weights[f] for f in families])[0]
+    if family == "links":  # a FIFO costs a full timeout: fewer of those
+        how = rng.choices(["zero", "null", "fifo", "fifo_link", "dir", "dangling", "outside", "outside_rel", "self"],
+                          weights=[3, 2, 1, 1, 2, 2, 3, 3, 2])[0]
         case.mutation = "link: " + _replace_with(target, how, root)
         case.outside = how in ("outside", "outside_rel") and path.is_dir()
         case.forged = how in ("outside", "outside_rel") and not path.is_dir()  # the user named a link: followed
@@ -463,7 +476,8 @@ def _structure(kind: str, target: Path, data: bytes, rng: random.Random, forge: 
         return _encrypted_structure(data, rng)
     if target.suffix == ".json":
         doc, what = mutate_json(json.loads(data), rng)
-        return _dump(doc).encode("utf-8", "surrogatepass"), what + (" (forged)" if forge and target.name != "manifest.json" else "")
+        forged = forge and target.name != "manifest.json"
+        return _dump(doc).encode("utf-8", "surrogatepass"), what + (" (forged)" if forged else "")
     got = native_structure(data, rng, forge)
     return (got[0], got[1]) if got else (None, "")
 
@@ -673,14 +687,23 @@ class Worker:
             self.proc.kill()
         self.proc.wait()
 
-    def answer(self, timeout: float) -> dict[str, Any] | None:
-        """The next step's answer; None if it took over ``timeout`` s or the worker died (it is killed)."""
+    def answer(self, timeout: float, kill: bool = True, unblock: Path | None = None) -> dict[str, Any] | None:
+        """The next step's answer; None if it took over ``timeout`` s (then killed, with ``kill``).
+
+        ``unblock``: a case folder whose FIFOs are given an end of file while waiting.
+        """
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while True:
+            if unblock is not None:
+                _unblock(unblock)
             left = deadline - time.monotonic()
-            if left <= 0 or self.rss() > RSS_GUARD:
+            if self.rss() > RSS_GUARD:
                 self.kill()
+                return None
+            if left <= 0:
+                if kill:
+                    self.kill()
                 return None
             if b"\n" in self.pending:
                 line, _, self.pending = self.pending.partition(b"\n")
@@ -728,8 +751,15 @@ def run_case(w: Worker, case: Case, seed: Path, timeout: float) -> tuple[list[st
     limit = 10 * _size_of(case.path) + RSS_SLACK
     problems: list[str] = []
     answers: dict[str, dict[str, Any]] = {}
+    blocked = False
     for step in STEPS:
-        got = w.answer(timeout)
+        got = w.answer(timeout, kill=False, unblock=case.root if blocked else None)
+        if got is None and _unblock(case.root):  # a read blocked on a FIFO: give it an end, keep the worker
+            problems.append(f"timeout: {step} over {timeout:.0f} s (blocked on a FIFO)")
+            blocked = True  # the next steps are given an end at once
+            got = w.answer(timeout, unblock=case.root)
+            if got is not None and got.get("outcome") != "died":
+                got["secs"] = 0.0
         if got is None or got.get("outcome") == "died":
             problems.append(f"timeout: {step} over {timeout:.0f} s" if got is None else f"untyped: {step}: worker died")
             w.kill()
@@ -754,12 +784,24 @@ def run_case(w: Worker, case: Case, seed: Path, timeout: float) -> tuple[list[st
     return problems, w, load
 
 
+def _unblock(root: Path) -> bool:
+    """Open every FIFO under ``root`` for writing and close it: a reader blocked on one gets an end of file."""
+    found = False
+    for p in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(p.stat().st_mode):
+                os.close(os.open(p, os.O_WRONLY | os.O_NONBLOCK))
+                found = True
+    return found
+
+
 def fuzz_kind(kind: str, seed: Path, mutations: int, rng_seed: int, work: Path, keep: Path | None,
-              timeout: float, workers: list[Worker], log_line: Callable[[str], None]) -> Tally:
+              timeout: float, workers: list[Worker], log_line: Callable[[str], None],
+              families: tuple[str, ...] = FAMILIES) -> Tally:
     tally = Tally()
     rng = random.Random(f"{rng_seed}-{kind}")
     for i in range(mutations):
-        case = build_case(kind, seed, i, rng, work)
+        case = build_case(kind, seed, i, rng, work, families)
         problems, workers[0], load = run_case(workers[0], case, seed, timeout)
         tally.cases += 1
         tally.noop += case.noop
@@ -783,7 +825,8 @@ def fuzz_kind(kind: str, seed: Path, mutations: int, rng_seed: int, work: Path, 
                 if kept.exists():
                     shutil.rmtree(kept)
                 shutil.copytree(case.root, kept, symlinks=True, copy_function=_copy_special)
-            tally.findings.append(f"{kind} #{i} [{case.mutation}] {kept}: " + " | ".join(p.split("\n")[0] for p in problems))
+            said = " | ".join(p.split("\n")[0] for p in problems)
+            tally.findings.append(f"{kind} #{i} [{case.mutation}] {kept}: {said}")
             log_line(f"  {tally.findings[-1][:400]}")
         _remove(case.root)
     return tally
@@ -804,17 +847,17 @@ def _remove(root: Path) -> None:
 
 
 def run(kinds: list[str], mutations: int, seed: int, keep: Path | None, timeout: float = 5.0,
-        log_line: Callable[[str], None] = print) -> dict[str, Tally]:
+        log_line: Callable[[str], None] = print, families: tuple[str, ...] = FAMILIES) -> dict[str, Tally]:
     """Fuzz ``kinds`` with ``mutations`` cases each; returns a Tally per kind."""
     tallies: dict[str, Tally] = {}
     with tempfile.TemporaryDirectory(prefix="torchresume-fuzz-") as tmp:
-        seeds = make_seeds(Path(tmp) / "seeds")
+        seeds = make_seeds(Path(tmp) / "seeds", kinds)
         workers = [Worker.start(seeds)]
         try:
             for kind in kinds:
                 start = time.monotonic()
                 tallies[kind] = fuzz_kind(kind, seeds[kind], mutations, seed, Path(tmp) / "cases", keep, timeout,
-                                          workers, log_line)
+                                          workers, log_line, families)
                 log_line(f"{kind}: {mutations} cases in {time.monotonic() - start:.0f} s")
         finally:
             for w in workers:

@@ -65,6 +65,7 @@ PROCESS_MODULES = (
     "tests/integration/test_site_build.py",
     "tests/cli/test_new_user_round_two.py",
     "tests/distributed/test_torchrun_messages.py",
+    "tests/attacks/test_fuzz_sample.py",
 )
 
 

@@ -192,6 +192,7 @@ def read_header(f: BinaryIO, size: int, where: str) -> Header:
     if containers > 64 + n // CONTAINER_BYTES:
         raise CorruptCheckpointError(f"{where}: header holds {containers} JSON objects and lists in {n} bytes, "
                                      "more than a checkpoint header has; the file is damaged or hostile")
+    _check_count(raw.count(b'"dtype"'), size, where)  # before parsing; _validate counts again after it
     with paused_gc():
         doc = loads(raw, where, "header")
         if not isinstance(doc, dict):
@@ -231,14 +232,18 @@ def _validate(doc: dict[str, Any], n: int, size: int, where: str) -> Header:
     raw_meta = doc.pop("__metadata__", None) or {}
     if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
         raise CorruptCheckpointError(f"{where}: __metadata__ must map strings to strings")
-    if len(doc) > SMALL_FILE_TENSORS + size // MIN_TENSOR_BYTES:
-        raise CorruptCheckpointError(f"{where}: header lists {len(doc)} tensors, more than a file of {size} "
-                                     f"bytes holds (one per {MIN_TENSOR_BYTES} bytes); the file is damaged or hostile")
+    _check_count(len(doc), size, where)
     entries = [_entry(name, spec, where) for name, spec in doc.items()]
     data_size = size - 8 - n
     _check_offsets(entries, data_size, where)
     meta = _parse_meta(raw_meta, doc, entries, where)
     return Header(entries, 8 + n, data_size, meta)
+
+
+def _check_count(tensors: int, size: int, where: str) -> None:
+    if tensors > SMALL_FILE_TENSORS + size // MIN_TENSOR_BYTES:
+        raise CorruptCheckpointError(f"{where}: header lists {tensors} tensors, more than a file of {size} "
+                                     f"bytes holds (one per {MIN_TENSOR_BYTES} bytes); the file is damaged or hostile")
 
 
 def _entry(name: str, spec: Any, where: str) -> Entry:
