@@ -106,12 +106,18 @@ def test_one_thread_is_one_thread(tmp_path, capsys) -> None:
 
 
 # -- 5: the main job's threads ---------------------------------------------------------------------
-def test_the_default_threads_are_the_idle_cores_and_are_printed(monkeypatch, capsys) -> None:
+def test_the_default_threads_follow_openmps_waiting_and_are_printed(monkeypatch, capsys) -> None:
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(training, "idle_cores", lambda s: 0.1)  # CPU-bound neighbours on every core
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(training, "idle_cores", lambda s: 0.1)  # CPU-bound neighbours on every core
+        monkeypatch.setenv("OMP_WAIT_POLICY", "passive")  # the command's: a thread that waits sleeps
+        training.set_threads(None)
+        assert torch.get_num_threads() == 2
+        assert "CPU threads: 2 (chosen: torch's default, OpenMP waits passively; --threads N to change)" in (
+            capsys.readouterr().out)
+        monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's: spinning threads need idle cores
         training.set_threads(None)
         assert torch.get_num_threads() == 1
         assert "CPU threads: 1 (chosen: 0.1 of " in capsys.readouterr().out
@@ -119,7 +125,7 @@ def test_the_default_threads_are_the_idle_cores_and_are_printed(monkeypatch, cap
         monkeypatch.setattr(training, "idle_cores", lambda s: 1.8)  # an idle machine
         assert training.choose_threads()[0] == 2
         monkeypatch.setattr(training, "idle_cores", lambda s: None)  # no /proc/stat
-        assert training.choose_threads() == (2, "torch's default, 2 threads")
+        assert training.choose_threads() == (2, "torch's default")
     finally:
         torch.set_num_threads(before)
 

@@ -146,16 +146,23 @@ def _quiet_threads(threads: int | None) -> None:
 
 
 def choose_threads(sample_s: float = 0.25) -> tuple[int, str]:
-    """Intra-op threads for this machine now, and why: one per core that sits idle over ``sample_s``
-    seconds (at least 1, at most torch's default). Threads beyond the idle cores fight other work
-    for them: on a 2-core machine with CPU-bound neighbours a LeNet5 step took 20-30x longer with
-    two threads than with one, while on an idle one two are only a little faster."""
+    """Intra-op threads for this process, and why.
+
+    OpenMP waiting passively (the command sets ``OMP_WAIT_POLICY=passive``): torch's default, one
+    per core. Beside CPU-bound neighbours each thread then gets its fair share and a thread that
+    waits sleeps: the demo ran 2.3x faster with two threads than with one on a 2-core machine with
+    a CPU-bound process per core (benchmarks/demo_threads.py). Waiting actively (the user's
+    ``OMP_WAIT_POLICY``): one thread per core idle over ``sample_s`` seconds, since threads beyond
+    those spin on cores others need (a LeNet5 step took 20-30x longer with two threads than one)."""
+    import os
     most = torch.get_num_threads()
+    if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
+        return most, "torch's default, OpenMP waits passively"
     idle = idle_cores(sample_s)
     if idle is None:  # no /proc/stat (not Linux): torch's default
-        return most, f"torch's default, {plural(most, 'thread')}"
+        return most, "torch's default"
     count = max(1, min(most, int(idle + 0.5)))
-    return count, f"{idle:.1f} of {plural(len(_cpus()), 'core')} idle"
+    return count, f"{idle:.1f} of {plural(len(_cpus()), 'core')} idle, OpenMP waits actively"
 
 
 def plural(n: int, word: str) -> str:
