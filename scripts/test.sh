@@ -19,5 +19,6 @@ fi
 site="$(mktemp -d)"
 trap 'rm -rf "$site"' EXIT
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d "$site"  # no --quiet: it hides the warnings --strict counts
-# loadfile: a module's tests stay on one worker, so its module-scoped fixtures (reference runs) run once.
+# loadfile: a module's tests stay on one worker, so its module-scoped fixtures (reference runs) run once;
+# tests/conftest.py hands the modules out longest first (PROCESS_MODULES) and sets a few long tests apart (ALONE).
 .venv/bin/python -m pytest -n "${TORCHRESUME_TEST_WORKERS:-2}" --dist loadfile --durations=15 "${tier[@]}" "$@"

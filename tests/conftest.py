@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Every process a test starts (training runs, torchrun ranks, the CLI) trains with one intra-op
 # thread unless the test says otherwise: two tests run side by side on two cores, and OpenMP's
@@ -25,8 +26,8 @@ import torch.distributed as dist
 from torch import nn
 
 # Modules whose tests start real processes or servers: the full tier only, except tests marked
-# `quick`. Listed longest first: pytest-xdist hands out whole files in this order, so the long
-# ones start early and the run ends evenly on both workers.
+# `quick`. Listed longest first: the workers are handed whole files in this order (see
+# pytest_xdist_make_scheduler), so the long ones start early and the run ends evenly on both.
 PROCESS_MODULES = (
     "tests/fault/test_resume_exact.py",
     "tests/integration/test_docs_blocks.py",
@@ -96,19 +97,54 @@ QUICK = (
 )
 
 
-def _module_of(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+# Tests handed to a worker apart from the rest of their module. `--dist loadfile` (scripts/test.sh)
+# keeps a module on one worker so the reference runs its tests share are made once; a long test that
+# shares none with the rest of its module runs beside it instead of after it. Each is handed out
+# just before its module.
+ALONE = (
+    "tests/integration/test_lightning.py::test_ddp_sigkills_of_the_whole_job_resume_bitwise[2]",
+)
+
+
+def _module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _scope(nodeid: str) -> str:
+    """What one worker runs as a whole: a module, or a test of ALONE."""
+    return nodeid if nodeid in ALONE else _module_of(nodeid)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(PROCESS_MODULES)}
+    rank = {name: float(i) for i, name in enumerate(PROCESS_MODULES)}
     for item in items:
         if item.nodeid in QUICK:
             item.add_marker(pytest.mark.quick)
-        elif _module_of(item) in rank:
+        elif _module_of(item.nodeid) in rank:
             item.add_marker(pytest.mark.full)
+
+    def order(item: pytest.Item) -> float:
+        place = rank.get(_module_of(item.nodeid), float(len(rank)))
+        return place - 0.5 if item.nodeid in ALONE else place
     # Stable: within a module, and among unit-test modules, collection order is kept.
-    items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))
+    items.sort(key=order)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` as scripts/test.sh runs it: each scope (_scope) to one worker, handed out in
+    the order of the collection above. xdist's own order (the scopes with the most tests first) put
+    the longest modules, which have few tests, last: one worker ran them alone at the end."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class InOrder(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return InOrder(config, log)
 
 
 class TinyNet(nn.Module):
