@@ -102,8 +102,8 @@ def buckets(items: list[WriteItem], n: int) -> list[list[WriteItem]]:
 def _resolved(planner: SavePlanner, item: WriteItem) -> Any:
     """The tensor of a chunk; a non-tensor value itself (stored as typed JSON in the part's header,
     as one process stores it: never DCP's ``torch.save`` bytes)."""
-    if item.type == WriteItemType.BYTE_IO:
-        lookup = getattr(planner, "lookup_object", None)
+    if item.type == WriteItemType.BYTE_IO:  # plan_cache's planner checks the value was staged first
+        lookup = getattr(planner, "resolve_value", None) or getattr(planner, "lookup_object", None)
         if lookup is None:
             raise CheckpointWriteError("PartWriter needs DCP's DefaultSavePlanner (or a subclass): it stores "
                                        "non-tensor values as JSON, not DCP's pickles")
