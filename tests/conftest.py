@@ -35,6 +35,7 @@ PROCESS_MODULES = (
     "tests/integration/test_examples.py",
     "tests/fault/test_dataloader_resume.py",
     "tests/integration/test_lightning.py",
+    "tests/integration/test_lightning_round_three.py",
     "tests/storage/test_rclone_cli.py",
     "tests/fault/test_rng_kills.py",
     "tests/integration/test_s3_training.py",
@@ -49,6 +50,7 @@ PROCESS_MODULES = (
     "tests/fault/test_distributed_kills.py",
     "tests/fault/test_node_loss.py",
     "tests/cli/test_training_cli.py",
+    "tests/attacks/test_confinement_cli.py",
     "tests/distributed/test_cli.py",
     "tests/distributed/test_sharded_as_one.py",
     "tests/distributed/test_elastic.py",
@@ -63,6 +65,7 @@ PROCESS_MODULES = (
     "tests/integration/test_site_build.py",
     "tests/cli/test_new_user_round_two.py",
     "tests/distributed/test_torchrun_messages.py",
+    "tests/attacks/test_fuzz_sample.py",
 )
 
 

@@ -20,7 +20,7 @@ RANK = {"storage": 0, "format": 1, "state": 1, "files": 2,
         "manager": 3, "staging": 3, "snapshot": 3, "naming": 3, "save_slot": 3,
         "api": 4, "data": 4, "": 4, "train": 5, "distributed": 5, "integrations": 6, "app": 6, "cli": 7,
         "__main__": 8}
-LEAVES = {"errors", "log", "async_writer"}  # used from every layer, import nothing above them
+LEAVES = {"errors", "log", "async_writer", "openmp"}  # used from every layer, import nothing above them
 # Imports that go up a layer on purpose, each lazy and each closing no cycle (checked below).
 ALLOWED_UPWARD = {
     # The facade's harness names (Model, ModelCheckpoint, ...): loaded through importlib on first

@@ -8,6 +8,7 @@ so ``import torchresume`` stays light for code that only reads checkpoints.
 
 from typing import Any
 
+from torchresume import openmp  # noqa: F401  (first: the command line's OpenMP setting, before torch loads)
 from torchresume.api import load_checkpoint, load_param_into_net, save_checkpoint, wait_async_saves
 from torchresume.errors import (
     AsyncSaveError,

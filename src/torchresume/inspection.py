@@ -66,6 +66,19 @@ def diff_metadata(a: dict[str, Any], b: dict[str, Any], section: str) -> list[Te
     return sorted(out, key=lambda c: c.name)
 
 
+# Header entries that say where and how a run ran, not what it computed: two runs of one
+# command differ in them (``diff`` ignores them unless asked to compare everything).
+RUN_SPECIFIC = ("info.time", "info.prefix", "info.config.train_url", "info.config.data_url",
+                "info.config.resume", "info.config.storage_option", "info.config.device",
+                "info.config.threads", "info.config.print_every", "info.config.async_save",
+                "info.config.overlap", "info.config.write_mb_per_s", "info.config.save_deadline")
+
+
+def run_specific(change: TensorChange) -> bool:
+    """Whether ``change`` is to an entry of RUN_SPECIFIC (or inside one)."""
+    return any(change.name == key or change.name.startswith(key + ".") for key in RUN_SPECIFIC)
+
+
 def _as_tensor(value: Any) -> Any:
     """numpy arrays (RNG states, user arrays) compare as tensors."""
     if isinstance(value, np.ndarray):
@@ -116,5 +129,5 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-__all__ = ["CHECKPOINT_SUFFIXES", "Description", "TensorChange", "Verdict", "checkpoint_files", "describe",
-           "diff", "human_bytes", "is_directory", "verify"]
+__all__ = ["CHECKPOINT_SUFFIXES", "RUN_SPECIFIC", "Description", "TensorChange", "Verdict", "checkpoint_files",
+           "describe", "diff", "human_bytes", "is_directory", "run_specific", "verify"]

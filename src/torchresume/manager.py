@@ -332,36 +332,69 @@ class CheckpointManager:
             entries.sort(key=Entry.order_key, reverse=True)
         return entries
 
-    def _staged_not_uploaded(self, remote: list[Entry], *, verify: bool, say: bool = False) -> list[Entry]:
-        """Staged checkpoints the remote lacks and that are newer than its newest; older ones are
-        never uploaded (``say``: a line for each, naming the newer remote one)."""
+    def _staged_not_uploaded(self, remote: list[Entry], *, verify: bool, say: bool = False,
+                             prefix: str | None = None) -> list[Entry]:
+        """Staged checkpoints the remote lacks and that are newer than the newest committed one of
+        their own run (``prefix``: that run's alone); older ones are never uploaded (``say``: a line
+        for each, and the stale copy leaves the staging cache)."""
         assert self.staging is not None
         names = {e.name for e in remote}
-        own = [e for e in remote if e.prefix == self.prefix]  # another run's or a best copy's save is no reason
-        newest = max(own, key=Entry.order_key, default=None)
+        newest: dict[str | None, Entry] = {}  # each run's newest committed checkpoint
+        for e in remote:
+            if e.prefix not in newest or e.order_key() > newest[e.prefix].order_key():
+                newest[e.prefix] = e
         out = []
-        for entry in catalog.list_checkpoints(self.staging, verify=verify, dec_key=self.enc_key):
+        for entry in catalog.list_checkpoints(self.staging, verify=verify, dec_key=self.enc_key, prefix=prefix):
             if entry.name in names or not entry.valid:
                 continue
-            if newest is not None and entry.order_key() < newest.order_key():
-                if say and entry.path not in _SAID_STALE:
-                    _SAID_STALE.add(entry.path)
-                    log.warning("not uploading %s, staged by an earlier process: %s, committed there, is "
-                                "newer (the staged copy stays in %s)", entry.name, newest.path, self.staging)
+            committed = newest.get(entry.prefix)
+            if committed is not None and entry.order_key() < committed.order_key():
+                if say:
+                    self._evict_stale(entry, committed)
                 continue
             out.append(entry)
         return out
 
-    def upload_pending(self) -> list[str]:
-        """Queue uploads of staged checkpoints the remote lacks (a kill came before their upload).
+    def _evict_stale(self, entry: Entry, newer: Entry) -> None:
+        """A staged checkpoint older than its run's newest committed one is never uploaded (it would
+        bring back what retention pruned): it leaves the staging cache, with one line."""
+        assert self.staging is not None
+        catalog.delete(entry)
+        if entry.path not in _SAID_STALE:
+            _SAID_STALE.add(entry.path)
+            log.warning("not uploading %s, staged by an earlier process: %s, committed there, is newer "
+                        "(removed the staged copy from %s)", entry.name, newer.path, self.staging)
 
-        Staging is per endpoint and URL, and a staged file older than the remote's newest
-        checkpoint is never uploaded; each upload queued is one status line.
+    def _evict_uploaded(self, remote: list[Entry]) -> None:
+        """Staged copies of this run already committed remotely leave the staging cache (a kill, or
+        another manager's upload, came before their eviction), but the newest: it stays as the
+        local cache until this manager's next upload commits."""
+        assert self.remote is not None and self.staging is not None
+        names = {e.name for e in remote if e.prefix == self.prefix}
+        newest = max((e for e in remote if e.prefix == self.prefix), key=Entry.order_key, default=None)
+        for entry in catalog.list_checkpoints(self.staging, verify=False, prefix=self.prefix):
+            if entry.name not in names or newest is None:
+                continue
+            if entry.name == newest.name:
+                self.remote.keep_as_cache(entry.path)
+            else:
+                catalog.delete(entry)
+
+    def upload_pending(self) -> list[str]:
+        """Queue uploads of this run's staged checkpoints the remote lacks (a kill came before their
+        upload); retention runs after each.
+
+        Staging is per endpoint and URL. A staged file older than the run's newest committed
+        checkpoint is never uploaded and leaves the staging cache, as do staged copies already
+        uploaded (but the newest); each upload queued is one status line. Call it with the run
+        lock held (the training harness takes it first).
         """
         if self.remote is None or self.staging is None:
             return []
+        remote_entries = self.checkpoints()
+        self._evict_uploaded(remote_entries)
         queued = []
-        for entry in self._staged_not_uploaded(self.checkpoints(all_prefixes=True), verify=True, say=True):
+        for entry in self._staged_not_uploaded(remote_entries, verify=True, say=True, prefix=self.prefix):
             remote = self.storage.join(self.directory, entry.name)
             log.info("uploading %s, saved locally before the last run stopped (staged in %s)", remote,
                      self.staging)

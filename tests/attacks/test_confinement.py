@@ -123,24 +123,35 @@ def test_manifest_linked_to_dev_zero_is_passed_over(tmp_path) -> None:
     _passes_over(run, good, bad, f"{target}: a symbolic link (to /dev/zero)")
 
 
+def _within(seconds: float, fifo: str, check) -> None:
+    """Run ``check`` in a thread; fail if it blocks (a FIFO opened for reading waits for a writer)."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check()
+        except BaseException as exc:  # handed to the test's thread
+            failure.append(exc)
+        done.set()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not done.is_set():  # release the blocked open so the test process can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"reading the FIFO {fifo} blocked")
+    if failure:
+        raise failure[0]
+
+
 def test_manifest_fifo_is_refused_without_blocking(tmp_path) -> None:
     run, good, bad = _run_with_good_and_bad(tmp_path)
     target = os.path.join(bad, directory.MANIFEST)
     os.chmod(target, 0o600)
     os.unlink(target)
     os.mkfifo(target)
-    done = threading.Event()
-
-    def check() -> None:
-        _passes_over(run, good, bad, f"{bad}/manifest.json: not a regular file (a FIFO, a device or a socket)")
-        done.set()
-    worker = threading.Thread(target=check, daemon=True)
-    worker.start()
-    worker.join(120)
-    if not done.is_set():  # release the blocked open so the test process can end
-        fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        pytest.fail("reading a FIFO manifest blocked")
+    _within(60, target, lambda: _passes_over(
+        run, good, bad, f"{bad}/manifest.json: not a regular file (a FIFO, a device or a socket)"))
 
 
 def test_a_named_fifo_or_device_is_refused_before_any_read(tmp_path) -> None:
@@ -148,9 +159,12 @@ def test_a_named_fifo_or_device_is_refused_before_any_read(tmp_path) -> None:
     os.mkfifo(fifo)
     link = str(tmp_path / "zero.ckpt")
     os.symlink("/dev/zero", link)
-    for path in (fifo, link):
-        with pytest.raises(UnsafePathError, match=r"not a regular file \(a FIFO, a device or a socket\)"):
-            tr.load_checkpoint(path)
+
+    def check() -> None:
+        for path in (fifo, link):
+            with pytest.raises(UnsafePathError, match=r"not a regular file \(a FIFO, a device or a socket\)"):
+                tr.load_checkpoint(path)
+    _within(60, fifo, check)
 
 
 def test_deeply_nested_manifest_is_passed_over(tmp_path) -> None:
@@ -261,3 +275,15 @@ def test_a_stripped_plain_safetensors_file_is_never_resumed_from(tmp_path) -> No
     resumed.close()
     assert torch.equal(fresh.weight, net.weight)  # the run's own checkpoint, not the stripped file
     assert torch.equal(tr.load_checkpoint(stripped)["weight"], torch.full((2, 3), 9.0))  # by name: loads
+
+
+def test_a_linked_backup_is_never_resumed_from(tmp_path) -> None:
+    from tests.train.helpers import toy_data, toy_model
+    other = tmp_path / "other"
+    toy_model().train(1, toy_data(), [tr.BackupAndRestore(str(other), delete_checkpoint=False)])
+    before = open(other / "backup.ckpt", "rb").read()
+    (tmp_path / "run").mkdir()
+    os.symlink(other / "backup.ckpt", tmp_path / "run" / "backup.ckpt")
+    with pytest.raises(UnsafePathError, match=r"run/backup.ckpt: a symbolic link \(to .*other/backup.ckpt\)"):
+        toy_model().train(1, toy_data(), [tr.BackupAndRestore(str(tmp_path / "run"))])
+    assert open(other / "backup.ckpt", "rb").read() == before

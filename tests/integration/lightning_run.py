@@ -1,6 +1,6 @@
 """A real Lightning Trainer.fit with torchresume's plugin, for tests/integration/test_lightning.py.
 
-usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp] [async] [stock]]
+usage: python lightning_run.py RUN_DIR NUM_WORKERS [EPOCHS [ddp] [async] [stock] [hook]]
        torchrun --standalone --nproc-per-node 2 lightning_run.py RUN_DIR NUM_WORKERS EPOCHS ddp [async] [fork]
 
 Trains a small MLP with dropout on a plain ``DataLoader(shuffle=True)`` whose dataset draws
@@ -14,6 +14,8 @@ its batches to RUN_DIR/batches-r and writes RUN_DIR/final-r.ckpt, rank 0 alone p
 and each rank ends with ``torchresume.distributed.end_process``; its DataLoader workers start from a
 forkserver (forked from a rank they can hang at their start: ``fork_hazard``), or by fork with
 ``fork``. With ``async`` checkpoints are written in the background (``TorchResumeIO(async_save=True)``).
+With ``hook`` the training DataLoader is made by the module's ``train_dataloader()`` (not
+given to ``fit``, not wrapped in ``resumable``).
 With ``stock`` the same run checkpoints the way stock Lightning does, for benchmarks/lightning_resume.py:
 its own ``ModelCheckpoint`` (every 2 steps, ``save_last=True``) and checkpoint IO (``torch.save``
 ``.ckpt``), no torchresume plugin.
@@ -99,7 +101,11 @@ def main() -> None:
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[ckpt], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=devices, deterministic=True,
                          plugins=plugins, **({"strategy": "ddp"} if ddp else {}))
-    trainer.fit(model, loader, DataLoader(Noisy(24), batch_size=8), ckpt_path="last")
+    if "hook" in sys.argv[4:]:  # the module's train_dataloader() makes the same loader; fit gets none
+        model.train_dataloader = lambda: DataLoader(  # type: ignore[method-assign]
+            Noisy(80), batch_size=8, shuffle=True, num_workers=workers, multiprocessing_context=context)
+    trainer.fit(model, None if "hook" in sys.argv[4:] else loader, DataLoader(Noisy(24), batch_size=8),
+                ckpt_path="last")
     opt = trainer.optimizers[0]
     tr.save_checkpoint({**model.state_dict(), "optimizer": opt.state_dict(), **every_rng()},
                        os.path.join(run_dir, f"final-{rank}.ckpt" if ddp else "final.ckpt"))

@@ -153,3 +153,42 @@ def test_sigterm_saves_uploads_and_exits_143(bucket, tmp_path) -> None:  # noqa:
     entries = list_checkpoints(run, verify=True)
     assert len(entries) == 1 and entries[0].valid
     assert entries[0].global_step is not None and 6 <= entries[0].global_step < 30
+
+
+def _kill_after_uploads(cmd: list[str], env: dict[str, str], uploads: int) -> None:
+    """Run ``cmd`` and SIGKILL it right after its ``uploads``-th "uploading to" line."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        seen += "; uploading to s3://" in line
+        if seen == uploads:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before its {uploads}th upload"
+
+
+def test_kills_and_reruns_leave_exactly_keep_max_on_the_remote(bucket, tmp_path) -> None:  # noqa: F811
+    """Issue 34: reruns after SIGKILLs never bring back checkpoints retention pruned (a staged copy
+    older than the run's newest committed one is dropped, never uploaded); the remote ends with
+    exactly --keep-max, a rerun of the finished job uploads nothing, and no stale copy stays staged."""
+    from torchresume.storage import staging_dir
+    staging = tmp_path / "staging"
+    env = _env(staging, tmp_path / "cache")
+    run = f"{bucket}/r2"
+    cmd = [sys.executable, "-m", "torchresume", "train", "--model", "mlp", "--epochs", "1", "--steps-per-epoch",
+           "60", "--save-steps", "5", "--keep-max", "2", "--threads", "1", "--train-url", run]
+    for _ in range(3):
+        _kill_after_uploads(cmd, env, 2)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    names = [e.name for e in list_checkpoints(run, verify=False)]
+    assert names == ["mlp-1_60.ckpt", "mlp-1_55.ckpt"]
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "training already finished" in again.stdout
+    assert "uploading" not in again.stdout + again.stderr
+    assert [e.name for e in list_checkpoints(run, verify=False)] == names
+    staged = sorted(n for n in os.listdir(staging / Path(staging_dir(run)).name) if n.endswith(".ckpt"))
+    assert staged == ["mlp-1_60.ckpt"]  # the newest uploaded one, kept as a local cache

@@ -128,3 +128,27 @@ def test_a_torchrun_run_renews_its_remote_lock_at_each_save(bucket, tmp_path, mo
         assert lock._read_remote() is None  # released
     finally:
         dist.destroy_process_group()
+
+
+def test_a_busy_directory_is_refused_before_anything_is_read(tmp_path, capsys) -> None:
+    """Issue 34: a second trainer on a busy directory says "is in use" and has resumed nothing (the
+    lock comes before any read, upload or delete); a rerun of a finished run lets the lock go."""
+    from torchresume.cli.main import main
+    directory = str(tmp_path / "run")
+    args = ["train", "--model", "mlp", "--epochs", "1", "--steps-per-epoch", "4", "--save-steps", "2",
+            "--threads", "1", "--train-url", directory]
+    assert main(args) == 0
+    capsys.readouterr()
+    proc = hold(directory)
+    try:
+        code = main([*args, "--epochs", "2"])
+    finally:
+        proc.kill()
+        proc.wait()
+    out, err = capsys.readouterr()
+    assert code == run_lock.EXIT_CODE, err
+    assert "is in use by another training run" in err
+    assert "resumed from" not in out + err
+    assert main(args) == 0  # already finished: resumed, nothing trained
+    assert "training already finished" in capsys.readouterr().out
+    assert run_lock._held == {}  # and the lock was let go

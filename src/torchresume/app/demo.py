@@ -79,6 +79,11 @@ def _phase(title: str, lr: float, data: str, ckpt_dir: str, steps_per_epoch: int
     return metrics, seconds
 
 
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def cpu_kind() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says."""
     import platform
@@ -135,6 +140,6 @@ def run_demo(workdir: str, data: str, steps_per_epoch: int | None = None) -> dic
         json.dump(summary, f, indent=1)
     print(f"\nwrote {pred_png}, {curve_png} and {os.path.join(workdir, 'summary.json')}")
     print(f"accuracy: {m1['acc']:.4f} after 2 epochs, {m2['acc']:.4f} after resuming (torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_kind()}: the same on every "
+          f"{torch.__version__}, {_threads()}, CPU {cpu_kind()}: the same on every "
           "run with the same torch build, CPU kind and thread count)", flush=True)
     return summary

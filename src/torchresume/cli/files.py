@@ -56,9 +56,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("diff", parents=keys, help="tensors added, removed or changed between two checkpoints",
                        description="Tensors, values and metadata added, removed or changed from A to B; "
-                                   "exit 0 when they are the same, 1 when they differ (as diff and cmp do).")
+                                   "exit 0 when they are the same, 1 when they differ (as diff and cmp do). "
+                                   "Metadata that says where and how a run ran, not what it computed, is "
+                                   f"ignored unless --all: {', '.join(inspection.RUN_SPECIFIC)}.")
     p.add_argument("a", type=options.url, help="the first checkpoint")
     p.add_argument("b", type=options.url, help="the second checkpoint")
+    p.add_argument("--all", action="store_true",
+                   help="compare the run-specific metadata too (save time, directories, device, ...)")
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("convert", parents=keys,
@@ -114,9 +118,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key + ':':<{width}}{value}")
     if d.tensors:
-        name_width = max(len(t["name"]) for t in d.tensors)
+        name_width = max(len(short_name(t["name"])) for t in d.tensors)
         for t in d.tensors:
-            print(f"  {t['name']:<{name_width}}  {t['dtype']:<8} {t['shape']!s:<18} "
+            print(f"  {short_name(t['name']):<{name_width}}  {t['dtype']:<8} {t['shape']!s:<18} "
                   f"{inspection.human_bytes(t['bytes'])}")
     _print_logical(args.path)
     if d.values:
@@ -125,12 +129,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for key, value in d.values.items():
             group = _rng_group(key)
             if group is None:
-                print(f"  {key} = {_short(value)}")
+                print(f"  {short_name(key)} = {_short(value)}")
             elif key[len(group) + 1:].split(".")[0] not in hidden.setdefault(group, []):
                 hidden[group].append(key[len(group) + 1:].split(".")[0])
         for group, parts in hidden.items():
             print(f"  {group}.* = <random generator states: {', '.join(parts)}; --json shows them>")
     return 0
+
+
+def short_name(name: str, limit: int = 40) -> str:
+    """A state name for people: a long ``{...}`` in it (Lightning names a callback's state after its
+    settings, ``TorchResumeCheckpoint{'monitor': None, 'mode': 'min', ...}``) cut after the setting
+    that passes ``limit`` characters (--json keeps names whole)."""
+    def cut(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        if len(inner) <= limit:
+            return match.group(0)
+        end = inner.find(", ", limit // 2)
+        return "{" + inner[:end if 0 < end <= limit else limit] + ", ...}"
+    return re.sub(r"\{([^{}]*)\}", cut, name)
 
 
 def _rng_group(key: str) -> str | None:
@@ -208,8 +225,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
     trees = {args.a: a_tree, args.b: b_tree}
     changes = inspection.diff(args.a, args.b, load=trees.__getitem__)
     meta = inspection.diff_metadata(a_info, b_info, "info") + inspection.diff_metadata(a_append, b_append, "append")
+    ignored = [] if args.all else [c for c in meta if inspection.run_specific(c)]
+    meta = [c for c in meta if c not in ignored]
     if not changes and not meta:
-        print("identical: same tensors, values and metadata")
+        if ignored:
+            print(f"same tensors, values and metadata; run-specific metadata differs "
+                  f"({', '.join(c.name for c in ignored)}; --all compares it)")
+        else:
+            print("identical: same tensors, values and metadata")
         return 0
     for c in changes + meta:
         mark = {"added": "+", "removed": "-", "changed": "~"}[c.change]

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchresume.api import load_checkpoint
 from torchresume.app.mnist import create_dataset, default_mnist_dir
 from torchresume.app.models import MODELS
 from torchresume.cli import options
@@ -66,13 +65,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("eval", parents=[*parents, key_options()],
                        help="evaluate a checkpoint on the MNIST test set (one JSON line)")
-    _common(p)
+    _common(p, from_checkpoint=True)
     p.add_argument("--ckpt", required=True, type=options.url, help="the checkpoint to evaluate")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("infer", parents=[*parents, key_options()],
                        help="predict test digits and draw them like the seed")
-    _common(p)
+    _common(p, from_checkpoint=True)
     p.add_argument("--ckpt", required=True, type=options.url, help="the checkpoint to predict with")
     p.add_argument("--out", default="predictions.png", help="the picture to write (PNG)")
     p.set_defaults(func=cmd_infer)
@@ -88,10 +87,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+FROM_CHECKPOINT = "the network (default: the one the checkpoint was trained with, else lenet5)"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="the network")
+def _common(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) -> None:
+    """Options of every command that runs a model (``from_checkpoint``: --model defaults to the
+    checkpoint's own)."""
+    p.add_argument("--model", choices=sorted(MODELS), default=None if from_checkpoint else "lenet5",
+                   help=FROM_CHECKPOINT if from_checkpoint else "the network")
     p.add_argument("--data-url", "--data_url", dest="data_url", default=None, type=options.url,
                    help="directory with the MNIST idx files (default: the bundled copy)")
     p.add_argument("--batch-size", type=options.whole(1), default=32,
@@ -103,8 +106,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=options.whole(1, 1024), default=None, metavar="N",
-                   help="CPU threads for torch's operators (default: torch's choice, or OMP_NUM_THREADS). "
-                        "On a busy or small machine fewer are often faster: try 1")
+                   help="CPU threads for torch's operators (default: OMP_NUM_THREADS, else one per idle "
+                        "core at the start, at most torch's default; the choice is printed)")
 
 
 def _device(text: str) -> str:
@@ -118,7 +121,7 @@ _device.__name__ = "device"
 
 
 def set_threads(threads: int | None) -> None:
-    """Apply --threads and say how many intra-op threads this process uses (one status line)."""
+    """Apply --threads (else choose) and say how many intra-op threads this process uses (one line)."""
     import os
 
     from torchresume.log import log
@@ -128,13 +131,78 @@ def set_threads(threads: int | None) -> None:
     elif os.environ.get("OMP_NUM_THREADS"):
         source = "OMP_NUM_THREADS"
     else:
-        source = "torch's default; --threads N to change"
+        count, why = choose_threads()
+        torch.set_num_threads(count)
+        source = f"chosen: {why}; --threads N to change"
     log.info("CPU threads: %d (%s)", torch.get_num_threads(), source)
 
 
 def _quiet_threads(threads: int | None) -> None:
+    import os
     if threads is not None:
         torch.set_num_threads(threads)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(choose_threads()[0])
+
+
+def choose_threads(sample_s: float = 0.25) -> tuple[int, str]:
+    """Intra-op threads for this process, and why.
+
+    OpenMP waiting passively (the command sets ``OMP_WAIT_POLICY=passive``): torch's default, one
+    per core. Beside CPU-bound neighbours each thread then gets its fair share and a thread that
+    waits sleeps: the demo ran 2.3x faster with two threads than with one on a 2-core machine with
+    a CPU-bound process per core (benchmarks/demo_threads.py). Waiting actively (the user's
+    ``OMP_WAIT_POLICY``): one thread per core idle over ``sample_s`` seconds, since threads beyond
+    those spin on cores others need (a LeNet5 step took 20-30x longer with two threads than one)."""
+    import os
+    most = torch.get_num_threads()
+    if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
+        return most, "torch's default, OpenMP waits passively"
+    idle = idle_cores(sample_s)
+    if idle is None:  # no /proc/stat (not Linux): torch's default
+        return most, "torch's default"
+    count = max(1, min(most, int(idle + 0.5)))
+    return count, f"{idle:.1f} of {plural(len(_cpus()), 'core')} idle, OpenMP waits actively"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 thread``, ``2 threads``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _cpus() -> set[int]:
+    import os
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def idle_cores(sample_s: float) -> float | None:
+    """How many of this process's cores were idle (idle or waiting on I/O) over ``sample_s`` seconds,
+    from /proc/stat; None where there is none."""
+    import time
+
+    def times() -> dict[int, tuple[int, int]]:
+        out = {}
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    ticks = [int(x) for x in fields[:8]]
+                    out[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))  # (idle + iowait, all)
+        return out
+    try:
+        before = times()
+        time.sleep(sample_s)
+        after = times()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = 0.0
+    for cpu in _cpus() & set(before) & set(after):
+        total = after[cpu][1] - before[cpu][1]
+        idle += (after[cpu][0] - before[cpu][0]) / total if total > 0 else 1.0
+    return idle
 
 
 def _resize(model: str) -> int:
@@ -214,14 +282,21 @@ def _summary_dir(train_url: str) -> str:
 
 
 def _load_model(args: argparse.Namespace) -> Model:
-    """The network with every tensor from the checkpoint; anything missing or extra is an error."""
+    """The network with every tensor from the checkpoint; anything missing or extra is an error.
+
+    The network is ``--model``, else the one the checkpoint records (``train`` saves its settings),
+    else lenet5; ``args.model`` is set to the one used."""
     from torchresume.api import load_param_into_net
-    from torchresume.errors import StateMismatchError
-    from torchresume.format.name_mapping import is_optimizer_entry
-    net = MODELS[args.model]()
     from torchresume.cli.files import _encrypted
+    from torchresume.errors import StateMismatchError
+    from torchresume.files import read_checkpoint
+    from torchresume.format.name_mapping import is_optimizer_entry
+    from torchresume.state.tree import flat_view
     key = args.dec_key_hex if args.dec_key_hex is not None and _encrypted(args.ckpt) else None
-    params = {k: v for k, v in load_checkpoint(args.ckpt, dec_key=key).items()
+    ckpt = read_checkpoint(args.ckpt, dec_key=key)
+    args.model = args.model or saved_model(ckpt.info)
+    net = MODELS[args.model]()
+    params = {k: v for k, v in {**flat_view(ckpt.tree), **ckpt.append}.items()
               if not is_optimizer_entry(k)}  # a MindSpore file's optimizer state is not the network's
     try:
         load_param_into_net(net, params, strict_load=True)
@@ -230,6 +305,13 @@ def _load_model(args: argparse.Namespace) -> Model:
         raise StateMismatchError(f"{args.ckpt} does not fit --model {args.model} (pick the --model it "
                                  f"was trained with): {detail}") from None
     return Model(net, nn.CrossEntropyLoss(), metrics={"acc", "loss"}, device=args.device)
+
+
+def saved_model(info: dict[str, Any]) -> str:
+    """The network a checkpoint of ``torchresume train`` records (its ``--model``), else lenet5."""
+    config = info.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, str) and model in MODELS else "lenet5"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

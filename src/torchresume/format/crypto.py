@@ -103,8 +103,8 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
         valid = (isinstance(meta, dict) and meta.get("mode") in MODES
                  and isinstance(meta.get("plain_size"), int) and isinstance(meta.get("chunk"), int)
                  and meta["chunk"] > 0 and meta["plain_size"] >= 0)
-        if valid:
-            bytes.fromhex(meta["nonce"])
+        if valid:  # the frames' nonces are these 8 bytes + a u32 frame index
+            valid = len(bytes.fromhex(meta["nonce"])) == 8
     except Exception:
         valid = False
     if not valid:

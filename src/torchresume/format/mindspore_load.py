@@ -10,6 +10,7 @@ import io
 from typing import Any, BinaryIO
 
 from torchresume.format import mindspore, mindspore_crypto
+from torchresume.log import log
 
 FORMAT = "mindspore"
 
@@ -32,7 +33,11 @@ def load(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None,
         from torchresume.errors import DecryptionError
         raise DecryptionError(f"{where}: dec_key was given but the MindSpore checkpoint is not "
                               "encrypted; drop dec_key")
-    return mindspore.read(f, size, where, verify=verify), False
+    entries = mindspore.read(f, size, where, verify=verify)
+    if verify and mindspore.crc_footer(f, size) is None:
+        log.warning("%s: a MindSpore checkpoint without a CRC footer: nothing protects it, a damaged byte would "
+                    "load unnoticed (save it with crc_check=True)", where)
+    return entries, False
 
 
 class _MemoryFile(io.RawIOBase):

@@ -16,8 +16,11 @@ the filesystem beyond the file object it is handed.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -34,9 +37,20 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 # written with O_DIRECT from page-aligned memory and mapped page-aligned when read.
 PAGE = 4096
 PAGE_ALIGN_MIN = 1 << 20
+# What a file's size can hold: at most one tensor per MIN_TENSOR_BYTES bytes of the file (a real
+# entry takes ~100 bytes of header for its index entry, checksum and skeleton, plus its data), and
+# at most one JSON container per CONTAINER_BYTES bytes of header. Each parsed entry costs ~1 KB of
+# memory, so a hostile header of a million empty tensors is refused before it is parsed (memory and
+# time stay within ~10x the file's size).
+MIN_TENSOR_BYTES = 128
+SMALL_FILE_TENSORS = 1024  # allowed whatever the size (bounded cost): small files of many scalars exist
+CONTAINER_BYTES = 16
+# Each dimension and the product of the non-zero ones must fit torch's int64 sizes and strides.
+MAX_NUMEL = 2**63 - 1
+MAX_DIMS = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One tensor's place in the file."""
 
@@ -174,20 +188,51 @@ def read_header(f: BinaryIO, size: int, where: str) -> Header:
     raw = f.read(n)
     if len(raw) < n:
         raise CorruptCheckpointError(f"{where}: truncated while reading the header")
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > 64 + n // CONTAINER_BYTES:
+        raise CorruptCheckpointError(f"{where}: header holds {containers} JSON objects and lists in {n} bytes, "
+                                     "more than a checkpoint header has; the file is damaged or hostile")
+    _check_count(raw.count(b'"dtype"'), size, where)  # before parsing; _validate counts again after it
+    with paused_gc():
+        doc = loads(raw, where, "header")
+        if not isinstance(doc, dict):
+            raise CorruptCheckpointError(f"{where}: header is JSON but not an object")
+        return _validate(doc, n, size, where)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic collector paused while a header's many acyclic objects are made: it would otherwise
+    rescan them again and again (a header of 200k entries parsed 2.5x slower)."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def loads(raw: bytes | str, where: str, what: str) -> Any:
+    """JSON from a file: any failure (syntax, encoding, nesting too deep, a number too long) is typed."""
+    try:
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(f"{where}: header is not valid JSON ({exc}); "
+        raise CorruptCheckpointError(f"{where}: {what} is not valid JSON ({exc}); "
                                      "the file is damaged or not a checkpoint") from None
-    if not isinstance(doc, dict):
-        raise CorruptCheckpointError(f"{where}: header is JSON but not an object")
-    return _validate(doc, n, size, where)
+    except RecursionError:
+        raise CorruptCheckpointError(f"{where}: {what} nests JSON too deeply; the file is damaged or "
+                                     "hostile") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise CorruptCheckpointError(f"{where}: {what} holds a value JSON cannot be read as ({exc}); "
+                                     "the file is damaged or hostile") from None
 
 
 def _validate(doc: dict[str, Any], n: int, size: int, where: str) -> Header:
     raw_meta = doc.pop("__metadata__", None) or {}
     if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
         raise CorruptCheckpointError(f"{where}: __metadata__ must map strings to strings")
+    _check_count(len(doc), size, where)
     entries = [_entry(name, spec, where) for name, spec in doc.items()]
     data_size = size - 8 - n
     _check_offsets(entries, data_size, where)
@@ -195,21 +240,35 @@ def _validate(doc: dict[str, Any], n: int, size: int, where: str) -> Header:
     return Header(entries, 8 + n, data_size, meta)
 
 
+def _check_count(tensors: int, size: int, where: str) -> None:
+    if tensors > SMALL_FILE_TENSORS + size // MIN_TENSOR_BYTES:
+        raise CorruptCheckpointError(f"{where}: header lists {tensors} tensors, more than a file of {size} "
+                                     f"bytes holds (one per {MIN_TENSOR_BYTES} bytes); the file is damaged or hostile")
+
+
 def _entry(name: str, spec: Any, where: str) -> Entry:
     bad = CorruptCheckpointError(f"{where}: tensor {name!r} has a malformed header entry")
     if not isinstance(spec, dict):
         raise bad
-    dtype = FROM_SAFETENSORS.get(spec.get("dtype"))  # type: ignore[arg-type]
+    if "dtype" not in spec or "data_offsets" not in spec:  # e.g. a damaged "__metadata__" key
+        raise CorruptCheckpointError(f"{where}: header entry {name!r} is not a tensor (it has no dtype or "
+                                     "data_offsets); the header is damaged")
+    dtype = FROM_SAFETENSORS.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
     shape, offsets = spec.get("shape"), spec.get("data_offsets")
     if dtype is None:
         raise CorruptCheckpointError(f"{where}: tensor {name!r} has unknown dtype {spec.get('dtype')!r}")
-    if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape)
             or not isinstance(offsets, list) or len(offsets) != 2
             or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
         raise bad
     numel = 1
+    strides = 1
     for d in shape:
         numel *= d
+        strides *= max(d, 1)
+    if strides > MAX_NUMEL:
+        raise CorruptCheckpointError(f"{where}: tensor {name!r} has shape {shape}, larger than a tensor can be; "
+                                     "the header is damaged")
     if numel * itemsize(dtype) != offsets[1] - offsets[0]:
         raise CorruptCheckpointError(f"{where}: tensor {name!r} shape {shape} needs "
                                      f"{numel * itemsize(dtype)} bytes but its offsets span "
@@ -243,19 +302,23 @@ def _parse_meta(raw_meta: dict[str, str], index: dict[str, Any], entries: list[E
     if raw_meta.get("torchresume_check") != _header_check(index, text):
         raise CorruptCheckpointError(f"{where}: header checksum mismatch; the header was "
                                      "modified or damaged")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError:
-        raise CorruptCheckpointError(f"{where}: torchresume metadata is not valid JSON") from None
+    meta = loads(text, where, "torchresume metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CorruptCheckpointError(f"{where}: torchresume metadata is malformed")
     version = meta.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version > FORMAT_VERSION:
         raise UnsupportedFormatError(f"{where}: written by format version {version}; this "
                                      f"torchresume reads up to {FORMAT_VERSION}: upgrade torchresume")
-    digests = meta.get("checksums", {}).get("tensors")
+    checksums = meta.get("checksums")
+    digests = checksums.get("tensors") if isinstance(checksums, dict) else None
     if not isinstance(digests, dict) or set(digests) != {e.name for e in entries}:
         raise CorruptCheckpointError(f"{where}: checksum table does not match the tensors")
+    for name in ("info", "append"):
+        if not isinstance(meta.get(name, {}), dict):
+            raise CorruptCheckpointError(f"{where}: torchresume metadata's {name!r} is not an object; "
+                                         "the header is damaged")
+    if not isinstance(meta.get("kind", ""), str):
+        raise CorruptCheckpointError(f"{where}: torchresume metadata is malformed")
     return meta
 
 
@@ -267,12 +330,24 @@ def read_tensors(f: BinaryIO, header: Header, where: str, *,
     """
     digests = header.meta["checksums"]["tensors"] if (verify and header.meta) else None
     buf = stream_read.read_data(f, header, where, digests)
-    return {e.name: _view(buf, e) for e in header.entries}
+    typed: dict[torch.dtype, torch.Tensor | None] = {}
+    with paused_gc():
+        return {e.name: _view(buf, e, typed) for e in header.entries}
 
 
-def _view(buf: torch.Tensor, e: Entry) -> torch.Tensor:
-    raw = buf[e.begin:e.end]
+def _view(buf: torch.Tensor, e: Entry, typed: dict[torch.dtype, torch.Tensor | None]) -> torch.Tensor:
+    """Tensor ``e`` as a view of the data: one strided view of the data seen as its dtype (one tensor
+    made per entry, not three: a header of many small tensors loads in linear, small time)."""
     size = itemsize(e.dtype)
-    if e.begin % size:  # foreign files may not be aligned: copy instead of viewing
-        raw = raw.clone()
-    return raw.view(e.dtype).view(e.shape)
+    if e.dtype not in typed:
+        whole = buf[:buf.numel() - buf.numel() % size]
+        typed[e.dtype] = whole.view(e.dtype) if whole.storage_offset() % size == 0 else None
+    base = typed[e.dtype]
+    if base is not None and e.begin % size == 0:
+        strides, step = [], 1
+        for d in reversed(e.shape):
+            strides.append(step)
+            step *= max(d, 1)
+        return base.as_strided(e.shape, strides[::-1], base.storage_offset() + e.begin // size)
+    # Foreign files may not be aligned: copy instead of viewing.
+    return buf[e.begin:e.end].clone().view(e.dtype).view(e.shape)

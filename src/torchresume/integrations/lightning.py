@@ -33,12 +33,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from weakref import proxy
 
 from torch.utils.data import DataLoader
 
-from torchresume import catalog, retention
+from torchresume import catalog, retention, run_lock
 from torchresume.data.loader_state import FEED_KEY, DataLoaderFeed, check_feed_state, fork_hazard
 from torchresume.errors import CheckpointConfigError, UnstorableStateError, UnsupportedStrategyError
 from torchresume.files import encode_state, read_checkpoint, sharded_as_one, write_encoded
@@ -470,6 +470,58 @@ def resumable(loader: DataLoader) -> DataLoader:
 
 # -- the callback ------------------------------------------------------------------------------
 
+# ModelCheckpoint's parameters that conflict with torchresume's naming, retention or exact resume: the
+# value torchresume works with, and why another cannot be honoured (Lightning 2.6's signature).
+_REFUSED: dict[str, tuple[Any, str]] = {
+    "filename": (None, "torchresume names every checkpoint {prefix}-{epoch}_{step}.ckpt (ls, retention and "
+                       "ckpt_path='last' go by that name): drop filename and name the run with prefix="),
+    "save_top_k": (-1, "torchresume's retention decides which checkpoints stay (newest first, the newest never "
+                       "deleted): drop save_top_k and pass keep=N (or retention policies)"),
+    "save_weights_only": (False, "ckpt_path='last' resumes the newest checkpoint, which must hold the whole "
+                                 "training state: drop save_weights_only (load_checkpoint and torchresume "
+                                 "convert read the weights of any checkpoint)"),
+    "save_on_exception": (False, "a save while an exception unwinds holds a step that did not finish, and a "
+                                 "resume from it would skip that step's batch: drop save_on_exception (a run "
+                                 "resumes exactly from its last scheduled save)"),
+    "auto_insert_metric_name": (True, "it shapes filename=, which torchresume's names replace: drop "
+                                      "auto_insert_metric_name"),
+    "enable_version_counter": (False, "a torchresume name is unique to its epoch and step (a save of the same "
+                                      "step replaces it): drop enable_version_counter"),
+}
+
+
+def _refuse_options(**given: Any) -> None:
+    """Refuse, by name, a ModelCheckpoint parameter whose Lightning meaning torchresume cannot keep."""
+    for name, value in given.items():
+        accepted, why = _REFUSED[name]
+        if value != accepted or type(value) is not type(accepted):
+            raise CheckpointConfigError(f"TorchResumeCheckpoint({name}={value!r}) is not supported: {why}")
+
+
+def _training_ends(trainer: pl.Trainer, at_epoch_end: bool) -> bool:
+    """Whether the fit loop stops after this step (or, ``at_epoch_end``, this epoch): its ``done``
+    without the messages it prints."""
+    loop = trainer.fit_loop
+    if loop.max_steps != -1 and trainer.global_step >= loop.max_steps:
+        return True
+    if not at_epoch_end:
+        return False
+    max_epochs = loop.max_epochs
+    processed = loop.epoch_progress.current.processed  # type: ignore[attr-defined]  # a _Progress of _StartedTracker
+    if max_epochs is not None and max_epochs != -1 and processed >= max_epochs:
+        return True
+    return bool(trainer.should_stop and loop._can_stop_early)
+
+
+def _make_resumable(data: Any) -> None:
+    """Every torch DataLoader in what a ``*_dataloader()`` hook (or ``fit``) gave: made ``resumable``."""
+    from lightning.pytorch.utilities.combined_loader import CombinedLoader
+    loaders = data.flattened if isinstance(data, CombinedLoader) else CombinedLoader(data).flattened
+    for loader in loaders:
+        if isinstance(loader, DataLoader):
+            resumable(loader)
+
+
 class TorchResumeCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` on torchresume's core: names, retention, newest valid, RNG, data.
 
@@ -478,8 +530,17 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     ``keep`` (an int or torchresume retention policies) runs after each commit, never deleting
     the newest. ``Trainer.fit(ckpt_path="last")`` resumes from the newest checkpoint of ``prefix``
     that reads and verifies, skipping damaged ones by name. Each checkpoint holds every RNG
-    (python, numpy, torch) and the training DataLoader's position, so a resumed run sees the same
-    batches and draws the same random numbers as an uninterrupted one.
+    (python, numpy, torch) and the training DataLoader's position (a DataLoader given to ``fit`` or
+    made by ``train_dataloader()`` is made ``resumable``), so a resumed run sees the same batches and
+    draws the same random numbers as an uninterrupted one. The end of training is saved when the
+    schedule did not save it, so a rerun of a finished command trains nothing. In one process the
+    directory's run lock is held from resume discovery to the end of ``fit`` (``RunLockedError``
+    when another live run holds it).
+
+    Lightning's ``filename``, ``save_top_k``, ``save_weights_only``, ``save_on_exception``,
+    ``auto_insert_metric_name`` and ``enable_version_counter`` are taken only at the value
+    torchresume's naming, retention and exact resume work with (their defaults here); any other is a
+    ``CheckpointConfigError`` naming the parameter and what to use instead.
 
     Args:
         dirpath: the checkpoint directory (a path or an ``s3://`` URL).
@@ -490,7 +551,10 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         train_time_interval: save every ``timedelta`` of training.
         monitor: the metric recorded for ``save_top_k``-style choices (all are kept: ``keep`` decides).
         mode: ``"min"`` or ``"max"`` for ``monitor``.
-        verbose: Lightning's save messages. ``save_top_k``, ``save_last`` and ``filename`` are torchresume's.
+        verbose: Lightning's save messages.
+        save_last: ``False``: the end of training is not saved unless the schedule saves it; otherwise
+            (``None``, ``True``, ``"link"``) it is. No ``last.ckpt`` is written: the newest is the last.
+        save_on_train_epoch_end: as Lightning's (``every_n_epochs`` saves after training or validation).
 
     Example:
         ```python
@@ -504,8 +568,18 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str, *, prefix: str = "lightning",
                  keep: Sequence[RetentionPolicy] | int | None = 5, every_n_train_steps: int | None = None,
                  every_n_epochs: int | None = None, train_time_interval: Any = None,
-                 monitor: str | None = None, mode: str = "min", verbose: bool = False) -> None:
+                 monitor: str | None = None, mode: str = "min", verbose: bool = False,
+                 save_last: bool | Literal["link"] | None = None, save_on_train_epoch_end: bool | None = None,
+                 filename: str | None = None, save_top_k: int = -1, save_weights_only: bool = False,
+                 save_on_exception: bool = False, auto_insert_metric_name: bool = True,
+                 enable_version_counter: bool = False) -> None:
+        _refuse_options(filename=filename, save_top_k=save_top_k, save_weights_only=save_weights_only,
+                        save_on_exception=save_on_exception, auto_insert_metric_name=auto_insert_metric_name,
+                        enable_version_counter=enable_version_counter)
+        # The newest torchresume checkpoint is the last one (ckpt_path="last"): no last.ckpt copy or link
+        # (_save_last_checkpoint), only the end of training saved unless save_last=False.
         super().__init__(dirpath=dirpath, monitor=monitor, mode=mode, verbose=verbose, save_top_k=-1,
+                         save_last=save_last is not False, save_on_train_epoch_end=save_on_train_epoch_end,
                          every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
                          train_time_interval=train_time_interval, enable_version_counter=False)
         self.prefix = check_prefix(prefix)
@@ -513,6 +587,8 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         self._trainer: pl.Trainer | None = None
         self._deferred = False  # the last batch's save, taken at the epoch's end
         self._fork_warned: set[str] = set()  # fork_hazard warnings said (once each)
+        self._lock: run_lock.RunLock | None = None  # the directory's run lock, held from resume discovery to teardown
+        self._sanity_steps: int | float | None = None  # the trainer's, while a finished run's sanity check is skipped
 
     def _io(self, trainer: pl.Trainer) -> TorchResumeIO:
         """The strategy's TorchResumeIO, installed in place of Lightning's default pickle IO."""
@@ -531,19 +607,70 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         io = self._io(trainer)
         if trainer.world_size > 1:
             check_strategy(trainer, io)
+        elif stage == "fit":
+            self._take_lock()
         super().setup(trainer, pl_module, stage)
         self._trainer = trainer
         source = getattr(trainer.fit_loop._data_source, "instance", None)
+        if stage == "fit":
+            self._resume_hooks(trainer)
         if stage == "fit" and isinstance(source, DataLoader):
             resumable(source)
         validation = getattr(trainer.fit_loop.epoch_loop.val_loop._data_source, "instance", None)
         self._warn_of_forks([x for x in (source, validation) if isinstance(x, DataLoader)], trainer)
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:
+        """Lightning's warning of a directory with files in it, the run lock this callback took not counted."""
+        if isinstance(dirpath, str) and os.path.isdir(dirpath) and set(os.listdir(dirpath)) <= {run_lock.LOCK_NAME}:
+            return
+        super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)  # type: ignore[misc]
+
+    def _resume_hooks(self, trainer: pl.Trainer) -> None:
+        """Make the training DataLoaders resumable as Lightning gets them, before it loads their saved
+        position: from ``fit``'s argument or a module's (data module's) ``train_dataloader()``, each
+        time it is called (``reload_dataloaders_every_n_epochs`` too)."""
+        source = trainer.fit_loop._data_source
+        if "dataloader" in vars(source):  # wrapped by an earlier fit of this trainer
+            return
+        hook = source.dataloader
+
+        def dataloader() -> Any:
+            data = hook()
+            _make_resumable(data)
+            return data
+        source.dataloader = dataloader  # type: ignore[method-assign]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._watch_loaders(trainer)
         for combined in (trainer.fit_loop._combined_loader, trainer.fit_loop.epoch_loop.val_loop._combined_loader):
             self._warn_of_forks(combined.flattened if combined is not None else [], trainer)
+        self._warn_of_replays(trainer)
+
+    def _warn_of_replays(self, trainer: pl.Trainer) -> None:
+        """Rank 0 says, once per run, which training data a mid-epoch resume cannot continue exactly:
+        an iterable that is no torch DataLoader and has no ``state_dict`` of its own."""
+        combined = trainer.fit_loop._combined_loader
+        for data in combined.flattened if combined is not None else []:
+            if isinstance(data, DataLoader) or callable(getattr(data, "state_dict", None)):
+                continue
+            if trainer.is_global_zero:
+                log.warning("warning: the training data (%s) is no torch DataLoader and has no state_dict(): "
+                            "a resume mid-epoch starts its epoch over and is not exact; train on a "
+                            "DataLoader (TorchResumeCheckpoint makes it resumable) or on a loader with "
+                            "state_dict()/load_state_dict() (torchdata's StatefulDataLoader)", type(data).__name__)
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_sanity_check_start(trainer, pl_module)
+        if _training_ends(trainer, at_epoch_end=True):
+            # Resumed from the end of training (a rerun of a finished command): fit trains and validates
+            # nothing, so the sanity check's validation batches are skipped too.
+            self._sanity_steps, trainer.num_sanity_val_steps = trainer.num_sanity_val_steps, 0
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_sanity_check_end(trainer, pl_module)
+        if self._sanity_steps is not None:
+            trainer.num_sanity_val_steps, self._sanity_steps = self._sanity_steps, None
 
     def _warn_of_forks(self, loaders: list[Any], trainer: pl.Trainer) -> None:
         """Rank 0 warns once of DataLoaders that would fork their workers from a rank (``fork_hazard``):
@@ -575,6 +702,8 @@ class TorchResumeCheckpoint(ModelCheckpoint):
             self._deferred = True
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if _training_ends(trainer, at_epoch_end=False):  # max_steps mid-epoch
+            self._save_final(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -582,10 +711,28 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         if deferred and due and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+        if _training_ends(trainer, at_epoch_end=True):
+            self._save_final(trainer)
+
+    def _save_final(self, trainer: pl.Trainer) -> None:
+        """The end of training, saved when no scheduled save took it (``save_last=False`` opts out): a rerun
+        of the finished command resumes there and trains nothing."""
+        if not self.save_last or self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.monitor is None or self.monitor in candidates:
+            self._save_topk_checkpoint(trainer, candidates)
+        else:  # the metric is not logged (yet): saved all the same, not ranked
+            self._save_checkpoint(trainer, self.format_checkpoint_name(candidates))
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        """No ``last.ckpt`` copy or link: the newest torchresume checkpoint is the last (``ckpt_path="last"``)."""
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """One save; under DDP a collective one: every rank's state into one sharded checkpoint."""
         if trainer.world_size == 1:
+            if self._lock is not None:
+                self._lock.refresh()  # object storage: a heartbeat older than run_lock.STALE_S is taken over
             super()._save_checkpoint(trainer, filepath)
             return
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
@@ -610,6 +757,8 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         choice on every rank under DDP; rank 0's failure raised on every rank)."""
         from torchresume.train.sharded_checkpoints import on_rank_0
         io = self._io(trainer)
+        if trainer.world_size == 1:
+            self._take_lock()  # nothing is read before the lock is held
 
         def newest() -> str | None:
             directory = str(self.dirpath)
@@ -643,11 +792,36 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         if "rng" in state_dict:
             rng.restore(state_dict["rng"])
 
+    def _take_lock(self) -> None:
+        """One process: make it the directory's only writer (``RunLockedError`` naming the holder if
+        another live run is), from ``ckpt_path="last"``'s discovery (before anything is read) on."""
+        if self._lock is None:
+            self._lock = run_lock.acquire(str(self.dirpath))
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock = None
+            run_lock.release(str(self.dirpath))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        io = trainer.strategy.checkpoint_io
+        try:
+            if self._lock is not None and isinstance(io, TorchResumeIO):
+                io.wait()  # a background save ends before the lock goes
+        except Exception as failed:  # the run's own exception goes on; this one is said
+            log.warning("warning: a background save failed too: %s", failed)
+        finally:
+            self._release_lock()
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
-        io = trainer.strategy.checkpoint_io
-        if isinstance(io, TorchResumeIO):
-            io.wait()
+        try:
+            io = trainer.strategy.checkpoint_io
+            if isinstance(io, TorchResumeIO):
+                io.wait()
+        finally:
+            self._release_lock()
 
 
 __all__ = ["TorchResumeCheckpoint", "TorchResumeIO", "resumable"]

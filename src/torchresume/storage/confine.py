@@ -37,8 +37,9 @@ def check_name(name: object, where: str, *, nested: bool = False) -> str:
     bad = ("\\" in name or "\0" in name or name.startswith("/") or (not nested and len(parts) > 1)
            or any(p in ("", ".", "..") for p in parts))
     if bad:
-        raise UnsafePathError(f"{where}: names the file {name!r}, which leads outside it (an absolute "
-                              "path, '..' or a sub-directory); refused, nothing outside is read or written")
+        kinds = "an absolute path or '..'" if nested else "an absolute path, '..' or a sub-directory"
+        raise UnsafePathError(f"{where}: names the file {name!r}, which leads outside it ({kinds}); "
+                              "refused, nothing outside is read or written")
     return name
 
 

@@ -150,25 +150,25 @@ def open_regular(path: str, label: str, *, follow: bool = True) -> tuple[BinaryI
     does not wait for a writer). ``follow=False``: a symbolic link is refused too (a name inside a
     checkpoint, storage/confine.py).
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    extra = os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, flags)
+        f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | extra))
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"{label}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise CheckpointNotFoundError(f"{label}: is a directory, not a checkpoint file") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP and not follow:
             raise UnsafePathError(f"{label}: a symbolic link; torchresume never follows a link inside a "
                                   "checkpoint: replace it with the file") from None
         raise
-    st = os.fstat(fd)
+    st = os.fstat(f.fileno())
     if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise CheckpointNotFoundError(f"{label}: is a directory, not a checkpoint file")
+        f.close()
         raise UnsafePathError(f"{label}: not a regular file (a FIFO, a device or a socket); a checkpoint is "
                               "read from regular files only")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb"), st.st_size
+    os.set_blocking(f.fileno(), True)
+    return f, st.st_size
 
 
 class LocalStorage:

@@ -64,6 +64,12 @@ class StagedRemote:
             self._last_uploaded = local
         self._uploader.submit(job, remote)
 
+    def keep_as_cache(self, local: str) -> None:
+        """``local`` (staged, already committed remotely) is the local cache until the next upload
+        commits; then it goes, as this object's own uploads do."""
+        if self._last_uploaded is None:
+            self._last_uploaded = local
+
     def raise_if_failed(self) -> None:
         self._uploader.raise_if_failed()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from torchresume.storage.confine import refuse_link
 from torchresume.train.callback import Callback, RunContext
 
 
@@ -36,6 +37,7 @@ class BackupAndRestore(Callback):
         self.path = os.path.join(backup_dir, "backup.ckpt")
 
     def on_train_begin(self, ctx: RunContext) -> None:
+        refuse_link(self.path, self.path)  # a link there (to another run's checkpoint) is never resumed from
         if os.path.exists(self.path) and not ctx.resumed_from:
             ctx.run_state().restore(self.path, ctx)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from torchresume import run_lock
 from torchresume.errors import CheckpointConfigError, CheckpointNotFoundError
 from torchresume.files.directory import is_committed
 from torchresume.manager import CheckpointManager
 from torchresume.naming import best_prefix, unique_prefix
 from torchresume.retention import KeepBest, RetentionPolicy
 from torchresume.save_slot import DEFAULT_SAVE_DEADLINE_S
-from torchresume.storage import resolve
+from torchresume.storage import is_remote, resolve, staging_dir
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
 
@@ -29,23 +30,46 @@ class FileCheckpoints:
         refuse_deadline(config)
         self.manager: CheckpointManager | None = None
         self.best_manager: CheckpointManager | None = None
+        self._locked = False  # this object's own hold of the run lock (the managers hold theirs)
 
     # -- resume ---------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the run lock of ``directory`` (once): before anything of the run is read, uploaded or
+        deleted (RunLockedError, naming the holder, when another run has it)."""
+        if not self._locked:
+            staging = staging_dir(self.directory) if is_remote(self.directory) else None
+            run_lock.acquire(self.directory, local_dir=staging)
+            self._locked = True
+
     def resume(self, ctx: RunContext, target: Any, run: str | None) -> None:
         """Restore the run from ``target`` ("auto": this directory's run ``run``; a directory or URL
-        of checkpoints: its newest; a CheckpointManager: its newest; a file: that one)."""
+        of checkpoints: its newest; a CheckpointManager: its newest; a file: that one).
+
+        "auto" takes the run lock first, then uploads what a kill left staged under the run's
+        own prefix and keep rule (a staged copy older than the run's newest is dropped, never
+        uploaded), then reads. Another directory named here is only read."""
         key = self.config.enc_key  # an encrypted run reads with its own key
         named = isinstance(target, str) and target != "auto"
+        made: CheckpointManager | None = None  # a manager made here, closed here
         if target == "auto":
-            target = CheckpointManager(self.directory, keep=None, enc_key=key)  # may not exist yet
+            self.lock()
+            target = made = CheckpointManager(self.directory, prefix=run or "ckpt", keep=self.policies,
+                                              enc_key=key)  # the directory may not exist yet
+            made.verbose = True
         elif isinstance(target, str) and is_directory_of_runs(target):
             target, run = CheckpointManager(target, keep=None, enc_key=key), None
+            made = target
         if not isinstance(target, CheckpointManager):
             ctx.run_state().restore(str(target), ctx, dec_key=key)
             return
-        target.upload_pending()  # a kill may have come between a local save and its upload
-        target.wait()
-        found = target.newest_readable(run, require_finite=True)
+        try:
+            if not named:  # this run's directory (locked) or the caller's own manager
+                target.upload_pending()  # a kill may have come between a local save and its upload
+                target.wait()
+            found = target.newest_readable(run, require_finite=True)
+        finally:
+            if made is not None:
+                made.close()
         if found is not None:
             ctx.run_state().restore(found[0].path, ctx, ckpt=found[1])
         elif named:  # a directory named to resume from must hold something to resume
@@ -63,6 +87,7 @@ class FileCheckpoints:
                                       file_format=cfg.format, crc_check=cfg.crc_check,
                                       on_busy=cfg.on_busy, write_mb_per_s=cfg.write_mb_per_s,
                                       overlap=cfg.overlap)
+        self.lock()
         self.manager = CheckpointManager(self.directory, prefix=prefix, keep=self.policies, **common)
         self.manager.acquire_lock()
         self.manager.verbose = True
@@ -113,8 +138,12 @@ class FileCheckpoints:
     def close(self) -> None:
         """Let go of the run lock (the run is over, whatever happened); a background save still
         running finishes in its thread (the process waits for it at exit)."""
-        if self.manager is not None:
-            self.manager.release_lock()
+        for manager in (self.manager, self.best_manager):
+            if manager is not None:
+                manager.release_lock()
+        if self._locked:
+            self._locked = False
+            run_lock.release(self.directory)
 
 
 def refuse_deadline(config: CheckpointConfig) -> None:

@@ -107,10 +107,19 @@ class ModelCheckpoint(Callback):
         """Restore the run ``ctx.resume`` names ("auto": this directory's run of this prefix)."""
         if ctx.resumed_from is None:  # another checkpoint callback restored it already
             run = self.base_prefix if ctx.resume == "auto" else None  # the run this command names
-            self._open(ctx).resume(ctx, ctx.resume, run)
+            storage = self._open(ctx)
+            storage.lock()  # the run lock before anything reads, uploads or deletes
+            try:
+                storage.resume(ctx, ctx.resume, run)
+            except BaseException:
+                storage.close()
+                raise
+            if ctx.global_step >= ctx.epoch_num * ctx.steps_per_epoch:
+                storage.close()  # already finished: training returns at once, and no hook follows
 
     def on_train_begin(self, ctx: RunContext) -> None:
         storage = self._open(ctx)
+        storage.lock()  # before fresh_prefix reads the directory
         self.prefix = ctx.resumed_prefix or storage.fresh_prefix(self.base_prefix)
         storage.begin(ctx, self.prefix)
         self._last_save_time = time.monotonic()

@@ -63,6 +63,7 @@ class ShardedCheckpoints:
         self.manager: DistributedCheckpointManager | None = None
         self.best_manager: DistributedCheckpointManager | None = None
         self._locked = False
+        self._taken = False  # every rank: the lock was taken for the job (by rank 0)
         self._run_lock: run_lock.RunLock | None = None  # rank 0's
 
     def _manager(self, directory: str, prefix: str, policies: list[RetentionPolicy]) -> DistributedCheckpointManager:
@@ -118,7 +119,7 @@ class ShardedCheckpoints:
     def begin(self, ctx: RunContext, prefix: str) -> None:
         """The managers of this run (``prefix``) and the run lock (held by rank 0 for the job); then
         rank 0 removes what saves of this run interrupted by a kill left (parts without a manifest)."""
-        self._lock()
+        self.lock()
         self.manager = self._manager(self.directory, prefix, self.policies)
         cfg = self.config
         if cfg.monitor:
@@ -131,12 +132,18 @@ class ShardedCheckpoints:
             if manager is not None and optimizer is not None:  # overlap: its step waits for the copy
                 manager.guard_optimizer(optimizer)
 
+    def lock(self) -> None:
+        """Take the run lock (once; collective) before anything of the run is read or deleted."""
+        if not self._taken:
+            self._lock()
+
     def _lock(self) -> None:
         """Rank 0 takes the directory's run lock; every rank raises the same RunLockedError if held."""
         def take() -> None:
             self._run_lock = run_lock.acquire(self.directory)
         on_rank_0(take)
         self._locked = self.world.rank == 0
+        self._taken = True
 
     def _heartbeat(self) -> None:
         """Rank 0 renews the run lock (on object storage a heartbeat older than ``run_lock.STALE_S`` lets
@@ -225,6 +232,7 @@ class ShardedCheckpoints:
                     except AsyncSaveError as err:
                         log.warning("%s", err)
         finally:
+            self._taken = False
             if self._locked:
                 self._locked, self._run_lock = False, None
                 run_lock.release(self.directory)

@@ -31,12 +31,18 @@ class SummaryCollector(Callback):
         self.path = os.path.join(summary_dir, "summary.jsonl")
         self._file: Any = None
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def on_train_begin(self, ctx: RunContext) -> None:
+        self._open()  # a link in the file's place is refused before the first step, not at it
+
+    def _open(self) -> None:
         if self._file is None:
             os.makedirs(self.summary_dir, exist_ok=True)
             # Never through a link: the file it leads to (outside the run, say) is not ours to append to.
             fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._file = os.fdopen(fd, "a", encoding="utf-8")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._open()
         record["time"] = time.time()
         self._file.write(json.dumps(record) + "\n")
 
