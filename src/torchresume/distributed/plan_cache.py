@@ -90,14 +90,22 @@ class CachedPlanner(DefaultSavePlanner):
         return spread(all_plans)
 
     def resolve_data(self, write_item: WriteItem) -> torch.Tensor | io.BytesIO:
-        if self.unstaged:  # the tensor, or those in a value written as bytes (a tuple of tensors)
+        self._check_staged(write_item)
+        return super().resolve_data(write_item)
+
+    def resolve_value(self, write_item: WriteItem) -> Any:
+        """A non-tensor value itself (the part writer stores it as typed JSON, not as DCP's bytes)."""
+        self._check_staged(write_item)
+        return self.lookup_object(write_item.index)
+
+    def _check_staged(self, write_item: WriteItem) -> None:
+        if self.unstaged:  # the tensor, or those in a non-tensor value (a tuple of tensors)
             tensors: list[torch.Tensor] = []
             map_tensors(self.lookup_object(write_item.index), tensors.append)
             if any(t.numel() and t.data_ptr() in self.unstaged for t in tensors):
                 raise CheckpointWriteError(
                     f"{write_item.index.fqn} was planned on this rank but not staged (the plan changed after "
                     "staging); nothing was committed; the next save stages every tensor")
-        return super().resolve_data(write_item)
 
     def create_global_plan(self, all_plans: list[SavePlan]) -> tuple[list[SavePlan], Metadata]:
         plans, metadata = super().create_global_plan([_unwire(p) for p in all_plans])

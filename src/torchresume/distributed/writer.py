@@ -103,11 +103,12 @@ def _resolved(planner: SavePlanner, item: WriteItem) -> Any:
     """The tensor of a chunk; a non-tensor value itself (stored as typed JSON in the part's header,
     as one process stores it: never DCP's ``torch.save`` bytes)."""
     if item.type == WriteItemType.BYTE_IO:
-        lookup = getattr(planner, "lookup_object", None)
-        if lookup is None:
+        if hasattr(planner, "resolve_value"):  # plan_cache's planner: checks the value was staged first
+            return planner.resolve_value(item)
+        if not hasattr(planner, "lookup_object"):
             raise CheckpointWriteError("PartWriter needs DCP's DefaultSavePlanner (or a subclass): it stores "
                                        "non-tensor values as JSON, not DCP's pickles")
-        return lookup(item.index)
+        return planner.lookup_object(item.index)
     data = planner.resolve_data(item)
     if isinstance(data, io.BytesIO):  # a planner that pickles what the default does not
         raise CheckpointWriteError(f"{item.index.fqn}: the save planner gave pickled bytes for a tensor; "
