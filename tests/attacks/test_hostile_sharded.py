@@ -252,6 +252,11 @@ def test_a_restore_passes_over_a_changed_manifest_and_a_save_replaces_it(
     found = mgr.restore(_fresh_state())
     assert found is not None and found.path == older
     assert f"skipping invalid checkpoint {newest}/manifest.json: does not match its digest" in capsys.readouterr().err
+    net, opt = _net_and_optimizer()
+    assert mgr.save({"model": net.state_dict(), "optim": opt.state_dict()}, epoch=1, step=2) == newest
+    mgr.wait()
+    assert f"{newest} is the damaged checkpoint the restore passed over; replacing it" in capsys.readouterr().err
+    assert json.loads((Path(newest) / "manifest.json").read_text())["info"]["epoch"] == 1
 
 
 @pytest.mark.parametrize("field", ["step", "epoch", "global_step"])
