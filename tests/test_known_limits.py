@@ -7,7 +7,6 @@ import ast
 import inspect
 import re
 
-
 import torchresume as tr
 from tests.docs_blocks import ROOT
 from torchresume.storage import direct
