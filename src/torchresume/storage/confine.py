@@ -9,7 +9,8 @@ may be a symbolic link and the file must be a regular one (never a FIFO or a dev
 following a link. Anything else is an ``UnsafePathError`` naming it, raised before any byte is read.
 
 ``open_no_follow`` opens a file torchresume writes in a run directory (its lock, ``summary.jsonl``)
-the same way: a link there is refused, never written through.
+the same way: a link there is refused, never written through, and so is a FIFO, a directory, a
+socket or a device in its place (the kernel's ENXIO/EISDIR/ENODEV from the open, or an fstat after it).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def open_no_follow(path: str, flags: int, mode: int = 0o644) -> int:
 
 
 # errnos of an open refused because the entry is not a regular file.
-_NOT_REGULAR = frozenset({errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP, errno.ETXTBSY})
+_NOT_REGULAR = frozenset({errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP})
 
 
 def _not_regular(path: str) -> str:
