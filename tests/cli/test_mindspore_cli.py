@@ -111,6 +111,7 @@ def test_convert_a_torchresume_training_state_to_mindspore(tmp_path: Path) -> No
     net, opt = trained_twin("momentum")
     mgr = tr.CheckpointManager(str(tmp_path / "run"), model=net, optimizer=opt, prefix="bn")
     path = mgr.save(1, 3, 3)
+    mgr.close()  # lets its run lock go (a lock left held shows in later tests' run_lock._held)
     proc = cli("convert", path, str(tmp_path / "ms.ckpt"), "--to", "mindspore", "--crc")
     assert proc.returncode == 0, proc.stderr
     params = tr.load_checkpoint(str(tmp_path / "ms.ckpt"))
