@@ -37,6 +37,15 @@ from torchresume.storage import resolve
 FOREIGN = ("safetensors", "torch-zip", "torch-pickle")
 
 
+def foreign_reason(path: str, fmt: str, meta: dict[str, Any]) -> str | None:
+    """Why a file is not a checkpoint of a run (None if it is): a foreign format, or a MindSpore file
+    without the run entry torchresume's training writes (``meta`` is then empty)."""
+    if fmt in FOREIGN or (fmt == "mindspore" and not meta):
+        return (f"{path}: a plain {fmt} file without torchresume's run metadata; resume and "
+                "retention never pick it as a checkpoint of the run (load it by name)")
+    return None
+
+
 @dataclass
 class Entry:
     """One checkpoint file and what its name and header say."""
@@ -191,10 +200,9 @@ def _read_header_facts(entry: Entry, headers: bool = True, manifest: dict[str, A
     except (TorchResumeError, OSError, ValueError) as exc:
         entry.valid, entry.reason = False, str(exc)
         return
-    if desc.format in FOREIGN:  # no run metadata: resume would take it by its mtime alone
-        entry.valid, entry.reason = False, (
-            f"{entry.path}: a plain {desc.format} file without torchresume's run metadata; resume and "
-            "retention never pick it as a checkpoint of the run (load it by name)")
+    foreign = foreign_reason(entry.path, desc.format, desc.info)
+    if foreign is not None:  # no run metadata: resume would take it by its name and mtime alone
+        entry.valid, entry.reason = False, foreign
         return
     if entry.is_dir:
         entry.size = desc.size
@@ -231,6 +239,9 @@ def newest_readable(candidates: list[Entry], directory: str, *, run: str | None 
             if not entry.valid:
                 raise CorruptCheckpointError(entry.reason)
             ckpt = files.read_checkpoint(entry.path, dec_key=dec_key)
+            foreign = foreign_reason(entry.path, ckpt.format, ckpt.meta)  # an encrypted one, known only now
+            if foreign is not None:
+                raise CorruptCheckpointError(foreign)
         except (TorchResumeError, OSError) as exc:
             damaged.append((entry.name, str(exc)))
             continue

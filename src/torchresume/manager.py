@@ -260,8 +260,9 @@ class CheckpointManager:
         enc_key = self.enc_key
         if self.file_format == "ckpt":  # MindSpore protobuf, laid out (and encrypted) there
             from torchresume.files import mindspore_io
+            marked = {**(append or {}), **mindspore_io.run_entry(info)}  # resume discovery takes only marked files
             encoded, enc_key = mindspore_io.Parts(mindspore_io.encode(
-                mindspore_io.entries_of(tree, global_step=info.get("global_step")), append=append,
+                mindspore_io.entries_of(tree, global_step=info.get("global_step")), append=marked,
                 crc_check=self.crc_check, enc_key=self.enc_key, enc_mode=self.enc_mode)), None
         if self.remote is None:
             size = write_encoded(encoded, path, enc_key, pace=pace)

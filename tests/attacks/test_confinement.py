@@ -173,14 +173,16 @@ def test_deeply_nested_manifest_is_passed_over(tmp_path) -> None:
     os.chmod(target, 0o600)
     with open(target, "w") as f:
         f.write("[" * 100_000)
-    _passes_over(run, good, bad, f"{target}: JSON nested too deeply")
+    _passes_over(run, good, bad, f"{target}: the manifest nests JSON too deeply; the file is damaged or hostile")
 
 
 @pytest.mark.parametrize(("edit", "reason"), [
     (lambda d: d["parts"][0].pop("header_xxh3"), "part 'rank0.safetensors' has no valid 'header_xxh3'"),
-    (lambda d: d["parts"][0].pop("file"), "names the file None, which is not a file name"),
+    (lambda d: d["parts"][0].pop("file"), "names the file None, which is not a file name; "
+     "the checkpoint is damaged or was crafted"),
     (lambda d: d["parts"].__setitem__(0, "rank0.safetensors"), "part 0 is 'rank0.safetensors', not a record"),
-    (lambda d: d["parts"][0].__setitem__("file", 3), "names the file 3, which is not a file name"),
+    (lambda d: d["parts"][0].__setitem__("file", 3), "names the file 3, which is not a file name; "
+     "the checkpoint is damaged or was crafted"),
     (lambda d: d["parts"][0].__setitem__("size", "12"), "part 'rank0.safetensors' has no valid 'size'"),
     (lambda d: d.__setitem__("info", []), "'info' is not a JSON object"),
     (lambda d: d.__setitem__("parts", []), "names no part files"),
@@ -191,7 +193,8 @@ def test_malformed_manifest_is_a_typed_error(tmp_path, edit, reason) -> None:
     _edit_manifest(bad, edit)
     with pytest.raises(CorruptCheckpointError) as exc:
         tr.load_checkpoint(bad)
-    assert str(exc.value) == f"{bad}/manifest.json: {reason}; the manifest is damaged" or reason in str(exc.value)
+    tail = "" if ";" in reason else "; the manifest is damaged"  # a bad name: check_name's own words
+    assert str(exc.value) == f"{bad}/manifest.json: {reason}{tail}"
     _passes_over(run, good, bad, reason)
 
 
@@ -287,3 +290,81 @@ def test_a_linked_backup_is_never_resumed_from(tmp_path) -> None:
     with pytest.raises(UnsafePathError, match=r"run/backup.ckpt: a symbolic link \(to .*other/backup.ckpt\)"):
         toy_model().train(1, toy_data(), [tr.BackupAndRestore(str(tmp_path / "run"))])
     assert open(other / "backup.ckpt", "rb").read() == before
+
+
+# -- a non-regular entry in the lock's or the summary's place (review of #35) -----------------------
+
+def _not_regular(path) -> str:
+    return (f"{path}: is not a regular file (a directory, FIFO, socket or device); torchresume writes "
+            "its own files only, never into such an entry: remove it and run again")
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir], ids=["fifo", "directory"])
+def test_a_non_regular_lock_or_summary_is_refused_typed(tmp_path, make) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    make(run / LOCK_NAME)
+    make(run / "summary.jsonl")
+    with pytest.raises(UnsafePathError) as exc:
+        tr.CheckpointManager(str(run), model=_net()).acquire_lock()
+    assert str(exc.value) == _not_regular(run / LOCK_NAME)
+    with pytest.raises(UnsafePathError) as exc:
+        tr.SummaryCollector(str(run))._write({"kind": "step"})
+    assert str(exc.value) == _not_regular(run / "summary.jsonl")
+
+
+def test_training_writes_nothing_before_refusing_a_fifo_summary(tmp_path) -> None:
+    from tests.train.helpers import toy_data, toy_model
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "summary.jsonl")  # opened for writing without a reader: ENXIO, never a block
+    cfg = tr.CheckpointConfig(save_checkpoint_steps=1, exception_save=True)
+    with pytest.raises(UnsafePathError) as exc:
+        toy_model().train(1, toy_data(), [tr.ModelCheckpoint("toy", str(run), cfg), tr.SummaryCollector(str(run))])
+    assert str(exc.value) == _not_regular(run / "summary.jsonl")
+    assert sorted(os.listdir(run)) == ["summary.jsonl", "toy-graph.json"]  # no breakpoint checkpoint
+
+
+# -- discovery: a plain MindSpore file is never resumed from (review of #35) -------------------------
+
+def _mindspore_file(path: str, value: float) -> None:
+    from torchresume.format import mindspore
+    entries = {"weight": torch.full((2, 3), value), "bias": torch.zeros(2)}
+    with open(path, "wb") as f:
+        f.write(b"".join(bytes(p) for p in mindspore.encode(entries, crc_check=True)))
+
+
+def test_a_plain_mindspore_file_is_never_resumed_from(tmp_path) -> None:
+    run = tmp_path / "run"
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    mgr = tr.CheckpointManager(str(run), model=net, optimizer=opt, prefix="net", keep=None, file_format="ckpt")
+    mgr.save(1, 1, 1)
+    mgr.close()
+    plain = str(run / "net-1_99.ckpt")  # newer by its name and its mtime
+    _mindspore_file(plain, 9.0)
+    entries = {e.path: e for e in catalog.list_checkpoints(str(run))}
+    assert not entries[plain].valid and entries[plain].reason == (
+        f"{plain}: a plain mindspore file without torchresume's run metadata; resume and retention never "
+        "pick it as a checkpoint of the run (load it by name)")
+    own = str(run / "net-1_1.ckpt")
+    assert entries[own].valid and (entries[own].epoch, entries[own].step, entries[own].global_step) == (1, 1, 1)
+    fresh = _net()
+    resumed = tr.CheckpointManager(str(run), model=fresh, prefix="net", keep=None, file_format="ckpt")
+    assert resumed.restore_latest()["path"] == own
+    resumed.close()
+    assert torch.equal(fresh.weight, net.weight)
+    assert torch.equal(tr.load_checkpoint(plain)["weight"], torch.full((2, 3), 9.0))  # by name: loads
+    assert "torchresume_run" not in tr.load_checkpoint(own)  # the run entry is metadata, not state
+
+
+def test_a_crafted_run_entry_in_a_mindspore_file_is_typed(tmp_path) -> None:
+    from torchresume.format import mindspore
+    path = str(tmp_path / "net-1_1.ckpt")
+    with open(path, "wb") as f:
+        f.write(b"".join(bytes(p) for p in mindspore.encode(
+            {"weight": torch.ones(2), "torchresume_run": "[" * 100_000}, crc_check=True)))
+    with pytest.raises(CorruptCheckpointError) as exc:
+        tr.load_checkpoint(path)
+    assert str(exc.value) == (f"{path}: its 'torchresume_run' entry nests JSON too deeply; the file is "
+                              "damaged or hostile")

@@ -62,6 +62,14 @@ def test_train_refuses_a_linked_lock_and_summary(tmp_path) -> None:
                           "own files only, never through a link: remove it")
     assert open(outside, "rb").read() == SENTINEL
 
+    os.unlink(run / "summary.jsonl")
+    os.mkfifo(run / "summary.jsonl")  # no reader: refused at once, typed, before anything is written
+    proc = _train(run)
+    _one_error_line(proc, f"{run / 'summary.jsonl'}: is not a regular file (a directory, FIFO, socket or "
+                          "device); torchresume writes its own files only, never into such an entry: remove it "
+                          "and run again")
+    assert os.listdir(run) == ["summary.jsonl"]  # no graph, no breakpoint checkpoint
+
 
 def test_prune_leaves_a_linked_checkpoint_of_another_run(tmp_path) -> None:
     net = torch.nn.Linear(3, 2)

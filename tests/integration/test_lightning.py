@@ -350,3 +350,24 @@ def test_io_alone_under_lightnings_own_model_checkpoint(tmp_path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["epoch=1-step=8.ckpt", "last.ckpt"]  # save_top_k=1 removed the old
     for name in os.listdir(tmp_path):
         assert describe(str(tmp_path / name)).kind == "lightning" and verify(str(tmp_path / name)).valid
+
+
+def test_not_empty_warning_ignores_only_the_run_lock(tmp_path) -> None:
+    """Lightning warns of a checkpoint directory with files in it; the run lock this callback takes
+    first is not counted (no warning on a fresh directory), any other file is (the warning stays)."""
+    import warnings
+
+    def warned(run: Path) -> list[str]:
+        loader = resumable(DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4))
+        trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[TorchResumeCheckpoint(str(run), prefix="w", every_n_train_steps=1)],
+                             plugins=[TorchResumeIO()], accelerator="cpu", devices=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(_WithObjectHparam(0.5), loader)
+        return [str(w.message) for w in caught if "exists and is not empty" in str(w.message)]
+
+    assert warned(tmp_path / "fresh") == []
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("someone else's file\n")
+    assert warned(tmp_path / "used") == [f"Checkpoint directory {tmp_path / 'used'} exists and is not empty."]

@@ -139,6 +139,11 @@ def test_a_busy_directory_is_refused_before_anything_is_read(tmp_path, capsys) -
             "--threads", "1", "--train-url", directory]
     assert main(args) == 0
     capsys.readouterr()
+    # A damaged "newest": any read of the run before the lock would be seen, as the warning that
+    # passes over it (the last run below shows that warning is what such a read prints).
+    damaged = os.path.join(directory, "mlp-1_99.ckpt")
+    with open(damaged, "wb") as f:
+        f.write(b"not a checkpoint, newest by its name")
     proc = hold(directory)
     try:
         code = main([*args, "--epochs", "2"])
@@ -149,6 +154,9 @@ def test_a_busy_directory_is_refused_before_anything_is_read(tmp_path, capsys) -
     assert code == run_lock.EXIT_CODE, err
     assert "is in use by another training run" in err
     assert "resumed from" not in out + err
+    assert "mlp-1_99.ckpt" not in out + err  # nothing of the run was read before the lock
     assert main(args) == 0  # already finished: resumed, nothing trained
-    assert "training already finished" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "training already finished" in out
+    assert f"skipping invalid checkpoint {damaged}" in err  # a read of the run: observable
     assert run_lock._held == {}  # and the lock was let go

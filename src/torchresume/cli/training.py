@@ -252,7 +252,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = Model(net, nn.CrossEntropyLoss(), opt, {"acc", "loss"}, device=args.device)
     lead = _rank(model.device) == 0  # torchrun: one JSONL log and one status line, from rank 0
     if lead:
-        callbacks.append(SummaryCollector(_summary_dir(args.train_url), collect_freq=1))
+        # First: its file is opened (a link or FIFO there refused) before the checkpoints write the graph.
+        callbacks.insert(0, SummaryCollector(_summary_dir(args.train_url), collect_freq=1))
     config = {k: v for k, v in vars(args).items() if k != "func"}
     summary = model.train(args.epochs, ds, callbacks, resume=args.resume, config=config)
     if lead and not summary["already_finished"]:

@@ -31,6 +31,7 @@ from torchresume.format import native, reader
 from torchresume.format.reader import Checkpoint
 from torchresume.storage import confine, resolve
 from torchresume.storage.base import write_all
+from torchresume.storage.json_text import loads
 from torchresume.storage.local import LocalStorage
 
 MANIFEST = "manifest.json"
@@ -121,13 +122,7 @@ def read_manifest(path: str) -> dict[str, Any]:
             raise CorruptCheckpointError(f"{path}/{MANIFEST}: {size} bytes, more than a manifest holds "
                                          f"({MAX_MANIFEST_BYTES}); the manifest is damaged")
         raw = f.read(size)
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CorruptCheckpointError(f"{path}/{MANIFEST}: not valid JSON; the manifest is damaged") from None
-    except RecursionError:  # json's depth limit: only a crafted file nests this deep
-        raise CorruptCheckpointError(f"{path}/{MANIFEST}: JSON nested too deeply; the manifest is damaged "
-                                     "or was crafted") from None
+    doc = loads(raw, f"{path}/{MANIFEST}", "the manifest")  # syntax, encoding, depth, long numbers: typed
     check_manifest(path, doc)
     return doc
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from torchresume.format import mindspore, mindspore_crypto, name_mapping
-from torchresume.format.mindspore_load import FORMAT
+from torchresume.format.mindspore_load import FORMAT, RUN_ENTRY
 from torchresume.log import log
 from torchresume.state.train_state import RESERVED
 
@@ -98,6 +98,12 @@ def encode(entries: dict[str, Any], *, append: dict[str, Any] | None = None,
         key = mindspore_crypto.check_key(enc_key, enc_mode)
         return list(mindspore_crypto.encrypt(parts, key, enc_mode))
     return parts
+
+
+def run_entry(info: dict[str, Any]) -> dict[str, str]:
+    """The entry that marks a MindSpore file as a checkpoint of a torchresume run (its ``info``)."""
+    import json
+    return {RUN_ENTRY: json.dumps(info)}
 
 
 def save(save_obj: Any, path: str, *, append_dict: dict[str, Any] | None = None,

@@ -114,7 +114,7 @@ def describe(path: str, dec_key: bytes | None = None) -> Description:
         desc.info = {"mode": extra["mode"], "plain_size": extra["plain_size"]}
         return desc
     ckpt = read_checkpoint(path)  # torch files have no separate header
-    desc.kind = ckpt.kind
+    desc.kind, desc.info = ckpt.kind, ckpt.info  # a MindSpore file torchresume wrote carries its info
     _describe_tree(desc, ckpt.tree)
     return desc
 

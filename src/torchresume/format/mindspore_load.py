@@ -14,6 +14,27 @@ from torchresume.log import log
 
 FORMAT = "mindspore"
 
+# The entry in which torchresume's training writes a run's metadata (its ``info``, as JSON) into the
+# MindSpore files it saves: a string entry, the way MindSpore's append_dict stores one, so MindSpore
+# still loads the file (load_param_into_net ignores names the network lacks). Automatic resume takes
+# only MindSpore files that carry it: a plain MindSpore file dropped into a run is never the newest.
+RUN_ENTRY = "torchresume_run"
+
+
+def run_meta(entries: dict[str, Any], where: str) -> dict[str, Any]:
+    """The checkpoint's meta (``{"info": ...}``) from its run entry, removed from ``entries``;
+    ``{}`` for a plain MindSpore file. A run entry that is not a JSON object: CorruptCheckpointError."""
+    raw = entries.pop(RUN_ENTRY, None)
+    if raw is None:
+        return {}
+    from torchresume.format import native
+    info = native.loads(raw, where, f"its {RUN_ENTRY!r} entry") if isinstance(raw, str) else None
+    if not isinstance(info, dict):
+        from torchresume.errors import CorruptCheckpointError
+        raise CorruptCheckpointError(f"{where}: its {RUN_ENTRY!r} entry is not torchresume's run metadata "
+                                     "(a JSON object); the file is damaged or was crafted")
+    return {"info": info}
+
 
 def load(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None,
          verify: bool = True) -> tuple[dict[str, Any], bool]:

@@ -29,6 +29,7 @@ import torch
 from torchresume.errors import CorruptCheckpointError, UnsupportedFormatError
 from torchresume.format import checksum, stream_read
 from torchresume.format.dtypes import FROM_SAFETENSORS, TO_SAFETENSORS, itemsize
+from torchresume.storage.json_text import loads  # the one typed JSON parser (re-exported)
 
 FORMAT_NAME = "torchresume"
 FORMAT_VERSION = 1
@@ -211,21 +212,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def loads(raw: bytes | str, where: str, what: str) -> Any:
-    """JSON from a file: any failure (syntax, encoding, nesting too deep, a number too long) is typed."""
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(f"{where}: {what} is not valid JSON ({exc}); "
-                                     "the file is damaged or not a checkpoint") from None
-    except RecursionError:
-        raise CorruptCheckpointError(f"{where}: {what} nests JSON too deeply; the file is damaged or "
-                                     "hostile") from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise CorruptCheckpointError(f"{where}: {what} holds a value JSON cannot be read as ({exc}); "
-                                     "the file is damaged or hostile") from None
 
 
 def _validate(doc: dict[str, Any], n: int, size: int, where: str) -> Header:

@@ -58,7 +58,8 @@ def read(f: BinaryIO, size: int, where: str, *, dec_key: bytes | None = None,
     if kind is Kind.MINDSPORE:
         from torchresume.format import mindspore_load
         entries, encrypted = mindspore_load.load(f, size, where, dec_key=dec_key, verify=verify)
-        return Checkpoint("tensors", entries, mindspore_load.FORMAT, encrypted=encrypted)
+        meta = mindspore_load.run_meta(entries, where)
+        return Checkpoint("tensors", entries, mindspore_load.FORMAT, meta, encrypted=encrypted)
     if kind is Kind.ENCRYPTED:
         plain = crypto.decrypt(f.read(), dec_key, where)
         inner = read(io.BytesIO(plain), len(plain), where, verify=verify, header_xxh3=header_xxh3)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -609,7 +610,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
             check_strategy(trainer, io)
         elif stage == "fit":
             self._take_lock()
-        super().setup(trainer, pl_module, stage)
+        self._lightning_setup(trainer, pl_module, stage)
         self._trainer = trainer
         source = getattr(trainer.fit_loop._data_source, "instance", None)
         if stage == "fit":
@@ -619,11 +620,22 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         validation = getattr(trainer.fit_loop.epoch_loop.val_loop._data_source, "instance", None)
         self._warn_of_forks([x for x in (source, validation) if isinstance(x, DataLoader)], trainer)
 
-    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:
-        """Lightning's warning of a directory with files in it, the run lock this callback took not counted."""
-        if isinstance(dirpath, str) and os.path.isdir(dirpath) and set(os.listdir(dirpath)) <= {run_lock.LOCK_NAME}:
-            return
-        super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)  # type: ignore[misc]
+    def _lightning_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Lightning's setup, less its "exists and is not empty" warning when the one entry is the run
+        lock this callback took just before. Its warnings are caught and every other one is issued
+        again as it was; a change of Lightning's wording shows the warning, never hides another."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            super().setup(trainer, pl_module, stage)
+        for w in caught:
+            if not self._lock_alone(str(w.message)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+    def _lock_alone(self, message: str) -> bool:
+        """Whether ``message`` is Lightning's non-empty warning for a directory holding only the lock."""
+        dirpath = self.dirpath
+        return (isinstance(dirpath, str) and message == f"Checkpoint directory {dirpath} exists and is not empty."
+                and os.path.isdir(dirpath) and set(os.listdir(dirpath)) <= {run_lock.LOCK_NAME})
 
     def _resume_hooks(self, trainer: pl.Trainer) -> None:
         """Make the training DataLoaders resumable as Lightning gets them, before it loads their saved

@@ -9,7 +9,8 @@ may be a symbolic link and the file must be a regular one (never a FIFO or a dev
 following a link. Anything else is an ``UnsafePathError`` naming it, raised before any byte is read.
 
 ``open_no_follow`` opens a file torchresume writes in a run directory (its lock, ``summary.jsonl``)
-the same way: a link there is refused, never written through.
+the same way: a link there is refused, never written through, and so is a FIFO, a directory, a
+socket or a device in its place (the kernel's ENXIO/EISDIR/ENODEV from the open, or an fstat after it).
 """
 
 from __future__ import annotations
@@ -92,12 +93,25 @@ def open_no_follow(path: str, flags: int, mode: int = 0o644) -> int:
         if exc.errno == errno.ELOOP:
             raise UnsafePathError(f"{path}: a symbolic link (to {_target(path)}); torchresume writes "
                                   "its own files only, never through a link: remove it") from None
+        if exc.errno in _NOT_REGULAR:
+            # A FIFO without a reader (ENXIO), a directory (EISDIR), a device or socket: the kernel
+            # refuses the open itself, before torchresume can fstat it.
+            raise UnsafePathError(_not_regular(path)) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise UnsafePathError(f"{path}: not a regular file; torchresume writes its own files only: remove it")
+        raise UnsafePathError(_not_regular(path))
     os.set_blocking(fd, True)
     return fd
+
+
+# errnos of an open refused because the entry is not a regular file.
+_NOT_REGULAR = frozenset({errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP})
+
+
+def _not_regular(path: str) -> str:
+    return (f"{path}: is not a regular file (a directory, FIFO, socket or device); torchresume writes "
+            "its own files only, never into such an entry: remove it and run again")
 
 
 def _target(path: str) -> str:

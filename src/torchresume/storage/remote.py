@@ -23,14 +23,19 @@ from typing import Any, BinaryIO, TypeVar
 
 import xxhash
 
-from torchresume.errors import CheckpointNotFoundError, StorageError
+from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from torchresume.log import log
 from torchresume.storage import s3body
 from torchresume.storage.base import Buffer, FileInfo, write_all
+from torchresume.storage.json_text import loads
 from torchresume.storage.multipart import ParallelUpload
 from torchresume.storage.ranged import open_ranged
 
 T = TypeVar("T")
 MARKER_SUFFIX = ".commit"
+# A commit marker is {"size", "xxh3"} and a few fields: some 100 bytes. Anything bigger was not
+# written by torchresume, and is never read whole.
+MAX_MARKER_BYTES = 64 * 1024
 RETRIES = 5
 PART_BYTES = 16 * 1024 * 1024  # multipart part size (S3 wants >= 5 MiB but the last)
 RANGE_BYTES = 16 * 1024 * 1024  # one ranged GET of a download
@@ -304,13 +309,25 @@ class RemoteStorage:
         return with_retries(what, attempt)
 
     def read_marker(self, path: str) -> dict[str, Any] | None:
+        """The commit marker of ``path`` (a small JSON object), None when absent, too big or not one:
+        the object then counts as uncommitted, passed over like any damaged entry, never read whole."""
+        where = self.url(self.key(marker_path(path)))
         try:
-            raw = with_retries(f"read of {marker_path(path)}",
-                               lambda: self.fs.cat_file(self.key(marker_path(path))))
-            doc = json.loads(raw)
-            return doc if isinstance(doc, dict) else None
-        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            # A ranged read: a crafted marker of any size costs MAX_MARKER_BYTES + 1 at most.
+            raw = with_retries(f"read of {marker_path(path)}", lambda: self.fs.cat_file(
+                self.key(marker_path(path)), start=0, end=MAX_MARKER_BYTES + 1))
+        except FileNotFoundError:
             return None
+        if len(raw) > MAX_MARKER_BYTES:
+            log.warning("%s: more than %d bytes, more than a commit marker holds; %s counts as uncommitted",
+                        where, MAX_MARKER_BYTES, path)
+            return None
+        try:
+            doc = loads(raw, where, "the commit marker")
+        except CorruptCheckpointError as exc:
+            log.warning("%s; %s counts as uncommitted", exc, path)
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
         """The object as a file read ahead by STREAMS parallel range GETs (storage/ranged.py),

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from torchresume.errors import CheckpointWriteError
+from torchresume.errors import CheckpointWriteError, UnsafePathError
 from torchresume.log import log
 from torchresume.naming import check_prefix
 from torchresume.retention import KeepEveryNMinutes, KeepLast, RetentionPolicy
@@ -198,7 +198,10 @@ class ModelCheckpoint(Callback):
         if self.storage is None:
             return
         try:
-            if self.config.exception_save and not isinstance(exc, (SystemExit, CheckpointWriteError)):
+            # An UnsafePathError: the run directory holds an entry torchresume refuses to write into
+            # (a link, a FIFO, a directory in its lock's or summary's place): nothing more is written there.
+            if self.config.exception_save and not isinstance(exc, (SystemExit, CheckpointWriteError,
+                                                                   UnsafePathError)):
                 self.save(ctx, breakpoint=True, reason=exc)
         finally:
             self.storage.close()
