@@ -288,3 +288,15 @@ def test_committing_encrypted_parts_without_their_key_is_refused(tmp_path: Path)
     part = directory.write_part(str(d), "rank0", "state", {"w": torch.ones(2)}, enc_key=KEY)
     with pytest.raises(ValueError, match="the parts are encrypted: pass their enc_key to commit_directory"):
         directory.commit_directory(str(d), [part])
+
+
+def test_a_manifest_linked_to_itself_is_a_typed_error(tmp_path: Path) -> None:
+    """Found by the fuzz harness (directory, seed 0): an ``OSError`` (ELOOP) from the presence check."""
+    from torchresume.errors import UnsafePathError
+    path = _plain(tmp_path)
+    manifest = Path(path) / "manifest.json"
+    manifest.unlink()
+    os.symlink(manifest, manifest)
+    with pytest.raises(UnsafePathError, match="manifest.json"):
+        read_checkpoint(path)
+    assert not verify(path).valid

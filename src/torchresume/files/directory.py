@@ -113,8 +113,13 @@ def read_manifest(path: str) -> dict[str, Any]:
     storage, where = resolve(path)
     target = storage.join(where, MANIFEST)
     # Local files are renamed into place once complete: present is committed (the digest would read
-    # the whole manifest once more). Object storage: committed once its marker is (``digest``).
-    if storage.stat(target) is None or (not isinstance(storage, LocalStorage) and storage.digest(target) is None):
+    # the whole manifest once more); present without following a link (a link, even to itself, is
+    # refused as one by ``open_member``). Object storage: committed once its marker is (``digest``).
+    if isinstance(storage, LocalStorage):
+        present = os.path.lexists(target)
+    else:
+        present = storage.stat(target) is not None and storage.digest(target) is not None
+    if not present:
         raise CheckpointNotFoundError(f"{path}: a directory without a committed {MANIFEST}; "
                                       "it is not a checkpoint (a save that did not finish?)")
     f, size = confine.open_member(storage, where, MANIFEST, path)
