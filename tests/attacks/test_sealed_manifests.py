@@ -300,3 +300,12 @@ def test_a_manifest_linked_to_itself_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError, match="manifest.json"):
         read_checkpoint(path)
     assert not verify(path).valid
+
+
+def test_a_metadata_file_said_to_be_over_1_gib_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    _, (path,) = _run(tmp_path)
+    _edit_manifest(path, lambda doc: doc["info"]["dcp_metadata"].update(size=(1 << 30) + 1))
+    with pytest.raises(CorruptCheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (f"{path}/dcp_metadata.json: the manifest says {(1 << 30) + 1} bytes, more than a "
+                              f"DCP metadata file holds ({1 << 30}); the manifest is damaged")

@@ -32,6 +32,10 @@ from torchresume.storage import confine, resolve
 
 LAYOUT = "torchresume-dcp"
 METADATA_FILE = "dcp_metadata.json"
+# dcp_metadata.json takes ~200 bytes per chunk: 1 GiB is ~5 million chunks (1024 ranks' shards of a
+# few thousand tensors). Refused above it before it is read, so the chunk count (and what parsing and
+# the coverage check of it cost) is bounded by a size the reader accepts.
+MAX_METADATA_BYTES = 1 << 30
 # Manifest version of a sharded checkpoint since its manifest carries a digest (files/seal.py) and its
 # non-tensor values are typed JSON (version 1: neither).
 VERSION = 2
@@ -112,6 +116,9 @@ def read_metadata_json(path: str, doc: dict[str, Any]) -> bytes:
     name = check_name(path, rec.get("file"), "dcp_metadata.file")
     storage, where = resolve(path)
     size = rec.get("size")
+    if type(size) is not int or size > MAX_METADATA_BYTES:  # before reading: what the checks cost follows it
+        raise CorruptCheckpointError(f"{path}/{name}: the manifest says {size!r:.40} bytes, more than a DCP "
+                                     f"metadata file holds ({MAX_METADATA_BYTES}); the manifest is damaged")
     try:
         f, actual = confine.open_member(storage, where, name, path)
     except FileNotFoundError:
@@ -246,8 +253,8 @@ def check_coverage(path: str, fqn: str, size: Any, chunks: Any) -> None:
 
     Overlaps are looked for by a sweep along the dimension where the chunks have the most distinct
     start offsets (chunks sorted by their start there, each compared only with those still open
-    across it), so a row-, column- or block-sharded tensor costs n log n, whichever dimension it
-    is sharded along."""
+    across it): a row- or column-sharded tensor costs n log n whichever dimension it is sharded
+    along (one chunk open at a time), a k-by-k block grid n k (k open at a time)."""
     def bad(why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{path}/{METADATA_FILE}: the saved chunks of {fqn} {why}; the "
                                       "checkpoint is damaged")
