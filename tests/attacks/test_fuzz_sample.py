@@ -16,8 +16,9 @@ from benchmarks import fuzz_checkpoints
 
 def test_fixed_seed_sample_has_no_findings(tmp_path: Path) -> None:
     lines: list[str] = []
-    tallies = fuzz_checkpoints.run(["single", "encrypted", "mindspore", "directory", "sharded"], 30, seed=0, keep=tmp_path,
-                                   log_line=lines.append, families=("bytes", "structure"))
+    kinds = ["single", "encrypted", "mindspore", "directory", "sharded"]
+    tallies = fuzz_checkpoints.run(kinds, 30, seed=0, keep=tmp_path, log_line=lines.append,
+                                   families=("bytes", "structure"))
     assert [f for t in tallies.values() for f in t.findings] == []
     for kind, t in tallies.items():
         assert t.cases == 30, kind
