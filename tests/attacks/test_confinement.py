@@ -173,7 +173,7 @@ def test_deeply_nested_manifest_is_passed_over(tmp_path) -> None:
     os.chmod(target, 0o600)
     with open(target, "w") as f:
         f.write("[" * 100_000)
-    _passes_over(run, good, bad, f"{target}: JSON nested too deeply")
+    _passes_over(run, good, bad, f"{target}: the manifest nests JSON too deeply")
 
 
 @pytest.mark.parametrize(("edit", "reason"), [
