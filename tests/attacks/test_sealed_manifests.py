@@ -309,3 +309,15 @@ def test_a_metadata_file_said_to_be_over_1_gib_is_refused_before_it_is_read(tmp_
         load_checkpoint(path)
     assert str(err.value) == (f"{path}/dcp_metadata.json: the manifest says {(1 << 30) + 1} bytes, more than a "
                               f"DCP metadata file holds ({1 << 30}); the manifest is damaged")
+
+
+def test_a_lone_surrogate_in_a_manifest_is_one_typed_line_from_inspect(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A lone surrogate (``"\\ud800"``) parsed, then printed by inspect: a UnicodeEncodeError before."""
+    from torchresume.cli.main import main
+    _, (path,) = _run(tmp_path)
+    _edit_manifest(path, lambda doc: doc["info"].update(note="\ud800x"))
+    capsys.readouterr()
+    assert main(["inspect", path]) == 1
+    assert capsys.readouterr().err == (f"torchresume: error: {path}/manifest.json: the manifest holds a lone UTF-16 "
+                                       "surrogate (\\ud800-\\udfff) in a string; the file is damaged or hostile\n")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,10 +214,22 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+# A \uD800-\uDFFF escape: JSON lets a string hold half a UTF-16 pair, which no later print or
+# UTF-8 write can encode. Only when one appears is the parsed document checked (rare: cost kept off).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def loads(raw: bytes | str, where: str, what: str) -> Any:
-    """JSON from a file: any failure (syntax, encoding, nesting too deep, a number too long) is typed."""
+    """JSON from a file: any failure (syntax, encoding, nesting too deep, a number too long, a lone
+    surrogate in a string) is typed."""
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
+        if _SURROGATE_ESCAPE.search(raw.encode() if isinstance(raw, str) else raw):
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+        return doc
+    except UnicodeEncodeError:
+        raise CorruptCheckpointError(f"{where}: {what} holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a "
+                                     "string; the file is damaged or hostile") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptCheckpointError(f"{where}: {what} is not valid JSON ({exc}); "
                                      "the file is damaged or not a checkpoint") from None
