@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.distributed.conftest import Launch, torchrun
-from torchresume.files import sharded as sharded_layout
+from torchresume.files import seal
 
 CLI = str(Path(sys.executable).with_name("torchresume"))
 
@@ -63,7 +63,7 @@ def test_verify_finds_a_missing_shard_and_a_damaged_metadata_file(sharded: tuple
     assert changed.returncode == 1
     assert "manifest.json: does not match its digest; the manifest (step, epoch, info or part list) is damaged " \
         "or was changed" in changed.stdout
-    manifest.write_text(json.dumps(sharded_layout.sealer(None)(doc)))  # its digest recomputed (xxh3: anyone can)
+    manifest.write_text(json.dumps(seal.sealer(None)(doc)))  # its digest recomputed (xxh3: anyone can)
     missing = cli("verify", str(bad))
     assert missing.returncode == 1
     assert "in shard-00001-0.safetensors, which the committed parts do not hold; a shard is missing" \

@@ -27,7 +27,7 @@ from tests.distributed.conftest import Launch, torchrun
 from torchresume.cli.main import main
 from torchresume.distributed import DistributedCheckpointManager
 from torchresume.errors import CorruptCheckpointError
-from torchresume.files import sharded
+from torchresume.files import seal
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def _rewrite_metadata(path: Path, edit: Callable[[dict[str, Any]], object]) -> N
     raw = json.dumps(meta, separators=(",", ":")).encode()
     doc = json.loads(manifest_file.read_text())
     doc["info"]["dcp_metadata"].update(size=len(raw), xxh3=xxhash.xxh3_64_hexdigest(raw))
-    doc = sharded.sealer(None)(doc)  # the manifest's digest follows too (xxh3: anyone can)
+    doc = seal.sealer(None)(doc)  # the manifest's digest follows too (xxh3: anyone can)
     for file, data in ((meta_file, raw), (manifest_file, json.dumps(doc).encode())):
         file.chmod(0o600)
         file.write_bytes(data)

@@ -25,6 +25,7 @@ nothing is committed, so a hung rank's storage holds the job no longer than that
 from __future__ import annotations
 
 import copy
+import os
 import posixpath
 import threading
 import warnings
@@ -68,6 +69,7 @@ from torchresume.snapshot import Snapshot
 from torchresume.staging import StagingBuffers, is_stageable
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
+from torchresume.storage.local import LocalStorage
 
 
 @dataclass
@@ -545,6 +547,13 @@ class DistributedCheckpointManager:
     def _clear(self, path: str) -> bool:
         """Whether ``path`` is already a committed checkpoint; else remove what an unfinished save left there."""
         storage, where = resolve(path)
+        if isinstance(storage, LocalStorage) and os.path.islink(where):
+            # A link is never this run's checkpoint (listing skips links) and is_committed would follow
+            # it to another checkpoint: remove the link itself, never its target, and save here.
+            log.warning("%s is a symbolic link, not a checkpoint of this run; removing the link (not its "
+                        "target) and saving there", path)
+            storage.delete(where)
+            return False
         if not storage.exists(where):
             return False
         if path in _PASSED_OVER:

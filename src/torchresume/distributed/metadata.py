@@ -27,6 +27,8 @@ from torch.distributed.checkpoint.metadata import (
 
 from torchresume.errors import CorruptCheckpointError
 from torchresume.files.sharded import METADATA_FILE as FILE
+from torchresume.files.sharded import check_metadata_schema
+from torchresume.format import native
 
 FORMAT = "torchresume-dcp-metadata"
 VERSION = 2
@@ -107,10 +109,8 @@ def encode(md: Metadata, locations: dict[MetadataIndex, Location]) -> bytes:
 
 def decode(raw: bytes, where: str) -> Metadata:
     """The DCP Metadata stored in ``raw``; CorruptCheckpointError when it is not ours or is damaged."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(f"{where}: damaged DCP metadata ({type(exc).__name__}: {exc})") from None
+    doc = native.loads(raw, where, "the DCP metadata")
+    check_metadata_schema(where, doc)
     return decode_doc(doc, where)
 
 

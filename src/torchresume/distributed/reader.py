@@ -37,7 +37,7 @@ from torch.futures import Future
 
 from torchresume.distributed import metadata as dcp_json
 from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
-from torchresume.files import directory, sharded
+from torchresume.files import directory, seal, sharded
 from torchresume.format import checksum, native, reader
 from torchresume.state.tree import unflatten
 from torchresume.storage import confine, resolve
@@ -53,7 +53,7 @@ def sharded_manifest(path: str, dec_key: bytes | None = None) -> dict[str, Any]:
     if not sharded.is_sharded(doc):
         raise CorruptCheckpointError(f"{path}: a directory checkpoint but not a sharded (torch.distributed) "
                                      "one; load it with torchresume.load_checkpoint")
-    sharded.authenticate(path, doc, dec_key)
+    seal.authenticate(path, doc, dec_key)
     return doc
 
 
@@ -89,13 +89,20 @@ def _open_part(path: str, part: dict[str, Any], *, header: bool = False) -> tupl
 def read_part(path: str, part: dict[str, Any], *, verify: bool = True,
               dec_key: bytes | None = None) -> dict[str, Any]:
     """The tree of one part file, checked against its manifest record (decrypted with ``dec_key``)."""
+    return _read_checkpoint(path, part, verify=verify, dec_key=dec_key).tree
+
+
+def _read_checkpoint(path: str, part: dict[str, Any], *, verify: bool, dec_key: bytes | None) -> Any:
     f, size = _open_part(path, part)
     with f:
         ckpt = reader.read(f, size, f"{path}/{part['file']}", dec_key=dec_key, verify=verify,
                            header_xxh3=part["header_xxh3"])
+    if ckpt.encrypted != bool(part.get("encrypted")):  # the record's flag is what decides the HMAC check
+        raise CorruptCheckpointError(f"{path}: part {part['file']} is {'' if ckpt.encrypted else 'not '}"
+                                     "encrypted, its manifest record says otherwise; the manifest was changed")
     if not isinstance(ckpt.tree, dict):
         raise CorruptCheckpointError(f"{path}: part {part['file']} does not hold a dict")
-    return ckpt.tree
+    return ckpt
 
 
 def part_header(path: str, part: dict[str, Any]) -> native.Header:
@@ -214,7 +221,9 @@ def read_rank_state(path: str, doc: dict[str, Any], rank: int, *, dec_key: bytes
     if file not in parts:
         raise CorruptCheckpointError(f"{path}: the manifest names rank part {file} but does not list it; "
                                      "the checkpoint is damaged")
-    return read_part(path, parts[file], dec_key=dec_key, verify=verify).get(rank_key(rank))
+    ckpt = _read_checkpoint(path, parts[file], dec_key=dec_key, verify=verify)
+    sharded.check_rank_info(path, file, doc, ckpt.info)
+    return ckpt.tree.get(rank_key(rank))
 
 
 class RankStates(Sequence[Any]):

@@ -43,7 +43,7 @@ from torchresume.distributed.metadata import Location
 from torchresume.errors import CheckpointWriteError, SaveDeadlineError
 from torchresume.files import PartRecord, commit_directory, write_part
 from torchresume.files.directory import PART_SUFFIX, Span
-from torchresume.files.sharded import LAYOUT, sealer
+from torchresume.files.sharded import LAYOUT, rank_part_info
 from torchresume.storage import resolve
 from torchresume.storage.base import write_all
 
@@ -185,6 +185,7 @@ class PartWriter(StorageWriter):
             spans.update(zip(map(id, jobs[i][1]), chunk_spans, strict=True))
         records += self._in_time([lambda: write_part(self.path, rank_name(self.rank), "state",
                                                      {f"__rank_state_{self.rank:05d}": self.rank_state},
+                                                     info=rank_part_info({"info": self.info}),
                                                      enc_key=self.enc_key)])
         written: Written = (self.rank, self.enc_key is not None,
                             tuple((r.size, int(r.header_xxh3, 16)) for r in records),
@@ -248,7 +249,7 @@ class PartWriter(StorageWriter):
         storage.retrying(f"write of {target}", lambda: write_all(storage, target, [raw]))
         info = {**self.info, "layout": LAYOUT, "world_size": len(results), "rank_parts": rank_parts,
                 "dcp_metadata": {"file": dcp_json.FILE, "size": len(raw), "xxh3": xxhash.xxh3_64_hexdigest(raw)}}
-        commit_directory(self.path, parts, info=info, append=self.append, seal=sealer(self.enc_key))
+        commit_directory(self.path, parts, info=info, append=self.append, enc_key=self.enc_key)
         if self.lean:  # what DCP broadcasts back to every rank; the planner's cached metadata is another object
             metadata.state_dict_metadata, metadata.planner_data, metadata.storage_data = {}, None, None
             metadata.storage_meta = metadata.version = None

@@ -18,14 +18,13 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import xxhash
 
 from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
-from torchresume.files import sharded
+from torchresume.files import seal, sharded
 from torchresume.files.encoding import Description, encode_state, scalars, tensor_rows, write_encoded
 from torchresume.format import native, reader
 from torchresume.format.reader import Checkpoint
@@ -36,7 +35,7 @@ from torchresume.storage.local import LocalStorage
 
 MANIFEST = "manifest.json"
 LAYOUT = "torchresume-directory"
-VERSION = 1
+VERSION = seal.SEALED_VERSION  # 2: sealed (files/seal.py); version 1 manifests read with one warning
 PART_SUFFIX = ".safetensors"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
@@ -81,13 +80,17 @@ def tensor_spans(encoded: native.Encoded) -> dict[str, Span]:
 
 
 def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str, Any] | None = None,
-                     append: dict[str, Any] | None = None,
-                     seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-    """Write the manifest: the directory becomes a checkpoint. Call after every part is written.
+                     append: dict[str, Any] | None = None, enc_key: bytes | None = None) -> None:
+    """Write the manifest, sealed (``files/seal.py``: its digest, and with ``enc_key`` its HMAC): the
+    directory becomes a checkpoint. Call after every part is written.
 
-    ``seal``: the manifest as committed, from the one built here (a sharded checkpoint's adds its digest)."""
+    ``enc_key``: the key the parts were encrypted with (required when they were: the HMAC is what
+    keeps someone without the key from changing the manifest)."""
     if not parts:
         raise ValueError("a directory checkpoint needs at least one part")
+    if enc_key is None and any(p.encrypted for p in parts):
+        raise ValueError("the parts are encrypted: pass their enc_key to commit_directory, so the manifest is "
+                         "sealed with it")
     names = [p.file for p in parts]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate part files in {names}")
@@ -96,8 +99,7 @@ def commit_directory(directory: str, parts: list[PartRecord], *, info: dict[str,
     manifest = {"format": LAYOUT, "version": VERSION, "time": time.time(),
                 "info": {"time": time.time(), **(info or {})}, "append": append or {},
                 "parts": [asdict(p) for p in parts]}
-    if seal is not None:
-        manifest = seal(manifest)
+    manifest = seal.sealer(enc_key)(manifest)
     data = json.dumps(manifest, indent=1).encode()
     storage.retrying(f"commit of {directory}", lambda: write_all(storage, target, [data]))
 
@@ -112,8 +114,13 @@ def read_manifest(path: str) -> dict[str, Any]:
     storage, where = resolve(path)
     target = storage.join(where, MANIFEST)
     # Local files are renamed into place once complete: present is committed (the digest would read
-    # the whole manifest once more). Object storage: committed once its marker is (``digest``).
-    if storage.stat(target) is None or (not isinstance(storage, LocalStorage) and storage.digest(target) is None):
+    # the whole manifest once more); present without following a link (a link, even to itself, is
+    # refused as one by ``open_member``). Object storage: committed once its marker is (``digest``).
+    if isinstance(storage, LocalStorage):
+        present = os.path.lexists(target)
+    else:
+        present = storage.stat(target) is not None and storage.digest(target) is not None
+    if not present:
         raise CheckpointNotFoundError(f"{path}: a directory without a committed {MANIFEST}; "
                                       "it is not a checkpoint (a save that did not finish?)")
     f, size = confine.open_member(storage, where, MANIFEST, path)
@@ -132,10 +139,9 @@ def check_manifest(path: str, doc: Any) -> None:
     where = f"{path}/{MANIFEST}"
     if not isinstance(doc, dict) or doc.get("format") != LAYOUT or not isinstance(doc.get("parts"), list):
         raise CorruptCheckpointError(f"{where}: not a torchresume manifest")
-    newest = sharded.VERSION if sharded.is_sharded(doc) else VERSION
-    if not isinstance(doc.get("version"), int) or doc["version"] > newest:
-        raise CorruptCheckpointError(f"{where}: version {doc.get('version')!r} is newer than "
-                                     f"this torchresume reads ({newest}): upgrade torchresume")
+    if type(doc.get("version")) is not int or not 1 <= doc["version"] <= VERSION:
+        raise CorruptCheckpointError(f"{where}: version {doc.get('version')!r:.40} is newer than "
+                                     f"this torchresume reads ({VERSION}): upgrade torchresume")
     for key in ("info", "append"):
         if not isinstance(doc.get(key, {}), dict):
             raise CorruptCheckpointError(f"{where}: {key!r} is not a JSON object; the manifest is damaged")
@@ -155,8 +161,9 @@ def check_manifest(path: str, doc: Any) -> None:
             raise CorruptCheckpointError(f"{where}: part {name!r} has {'a duplicate' if bad == 'file' else 'no valid'} "
                                          f"{bad!r}; the manifest is damaged")
         seen.add(name)
+    seal.check(path, doc)  # its digest: every reader of a directory checkpoint passes here
     if sharded.is_sharded(doc):
-        sharded.check_manifest(path, doc)  # its other names and its digest: every sharded reader passes here
+        sharded.check_manifest(path, doc)  # its other names: every sharded reader passes here
 
 
 def is_committed(path: str) -> bool:
@@ -185,6 +192,7 @@ def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Che
     doc = read_manifest(path)
     if sharded.is_sharded(doc):
         raise CorruptCheckpointError(f"{path}: a sharded checkpoint; read it with read_checkpoint")
+    seal.authenticate(path, doc, dec_key)
     storage, where = resolve(path)
     tree: dict[str, Any] = {}
     kinds = set()
@@ -197,6 +205,12 @@ def read(path: str, *, dec_key: bytes | None = None, verify: bool = True) -> Che
                                              f"{part['size']}; the part is damaged or was replaced")
             ckpt = reader.read(f, size, f"{path}/{part['file']}", dec_key=dec_key, verify=verify,
                                header_xxh3=part["header_xxh3"])
+        if ckpt.encrypted != bool(part.get("encrypted")):  # the record's flag decides nothing, but must be true
+            raise CorruptCheckpointError(f"{path}: part {part['file']} is {'' if ckpt.encrypted else 'not '}"
+                                         "encrypted, its manifest record says otherwise; the manifest was changed")
+        if "sharded_version" in ckpt.info:  # a manifest that lost its sharded layout
+            raise CorruptCheckpointError(f"{path}: part {part['file']} is a sharded checkpoint's rank part, but "
+                                         "the manifest does not say the layout is sharded; the manifest was changed")
         encrypted = encrypted or ckpt.encrypted
         kinds.add(ckpt.kind)
         if not isinstance(ckpt.tree, dict):
