@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass

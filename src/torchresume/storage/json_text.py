@@ -1,9 +1,9 @@
 """JSON read from a file or an object that may have been crafted: the one parser, every failure typed.
 
 Lowest layer so that storage (commit markers), format (headers, metadata) and files (manifests) all
-parse through it: a syntax or encoding error, nesting too deep for Python's parser (RecursionError)
-an integer of more digits than Python converts or a lone UTF-16 surrogate is a ``CorruptCheckpointError`` naming the file
-and the part of it, never an untyped exception.
+parse through it: a syntax or encoding error, nesting too deep for Python's parser (RecursionError),
+an integer of more digits than Python converts or a lone UTF-16 surrogate is a
+``CorruptCheckpointError`` naming the file and the part of it, never an untyped exception.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import re
 from typing import Any
 
 from torchresume.errors import CorruptCheckpointError
-
 
 # A \uD800-\uDFFF escape: JSON lets a string hold half a UTF-16 pair, which no later print or
 # UTF-8 write can encode. Only when one appears is the parsed document checked (rare: cost kept off).
