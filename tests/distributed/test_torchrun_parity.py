@@ -79,8 +79,8 @@ def test_honoured_options_under_torchrun(tmp_path: Path, capsys: pytest.CaptureF
         assert result["resumed_from"] == "par-1_8.ckpt"
         assert result["restore_error"] == ""
         assert result["bitwise"] == result["names"] == ["0.bias", "0.weight", "2.bias", "2.weight"]
-        assert result["wrong_key"] == (f"DecryptionError: {part0}: decryption failed: the key is wrong or "
-                                       "the file was modified")
+        assert result["wrong_key"] == (f"DecryptionError: {newest}: decryption failed: the key is wrong (it "
+                                       "is not the one this checkpoint was encrypted with)")
         assert result["no_key"] == (f"DecryptionError: {part0}: the checkpoint is encrypted (AES-GCM); "
                                     "pass dec_key=<the key used to save it>")
 

@@ -159,4 +159,4 @@ def test_a_busy_directory_is_refused_before_anything_is_read(tmp_path, capsys) -
     out, err = capsys.readouterr()
     assert "training already finished" in out
     assert f"skipping invalid checkpoint {damaged}" in err  # a read of the run: observable
-    assert run_lock._held == {}  # and the lock was let go
+    assert os.path.realpath(directory) not in run_lock._held  # and let go (other tests' locks may be held)

@@ -220,6 +220,19 @@ def _check_flags(args: argparse.Namespace) -> None:
                                  "process has no other rank to hold: drop --save-deadline, or run under torchrun")
     if args.prefix is not None and ("-" in args.prefix or "/" in args.prefix or not args.prefix):
         raise options.UsageError(f"--prefix must be a name without '-' or '/', got {args.prefix!r}")
+    _check_resume_path(args.resume)
+
+
+def _check_resume_path(resume: str) -> None:
+    """A local ``--resume PATH`` that does not exist is refused before the run's lock is taken, so a
+    typo creates nothing in ``--train-url``."""
+    import os
+
+    from torchresume.errors import CheckpointNotFoundError
+    from torchresume.storage import is_remote
+    if resume not in ("auto", "none") and not is_remote(resume) and not os.path.exists(resume):
+        raise CheckpointNotFoundError(f"--resume {resume}: no such checkpoint or directory; give an existing "
+                                      "path, or auto (this run's newest) or none (start over)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
