@@ -223,6 +223,24 @@ def _check_flags(args: argparse.Namespace) -> None:
     _check_resume_path(args.resume)
 
 
+def _train_leaving_no_empty_directory(model: Any, args: argparse.Namespace, ds: Any, callbacks: list[Any],
+                                      config: dict[str, Any]) -> dict[str, Any]:
+    """``Model.train``; a run that fails before it wrote anything leaves no empty ``--train-url`` behind
+    (the run lock comes first and makes the directory; a bad ``--resume`` file is found after it)."""
+    import contextlib
+    import os
+
+    from torchresume.storage import is_remote
+    fresh = not is_remote(args.train_url) and not os.path.exists(args.train_url)
+    try:
+        return dict(model.train(args.epochs, ds, callbacks, resume=args.resume, config=config))
+    except BaseException:
+        if fresh:
+            with contextlib.suppress(OSError):
+                os.rmdir(args.train_url)  # only when empty: never anything the run wrote
+        raise
+
+
 def _check_resume_path(resume: str) -> None:
     """A local ``--resume PATH`` that does not exist is refused before the run's lock is taken, so a
     typo creates nothing in ``--train-url``."""
@@ -268,7 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # First: its file is opened (a link or FIFO there refused) before the checkpoints write the graph.
         callbacks.insert(0, SummaryCollector(_summary_dir(args.train_url), collect_freq=1))
     config = {k: v for k, v in vars(args).items() if k != "func"}
-    summary = model.train(args.epochs, ds, callbacks, resume=args.resume, config=config)
+    summary = _train_leaving_no_empty_directory(model, args, ds, callbacks, config)
     if lead and not summary["already_finished"]:
         print(f"done: {summary['global_step']} steps; latest checkpoint "
               f"{checkpoints.latest_ckpt_file_name}", flush=True)
