@@ -42,8 +42,12 @@ def test_a_refused_connection_fails_in_seconds_with_one_line(monkeypatch, tmp_pa
     retries before."""
     import time
     missing = str(tmp_path / "missing")
+    # train's local failure is a damaged --resume file: found after the same start-up work (a missing
+    # path is refused before it, as a usage check)
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(b"not a checkpoint")
     cases = [(("verify", missing), ("verify", "s3://nobucket/x.ckpt")),
-             (("train", "--train-url", str(tmp_path / "run"), "--resume", missing, "--epochs", "1"),
+             (("train", "--train-url", str(tmp_path / "run"), "--resume", str(damaged), "--epochs", "1"),
               ("train", "--train-url", "s3://nobucket/run", "--epochs", "1"))]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
