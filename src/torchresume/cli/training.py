@@ -106,8 +106,9 @@ def _common(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) -> Non
 
 def _threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=options.whole(1, 1024), default=None, metavar="N",
-                   help="CPU threads for torch's operators (default: OMP_NUM_THREADS, else one per idle "
-                        "core at the start, at most torch's default; the choice is printed)")
+                   help="CPU threads for torch's operators (default: OMP_NUM_THREADS, else torch's default "
+                        "with OpenMP waiting passively; one per idle core if you set OMP_WAIT_POLICY=active; "
+                        "the choice is printed)")
 
 
 def _device(text: str) -> str:
@@ -150,8 +151,8 @@ def choose_threads(sample_s: float = 0.25) -> tuple[int, str]:
 
     OpenMP waiting passively (the command sets ``OMP_WAIT_POLICY=passive``): torch's default, one
     per core. Beside CPU-bound neighbours each thread then gets its fair share and a thread that
-    waits sleeps: the demo ran 2.3x faster with two threads than with one on a 2-core machine with
-    a CPU-bound process per core (benchmarks/demo_threads.py). Waiting actively (the user's
+    waits sleeps: beside a CPU-bound process per core the demo ran faster with two threads than with
+    one (benchmarks/demo_threads.py; figures on the benchmarks page). Waiting actively (the user's
     ``OMP_WAIT_POLICY``): one thread per core idle over ``sample_s`` seconds, since threads beyond
     those spin on cores others need (a LeNet5 step took 20-30x longer with two threads than one)."""
     import os
