@@ -46,10 +46,13 @@ PROCESS_MODULES = (
     "tests/cli/test_user_story_cli.py",
     "tests/integration/test_benchmarks.py",
     "tests/fault/test_kill_during_save.py",
+    "tests/distributed/test_restore_reads.py",
     "tests/distributed/test_resharding.py",
+    "tests/distributed/test_damaged_newest.py",
     "tests/cli/test_mindspore_cli.py",
     "tests/fault/test_distributed_kills.py",
     "tests/fault/test_node_loss.py",
+    "tests/distributed/test_deadline.py",
     "tests/cli/test_training_cli.py",
     "tests/attacks/test_confinement_cli.py",
     "tests/distributed/test_cli.py",
@@ -66,13 +69,15 @@ PROCESS_MODULES = (
     "tests/integration/test_site_build.py",
     "tests/cli/test_new_user_round_two.py",
     "tests/distributed/test_torchrun_messages.py",
+    "tests/distributed/test_lean_staging.py",
     "tests/attacks/test_fuzz_sample.py",
 )
 
 
 # From those modules, the quick tier keeps one test of each kind (tests/test_tiers.py checks each
 # id still names a test): a kill-and-resume, a kill mid-save, every RNG, a DataLoader, out of space,
-# a rank killed mid-save under torchrun, a signal to an S3 run, the run lock, the CLI, MindSpore
+# a rank killed mid-save under torchrun, a hung rank's save aborted, a damaged newest passed over by
+# every rank, a signal to an S3 run, the run lock, the CLI, MindSpore
 # files, a directory checkpoint, an example, the package's import, Lightning's typed refusal, a
 # Hugging Face Trainer killed.
 QUICK = (
@@ -83,6 +88,9 @@ QUICK = (
     "tests/fault/test_out_of_space.py::test_enospc_on_a_real_small_filesystem",
     "tests/fault/test_out_of_space.py::test_training_stops_with_one_line_when_the_disk_is_full[sync]",
     "tests/distributed/test_faults.py::test_sigkill_of_one_rank_mid_save_commits_nothing",
+    "tests/distributed/test_deadline.py::test_hung_rank_aborts_the_save_on_every_rank_sync_and_async",
+    "tests/distributed/test_damaged_newest.py::"
+    "test_a_newest_damaged_for_one_rank_is_skipped_by_every_rank[a shard part missing]",
     "tests/integration/test_s3_training.py::test_sigterm_saves_uploads_and_exits_143",
     "tests/storage/test_run_lock.py::test_second_process_is_refused_with_the_holder_named",
     "tests/cli/test_training_cli.py::test_train_eval_infer",
@@ -130,7 +138,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=order)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: pytest -p no:xdist works too
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile` as scripts/test.sh runs it: each scope (_scope) to one worker, handed out in
     the order of the collection above. xdist's own order (the scopes with the most tests first) put

@@ -43,13 +43,19 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
-def temporaries(directory: Path, pid: int, pattern: re.Pattern[str] = TEMP) -> list[str]:
-    """The checkpoint temporaries (or, with ``COPY``, copy markers) of ``pid`` in ``directory`` now."""
+def _temporaries_by_pid(directory: Path, pattern: re.Pattern[str] = TEMP) -> list[tuple[str, int]]:
+    """The checkpoint temporaries (or, with ``COPY``, copy markers) in ``directory`` now, each with
+    the pid of the process writing it."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return [n for n in names if (m := pattern.match(n)) and int(m.group(1)) == pid]
+    return [(n, int(m.group(1))) for n in names if (m := pattern.match(n))]
+
+
+def temporaries(directory: Path, pid: int, pattern: re.Pattern[str] = TEMP) -> list[str]:
+    """The checkpoint temporaries (or, with ``COPY``, copy markers) of ``pid`` in ``directory`` now."""
+    return [name for name, writer in _temporaries_by_pid(directory, pattern) if writer == pid]
 
 
 def _stat(pid: int | str) -> list[str] | None:
@@ -85,15 +91,17 @@ def _alive(pid: int, start: str) -> bool:
     return fields is not None and fields[0] != "Z" and fields[19] == start
 
 
-def in_flight(directory: Path, pids: set[int], since: float) -> list[str]:
-    """What shows a save of ``pids`` in flight: their temporaries in ``directory`` and in the
-    directories inside it, and each directory there without its ``manifest.json`` written into
-    since ``since`` (a sharded save whose parts are written and whose commit is not)."""
+def in_flight(directory: Path, pids: set[int] | Callable[[int], bool], since: float) -> list[str]:
+    """What shows a save of ``pids`` (a set, or a test of a pid) in flight: their temporaries in
+    ``directory`` and in the directories inside it, and each directory there without its
+    ``manifest.json`` written into since ``since`` (a sharded save whose parts are written and
+    whose commit is not)."""
+    owns = pids.__contains__ if isinstance(pids, set) else pids
     try:
         subdirs = [directory / n for n in os.listdir(directory) if (directory / n).is_dir()]
     except FileNotFoundError:
         return []
-    found = [name for where in (directory, *subdirs) for pid in pids for name in temporaries(where, pid)]
+    found = [name for where in (directory, *subdirs) for name, pid in _temporaries_by_pid(where) if owns(pid)]
     for sub in subdirs:
         with contextlib.suppress(FileNotFoundError):  # retention may delete it meanwhile
             if not (sub / "manifest.json").exists() and sub.stat().st_mtime >= since:
@@ -115,6 +123,8 @@ class Child:
         self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1, start_new_session=group)
         self.signalled: dict[int, str] = {}  # pid -> start time: every process signalled (orphans too)
+        self._family: set[int] = set()  # with ``group``: its processes when last looked up
+        self._foreign: set[int] = set()  # writers of temporaries found that are none of them
         self.steps = 0  # progress lines this process printed
         self.lines: list[str] = []
         self.stderr = ""
@@ -162,8 +172,18 @@ class Child:
     def temporaries(self, run_dir: Path) -> list[str]:
         """The checkpoint temporaries the child (with ``group``, any of its processes) has open now."""
         if self.group:
-            return in_flight(run_dir, set(family(self.proc.pid)), self.started)
+            return in_flight(run_dir, self._owns, self.started)
         return temporaries(run_dir, self.proc.pid)
+
+    def _owns(self, pid: int) -> bool:
+        """Whether ``pid`` is one of the group's processes. The processes are looked up again only
+        for a pid not seen yet: a look-up reads every /proc entry (milliseconds), and the aim at a
+        save polls every half millisecond, which would take a core from the job it watches."""
+        if pid not in self._family and pid not in self._foreign:
+            self._family = set(family(self.proc.pid))
+            if pid not in self._family:
+                self._foreign.add(pid)  # an earlier launch's leftover: not looked up again
+        return pid in self._family
 
     def copies(self, run_dir: Path) -> list[str]:
         """The markers of deferred copies in flight the child made (one process; rng_workload.py)."""

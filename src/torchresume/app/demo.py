@@ -122,7 +122,7 @@ def run_demo(workdir: str, data: str, steps_per_epoch: int | None = None) -> dic
     infer_net = LeNet5()
     load_checkpoint(final, net=infer_net, strict_load=True)
     test = create_dataset(data, False, 32, shuffle=False)
-    images, labels = test.images[:8], test.labels[:8]
+    images, labels = test.first(8)
     preds = Model(infer_net).predict(images).argmax(1)
     pred_png = os.path.join(workdir, "prediction.png")
     prediction_grid(images, labels, preds, pred_png)

@@ -362,7 +362,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     model = _load_model(args)
     ds = create_dataset(args.data_url or default_mnist_dir(), False, args.batch_size,
                         resize=_resize(args.model), shuffle=False)
-    images, labels = ds.images[:8], ds.labels[:8]
+    images, labels = ds.first(8)
     preds = model.predict(images).argmax(1)
     prediction_grid(images, labels, preds, args.out)
     right = int((preds == labels).sum())

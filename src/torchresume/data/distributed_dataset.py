@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from torchresume.data.dataset import ArrayDataset
+from torchresume.data.dataset import ArrayDataset, Transform
 from torchresume.data.distributed_sampler import DistributedResumableSampler
 
 
@@ -23,10 +23,10 @@ class DistributedArrayDataset(ArrayDataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, global_batch_size: int, *,
                  rank: int, world_size: int, shuffle: bool = True, seed: int = 0,
-                 steps_per_epoch: int | None = None) -> None:
+                 steps_per_epoch: int | None = None, transform: Transform | None = None) -> None:
         sampler = DistributedResumableSampler(len(images), global_batch_size, rank=rank,
                                               world_size=world_size, shuffle=shuffle, seed=seed)
-        self._hold(images, labels, sampler, global_batch_size, steps_per_epoch)
+        self._hold(images, labels, sampler, global_batch_size, steps_per_epoch, transform)
 
 
 def shard(dataset: ArrayDataset, rank: int, world_size: int) -> DistributedArrayDataset:
@@ -34,7 +34,7 @@ def shard(dataset: ArrayDataset, rank: int, world_size: int) -> DistributedArray
     sampler = dataset.sampler
     return DistributedArrayDataset(dataset.images, dataset.labels, sampler.batch_size, rank=rank,
                                    world_size=world_size, shuffle=sampler.shuffle, seed=sampler.seed,
-                                   steps_per_epoch=dataset.steps_per_epoch)
+                                   steps_per_epoch=dataset.steps_per_epoch, transform=dataset.transform)
 
 
 __all__ = ["DistributedArrayDataset", "shard"]
