@@ -16,7 +16,7 @@ import torch
 
 import torchresume as tr
 from torchresume import catalog, files
-from torchresume.errors import CorruptCheckpointError, UnsafePathError
+from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError, UnsafePathError
 from torchresume.files import directory, write_encoded
 from torchresume.files.single import encode_weights
 from torchresume.manager import prune
@@ -368,3 +368,40 @@ def test_a_crafted_run_entry_in_a_mindspore_file_is_typed(tmp_path) -> None:
         tr.load_checkpoint(path)
     assert str(exc.value) == (f"{path}: its 'torchresume_run' entry nests JSON too deeply; the file is "
                               "damaged or hostile")
+
+
+def test_a_named_link_loop_or_unreadable_file_is_a_typed_error(tmp_path) -> None:
+    """A checkpoint path that is a link to itself (ELOOP) was a raw OSError from load and inspect
+    (benchmarks/fuzz_checkpoints.py found it for single-file, encrypted and MindSpore files)."""
+    loop = str(tmp_path / "loop.ckpt")
+    os.symlink(loop, loop)
+    for read in (tr.load_checkpoint, files.describe):
+        with pytest.raises(CheckpointNotFoundError) as caught:
+            read(loop)
+        assert str(caught.value) == (f"{loop}: a loop of symbolic links, which leads to no file; "
+                                     "point at the checkpoint file itself")
+    if os.geteuid() != 0:  # root reads a file whatever its mode
+        locked = tmp_path / "locked.ckpt"
+        tr.save_checkpoint({"w": torch.ones(2)}, str(locked))
+        os.chmod(locked, 0)
+        with pytest.raises(StorageError, match=r"locked.ckpt: cannot open it \(Permission denied\)"):
+            tr.load_checkpoint(str(locked))
+
+
+def test_resume_passes_over_a_link_loop_to_the_older_checkpoint(tmp_path) -> None:
+    net = _net()
+    mgr = tr.CheckpointManager(str(tmp_path), model=net, prefix="net", keep=None)
+    mgr.save(1, 1)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    newest = mgr.save(1, 2)
+    mgr.close()
+    os.unlink(newest)
+    os.symlink(newest, newest)  # the newest now names a loop
+    fresh = _net()
+    with torch.no_grad():
+        fresh.weight.zero_()
+    again = tr.CheckpointManager(str(tmp_path), model=fresh, prefix="net", keep=None)
+    again.restore_latest()
+    again.close()
+    assert torch.equal(fresh.weight, _net().weight)  # the step-1 weights

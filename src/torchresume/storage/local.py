@@ -20,7 +20,7 @@ from typing import BinaryIO, TypeVar
 
 import xxhash
 
-from torchresume.errors import CheckpointNotFoundError, CheckpointWriteError, UnsafePathError
+from torchresume.errors import CheckpointNotFoundError, CheckpointWriteError, StorageError, UnsafePathError
 from torchresume.storage.base import Buffer, FileInfo, write_all
 from torchresume.storage.direct import DIRECT_MIN_BYTES, DirectSink, open_direct
 
@@ -161,7 +161,10 @@ def open_regular(path: str, label: str, *, follow: bool = True) -> tuple[BinaryI
         if exc.errno == errno.ELOOP and not follow:
             raise UnsafePathError(f"{label}: a symbolic link; torchresume never follows a link inside a "
                                   "checkpoint: replace it with the file") from None
-        raise
+        if exc.errno == errno.ELOOP:
+            raise CheckpointNotFoundError(f"{label}: a loop of symbolic links, which leads to no file; "
+                                          "point at the checkpoint file itself") from None
+        raise StorageError(f"{label}: cannot open it ({exc.strerror})") from None
     st = os.fstat(f.fileno())
     if not stat.S_ISREG(st.st_mode):
         f.close()
