@@ -104,8 +104,13 @@ def test_sigkills_then_same_command_is_bitwise_exact(mode: str, kills: int, refe
     assert landed["mid-step"] + landed["mid-save"] >= 1
     _finish(run, mode)
     _assert_same_run(run, reference)
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == \
-        ["seen", "trainer-3_6.ckpt", FINAL], "only torchresume files: no pickle beside them"
+    names = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    checkpoints = [n for n in names if n != "seen"]
+    assert all(n.startswith("trainer-") and n.endswith(".ckpt") for n in checkpoints), names  # no pickle beside
+    assert checkpoints[-2:] == ["trainer-3_6.ckpt", FINAL], names  # save_total_limit=2
+    # A kill between the last save's commit and its retention (deletes in a background thread) leaves
+    # one more: the rerun has nothing to save, so nothing prunes it (noted for issue 31's one manager).
+    assert len(checkpoints) <= 3, names
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_and_named(reference: Path, tmp_path: Path) -> None:
