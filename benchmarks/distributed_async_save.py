@@ -35,7 +35,7 @@ def worker(mib: int, repeat: int, directory: str, replicated: bool) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
     dist.init_process_group("gloo")
     world = dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
@@ -44,7 +44,7 @@ def worker(mib: int, repeat: int, directory: str, replicated: bool) -> None:
     layers = [torch.randn(rows, 1024) for _ in range(max(1, mib // 16))]
     state = {"model": {f"layer{i}.weight": t if replicated else distribute_tensor(t, mesh, [Shard(0)])
                        for i, t in enumerate(layers)}}
-    managers = {mode: DistributedCheckpointManager(os.path.join(directory, mode), prefix="bench", keep=1,
+    managers = {mode: ShardedStore(os.path.join(directory, mode), prefix="bench", keep=1,
                                                    async_save=mode == "async") for mode in ("sync", "async")}
     modes = ("sync", "async", "dcp") if replicated else ("sync", "async")
 

@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/distributed_metadata.py [--tensors 200] [--worl
 For each world size W it starts ``torchrun --nproc-per-node W`` (gloo, CPU);
 the ranks save a state of ``--tensors`` small tensors, each a DTensor sharded
 over all W ranks (so T x W shards, as FSDP2 gives), three times through
-DistributedCheckpointManager, and rank 0 reports the committed checkpoint's
+ShardedStore, and rank 0 reports the committed checkpoint's
 dcp_metadata.json and manifest.json sizes and the median save time. The
 tensors are tiny (W x 64 floats), so the time is coordination (plans gathered
 to the coordinator, results gathered, commit, barriers), not bytes. Figures
@@ -32,14 +32,14 @@ def worker(tensors: int, directory: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
     dist.init_process_group("gloo")
     world = dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     torch.manual_seed(0)
     state = {"model": {f"layer{i}.weight": distribute_tensor(torch.randn(world * 8, 8), mesh, [Shard(0)])
                        for i in range(tensors)}}
-    mgr = DistributedCheckpointManager(directory, prefix="bench", keep=1)
+    mgr = ShardedStore(directory, prefix="bench", keep=1)
     times = []
     for step in range(3):
         dist.barrier()

@@ -6,7 +6,7 @@ For each rank count one torchrun (gloo, CPU) holds a state of ``--gib`` GiB in
 64 MiB float32 tensors, each sharded by rows over the ranks as DTensors (as
 FSDP2 holds them). In the same processes, one after the other and alternating
 the order every repeat (the machine is shared, so noise hits all three), it
- * saves and restores with DistributedCheckpointManager,
+ * saves and restores with ShardedStore,
  * saves and loads with DCP's FileSystemWriter/FileSystemReader (defaults: one thread, fsync),
  * gathers every shard to rank 0 and torch.save's one file (then fsync, as the others do),
    and loads it on rank 0 and scatters the shards back.
@@ -63,9 +63,9 @@ Pair = tuple[Callable[[int], Any], Callable[[int], Any]]
 def torchresume_pair(state: dict[str, Any], root: str) -> Pair:
     import logging
 
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
     logging.getLogger("torchresume").setLevel(logging.WARNING)  # no "resumed from" line per restore
-    mgr = DistributedCheckpointManager(os.path.join(root, "tr"), prefix="bench", keep=100)
+    mgr = ShardedStore(os.path.join(root, "tr"), prefix="bench", keep=100)
     return (lambda i: mgr.save(state, epoch=1, step=i)), (lambda i: mgr.restore(state))
 
 

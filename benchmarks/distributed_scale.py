@@ -11,7 +11,7 @@ Two cases, each world size one ``torchrun --standalone`` (gloo, CPU, every rank 
   FSDP2 holds them), at ``--big-worlds`` only.
 
 In the same processes, alternating which goes first every repeat (the machine is shared), each rank
-saves and restores the same state with DistributedCheckpointManager (synchronous, ``keep=1``, a
+saves and restores the same state with ShardedStore (synchronous, ``keep=1``, a
 ``rank_state`` of the rank's RNG state and a position, as the trainer saves) and with
 ``dcp.save``/``dcp.load`` through DCP's own FileSystemWriter/FileSystemReader (defaults). Per save
 and per restore it measures, inside this benchmark's processes only:
@@ -275,9 +275,9 @@ def torchresume_pair(state: dict[str, Any], root: str) -> Pair:
     import torch
     import torch.distributed as dist
 
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
     logging.getLogger("torchresume").setLevel(logging.WARNING)  # no "resumed from" line per restore
-    mgr = DistributedCheckpointManager(os.path.join(root, "tr"), prefix="bench", keep=1)
+    mgr = ShardedStore(os.path.join(root, "tr"), prefix="bench", keep=1)
     own = {"rng": torch.get_rng_state(), "position": [dist.get_rank(), 0]}
     return (lambda i: mgr.save(state, epoch=1, step=i, rank_state=own)), (lambda i: mgr.restore(state)), mgr.wait
 

@@ -5,7 +5,7 @@ Usage (from the repository root; not part of the test command, it takes a while)
     nice .venv/bin/python -m benchmarks.fuzz_checkpoints --mutations 3000
 
 Kinds: ``single`` (a native file), ``encrypted`` (the same, AES-GCM), ``directory`` (two native
-parts + manifest.json), ``sharded`` (a one-process DistributedCheckpointManager save:
+parts + manifest.json), ``sharded`` (a one-process ShardedStore save:
 manifest.json, dcp_metadata.json, parts) and ``mindspore`` (a protobuf .ckpt with its CRC
 footer). Mutations: bytes (bit flips, truncation, splices, zeroed runs, length prefixes), JSON
 values (types, huge and negative numbers, deep nesting, long strings, missing keys), names (``..``,
@@ -93,8 +93,8 @@ def make_seeds(where: Path, kinds: list[str]) -> dict[str, Path]:
                             {k: v for k, v in state.items() if k != "model"})]
         commit_directory(str(seeds["directory"]), parts, info={"epoch": 1, "step": 2}, append={"lr": 0.1})
     if "sharded" in kinds:  # one process, no process group: the layout torchrun writes, one rank of it
-        from torchresume.distributed import DistributedCheckpointManager
-        mgr = DistributedCheckpointManager(str(where / "sharded"), prefix="ckpt", keep=1)
+        from torchresume.distributed import ShardedStore
+        mgr = ShardedStore(str(where / "sharded"), prefix="ckpt", keep=1)
         seeds["sharded"] = Path(mgr.save({"model": state["model"], "optimizer": state["optimizer"]},
                                          epoch=1, step=6, rank_state={"seen": 32}) or "")
         mgr.close()

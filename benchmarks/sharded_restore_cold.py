@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/sharded_restore_cold.py [--mib 512] [--repeat 5] [--dtensor] [--ranks N]
 
 ``--ranks 1`` (default): one process saves ``--mib`` MiB of 64 MiB float32 tensors with
-``DistributedCheckpointManager`` (no process group) and with ``dcp.save`` (FileSystemWriter), then
+``ShardedStore`` (no process group) and with ``dcp.save`` (FileSystemWriter), then
 restores each ``--repeat`` times, alternating which goes first, after dropping every file of both
 from the page cache (``os.sync``, then ``posix_fadvise DONTNEED``), and checks the values.
 ``--dtensor``: the tensors are DTensors on a CPU mesh (a gloo group), as FSDP2 holds them.
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, root: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
     warnings.filterwarnings("ignore")
     launched = "LOCAL_RANK" in os.environ
     rank, world = 0, 1
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, root: str) -> None:
     local = (lambda t: t.to_local()) if args.dtensor or launched else (lambda t: t)
     shape = (ROWS // world, COLS)
     state = {"model": {f"w{i}": make(torch.randn(shape)) for i in range(max(1, args.mib // 64))}}
-    mgr = DistributedCheckpointManager(os.path.join(root, "tr"), prefix="bench", keep=1)
+    mgr = ShardedStore(os.path.join(root, "tr"), prefix="bench", keep=1)
 
     def slowest(seconds: float) -> float:
         if not dist.is_initialized():

@@ -180,12 +180,12 @@ def test_a_snapshot_defers_only_the_storages_named() -> None:
 
 
 def test_a_sharded_save_defers_too_and_holds_the_named_step(tmp_path, monkeypatch) -> None:
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
 
     net = _net()
     opt = torch.optim.Adam(net.parameters(), lr=0.1)
     _step(net, opt)
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="net", async_save=True, overlap=True)
+    mgr = ShardedStore(str(tmp_path), prefix="net", async_save=True, overlap=True)
     mgr.guard_optimizer(opt)
     try:
         release = _held_copies(monkeypatch)

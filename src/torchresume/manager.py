@@ -39,6 +39,7 @@ from torchresume.storage import is_remote, resolve
 from torchresume.storage.local import LocalStorage, clean_stale_temps
 from torchresume.storage.pacing import Pace
 from torchresume.storage.staged import StagedRemote
+from torchresume.world import World
 
 
 def _encrypted(entry: Entry) -> bool:
@@ -141,12 +142,12 @@ class CheckpointManager:
         # Remote directories: write locally (durably) first, upload in the background.
         self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
         self.staging = self.remote.staging if self.remote is not None else None
-        self._lock: run_lock.RunLock | None = None
+        self._lock: run_lock.RunLock | None = None  # rank 0's
+        self._locked = False  # every rank: the job holds the lock
         self._verbose = False
         # Completed steps of the run: restored from a checkpoint, counted by Guard.step_done.
         self.global_step = 0
-        if isinstance(self.storage, LocalStorage):
-            clean_stale_temps(self._where)
+        self.world = World.current()
 
     @property
     def verbose(self) -> bool:
@@ -175,11 +176,24 @@ class CheckpointManager:
 
     # -- the run lock ---------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        """Make this process the directory's only writer (RunLockedError if another run is)."""
-        if self._lock is None:
-            self._lock = run_lock.acquire(self.directory, local_dir=self.staging)
+        """Make this job the directory's only writer; collective under torchrun.
+
+        Rank 0 takes the run lock; if another run holds it, every rank raises the same
+        RunLockedError. Only then is anything cleaned: a killed writer's temporary files.
+        Saving and resuming take it first; call it yourself to claim the directory earlier.
+        """
+        if self._locked:
+            return
+        self.world.on_rank_0(self._take_lock)
+        self._locked = True
+
+    def _take_lock(self) -> None:
+        self._lock = run_lock.acquire(self.directory, local_dir=self.staging)
+        if isinstance(self.storage, LocalStorage):
+            clean_stale_temps(self._where)
 
     def release_lock(self) -> None:
+        self._locked = False
         if self._lock is not None:
             self._lock = None
             run_lock.release(self.directory)
@@ -214,9 +228,9 @@ class CheckpointManager:
             return None
         if self.remote is not None:
             self.remote.raise_if_failed()
-        if self._lock is None:
+        if not self._locked:
             self.acquire_lock()
-        else:
+        elif self._lock is not None:
             self._lock.refresh()
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
         if global_step is None:  # a guarded loop counts them; else the step is all we know
@@ -437,7 +451,11 @@ class CheckpointManager:
         return info
 
     def restore_latest(self, *, callbacks: dict[str, Stateful] | None = None) -> dict[str, Any] | None:
-        """Restore the newest valid checkpoint in the directory; None if there is none."""
+        """Restore the newest valid checkpoint in the directory; None if there is none.
+
+        Resuming claims the directory first (``acquire_lock``): nothing is read, uploaded or
+        cleaned while another run writes there."""
+        self.acquire_lock()
         self.upload_pending()
         found = self.newest_readable()
         if found is None:

@@ -1,6 +1,6 @@
 """The save slot: at most one save in flight, and what a save does when the slot is busy.
 
-Every saver goes through one: ``CheckpointManager``, ``DistributedCheckpointManager`` and
+Every saver goes through one: ``CheckpointManager``, ``ShardedStore`` and
 ``api.save_checkpoint(async_save=True)``. A synchronous slot runs the write in the caller.
 An asynchronous one snapshots the state into reused staging buffers (the ``Stager``: plain
 tensors by default, DTensor local shards for sharded saves), hands the write to one

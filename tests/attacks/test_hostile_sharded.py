@@ -21,7 +21,7 @@ import torch
 import xxhash
 from torch import nn
 
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.distributed.reader import read_part
 from torchresume.errors import CorruptCheckpointError, DamagedRunError
 from torchresume.files.directory import write_part
@@ -74,7 +74,7 @@ def _follow_the_parts(path: str, doc: dict[str, Any], ranges: bool) -> None:
 @pytest.mark.parametrize("ranges", [True, False], ids=["chunk-ranges", "before-0.3"])
 def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path: Path, ranges: bool) -> None:
     net = nn.Linear(4, 3)
-    mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x", keep=2)
+    mgr = ShardedStore(str(tmp_path / "run"), prefix="x", keep=2)
     path = str(shutil.copytree(V1 / "plain" / "x-1_6.ckpt", tmp_path / "run" / "x-1_6.ckpt"))
     manifest_file = Path(path) / "manifest.json"
     doc = json.loads(manifest_file.read_text())
@@ -121,10 +121,10 @@ def _net_and_optimizer() -> tuple[nn.Module, torch.optim.Optimizer]:
 
 
 def _run(tmp_path: Path, steps: int = 1,
-         enc_key: bytes | None = None) -> tuple[DistributedCheckpointManager, list[str]]:
+         enc_key: bytes | None = None) -> tuple[ShardedStore, list[str]]:
     """A run directory with ``steps`` sharded checkpoints (step i holds weights filled with i)."""
     net, opt = _net_and_optimizer()
-    mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x", keep=5, enc_key=enc_key)
+    mgr = ShardedStore(str(tmp_path / "run"), prefix="x", keep=5, enc_key=enc_key)
     paths = []
     for step in range(1, steps + 1):
         with torch.no_grad():
@@ -191,7 +191,7 @@ def _every_reader(path: str, capsys: pytest.CaptureFixture[str]) -> dict[str, st
         code = main(argv)
         err = capsys.readouterr().err
         out[command] = "ok" if code == 0 else err.strip()
-    mgr = DistributedCheckpointManager(str(Path(path).parent), prefix="x")
+    mgr = ShardedStore(str(Path(path).parent), prefix="x")
     try:
         mgr.restore(_fresh_state(), path=path)
         out["restore"] = "ok"
@@ -302,7 +302,7 @@ def test_a_checkpoint_written_before_the_digest_still_loads_with_one_line(
     assert tree["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)  # DCP's pickle, loaded once checked
     assert verify(path).valid
     state = _fresh_state()
-    found = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x").restore(state)
+    found = ShardedStore(str(tmp_path / "run"), prefix="x").restore(state)
     assert found is not None and found.step == 6 and found.rank_state == {"note": "rank zero", "n": 3}
     assert torch.allclose(state["model"]["bias"], torch.tensor([0.5, -0.5, 1.5]) - 0.01)
     err = capsys.readouterr().err
@@ -329,7 +329,7 @@ def test_overlapping_chunks_that_leave_rows_uncovered_are_refused(
     from torchresume.files.directory import PART_SUFFIX
     from torchresume.files.directory import write_part as write
     weight = torch.arange(512 * 512, dtype=torch.float32).view(512, 512)
-    mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x")
+    mgr = ShardedStore(str(tmp_path / "run"), prefix="x")
     path = mgr.save({"model": {"w": weight}}, epoch=1, step=1) or ""
     spans: dict[str, Any] = {}
     record = write(path, "shard-00000-9", "tensors", {"model.w@0,0": weight[:256].clone(),
@@ -385,7 +385,7 @@ def test_a_sharded_restore_passes_over_damage_and_a_save_replaces_it(
     mgr, (older, newest) = _run(tmp_path, steps=2)
     damage(newest)
     capsys.readouterr()
-    found = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x").restore(_fresh_state())
+    found = ShardedStore(str(tmp_path / "run"), prefix="x").restore(_fresh_state())
     assert found is not None and found.path == older
     err = capsys.readouterr().err
     assert err.count(f"skipping invalid checkpoint {newest}") == 1 and "Traceback" not in err, err
@@ -393,7 +393,7 @@ def test_a_sharded_restore_passes_over_damage_and_a_save_replaces_it(
     assert mgr.save({"model": net.state_dict(), "optim": opt.state_dict()}, epoch=1, step=2) == newest
     mgr.wait()
     assert f"{newest} is the damaged checkpoint the restore passed over; replacing it" in capsys.readouterr().err
-    again = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x").restore(_fresh_state())
+    again = ShardedStore(str(tmp_path / "run"), prefix="x").restore(_fresh_state())
     assert again is not None and again.path == newest
     mgr.close()
 
@@ -410,7 +410,7 @@ def test_non_tensor_values_are_typed_json_not_pickles(tmp_path: Path) -> None:
     meta = json.loads((Path(path) / "dcp_metadata.json").read_text())
     assert meta["version"] == 2 and any(entry.get("value") for entry in meta["storage_data"])
     state = _fresh_state()
-    DistributedCheckpointManager(str(tmp_path / "run"), prefix="x").restore(state)
+    ShardedStore(str(tmp_path / "run"), prefix="x").restore(state)
     saved = opt.state_dict()["param_groups"]
     restored = state["optim"]["param_groups"]
     assert [{k: v for k, v in g.items() if k != "params"} for g in restored] == \

@@ -27,7 +27,7 @@ from tests.attacks.test_hostile_sharded import (
     _run,
 )
 from torchresume import load_checkpoint
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.errors import CorruptCheckpointError
 from torchresume.files import directory, read_checkpoint, verify
 from torchresume.files.sharded import check_coverage
@@ -212,12 +212,12 @@ def test_column_sharded_coverage_compares_each_chunk_with_few_others(monkeypatch
 
 def test_a_link_in_place_of_the_checkpoint_is_replaced_not_kept(tmp_path: Path) -> None:
     net, _ = _net_and_optimizer()
-    other = DistributedCheckpointManager(str(tmp_path / "other"), prefix="x", keep=5)
+    other = ShardedStore(str(tmp_path / "other"), prefix="x", keep=5)
     target = other.save({"model": net.state_dict()}, epoch=1, step=2) or ""
     other.wait()
     (tmp_path / "run").mkdir()
     os.symlink(target, tmp_path / "run" / "x-1_2.ckpt")
-    mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="x", keep=5)
+    mgr = ShardedStore(str(tmp_path / "run"), prefix="x", keep=5)
     with torch.no_grad():
         net.weight.fill_(5.0)
     mgr.save({"model": net.state_dict()}, epoch=1, step=1)

@@ -6,7 +6,7 @@ Rank 1's part writes of any checkpoint of step 4 (``*_4.ckpt``) stall for ``STAL
 past the deadline (``DEADLINE_S``), as a hung NFS mount or object store would; every other write
 goes through. Each rank writes ``OUT/rank{r}.json`` with what it observed. Scenarios:
 
-- ``manager``: DistributedCheckpointManager, sync then async: saves of steps 2, 4 (stalled) and 6;
+- ``manager``: ShardedStore, sync then async: saves of steps 2, 4 (stalled) and 6;
 - ``train``: Model.train with ModelCheckpoint saving every 2 steps (sync and async with
   ``on_save_deadline="continue"``, then sync with ``"stop"``).
 """
@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from torchresume.data import ArrayDataset
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.train import CheckpointConfig, Model, ModelCheckpoint
 from torchresume.train.distributed import die_with_launcher, end_process
 
@@ -61,7 +61,7 @@ def manager_saves(directory: str, async_save: bool) -> dict[str, Any]:
     """Saves of steps 2, 4 (rank 1 stalls) and 6: the error of step 4, its time, what is committed."""
     torch.manual_seed(0)
     net = nn.Linear(6, 3)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=5, async_save=async_save,
+    mgr = ShardedStore(directory, prefix="ddp", keep=5, async_save=async_save,
                                        save_deadline_s=DEADLINE_S)
     mgr.save({"model": net.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
     mgr.wait()
@@ -80,7 +80,7 @@ def manager_saves(directory: str, async_save: bool) -> dict[str, Any]:
     return {"error": type(error).__name__, "message": str(error),
             "cause": type(error.__cause__).__name__ if error is not None else None,
             "seconds": seconds, "newest": newest, "listing": listing,
-            "newest_after": DistributedCheckpointManager(directory, prefix="ddp").newest()}
+            "newest_after": ShardedStore(directory, prefix="ddp").newest()}
 
 
 def _model() -> Model:

@@ -101,8 +101,8 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def committed(directory: Path, prefix: str) -> list[Path]:
     """Committed sharded checkpoints of ``prefix`` in ``directory``, oldest first."""
-    from torchresume.distributed import DistributedCheckpointManager
-    mgr = DistributedCheckpointManager(str(directory), prefix=prefix)
+    from torchresume.distributed import ShardedStore
+    mgr = ShardedStore(str(directory), prefix=prefix)
     return [Path(e.path) for e in reversed(mgr.checkpoints())]
 
 

@@ -111,14 +111,14 @@ def skip_run(out: str) -> list[bool]:
 
 def _restore(directory: str, key: bytes | None) -> tuple[nn.Module, str]:
     """A fresh network restored from the newest checkpoint in ``directory``; '' or the typed error."""
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
     net = _model().network
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
     state = {"model": net.state_dict()}
     try:
-        DistributedCheckpointManager(directory, prefix=PREFIX, enc_key=key).restore(state)
+        ShardedStore(directory, prefix=PREFIX, enc_key=key).restore(state)
     except TorchResumeError as exc:
         return net, f"{type(exc).__name__}: {exc}"
     net.load_state_dict(state["model"])

@@ -22,7 +22,7 @@ from tests.distributed.conftest import torchrun
 from tests.distributed.launch import committed, every_tensor, run, torchrun_cmd, train_cli
 from tests.storage.conftest import bucket, s3_server  # noqa: F401 - the fixtures
 from torchresume import storage
-from torchresume.distributed import DistributedCheckpointManager, manager
+from torchresume.distributed import ShardedStore, manager
 from torchresume.errors import AsyncSaveError, CheckpointConfigError
 
 
@@ -31,16 +31,16 @@ def test_async_without_process_group_snapshot_newest_after_wait(tmp_path: Path,
     """One process (no process group), fast: the write is held until the test lets it go."""
     torch.manual_seed(0)
     net = nn.Linear(4, 3)
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", keep=1, async_save=True)
+    mgr = ShardedStore(str(tmp_path), prefix="solo", keep=1, async_save=True)
     first = mgr.save({"model": net.state_dict()}, epoch=1, step=1, rank_state={"pos": [1]})
     mgr.wait()
     release = threading.Event()
-    real_write = manager.DistributedCheckpointManager._write
+    real_write = manager.ShardedStore._write
 
-    def held(self: DistributedCheckpointManager, *args: object, **kwargs: object) -> None:
+    def held(self: ShardedStore, *args: object, **kwargs: object) -> None:
         release.wait(30)
         real_write(self, *args, **kwargs)  # type: ignore[arg-type]
-    monkeypatch.setattr(manager.DistributedCheckpointManager, "_write", held)
+    monkeypatch.setattr(manager.ShardedStore, "_write", held)
     at_call = {k: v.clone() for k, v in net.state_dict().items()}
     pos = {"pos": [2]}
     second = mgr.save({"model": net.state_dict()}, epoch=1, step=2, rank_state=pos)
@@ -53,7 +53,7 @@ def test_async_without_process_group_snapshot_newest_after_wait(tmp_path: Path,
     mgr.close()
     assert mgr.newest() == second and sorted(p.name for p in tmp_path.iterdir()) == ["solo-1_2.ckpt"]
     state = {"model": nn.Linear(4, 3).state_dict()}
-    info = DistributedCheckpointManager(str(tmp_path), prefix="solo").restore(state)
+    info = ShardedStore(str(tmp_path), prefix="solo").restore(state)
     assert info is not None and info.rank_states == [{"pos": [2]}]
     assert all(torch.equal(state["model"][k], at_call[k]) for k in at_call)
     assert not torch.equal(net.weight, at_call["weight"])
@@ -63,7 +63,7 @@ def test_async_top_level_stateful_is_snapshotted_at_the_call(tmp_path: Path) -> 
     torch.manual_seed(0)
     net = nn.Linear(4, 3)
     at_call = {k: v.clone() for k, v in net.state_dict().items()}
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", async_save=True)
+    mgr = ShardedStore(str(tmp_path), prefix="solo", async_save=True)
     mgr.save({"model": net}, epoch=1, step=1)  # a Stateful: DCP would call net.state_dict() itself
     staged = mgr.slot._stager.buffers
     assert staged is not None and staged.nbytes == (4 * 3 + 3) * 4  # its tensors staged, not the module copied
@@ -71,14 +71,14 @@ def test_async_top_level_stateful_is_snapshotted_at_the_call(tmp_path: Path) -> 
         net.weight.add_(5.0)
     mgr.close()
     fresh = nn.Linear(4, 3)
-    assert DistributedCheckpointManager(str(tmp_path), prefix="solo").restore({"model": fresh}) is not None
+    assert ShardedStore(str(tmp_path), prefix="solo").restore({"model": fresh}) is not None
     assert all(torch.equal(fresh.state_dict()[k], at_call[k]) for k in at_call)
 
 
 def test_async_failure_reraised_at_next_save_and_async_flag_checked(tmp_path: Path) -> None:
     with pytest.raises(CheckpointConfigError, match="async_save must be True or False"):
-        DistributedCheckpointManager(str(tmp_path), async_save="yes")  # type: ignore[arg-type]
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", async_save=True)
+        ShardedStore(str(tmp_path), async_save="yes")  # type: ignore[arg-type]
+    mgr = ShardedStore(str(tmp_path), prefix="solo", async_save=True)
     mgr.save({"model": {"w": torch.ones(2)}}, epoch=1, step=1, rank_state=object())  # cannot be stored
     with pytest.raises(AsyncSaveError, match=r"solo-1_1.ckpt: sharded save failed"):
         mgr.save({"model": {"w": torch.ones(2)}}, epoch=1, step=2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.distributed.reader import RestoreFailed
 from torchresume.errors import CorruptCheckpointError, DamagedRunError
 
@@ -38,7 +38,7 @@ def test_a_damaged_newest_is_skipped_and_the_older_loaded_over_everything(
         group: bool, request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if group:
         request.getfixturevalue("one_rank_group")
-    mgr = DistributedCheckpointManager(str(tmp_path / "run"), prefix="run", keep=5)
+    mgr = ShardedStore(str(tmp_path / "run"), prefix="run", keep=5)
     mgr.save(_state(1.0), epoch=1, step=1)
     mgr.save(_state(2.0), epoch=1, step=2)
     mgr.wait()
@@ -77,7 +77,7 @@ def test_a_damaged_newest_is_skipped_and_the_older_loaded_over_everything(
 
 def test_a_state_that_does_not_fit_is_raised_not_skipped(tmp_path: Path) -> None:
     """Only damage the reader finds passes a checkpoint over: a changed model fails on the newest, as it is."""
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="run", keep=5)
+    mgr = ShardedStore(str(tmp_path), prefix="run", keep=5)
     mgr.save(_state(1.0), epoch=1, step=1)
     mgr.save(_state(2.0), epoch=1, step=2)
     mgr.wait()
@@ -89,7 +89,7 @@ def test_a_state_that_does_not_fit_is_raised_not_skipped(tmp_path: Path) -> None
 
 def test_a_named_damaged_checkpoint_is_not_replaced_by_another(tmp_path: Path) -> None:
     """``restore(path=...)`` loads that checkpoint or raises: it never falls back to another one."""
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="run", keep=5)
+    mgr = ShardedStore(str(tmp_path), prefix="run", keep=5)
     mgr.save(_state(1.0), epoch=1, step=1)
     newest = mgr.save(_state(2.0), epoch=1, step=2)
     mgr.wait()

@@ -21,7 +21,7 @@ from torch import nn
 from tests.distributed import deadline_worker
 from tests.distributed.conftest import free_port, torchrun
 from torchresume.data import ArrayDataset
-from torchresume.distributed import DistributedCheckpointManager, writer
+from torchresume.distributed import ShardedStore, writer
 from torchresume.distributed.manager import deadline_line
 from torchresume.errors import CheckpointConfigError, SaveDeadlineError
 from torchresume.train import CheckpointConfig, Model, ModelCheckpoint
@@ -88,7 +88,7 @@ def test_one_process_save_past_its_deadline_commits_nothing(tmp_path: Path, monk
             time.sleep(3.0)
         return real(path, *args, **kwargs)
     monkeypatch.setattr(writer, "write_part", stalled)
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="one", save_deadline_s=0.5)
+    mgr = ShardedStore(str(tmp_path), prefix="one", save_deadline_s=0.5)
     state = {"model": nn.Linear(2, 2).state_dict()}
     good = mgr.save(state, epoch=1, step=2)
     start = time.monotonic()
@@ -103,7 +103,7 @@ def test_one_process_save_past_its_deadline_commits_nothing(tmp_path: Path, monk
 
 
 def test_a_good_save_under_a_deadline_is_unaffected(tmp_path: Path) -> None:
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="ok", save_deadline_s=30)
+    mgr = ShardedStore(str(tmp_path), prefix="ok", save_deadline_s=30)
     net = nn.Linear(3, 3)
     path = mgr.save({"model": net.state_dict()}, epoch=1, step=1, rank_state={"r": 0})
     restored = {"model": nn.Linear(3, 3).state_dict()}
@@ -118,7 +118,7 @@ def test_the_deadline_is_a_positive_number_of_seconds(tmp_path: Path, value: obj
     message = ("save_deadline_s must be a number of seconds > 0 (each rank's time to write its part of a sharded "
                f"save, default 300) or None for no deadline, got {value!r}")
     with pytest.raises(CheckpointConfigError) as info:
-        DistributedCheckpointManager(str(tmp_path), save_deadline_s=value)  # type: ignore[arg-type]
+        ShardedStore(str(tmp_path), save_deadline_s=value)  # type: ignore[arg-type]
     assert str(info.value) == message
     with pytest.raises(CheckpointConfigError) as info:
         CheckpointConfig(save_deadline_s=value)  # type: ignore[arg-type]
@@ -139,15 +139,15 @@ def test_a_deadline_not_below_the_process_group_timeout_is_refused_the_default_s
                             timeout=datetime.timedelta(seconds=120))
     try:
         with pytest.raises(CheckpointConfigError) as info:
-            DistributedCheckpointManager(str(tmp_path), save_deadline_s=300)
+            ShardedStore(str(tmp_path), save_deadline_s=300)
         assert str(info.value) == (
             "save_deadline_s=300 is not below the process group's timeout (120 s): the ranks wait for a late one "
             "in a collective, which would time out first and end the job; pass a smaller save_deadline_s "
             "(default 300) or a longer timeout to init_process_group")
-        assert DistributedCheckpointManager(str(tmp_path), save_deadline_s=60).save_deadline_s == 60.0
+        assert ShardedStore(str(tmp_path), save_deadline_s=60).save_deadline_s == 60.0
         # Not passed (as under Lightning or the HF Trainer, which cannot pass one): half the timeout.
-        assert DistributedCheckpointManager(str(tmp_path)).save_deadline_s == 60.0
-        assert DistributedCheckpointManager(str(tmp_path), save_deadline_s=None).save_deadline_s is None
+        assert ShardedStore(str(tmp_path)).save_deadline_s == 60.0
+        assert ShardedStore(str(tmp_path), save_deadline_s=None).save_deadline_s is None
     finally:
         dist.destroy_process_group()
 

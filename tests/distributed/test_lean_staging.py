@@ -20,7 +20,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from tests.distributed.conftest import Launch, torchrun
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 
 RANKS = 4
 
@@ -75,7 +75,7 @@ def test_dtensor_shards_are_always_staged(one_rank_group: None, tmp_path: Path,
                         staticmethod(lambda t, *a, **k: real(t.clone(memory_format=torch.contiguous_format), *a, **k)))
     mesh = init_device_mesh("cpu", (1,))
     weight = distribute_tensor(torch.arange(8.0), mesh, [Shard(0)])
-    mgr = DistributedCheckpointManager(str(tmp_path / "ck"), prefix="t", keep=5, async_save=True)
+    mgr = ShardedStore(str(tmp_path / "ck"), prefix="t", keep=5, async_save=True)
     for step in (1, 2, 3):
         mgr.save({"model": {"w": weight, "b": torch.full((4,), float(step))}}, epoch=1, step=step)
         mgr.wait()

@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import create_default_local_save_plan
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.distributed.plan_cache import cached_planner, forget, spread
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import CheckpointWriteError
@@ -28,14 +28,14 @@ def tensors(path: str) -> list[str]:
     return sorted(json.loads((Path(path) / "dcp_metadata.json").read_text())["state_dict_metadata"])
 
 
-def restored(mgr: DistributedCheckpointManager, path: str, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def restored(mgr: ShardedStore, path: str, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = {"model": {k: torch.zeros_like(v) for k, v in like.items()}}
     assert mgr.restore(state, path=path) is not None
     return state["model"]
 
 
 def test_steady_saves_reuse_the_plan_and_a_new_tensor_plans_again(tmp_path: Path) -> None:
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="p", keep=10)
+    mgr = ShardedStore(str(tmp_path), prefix="p", keep=10)
     model = {"a": torch.arange(6.0), "b": torch.ones(2, 3)}
     first = mgr.save({"model": model}, epoch=1, step=1)
     cached = SavePlanner._cached_metadata[mgr._plan_key]
@@ -65,8 +65,8 @@ def test_steady_saves_reuse_the_plan_and_a_new_tensor_plans_again(tmp_path: Path
 
 
 def test_two_managers_keep_their_own_plans(tmp_path: Path) -> None:
-    runs = DistributedCheckpointManager(str(tmp_path), prefix="run")
-    best = DistributedCheckpointManager(str(tmp_path), prefix="run-best")
+    runs = ShardedStore(str(tmp_path), prefix="run")
+    best = ShardedStore(str(tmp_path), prefix="run-best")
     runs.save({"model": {"w": torch.ones(3)}}, epoch=1, step=1)
     best.save({"model": {"v": torch.zeros(2)}}, epoch=1, step=1)
     assert runs._plan_key != best._plan_key

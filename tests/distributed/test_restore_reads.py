@@ -25,7 +25,7 @@ from torch import nn
 
 from tests.distributed.conftest import Launch, torchrun
 from torchresume.cli.main import main
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.errors import CorruptCheckpointError
 from torchresume.files import seal
 
@@ -140,7 +140,7 @@ def _as_written_before(path: Path) -> None:
 
 def test_restore_reads_only_the_chunks_and_checks_each(tmp_path: Path) -> None:
     state = _state()
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="r", keep=5, threads=2)
+    mgr = ShardedStore(str(tmp_path), prefix="r", keep=5, threads=2)
     path = Path(mgr.save(state, epoch=1, step=1) or "")
     stored = json.loads((path / "dcp_metadata.json").read_text())["storage_data"]
     entries = [e for e in stored if not e.get("value")]
@@ -169,7 +169,7 @@ def test_restore_reads_only_the_chunks_and_checks_each(tmp_path: Path) -> None:
 
 def test_a_chunk_range_outside_its_part_is_refused(tmp_path: Path) -> None:
     from torchresume.files.single import read_checkpoint
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="r")
+    mgr = ShardedStore(str(tmp_path), prefix="r")
     path = Path(mgr.save(_state(), epoch=1, step=1) or "")
     mgr.close()
     def past_the_end(meta: dict[str, Any]) -> None:
@@ -183,7 +183,7 @@ def test_a_chunk_range_outside_its_part_is_refused(tmp_path: Path) -> None:
 
 def test_a_checkpoint_written_before_0_3_reads_whole_parts(tmp_path: Path) -> None:
     state = _state()
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="old", keep=5)
+    mgr = ShardedStore(str(tmp_path), prefix="old", keep=5)
     path = Path(mgr.save(state, epoch=1, step=1) or "")
     _as_written_before(path)
     restored = _zeroed(state)

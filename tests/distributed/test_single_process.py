@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.errors import CheckpointConfigError, CheckpointWriteError
 
 
@@ -18,7 +18,7 @@ def test_save_restore_without_process_group(tmp_path: Path) -> None:
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     net(torch.randn(2, 4)).sum().backward()
     opt.step()
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="solo", keep=1)
+    mgr = ShardedStore(str(tmp_path), prefix="solo", keep=1)
     assert mgr.restore({"model": net.state_dict()}) is None  # nothing saved yet
     first = mgr.save({"model": net.state_dict(), "optim": opt.state_dict()}, epoch=1, step=1,
                      rank_state={"position": 7, "rng": torch.get_rng_state()})
@@ -39,7 +39,7 @@ def test_save_restore_without_process_group(tmp_path: Path) -> None:
 
 
 def test_rank_state_that_cannot_be_stored_is_one_typed_error(tmp_path: Path) -> None:
-    mgr = DistributedCheckpointManager(str(tmp_path))
+    mgr = ShardedStore(str(tmp_path))
     with pytest.raises(CheckpointWriteError, match=r"sharded save failed \(rank 0: TreeError: cannot save set"):
         mgr.save({"model": {"w": torch.ones(2)}}, epoch=1, step=1, rank_state={"seen": {1, 2}})
     assert mgr.newest() is None
@@ -53,11 +53,11 @@ def test_rank_state_that_cannot_be_stored_is_one_typed_error(tmp_path: Path) -> 
 ])
 def test_constructor_errors(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(CheckpointConfigError, match=message):
-        DistributedCheckpointManager(**kwargs)  # type: ignore[arg-type]
+        ShardedStore(**kwargs)  # type: ignore[arg-type]
 
 
 def test_save_argument_errors(tmp_path: Path) -> None:
-    mgr = DistributedCheckpointManager(str(tmp_path))
+    mgr = ShardedStore(str(tmp_path))
     with pytest.raises(CheckpointConfigError, match="state must be a dict of state_dicts .*got list"):
         mgr.save([torch.ones(1)], epoch=1, step=1)  # type: ignore[arg-type]
     with pytest.raises(CheckpointConfigError, match="step must be an int >= 0, got -1"):
@@ -67,7 +67,7 @@ def test_save_argument_errors(tmp_path: Path) -> None:
 def test_saving_a_committed_step_again_keeps_the_committed_checkpoint(tmp_path: Path, capsys) -> None:
     """A second save of the same (epoch, step) never deletes the good checkpoint already there."""
     net = nn.Linear(4, 3)
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="same", keep=2)
+    mgr = ShardedStore(str(tmp_path), prefix="same", keep=2)
     path = mgr.save({"model": net.state_dict()}, epoch=1, step=3)
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
@@ -81,7 +81,7 @@ def test_saving_a_committed_step_again_keeps_the_committed_checkpoint(tmp_path: 
 
 def test_an_unfinished_save_at_the_same_name_is_replaced(tmp_path: Path) -> None:
     net = nn.Linear(4, 3)
-    mgr = DistributedCheckpointManager(str(tmp_path), prefix="left", keep=2)
+    mgr = ShardedStore(str(tmp_path), prefix="left", keep=2)
     leftover = tmp_path / "left-1_3.ckpt"
     leftover.mkdir()
     (leftover / "shard-0-0.safetensors").write_bytes(b"half a part")

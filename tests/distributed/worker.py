@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.state.tree import map_tensors
 from torchresume.train.distributed import end_process
 
@@ -83,7 +83,7 @@ def ddp_model(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
 def ddp_save(directory: str, out: str, async_save: bool = False) -> dict[str, Any]:
     model, opt = ddp_model(0)
     train(model, opt)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2, async_save=async_save)
+    mgr = ShardedStore(directory, prefix="ddp", keep=2, async_save=async_save)
     for step in (0, 1):  # older checkpoints: retention keeps the newest two after the last commit
         mgr.save({"model": model.state_dict()}, epoch=1, step=step)
     path = mgr.save({"model": model.state_dict(), "optim": opt.state_dict()}, epoch=1, step=2,
@@ -99,7 +99,7 @@ def ddp_restore(directory: str, out: str) -> dict[str, Any]:
     model, opt = ddp_model(1)
     train(model, opt, 1)  # optimizer state exists, values differ from the saved ones
     state = {"model": model.state_dict(), "optim": opt.state_dict()}
-    info = DistributedCheckpointManager(directory, prefix="ddp").restore(state)
+    info = ShardedStore(directory, prefix="ddp").restore(state)
     assert info is not None
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optim"])
@@ -115,7 +115,7 @@ def ddp_restore_model(directory: str, out: str) -> dict[str, Any]:
     """The newest checkpoint that loads on every rank, weights only (every ddp_save checkpoint has them)."""
     model, _ = ddp_model(1)
     state = {"model": model.state_dict()}
-    info = DistributedCheckpointManager(directory, prefix="ddp").restore(state)
+    info = ShardedStore(directory, prefix="ddp").restore(state)
     assert info is not None
     model.load_state_dict(state["model"])
     expected = torch.load(os.path.join(out, "expected.pt"))
@@ -143,7 +143,7 @@ def fsdp_save(directory: str, out: str) -> dict[str, Any]:
     model = fsdp_model(0)
     train(model, torch.optim.SGD(model.parameters(), lr=0.1))
     full = full_state(model)
-    path = DistributedCheckpointManager(directory, prefix="fsdp").save(
+    path = ShardedStore(directory, prefix="fsdp").save(
         {"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
     if rank() == 0:
         dump(out, "expected.pt", full)
@@ -155,7 +155,7 @@ def fsdp_async_save(directory: str, out: str) -> dict[str, Any]:
     model = fsdp_model(0)
     train(model, torch.optim.SGD(model.parameters(), lr=0.1))
     full = full_state(model)
-    mgr = DistributedCheckpointManager(directory, prefix="fsdp", async_save=True)
+    mgr = ShardedStore(directory, prefix="fsdp", async_save=True)
     _slow_writes(1.0)
     path = mgr.save({"model": model.state_dict()}, epoch=1, step=2, rank_state={"rank": rank()})
     saving = mgr.saving
@@ -172,7 +172,7 @@ def fsdp_async_save(directory: str, out: str) -> dict[str, Any]:
 
 def compare_loaded(directory: str, out: str, model: nn.Module) -> dict[str, Any]:
     state = {"model": model.state_dict()}
-    info = DistributedCheckpointManager(directory, prefix="fsdp").restore(state)
+    info = ShardedStore(directory, prefix="fsdp").restore(state)
     assert info is not None
     if not any(hasattr(v, "full_tensor") for v in state["model"].values()):
         model.load_state_dict(state["model"])
@@ -210,7 +210,7 @@ def _fail_on_rank1(kind: str) -> None:
 
 def faulty_save(directory: str, out: str, kind: str) -> dict[str, Any]:
     model, opt = ddp_model(0)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2)
+    mgr = ShardedStore(directory, prefix="ddp", keep=2)
     mgr.save({"model": model.state_dict()}, epoch=1, step=1, rank_state={"rank": rank()})
     train(model, opt)
     _fail_on_rank1(kind)
@@ -233,7 +233,7 @@ def write_result(out: str, result: dict[str, Any]) -> None:
 
 def restore_any(directory: str, out: str) -> dict[str, Any]:
     model, _ = ddp_model(3)
-    info = DistributedCheckpointManager(directory, prefix="ddp").restore({"model": model.state_dict()})
+    info = ShardedStore(directory, prefix="ddp").restore({"model": model.state_dict()})
     if info is None:
         return {"path": None}
     return {"path": info.path, "epoch": info.epoch, "step": info.step, "rank_states": list(info.rank_states)}
@@ -317,7 +317,7 @@ def restore_reads(directory: str, out: str) -> dict[str, Any]:
     """FSDP2 state restored with every file read counted: which parts this rank opened, and bytes."""
     model = fsdp_model(7)
     state = {"model": model.state_dict()}
-    mgr = DistributedCheckpointManager(directory, prefix="fsdp")
+    mgr = ShardedStore(directory, prefix="fsdp")
     with CountedReads(directory) as reads:
         info = mgr.restore(state)
     assert info is not None
@@ -370,7 +370,7 @@ def scale_probe(directory: str, out: str) -> dict[str, Any]:
     collective payload in the last save counted; then restored with every file read counted."""
     state = {"model": {f"w{i}": torch.full((64,), float(i)) for i in range(48)}}
     payload = Payload()
-    mgr = DistributedCheckpointManager(directory, prefix="scale", keep=1)
+    mgr = ShardedStore(directory, prefix="scale", keep=1)
     for step in range(3):
         payload.on = step == 2
         mgr.save(state, epoch=1, step=step, rank_state={"rank": rank()})
@@ -407,7 +407,7 @@ def async_save(directory: str, out: str) -> dict[str, Any]:
     """Async saves: the call returns before the write, later updates are not written, commit then retention."""
     model, opt = ddp_model(0)
     train(model, opt)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2, async_save=True)
+    mgr = ShardedStore(directory, prefix="ddp", keep=2, async_save=True)
     for step in (0, 1):  # the second waits for the first; same layout: the staging buffers are reused
         mgr.save({"model": model.state_dict()}, epoch=1, step=step)
     mgr.wait()
@@ -453,7 +453,7 @@ def async_save(directory: str, out: str) -> dict[str, Any]:
 def async_kill(directory: str, out: str) -> dict[str, Any]:
     """Rank 1 is SIGKILLed while its background write runs; rank 0 waits for the save."""
     model, opt = ddp_model(0)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=2, async_save=True)
+    mgr = ShardedStore(directory, prefix="ddp", keep=2, async_save=True)
     mgr.save({"model": model.state_dict()}, epoch=1, step=1, rank_state={"rank": rank()})
     mgr.wait()
     train(model, opt)
@@ -470,7 +470,7 @@ def async_kill(directory: str, out: str) -> dict[str, Any]:
 def async_fail(directory: str, out: str) -> dict[str, Any]:
     """Rank 1's storage fails in the background write; the next save raises on every rank."""
     model, opt = ddp_model(0)
-    mgr = DistributedCheckpointManager(directory, prefix="ddp", keep=1, async_save=True)
+    mgr = ShardedStore(directory, prefix="ddp", keep=1, async_save=True)
     mgr.save({"model": model.state_dict()}, epoch=1, step=1, rank_state={"rank": rank()})
     mgr.wait()
     train(model, opt)
@@ -513,7 +513,7 @@ def lean_staging(directory: str, out: str) -> dict[str, Any]:
     """Async saves of replicated state: how many bytes each rank stages per save, what each rank
     wrote, and every checkpoint restored bitwise. Saves 1-3 share one layout; save 4 adds a tensor
     on every rank, save 5 one on rank 1 only (the ranks no longer agree: everything is staged)."""
-    mgr = DistributedCheckpointManager(directory, prefix="lean", keep=10, async_save=True)
+    mgr = ShardedStore(directory, prefix="lean", keep=10, async_save=True)
     state, expected, staged, paths = _replica(), {}, [], []
     for step in range(1, 6):
         if step == 4:

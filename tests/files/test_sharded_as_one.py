@@ -1,6 +1,6 @@
 """A sharded checkpoint read through the file layer is laid out as a single-process file.
 
-The checkpoints here are real ones: DistributedCheckpointManager without a process group writes a
+The checkpoints here are real ones: ShardedStore without a process group writes a
 sharded checkpoint of one rank through DCP, exactly as each rank does under torchrun (the 2-rank
 runs of the CLI are tests/distributed/test_sharded_as_one.py). Fast: no torchrun, no subprocess.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
 import torchresume as tr
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.errors import DecryptionError, StateMismatchError
 from torchresume.files import read_checkpoint
 from torchresume.state import rng
@@ -52,7 +52,7 @@ def save_sharded(directory: Path, net: Net, opt: torch.optim.Optimizer, *, rank_
                  extra: dict[str, Any] | None = None, enc_key: bytes | None = None) -> str:
     """What DistributedModelCheckpoint saves: model and optimizer keyed by name (DCP's state_dict API)."""
     model_sd, optim_sd = get_state_dict(net, opt)
-    mgr = DistributedCheckpointManager(str(directory), prefix="one", enc_key=enc_key)
+    mgr = ShardedStore(str(directory), prefix="one", enc_key=enc_key)
     return mgr.save({"model": model_sd, "optim": optim_sd, **(extra or {})}, epoch=1, step=2,
                     rank_state=rank_state, info={"global_step": 2, "steps_per_epoch": 4})
 
@@ -124,7 +124,8 @@ def test_encrypted_reads_with_the_key_and_is_a_typed_error_without(tmp_path: Pat
 
 def test_a_model_name_that_is_reserved_is_a_typed_error(tmp_path: Path) -> None:
     net = nn.ModuleDict({"rng": nn.Linear(2, 2)})
-    path = DistributedCheckpointManager(str(tmp_path), prefix="one").save({"model": net.state_dict()}, 1, 1)
+    path = ShardedStore(str(tmp_path), prefix="one").save({"model": net.state_dict()}, 1, 1)
     with pytest.raises(StateMismatchError, match="start with a reserved word .* restore it with "
-                                                 "DistributedCheckpointManager, or rename the submodule"):
+                                                 r"CheckpointManager\(..., layout='sharded'\), which reads "
+                                                 "the shards in place, or rename the submodule"):
         read_checkpoint(path)

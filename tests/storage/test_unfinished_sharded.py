@@ -1,12 +1,12 @@
 """Sharded saves a kill interrupted leave parts without a manifest: the trainer's rank 0 removes
-them (``DistributedCheckpointManager.remove_unfinished``) once it holds the run lock, on every
+them (``ShardedStore.remove_unfinished``) once it holds the run lock, on every
 storage backend. Committed checkpoints, other runs' directories and a damaged manifest stay."""
 
 from __future__ import annotations
 
 import torch
 
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.storage import resolve
 
 
@@ -15,7 +15,7 @@ def _names(root: str) -> list[str]:
     return sorted(e.path.rstrip("/").rsplit("/", 1)[-1] for e in storage.list(where))
 
 
-def _interrupted(mgr: DistributedCheckpointManager, step: int) -> str:
+def _interrupted(mgr: ShardedStore, step: int) -> str:
     """A save whose manifest (the commit, written last) never came: what a SIGKILL mid-save leaves."""
     path = mgr.save({"model": {"w": torch.ones(4) * step}}, epoch=1, step=step)
     assert path is not None
@@ -25,8 +25,8 @@ def _interrupted(mgr: DistributedCheckpointManager, step: int) -> str:
 
 
 def test_interrupted_saves_of_the_prefix_are_removed_and_nothing_else(root: str) -> None:
-    run = DistributedCheckpointManager(root, prefix="run", keep=5)
-    other = DistributedCheckpointManager(root, prefix="other", keep=5)
+    run = ShardedStore(root, prefix="run", keep=5)
+    other = ShardedStore(root, prefix="other", keep=5)
     run.save({"model": {"w": torch.ones(4)}}, epoch=1, step=1)
     _interrupted(run, 2)
     _interrupted(run, 3)

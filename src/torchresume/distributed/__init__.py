@@ -5,6 +5,6 @@ import it as ``torchresume.distributed``.
 """
 
 from torchresume.distributed.ending import end_process
-from torchresume.distributed.manager import DistributedCheckpointManager, RestoreInfo
+from torchresume.distributed.manager import DistributedCheckpointManager, RestoreInfo, ShardedStore
 
-__all__ = ["DistributedCheckpointManager", "RestoreInfo", "end_process"]
+__all__ = ["DistributedCheckpointManager", "RestoreInfo", "ShardedStore", "end_process"]

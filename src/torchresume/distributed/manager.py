@@ -1,4 +1,4 @@
-"""DistributedCheckpointManager: sharded save/restore under torch.distributed, one global commit.
+"""ShardedStore: sharded save/restore under torch.distributed, one global commit.
 
 Call it on every rank. ``save`` is collective: DCP plans the writes (replicated
 tensors once, DTensor/FSDP2 shards by their owners), every rank writes its
@@ -340,7 +340,7 @@ def _below_timeout(save_deadline_s: float | None) -> float | None:
         "init_process_group")
 
 
-class DistributedCheckpointManager:
+class ShardedStore:
     """Sharded checkpoints of a torch.distributed job in ``directory`` (a path or s3:// URL).
 
     ``keep``: committed checkpoints of ``prefix`` kept by retention (the newest always).
@@ -364,10 +364,10 @@ class DistributedCheckpointManager:
     Example:
         ```python
         from torchresume.app.models import LeNet5
-        from torchresume.distributed import DistributedCheckpointManager
+        from torchresume.distributed import ShardedStore
 
         net = LeNet5()
-        mgr = DistributedCheckpointManager("runs/sharded", prefix="net", keep=2)
+        mgr = ShardedStore("runs/sharded", prefix="net", keep=2)
         mgr.save({"model": net.state_dict()}, epoch=1, step=10, rank_state={"seen": 320})
         state = {"model": LeNet5().state_dict()}
         found = mgr.restore(state)               # loads in place; None when there is none
@@ -701,4 +701,15 @@ class DistributedCheckpointManager:
             plan_cache.forget(self._plan_key)
             self._written = None  # its plan is forgotten: the next save stages everything
 
+
+class DistributedCheckpointManager(ShardedStore):
+    """Deprecated (0.4): ``torchresume.CheckpointManager`` is the one manager in one process and
+    under torchrun; it picks the sharded layout by itself. Kept one release, as it was."""
+
+    def __init__(self, directory: str, **options: Any) -> None:
+        warnings.warn("DistributedCheckpointManager is deprecated: use torchresume.CheckpointManager(directory, "
+                      "model=..., optimizer=...), the same manager in one process and under torchrun (it writes "
+                      "sharded checkpoints when the world has several ranks); see CHANGELOG.md, 0.4",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(directory, **options)
 

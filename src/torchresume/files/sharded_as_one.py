@@ -67,7 +67,8 @@ def _weights(path: str, model: Any) -> dict[str, Any]:
     if clash:
         raise StateMismatchError(f"{path}: model state names {clash[:3]} start with a reserved word "
                                  f"{RESERVED}, so they cannot stand at the top level of one file; "
-                                 "restore it with DistributedCheckpointManager, or rename the submodule")
+                                 "restore it with CheckpointManager(..., layout='sharded'), which reads the shards "
+                                 "in place, or rename the submodule")
     return dict(model)
 
 

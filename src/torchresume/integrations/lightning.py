@@ -16,7 +16,7 @@ Three pieces, each a thin adapter over torchresume's core:
   mid-epoch (same batches, same worker seeds) through ``data/loader_state.py``'s DataLoaderFeed.
 
 Under Lightning's DDP strategy every save is collective and writes torchresume's sharded torchrun
-checkpoint through ``torchresume.distributed.DistributedCheckpointManager`` (the same writer,
+checkpoint through ``torchresume.distributed.ShardedStore`` (the same writer,
 names, commit and retention as ``torchrun -m torchresume train``): the weights and the optimizer
 state through DCP (the replica written once), each rank's own Lightning state (its RNG streams,
 its DataLoader position, loop and callback state) as that rank's part. Loading reads the
@@ -53,7 +53,7 @@ from torchresume.state.tree import TreeError, flatten
 from torchresume.storage.pacing import Pace
 
 if TYPE_CHECKING:
-    from torchresume.distributed import DistributedCheckpointManager
+    from torchresume.distributed import ShardedStore
 
 try:
     import lightning.pytorch as pl
@@ -155,7 +155,7 @@ class TorchResumeIO(CheckpointIO):
                              name="torchresume-lightning-writer")
         self.on_commit: Callable[[str], object] | None = None  # retention, set by TorchResumeCheckpoint
         self.retention: list[RetentionPolicy] = []  # a sharded save's, set by TorchResumeCheckpoint
-        self.sharded: DistributedCheckpointManager | None = None  # under DDP: the one of the last save
+        self.sharded: ShardedStore | None = None  # under DDP: the one of the last save
         self._preloaded: tuple[str, Checkpoint] | None = None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
@@ -198,14 +198,14 @@ class TorchResumeIO(CheckpointIO):
         manager.save(model_state(module, optimizers[0] if optimizers else None), parsed[1], parsed[2],
                      rank_state={RANK_KEY: rest}, info=_info(checkpoint, path))
 
-    def _manager_for(self, directory: str, prefix: str) -> DistributedCheckpointManager:
-        from torchresume.distributed import DistributedCheckpointManager
+    def _manager_for(self, directory: str, prefix: str) -> ShardedStore:
+        from torchresume.distributed import ShardedStore
         current = self.sharded
         if current is not None and (current.directory, current.prefix) == (directory.rstrip("/"), prefix):
             return current
         if current is not None:
             current.close()
-        self.sharded = DistributedCheckpointManager(
+        self.sharded = ShardedStore(
             directory, prefix=prefix, async_save=self.slot.async_save, on_busy=self.slot.on_busy,
             retention=self.retention or [KeepLast(sys.maxsize)])  # no policy: keep=None keeps all
         return self.sharded

@@ -9,7 +9,7 @@ callbacks that have ``state_dict``/``load_state_dict``) and, as typed JSON, ``ex
 (the ``TrainerState``, the state of Hugging Face's stateful callbacks included) and
 ``extra.training_args``. Nothing is pickled; a value that JSON cannot hold is an
 ``UnstorableStateError`` naming its key. Under torchrun (several processes) each checkpoint is the
-sharded directory of torchresume's torchrun path, written through ``DistributedCheckpointManager``:
+sharded directory of torchresume's torchrun path, written through ``ShardedStore``:
 the model and optimizer through DCP, each rank's RNG streams, the scheduler and the trainer state
 as its rank state.
 
@@ -327,7 +327,7 @@ class FileStore:
 
 
 class ShardStore:
-    """torchrun: each checkpoint one sharded directory through DistributedCheckpointManager (DCP; the
+    """torchrun: each checkpoint one sharded directory through ShardedStore (DCP; the
     model and optimizer written once, each rank's RNG and the shared trainer state as rank states)."""
 
     def __init__(self, trainer: Any) -> None:
@@ -335,10 +335,10 @@ class ShardStore:
         self.manager: Any = None
 
     def _manager(self) -> Any:
-        from torchresume.distributed import DistributedCheckpointManager
+        from torchresume.distributed import ShardedStore
         t = self.trainer
         if self.manager is None:
-            self.manager = DistributedCheckpointManager(
+            self.manager = ShardedStore(
                 t.args.output_dir, prefix=t.checkpoint_prefix, keep=t.args.save_total_limit or 2**31,
                 async_save=t.async_save, overlap=t.overlap)
         return self.manager

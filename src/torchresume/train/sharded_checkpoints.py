@@ -2,7 +2,7 @@
 
 ``ModelCheckpoint`` picks this strategy when training begins under torchrun (its twin for one
 process is ``file_checkpoints.py``; both have the same methods). A save is collective, through
-``torchresume.distributed.DistributedCheckpointManager``: the model and optimizer state go
+``torchresume.distributed.ShardedStore``: the model and optimizer state go
 through DCP (the DDP replica written once), and each rank's own state (its RNG streams; the
 data position, scheduler and callback state, identical on every rank) is its ``rank_state``
 inside the same checkpoint. Restore loads the newest committed checkpoint at any world size;
@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from torchresume import catalog, run_lock
-from torchresume.distributed import DistributedCheckpointManager
+from torchresume.distributed import ShardedStore
 from torchresume.distributed.reader import is_sharded
 from torchresume.errors import (
     AsyncSaveError,
@@ -60,15 +60,15 @@ class ShardedCheckpoints:
     def __init__(self, directory: str, config: CheckpointConfig, policies: list[RetentionPolicy],
                  world: World) -> None:
         self.directory, self.config, self.policies, self.world = directory, config, policies, world
-        self.manager: DistributedCheckpointManager | None = None
-        self.best_manager: DistributedCheckpointManager | None = None
+        self.manager: ShardedStore | None = None
+        self.best_manager: ShardedStore | None = None
         self._locked = False
         self._taken = False  # every rank: the lock was taken for the job (by rank 0)
         self._run_lock: run_lock.RunLock | None = None  # rank 0's
 
-    def _manager(self, directory: str, prefix: str, policies: list[RetentionPolicy]) -> DistributedCheckpointManager:
+    def _manager(self, directory: str, prefix: str, policies: list[RetentionPolicy]) -> ShardedStore:
         cfg = self.config
-        return DistributedCheckpointManager(directory, prefix=prefix, keep=cfg.keep_checkpoint_max or 1,
+        return ShardedStore(directory, prefix=prefix, keep=cfg.keep_checkpoint_max or 1,
                                             async_save=bool(cfg.async_save), retention=policies,
                                             enc_key=cfg.enc_key, on_busy=cfg.on_busy, overlap=cfg.overlap,
                                             save_deadline_s=cfg.save_deadline_s)
@@ -297,7 +297,7 @@ def _json_ok(value: Any) -> bool:
     return True
 
 
-def restore_run(ctx: RunContext, manager: DistributedCheckpointManager, world: World,
+def restore_run(ctx: RunContext, manager: ShardedStore, world: World,
                 path: str | None = None) -> bool:
     """Collective: load the newest committed checkpoint of ``manager`` (or the one at ``path``) and
     set ctx's position; False when there is none."""

@@ -31,7 +31,7 @@ HONOURED: dict[str, str] = {
     "keep_checkpoint_per_n_minutes": "retention keeps one committed checkpoint per N minutes plus the newest "
                                      "(KeepEveryNMinutes, as in one process)",
     "integrated_save": "only the default is accepted, by CheckpointConfig itself, as in one process",
-    "async_save": "staged on every rank and written in the background (DistributedCheckpointManager)",
+    "async_save": "staged on every rank and written in the background (ShardedStore)",
     "append_info": "stored in the manifest's 'append', shown by `torchresume inspect`",
     "enc_key": "every part file (shards and each rank's state) AES-GCM encrypted; restore needs the key",
     "enc_mode": "AES-GCM, the one mode of torchresume files (CheckpointConfig checks it with enc_key)",
