@@ -51,6 +51,7 @@ PROCESS_MODULES = (
     "tests/distributed/test_damaged_newest.py",
     "tests/cli/test_mindspore_cli.py",
     "tests/fault/test_distributed_kills.py",
+    "tests/fault/test_readme_loop_torchrun.py",
     "tests/fault/test_node_loss.py",
     "tests/distributed/test_deadline.py",
     "tests/cli/test_training_cli.py",

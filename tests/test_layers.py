@@ -18,8 +18,8 @@ ROOT = pathlib.Path(torchresume.__file__).parent
 RANK = {"storage": 0, "format": 1, "state": 1, "files": 2,
         "catalog": 3, "retention": 3, "run_lock": 3, "inspection": 3, "transfer": 3, "signals": 3,
         "staging": 3, "snapshot": 3, "naming": 3, "save_slot": 3, "world": 3, "distributed": 3,
-        "manager": 4, "api": 4, "data": 4, "": 4, "train": 5, "integrations": 6, "app": 6, "cli": 7,
-        "__main__": 8}
+        "manager": 4, "sharded_layout": 4, "api": 4, "data": 4, "": 4, "train": 5, "integrations": 6, "app": 6,
+        "cli": 7, "__main__": 8}
 LEAVES = {"errors", "log", "async_writer", "openmp"}  # used from every layer, import nothing above them
 # Imports that go up a layer on purpose, each lazy and each closing no cycle (checked below).
 ALLOWED_UPWARD = {

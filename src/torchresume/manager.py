@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from torchresume import catalog, files, retention, run_lock, signals
 from torchresume.catalog import Entry
 from torchresume.errors import (
+    CheckpointConfigError,
     CheckpointWriteError,
     DecryptionError,
     TorchResumeError,
@@ -30,7 +31,7 @@ from torchresume.format.reader import Checkpoint
 from torchresume.log import log
 from torchresume.naming import checkpoint_name, unique_prefix
 from torchresume.retention import KeepLast, KeepNewestVerified, RetentionPolicy
-from torchresume.save_slot import ON_BUSY, SaveSlot, check_on_busy
+from torchresume.save_slot import DEFAULT_SAVE_DEADLINE_S, ON_BUSY, SaveSlot, check_on_busy, is_default_deadline
 from torchresume.signals import STOP_SIGNALS, StopSignals
 from torchresume.state.registry import BUILTIN, StateRegistry, capture_tree, restore_tree
 from torchresume.state.stateful import Stateful
@@ -39,7 +40,10 @@ from torchresume.storage import is_remote, resolve
 from torchresume.storage.local import LocalStorage, clean_stale_temps
 from torchresume.storage.pacing import Pace
 from torchresume.storage.staged import StagedRemote
-from torchresume.world import World
+from torchresume.world import World, process_group_up
+
+if TYPE_CHECKING:
+    from torchresume.sharded_layout import ShardedLayout
 
 
 def _encrypted(entry: Entry) -> bool:
@@ -66,6 +70,27 @@ def prune(directory: str, keep: int, dec_key: bytes | None = None) -> list[str]:
         family = [e for e in entries if e.prefix == prefix]
         deleted += retention.apply(family, [KeepLast(keep), KeepNewestVerified(dec_key)])
     return deleted
+
+
+LAYOUTS = ("file", "sharded")
+
+
+def choose_layout(layout: str | None, world: World, model: nn.Module | None) -> str:
+    """``layout`` checked, or the one the world and the state call for: sharded under torchrun or
+    when the model holds DTensor shards (FSDP2), else one file (or directory) per checkpoint. A
+    manager without a model only reads (listing, the newest readable file): it keeps the file layout."""
+    if layout is None:
+        return "sharded" if model is not None and (world.distributed or _holds_shards(model)) else "file"
+    if layout not in LAYOUTS:
+        raise CheckpointConfigError(f"layout must be one of {LAYOUTS} or None (chosen from the world), got {layout!r}")
+    return layout
+
+
+def _holds_shards(model: nn.Module | None) -> bool:
+    if model is None or not process_group_up():
+        return False
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def snapshot(tree: Any) -> Any:
@@ -115,7 +140,8 @@ class CheckpointManager:
                  saved_network: nn.Module | None = None,
                  stateful: dict[str, Stateful] | None = None, file_format: str | None = None,
                  crc_check: bool = False, on_busy: str = "wait",
-                 write_mb_per_s: float | None = None, overlap: bool = False) -> None:
+                 write_mb_per_s: float | None = None, overlap: bool = False, layout: str | None = None,
+                 save_deadline_s: float | None = DEFAULT_SAVE_DEADLINE_S) -> None:
         self.directory = str(directory)
         self.storage, self._where = resolve(self.directory)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -134,20 +160,41 @@ class CheckpointManager:
         self.enc_key = crypto.check_key(enc_key, enc_mode, "enc_key") if enc_key and (
             file_format != "ckpt") else enc_key
         self.file_format, self.enc_mode, self.crc_check = file_format, enc_mode, crc_check
+        self.world = World.current()
+        self.layout = choose_layout(layout, self.world, model)
         # At most one save in flight; async saves snapshot into reused host buffers.
         self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, write_mb_per_s=write_mb_per_s, overlap=overlap)
+        self.sharded: ShardedLayout | None = None
+        if self.layout == "sharded":
+            self.sharded = self._sharded_layout(save_deadline_s, file_format=file_format, write_mb_per_s=write_mb_per_s)
+        elif not is_default_deadline(save_deadline_s):
+            raise CheckpointConfigError(f"save_deadline_s={save_deadline_s!r}: a deadline applies to the ranks of a "
+                                        "sharded save (under torchrun, or layout='sharded'); drop it here")
         if optimizer is not None:
             self.slot.guard_optimizer(optimizer)
         self.last_saved: str | None = None
         # Remote directories: write locally (durably) first, upload in the background.
-        self.remote = StagedRemote(self.directory, self.storage) if is_remote(self.directory) else None
+        self.remote = StagedRemote(self.directory, self.storage) if (
+            is_remote(self.directory) and self.sharded is None) else None
         self.staging = self.remote.staging if self.remote is not None else None
         self._lock: run_lock.RunLock | None = None  # rank 0's
         self._locked = False  # every rank: the job holds the lock
         self._verbose = False
         # Completed steps of the run: restored from a checkpoint, counted by Guard.step_done.
         self.global_step = 0
-        self.world = World.current()
+
+    def _sharded_layout(self, save_deadline_s: float | None, *, file_format: str | None,
+                        write_mb_per_s: float | None) -> ShardedLayout:
+        """The sharded layout's engine, after refusing what it cannot honour; it brings its own save slot."""
+        from torchresume.sharded_layout import ShardedLayout, refuse_file_options
+        refuse_file_options(file_format=file_format, saved_network=self.saved_network, write_mb_per_s=write_mb_per_s,
+                            crc_check=self.crc_check, enc_mode=self.enc_mode)
+        sharded = ShardedLayout(self.directory, model=self.model, optimizer=self.optimizer, registry=self.state,
+                                world=self.world, policies=self.policies, prefix=self.prefix,
+                                async_save=self.slot.async_save, enc_key=self.enc_key, on_busy=self.slot.on_busy,
+                                overlap=self.slot.overlap, save_deadline_s=save_deadline_s)
+        self.slot = sharded.store.slot
+        return sharded
 
     @property
     def verbose(self) -> bool:
@@ -191,6 +238,15 @@ class CheckpointManager:
         self._lock = run_lock.acquire(self.directory, local_dir=self.staging)
         if isinstance(self.storage, LocalStorage):
             clean_stale_temps(self._where)
+        if self.sharded is not None:
+            self.sharded.store.remove_unfinished()
+
+    def _hold_lock(self) -> None:
+        """Take the run lock, or renew it (an object-storage lock's heartbeat) when held."""
+        if not self._locked:
+            self.acquire_lock()
+        elif self._lock is not None:
+            self._lock.refresh()
 
     def release_lock(self) -> None:
         self._locked = False
@@ -223,18 +279,22 @@ class CheckpointManager:
         manager's; breakpoints always wait) decides: "wait" for it, or "skip" this save and
         return None.
         """
+        if global_step is None:  # a guarded loop counts them; else the step is all we know
+            global_step = self.global_step or step
+        if self.sharded is not None:
+            self._hold_lock()
+            self.last_saved = self.sharded.save(
+                epoch, step, global_step, breakpoint=breakpoint, info={"prefix": self.prefix, **(info or {})},
+                append=append, callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state,
+                on_busy="wait" if breakpoint else on_busy)
+            return self.last_saved
         path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         if not self.slot.claim(path, "wait" if breakpoint else on_busy):
             return None
         if self.remote is not None:
             self.remote.raise_if_failed()
-        if not self._locked:
-            self.acquire_lock()
-        elif self._lock is not None:
-            self._lock.refresh()
+        self._hold_lock()
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
-        if global_step is None:  # a guarded loop counts them; else the step is all we know
-            global_step = self.global_step or step
         full_info = {"epoch": epoch, "step": step, "global_step": global_step,
                      "prefix": self.prefix, "breakpoint": breakpoint, "time": time.time(),
                      **(info or {})}
@@ -309,6 +369,8 @@ class CheckpointManager:
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete this prefix's checkpoints that no policy keeps; returns what was deleted."""
+        if self.sharded is not None:
+            return self.sharded.store.apply_retention(protect)
         if not self.policies:
             return []
         entries = catalog.list_checkpoints(self.directory, verify=False, prefix=self.prefix)  # not settle(): the
@@ -328,6 +390,8 @@ class CheckpointManager:
             self.slot.close()
             if self.remote is not None:
                 self.remote.close()
+            if self.sharded is not None:
+                self.sharded.close()
         finally:
             self.release_lock()
 
@@ -434,6 +498,10 @@ class CheckpointManager:
         Returns the file's info. A weights-only file restores the model and says what it lacked.
         """
         self.slot.wait_staged()  # the load changes the live tensors a save in flight may still copy
+        if self.sharded is not None and ckpt is None and self.sharded.owns(path):
+            found = self.sharded.restore(path, callbacks)
+            assert found is not None  # a named checkpoint loads or raises
+            return self._restored(found)
         if ckpt is None:
             ckpt = read_checkpoint(path, dec_key=self.enc_key)
         if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names
@@ -441,13 +509,15 @@ class CheckpointManager:
             return mindspore_io.restore(self, path, ckpt.tree)
         lacking = restore_tree(ckpt.tree, path, self.model, self.state, callbacks=callbacks,
                                restore_rng=restore_rng)
-        info = dict(ckpt.info)
-        info["lacking"] = lacking
+        return self._restored({**ckpt.info, "path": path, "lacking": lacking})
+
+    def _restored(self, info: dict[str, Any]) -> dict[str, Any]:
+        """A restore's info, once the live objects hold it: the run's step count follows it."""
         if isinstance(info.get("global_step"), int):
             self.global_step = info["global_step"]
-        if lacking:
-            log.warning("%s holds no %s state (weights-only checkpoint?); those start fresh", path,
-                        ", ".join(lacking))
+        if info["lacking"]:
+            log.warning("%s holds no %s state (weights-only checkpoint?); those start fresh", info["path"],
+                        ", ".join(info["lacking"]))
         return info
 
     def restore_latest(self, *, callbacks: dict[str, Stateful] | None = None) -> dict[str, Any] | None:
@@ -456,14 +526,24 @@ class CheckpointManager:
         Resuming claims the directory first (``acquire_lock``): nothing is read, uploaded or
         cleaned while another run writes there."""
         self.acquire_lock()
+        if self.sharded is not None:
+            info = self.sharded.restore(None, callbacks)
+            if info is not None:
+                return self._restored(info)
+            path = self.world.on_rank_0(self._newest_file)  # a one-process checkpoint of the run
+            return None if path is None else self.restore(path, callbacks=callbacks)
         self.upload_pending()
         found = self.newest_readable()
         if found is None:
             return None
         entry, ckpt = found
-        info = self.restore(entry.path, callbacks=callbacks, ckpt=ckpt)
-        info["path"] = entry.path
-        return info
+        return self.restore(entry.path, callbacks=callbacks, ckpt=ckpt)
+
+    def _newest_file(self) -> str | None:
+        """The newest readable one-process checkpoint here (a sharded one would have been restored)."""
+        from torchresume.sharded_layout import ShardedLayout
+        found = self.newest_readable()
+        return found[0].path if found is not None and not ShardedLayout.owns(found[0].path) else None
 
     # -- breakpoints and custom loops -----------------------------------------------------
     def save_breakpoint(self, epoch: int, step: int, global_step: int | None = None, *,
@@ -487,9 +567,15 @@ class CheckpointManager:
             with g.stop:
                 yield g
         except BaseException as exc:
-            if not isinstance(exc, (SystemExit, CheckpointWriteError)) and g.position is not None:
-                epoch, step, global_step = g.position
-                self.save_breakpoint(epoch, step, global_step, reason=exc)
+            if isinstance(exc, (SystemExit, CheckpointWriteError)) or g.position is None:
+                raise
+            if self.world.distributed:  # the other ranks are not here: a collective save would hang
+                log.warning("%s on rank %d: no breakpoint under torchrun (a save needs every rank); "
+                            "the rerun resumes from the newest committed checkpoint", type(exc).__name__,
+                            self.world.rank)
+                raise
+            epoch, step, global_step = g.position
+            self.save_breakpoint(epoch, step, global_step, reason=exc)
             raise
         finally:
             self.wait()
@@ -514,11 +600,12 @@ class Guard:
         """
         self.manager.global_step = global_step if global_step is not None else self.manager.global_step + 1
         self.position = (epoch, step, self.manager.global_step)
-        if self.stop.received is not None:
+        received = self.manager.world.max(self.stop.received or 0)  # every rank stops at the same step
+        if received:
             path = self.manager.save(epoch, step, self.position[2], on_busy="wait")
             self.manager.wait()
-            log.warning("%s: saved %s, exiting", signals.name(self.stop.received), path)
-            raise SystemExit(signals.exit_code(self.stop.received))
+            log.warning("%s: saved %s, exiting", signals.name(received), path)
+            raise SystemExit(signals.exit_code(received))
 
 
 # Their homes moved to naming.py and save_slot.py (0.3); importable from here as before.

@@ -63,11 +63,15 @@ class World:
 
     def any(self, flag: bool, group: Any = None) -> bool:
         """True on every rank when ``flag`` is true on any."""
+        return self.max(int(flag), group) > 0
+
+    def max(self, value: int, group: Any = None) -> int:
+        """The largest of every rank's ``value``, on every rank."""
         if not self.distributed:
-            return flag
-        box = torch.tensor([int(flag)], device=self.device)
+            return value
+        box = torch.tensor([value], device=self.device)
         dist.all_reduce(box, op=dist.ReduceOp.MAX, group=group)
-        return bool(box.item())
+        return int(box.item())
 
     def barrier(self, group: Any = None) -> None:
         if self.distributed:

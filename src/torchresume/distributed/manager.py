@@ -56,7 +56,7 @@ from torchresume.errors import (
 from torchresume.files.directory import MANIFEST, is_committed
 from torchresume.format.crypto import check_key
 from torchresume.log import log
-from torchresume.naming import check_prefix, parse_name
+from torchresume.naming import check_prefix, checkpoint_name, parse_name
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.save_slot import (
     DEFAULT_SAVE_DEADLINE_S,
@@ -412,13 +412,13 @@ class ShardedStore:
         other than through a guarded ``optimizer.step``)."""
         self.slot.wait_staged()
 
-    def path_for(self, epoch: int, step: int) -> str:
+    def path_for(self, epoch: int, step: int, breakpoint: bool = False) -> str:
         storage, _ = resolve(self.directory)
-        return storage.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
+        return storage.join(self.directory, checkpoint_name(self.prefix, epoch, step, breakpoint))
 
     def save(self, state: dict[str, Any], epoch: int, step: int, *, rank_state: Any = None,
              info: dict[str, Any] | None = None, append: dict[str, Any] | None = None,
-             on_busy: str | None = None) -> str | None:
+             on_busy: str | None = None, breakpoint: bool = False) -> str | None:
         """Collective: write ``state`` sharded plus this rank's ``rank_state``; returns the path.
 
         ``append``: extra key/values kept in the manifest's ``append`` (shown by ``inspect``).
@@ -435,7 +435,7 @@ class ShardedStore:
         for name, value in (("epoch", epoch), ("step", step)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
-        path = self.path_for(epoch, step)
+        path = self.path_for(epoch, step, breakpoint)
         skip = check_on_busy(on_busy or self.slot.on_busy) == "skip"
         if self.slot.async_save and skip and _any_rank(self.slot.saving is not None):
             log.warning("skipped saving %s: a rank's background save of %s is still running (on_busy='skip'; "
@@ -611,6 +611,8 @@ class ShardedStore:
 
     def apply_retention(self, protect: str | None = None) -> list[str]:
         """Delete checkpoints no retention policy keeps (never the newest, never ``protect``)."""
+        if not self.retention:  # keep everything
+            return []
         with self._listing:
             return retention.apply(self.checkpoints(), self.retention, protect)
 

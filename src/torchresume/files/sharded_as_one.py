@@ -10,8 +10,9 @@ same run holds (docs/FORMAT.md, "A sharded checkpoint read as one"):
 * the saved ``optim`` (or ``optimizer``) entry as ``optimizer``, in torch's
   ``Optimizer.state_dict()`` layout: DCP keys state and ``param_groups[i].params`` by
   parameter name, a single-process file by position (0, 1, ... over the groups);
-* rank 0's ``rng``, ``sampler``, ``callbacks`` and ``scheduler`` (the shared run state)
-  at the top level, a distributed sampler's ``global_batch_size`` as ``batch_size``
+* rank 0's ``rng``, ``sampler``, ``callbacks``, ``scheduler``, ``scaler`` and ``extra`` (the
+  shared run state; ``CheckpointManager``'s registered Statefuls under ``extra``) at the top
+  level, a distributed sampler's ``global_batch_size`` as ``batch_size``
   (one process takes the whole global batch);
 * whatever else each rank saved as its own state under ``rank_states.<rank>``
   (under torchrun: every other rank's RNG streams and its copy of the data position);
@@ -33,7 +34,7 @@ from torchresume.state.train_state import RESERVED
 FORMAT = "torchresume-sharded"
 MODEL = "model"
 OPTIMIZERS = ("optim", "optimizer")
-SHARED = ("rng", "sampler", "callbacks", "scheduler")  # rank 0's, where one process keeps them
+SHARED = ("rng", "sampler", "callbacks", "scheduler", "scaler", "extra")  # rank 0's, where one process keeps them
 RANK_STATES = "rank_states"
 BOOKKEEPING = ("layout", "rank_parts", "dcp_metadata")  # facts about the directory, not the run
 
@@ -48,7 +49,10 @@ def checkpoint(path: str, state: dict[str, Any], info: dict[str, Any], doc: dict
             tree["optimizer"] = optimizer_by_index(path, value)
         else:
             tree.setdefault("extra", {})[name] = value
-    tree.update(_rank_parts(ranks))
+    shared = _rank_parts(ranks)
+    if isinstance(shared.get("extra"), dict):  # a user's registered state, beside any other saved entry
+        shared["extra"] = {**tree.get("extra", {}), **shared["extra"]}
+    tree.update(shared)
     meta = {"info": {k: v for k, v in info.items() if k not in BOOKKEEPING},
             "append": dict(doc.get("append") or {})}
     encrypted = any(bool(p.get("encrypted")) for p in doc.get("parts", []))
@@ -77,9 +81,10 @@ def optimizer_by_index(path: str, saved: Any) -> Any:
 
     A state already keyed by position (or not an optimizer state at all) is returned as it is.
     """
-    if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict)
+    if not (isinstance(saved, dict) and isinstance(saved.get("state", {}), dict)
             and isinstance(saved.get("param_groups"), list)):
         return saved
+    saved = {"state": {}, **saved}  # an optimizer without state (plain SGD) saves no tensor, so no "state"
     groups = saved["param_groups"]
     names = [p for g in groups if isinstance(g, dict) for p in g.get("params", [])]
     if not names or not all(isinstance(n, str) for n in names):

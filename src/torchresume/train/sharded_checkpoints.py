@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from torchresume import catalog, run_lock
 from torchresume.distributed import ShardedStore
@@ -44,6 +42,7 @@ from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import BEST, best_prefix, parse_name, unique_prefix
 from torchresume.retention import KeepBest, RetentionPolicy
+from torchresume.state.sharded import load_model_state, model_state
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
 from torchresume.train.file_checkpoints import is_directory_of_runs
@@ -106,7 +105,7 @@ class ShardedCheckpoints:
         """A one-process checkpoint of the run (no sharded one yet): rank 0 picks the newest
         readable one, every rank loads it (weights, optimizer, data position, and its RNG streams)."""
         def newest_file() -> str | None:
-            found = CheckpointManager(directory, keep=None, enc_key=self.config.enc_key).newest_readable(
+            found = CheckpointManager(directory, keep=None, enc_key=self.config.enc_key, layout="file").newest_readable(
                 run, require_finite=True)
             return found[0].path if found is not None and not is_sharded(found[0].path) else None
         path = on_rank_0(newest_file)
@@ -271,13 +270,6 @@ def _newest_prefix(directory: str) -> str:
     return on_rank_0(newest) or "ckpt"
 
 
-def model_state(network: nn.Module, optimizer: Any) -> dict[str, Any]:
-    """What DCP writes: the model and the optimizer, keyed by parameter name (any world size)."""
-    optimizers = (optimizer,) if optimizer is not None else ()
-    model_sd, optim_sd = get_state_dict(network, optimizers)
-    return {"model": model_sd, "optim": optim_sd} if optimizers else {"model": model_sd}
-
-
 def rank_state(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
     """This rank's own state, stored in the same checkpoint: RNG, data position, callbacks, scheduler."""
     scheduler = ctx.run_state().scheduler
@@ -305,9 +297,7 @@ def restore_run(ctx: RunContext, manager: ShardedStore, world: World,
     found = manager.restore(state, announce=False, path=path)
     if found is None:
         return False
-    optimizers = (ctx.optimizer,) if ctx.optimizer is not None else ()
-    set_state_dict(ctx.network, optimizers, model_state_dict=state["model"],
-                   optim_state_dict=state.get("optim", {}))
+    load_model_state(ctx.network, ctx.optimizer, state)
     # The data position, scheduler and callbacks are alike on every rank: each rank takes its own old
     # part's copy; a rank the saving job did not have reads old rank 0's itself (restore read it).
     own = found.rank_state if world.rank < found.world_size else None
