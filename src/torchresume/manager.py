@@ -102,7 +102,8 @@ _SAID_STALE: set[str] = set()  # staged files already named as too old to upload
 
 
 class CheckpointManager:
-    """Saves and restores full training state in ``directory`` (a path or an ``s3://`` URL) under one prefix.
+    """Saves and restores full training state in ``directory`` (a path or an ``s3://`` URL) under one prefix,
+    in one process and under torchrun alike.
 
     A checkpoint holds the model's weights at the top level, the optimizer, scheduler, sampler,
     AMP scaler and every registered ``Stateful`` by name, the RNG streams (python, numpy, torch,
@@ -121,6 +122,12 @@ class CheckpointManager:
         enc_key: encrypt every checkpoint at rest with this 16/24/32-byte key.
         enc_mode: ``"AES-GCM"`` (``"AES-CBC"`` too for MindSpore files).
         file_format: ``None`` (native) or ``"ckpt"`` (MindSpore's protobuf ``.ckpt``).
+        layout: ``None`` (chosen from the world: ``"sharded"`` under torchrun or for a model holding
+            DTensor shards, else ``"file"``), ``"file"`` (one file or directory per checkpoint) or
+            ``"sharded"`` (one DCP checkpoint per save, every rank writing its part; every method
+            is then collective, and rank 0 holds the run lock). Each layout reads the other's.
+        save_deadline_s: sharded layout only: seconds each rank has to write its part of a save
+            (``distributed.ShardedStore``); past it, every rank aborts that save.
 
     Example:
         ```python

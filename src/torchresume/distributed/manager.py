@@ -70,6 +70,7 @@ from torchresume.staging import StagingBuffers, is_stageable
 from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
 from torchresume.storage.local import LocalStorage
+from torchresume.world import World, process_group_up
 
 
 @dataclass
@@ -104,58 +105,12 @@ class RestoreInfo:
 _PASSED_OVER: set[str] = set()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
-def _broadcast(value: Any, group: Any = None) -> Any:
-    """Rank 0's ``value`` on every rank (of ``group``, which holds rank 0)."""
-    if not _distributed():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=group)
-    return box[0]
-
-
-def _any_rank(flag: bool) -> bool:
-    """Whether ``flag`` is true on any rank (collective)."""
-    if not _distributed():
-        return flag
-    flags: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(flags, flag)
-    return any(flags)
-
-
-def _raise_on_every_rank(error: Exception | None) -> None:
-    """Collective: raise the first failing rank's error (its type and message, which names the part
-    that failed) on every rank, as DCP's own collective steps do."""
-    if not _distributed():
-        if error is not None:
-            raise error
-        return
-    errors: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, None if error is None else (type(error), str(error)))
-    for failed in errors:
-        if failed is not None:
-            kind, message = failed
-            raise kind(message) from None
-
-
 @contextmanager
 def _single_process_quiet() -> Iterator[None]:
     """Without a process group DCP warns on every call that it assumes one process; that is intended here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         yield
-
-
-def _barrier(group: Any = None) -> None:
-    if _distributed():
-        dist.barrier(group=group)
 
 
 def _copy_leaves(node: Any) -> Any:
@@ -312,7 +267,7 @@ def deadline_line(path: str, late: Sequence[int], deadline_s: float, kept: str, 
 
 def _group_timeout_s() -> float | None:
     """The default process group's timeout in seconds, where torch lets it be read (else None)."""
-    if not _distributed():
+    if not process_group_up():
         return None
     try:
         pg = dist.distributed_c10d._get_default_group()
@@ -402,6 +357,11 @@ class ShardedStore:
         self._listing = threading.RLock()  # retention in the writer thread vs listings in the caller's
         self._plan_key = plan_cache.new_key()  # steady saves reuse the plan and metadata (plan_cache.py)
 
+    @property
+    def world(self) -> World:
+        """The job as it is now (a store may be made before the process group is)."""
+        return World.current()
+
     def guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """With ``overlap``: copy ``optimizer``'s parameters and state after ``save`` returned; its
         ``step`` waits until the copy is complete (see ``CheckpointManager.guard_optimizer``)."""
@@ -437,15 +397,15 @@ class ShardedStore:
                 raise CheckpointConfigError(f"{name} must be an int >= 0, got {value!r}")
         path = self.path_for(epoch, step, breakpoint)
         skip = check_on_busy(on_busy or self.slot.on_busy) == "skip"
-        if self.slot.async_save and skip and _any_rank(self.slot.saving is not None):
+        if self.slot.async_save and skip and self.world.any(self.slot.saving is not None):
             log.warning("skipped saving %s: a rank's background save of %s is still running (on_busy='skip'; "
                         "save less often to keep every save)", path, self.slot.saving or "the previous checkpoint")
             return None
         self.slot.claim(path, "wait")  # buffers and the gloo group are free again; a failure raises here
-        if _broadcast(self._clear(path) if _rank() == 0 else None):
+        if self.world.broadcast(self._clear(path) if self.world.lead else None):
             return path  # this step is already committed: keep it rather than delete a good checkpoint
         full_info = {**(info or {}), "epoch": epoch, "step": step, "prefix": self.prefix}
-        if self.async_save and self._group is None and _distributed():  # collective: the first async save
+        if self.async_save and self._group is None and process_group_up():  # collective: the first async save
             self._group = dist.new_group(backend="gloo")
         group = self._group if self.async_save else None
         layout = None
@@ -480,7 +440,7 @@ class ShardedStore:
         try:
             with _single_process_quiet():
                 dcp.save(state, storage_writer=writer, planner=planner, process_group=group,
-                         no_dist=not _distributed())
+                         no_dist=not process_group_up())
         except CheckpointException as exc:
             self._failed(path, exc, _late_ranks(exc), group)
         except SaveDeadlineError as exc:  # one process: DCP runs write_data without its collectives
@@ -493,22 +453,22 @@ class ShardedStore:
         if layout is not None:
             self._written = _share(layout, self._stager.buffers, planner)
         try:
-            if _rank() == 0:  # a sync save's deletes run in the slot's thread (an async save is already there)
+            if self.world.lead:  # a sync save's deletes run in the slot's thread (an async save is already there)
                 if group is None and not self.slot.async_save:
                     self.slot.after(lambda: self._retain(path), f"retention after {path}")
                 else:
                     self._retain(path)
         finally:
-            _barrier(group)  # every rank, whatever rank 0 met
+            self.world.barrier(group)  # every rank, whatever rank 0 met
 
     def _failed(self, path: str, exc: BaseException, late: list[int], group: Any) -> NoReturn:
         """Every rank: the save of ``path`` failed (DCP's outcome, alike on every rank); rank 0 removes
         its parts. Ranks past the deadline: SaveDeadlineError, naming the newest checkpoint kept."""
-        if _rank() == 0:
+        if self.world.lead:
             self._discard(path)
         if late:
             assert self.save_deadline_s is not None  # only a writer with a deadline reports one
-            kept = _broadcast(self._newest_kept() if _rank() == 0 else None, group)  # every rank is here
+            kept = self.world.broadcast(self._newest_kept() if self.world.lead else None, group)  # every rank is here
             others = _rank_errors(exc, skip=late) if isinstance(exc, CheckpointException) else ""
             raise SaveDeadlineError(deadline_line(path, late, self.save_deadline_s, kept, others)) from None
         assert isinstance(exc, CheckpointException)
@@ -620,10 +580,10 @@ class ShardedStore:
         """Collective: the committed checkpoints, newest first, as rank 0 sees them (``damaged``: with
         those whose manifest does not check, which a restore tries and passes over, saying so)."""
         local = None
-        if _rank() == 0:
+        if self.world.lead:
             busy = self.saving  # committed maybe, but not yet finished on every rank
             local = [e.path for e in self._listed() if (e.valid or damaged) and e.path != busy]
-        return list(_broadcast(local))
+        return list(self.world.broadcast(local))
 
     def newest(self) -> str | None:
         """Collective: the newest committed checkpoint, as rank 0 sees it."""
@@ -647,7 +607,7 @@ class ShardedStore:
                 return None
         else:
             reader = self._load(state, path)
-        restored = RestoreInfo.read(path, reader.doc, _rank(), dec_key=self.enc_key, known=reader.own)
+        restored = RestoreInfo.read(path, reader.doc, self.world.rank, dec_key=self.enc_key, known=reader.own)
         if announce:  # Model.train says it once, with the position
             log.info("resumed from %s", path)
         return restored
@@ -664,7 +624,7 @@ class ShardedStore:
                 damaged.append((posixpath.basename(path.rstrip("/")), str(exc)))
                 _PASSED_OVER.add(path)
                 continue
-            if _rank() == 0:
+            if self.world.lead:
                 catalog.say_skipped(damaged)
             return path, reader
         if damaged:
@@ -676,7 +636,7 @@ class ShardedStore:
         # Each rank plans its own reads (a load plan needs no coordinator: DCP's would gather every
         # rank's plan to rank 0 and scatter it back) and reads its own old part; then one small
         # all-gather raises the first failing rank's error on every rank.
-        reader = PartReader(path, dec_key=self.enc_key, rank_part=True, rank=_rank())
+        reader = PartReader(path, dec_key=self.enc_key, rank_part=True, rank=self.world.rank)
         error: Exception | None = None
         try:
             reader.prepare()  # a damaged manifest or metadata: its typed error (DCP would swallow it)
@@ -686,13 +646,13 @@ class ShardedStore:
             error = restore_error(path, exc)
         except Exception as exc:  # raised outside DCP's steps: still on every rank, never a hang
             error = exc if isinstance(exc, TorchResumeError) else RestoreFailed.wrapping(path, exc)
-        _raise_on_every_rank(error)
+        self.world.raise_on_every_rank(error)
         return reader
 
     def rank_states(self, path: str) -> RestoreInfo:
         """``path``'s info and every saving rank's ``rank_state``, its shards left unread: each rank
         reads the manifest and its own part (no collective; other parts when indexed)."""
-        return RestoreInfo.read(path, sharded_manifest(path, self.enc_key), _rank(), dec_key=self.enc_key)
+        return RestoreInfo.read(path, sharded_manifest(path, self.enc_key), self.world.rank, dec_key=self.enc_key)
 
     def close(self) -> None:
         """Wait for the background save (re-raising its failure), then free the staging buffers

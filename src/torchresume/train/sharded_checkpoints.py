@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -36,7 +34,6 @@ from torchresume.errors import (
     CheckpointConfigError,
     CheckpointNotFoundError,
     SaveDeadlineError,
-    TorchResumeError,
 )
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
@@ -46,11 +43,11 @@ from torchresume.state.sharded import load_model_state, model_state
 from torchresume.train.callback import RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
 from torchresume.train.file_checkpoints import is_directory_of_runs
+from torchresume.world import on_rank_0
 
 if TYPE_CHECKING:  # train.distributed imports torchrun_options -> model_checkpoint -> this module
     from torchresume.train.distributed import World
 
-T = TypeVar("T")
 
 
 class ShardedCheckpoints:
@@ -235,30 +232,6 @@ class ShardedCheckpoints:
             if self._locked:
                 self._locked, self._run_lock = False, None
                 run_lock.release(self.directory)
-
-
-def on_rank_0(work: Callable[[], T]) -> T:
-    """``work()`` run by rank 0 alone; its result on every rank, or its error raised on every rank
-    (no rank waits in a collective for one that failed on its own)."""
-    box: list[Any] = [None, None]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        try:
-            box[0] = work()
-        except Exception as exc:
-            box[1] = exc if _picklable(exc) else TorchResumeError(f"{type(exc).__name__}: {exc}")
-    if dist.is_initialized():
-        dist.broadcast_object_list(box, src=0)
-    if box[1] is not None:
-        raise box[1]
-    return box[0]
-
-
-def _picklable(exc: BaseException) -> bool:
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return False
-    return True
 
 
 def _newest_prefix(directory: str) -> str:
