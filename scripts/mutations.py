@@ -43,6 +43,7 @@ class Mutation:
 STRACE = "tests/storage/test_durability_syscalls.py"
 WRITE_ERR = ("tests/storage/test_write_errors.py", "tests/fault/test_out_of_space.py")
 RNG_KILLS = ("tests/fault/test_rng_kills.py",)
+INVARIANTS = "tests/integration/test_manager_invariants.py::test_lock_cleanup_damaged_newest_and_a_finished_run"
 
 MUTATIONS: list[Mutation] = [
     Mutation("remove fsync of the file", "src/torchresume/storage/local.py",
@@ -90,6 +91,18 @@ MUTATIONS: list[Mutation] = [
     Mutation("no run lock under torchrun", "src/torchresume/train/sharded_checkpoints.py",
              "            run_lock.acquire(self.directory)\n", "            pass  # MUTATION\n",
              ("tests/distributed/test_torchrun_parity.py::test_best_skip_lock_and_finished_under_torchrun",)),
+    Mutation("the manager takes no run lock", "src/torchresume/manager.py",
+             "        self._lock = run_lock.acquire(self.directory, local_dir=self.staging)\n",
+             "        self._lock = None  # MUTATION\n", (INVARIANTS,)),
+    Mutation("the manager cleans no killed writer's temporary", "src/torchresume/manager.py",
+             "        if isinstance(self.storage, LocalStorage):\n            clean_stale_temps(self._where)\n", "",
+             (INVARIANTS,)),
+    Mutation("the manager leaves a killed sharded save's parts", "src/torchresume/manager.py",
+             "            self.sharded.store.remove_unfinished()\n", "            pass  # MUTATION\n",
+             (INVARIANTS + "[torchrun]",)),
+    Mutation("the manager restores without taking the lock first", "src/torchresume/manager.py",
+             "        self.acquire_lock()\n        if self.sharded is not None:\n            info = ",
+             "        if self.sharded is not None:\n            info = ", (INVARIANTS,)),
 ]
 
 
