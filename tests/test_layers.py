@@ -27,10 +27,6 @@ ALLOWED_UPWARD = {
     # use (``__getattr__`` + ``_HARNESS``), so ``import torchresume`` stays core-only.
     ("torchresume", "torchresume.train"),
     ("torchresume", "torchresume.train.exception_save"),
-    # Reading a sharded checkpoint as one needs DCP's planner (torch.distributed.checkpoint): loaded
-    # only then. distributed/consolidate imports only distributed/reader, metadata and files/ below
-    # single.py, so no cycle closes.
-    ("torchresume.files.single", "torchresume.distributed.consolidate"),
 }
 
 

@@ -28,13 +28,13 @@ import torch.distributed as dist
 
 from torchresume import catalog, run_lock
 from torchresume.distributed import ShardedStore
-from torchresume.distributed.reader import is_sharded
 from torchresume.errors import (
     AsyncSaveError,
     CheckpointConfigError,
     CheckpointNotFoundError,
     SaveDeadlineError,
 )
+from torchresume.files.sharded_reader import is_sharded
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import BEST, best_prefix, parse_name, unique_prefix
