@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.planner import SavePlanner
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
-from torchresume.catalog import Entry
+from torchresume.catalog import ListedCheckpoint as Entry
 from torchresume.distributed import plan_cache
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
