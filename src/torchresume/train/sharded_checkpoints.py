@@ -45,8 +45,8 @@ from torchresume.train.checkpoint_config import CheckpointConfig
 from torchresume.train.file_checkpoints import is_directory_of_runs
 from torchresume.world import on_rank_0
 
-if TYPE_CHECKING:  # train.distributed imports torchrun_options -> model_checkpoint -> this module
-    from torchresume.train.distributed import World
+if TYPE_CHECKING:
+    from torchresume.train.run_state import World
 
 
 
