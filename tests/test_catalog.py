@@ -197,7 +197,7 @@ def test_delete_a_directory_checkpoint(tmp_path) -> None:
 
 
 def test_order_key() -> None:
-    e = catalog.Entry("p", "n", 0, mtime=5.0, epoch=2, step=3)
+    e = catalog.ListedCheckpoint("p", "n", 0, mtime=5.0, epoch=2, step=3)
     assert e.order_key() == (5.0, -1, 2, 3)
     e.saved_at, e.global_step = 7.0, 9
     assert e.order_key() == (7.0, 9, 2, 3)

@@ -1,11 +1,11 @@
-from torchresume.catalog import Entry
+from torchresume.catalog import ListedCheckpoint
 from torchresume.retention import KeepBest, KeepEveryNMinutes, KeepLast
 
 
-def _entries(times: list[float], metrics: list[float] | None = None) -> list[Entry]:
+def _entries(times: list[float], metrics: list[float] | None = None) -> list[ListedCheckpoint]:
     out = []
     for i, t in enumerate(times):
-        e = Entry(f"p-{i}", f"p-1_{i}.ckpt", 1, t, global_step=i)
+        e = ListedCheckpoint(f"p-{i}", f"p-1_{i}.ckpt", 1, t, global_step=i)
         if metrics:
             e.metrics = {"acc": metrics[i]}
         out.append(e)

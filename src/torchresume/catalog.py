@@ -47,7 +47,7 @@ def foreign_reason(path: str, fmt: str, meta: dict[str, Any]) -> str | None:
 
 
 @dataclass
-class Entry:
+class ListedCheckpoint:
     """One checkpoint file and what its name and header say."""
 
     path: str
@@ -80,9 +80,9 @@ class Entry:
                 self.epoch or 0, self.step or 0)
 
 
-def delete(entry_or_path: Entry | str) -> None:
+def delete(entry_or_path: ListedCheckpoint | str) -> None:
     """Delete one checkpoint: a file (marker first on object storage) or a directory (manifest first)."""
-    path = entry_or_path.path if isinstance(entry_or_path, Entry) else entry_or_path
+    path = entry_or_path.path if isinstance(entry_or_path, ListedCheckpoint) else entry_or_path
     storage, where = resolve(path)
     if storage.isdir(where):
         directory_layout.delete(path)
@@ -90,8 +90,8 @@ def delete(entry_or_path: Entry | str) -> None:
         storage.delete(where)
 
 
-def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None = None,
-                     dec_key: bytes | None = None, headers: bool = True, sharded_only: bool = False) -> list[Entry]:
+def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None = None, dec_key: bytes | None = None,
+                     headers: bool = True, sharded_only: bool = False) -> list[ListedCheckpoint]:
     """Checkpoint files in ``directory``, newest first, each with its validity.
 
     ``verify``: read each one whole (checksums; ``dec_key`` for encrypted ones) and note
@@ -105,7 +105,7 @@ def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None 
     for info in storage.list(where):
         if not info.name.endswith(CHECKPOINT_SUFFIXES) or (sharded_only and not info.is_dir):
             continue
-        entry = Entry(info.path, info.name, info.size, info.mtime, is_dir=info.is_dir)
+        entry = ListedCheckpoint(info.path, info.name, info.size, info.mtime, is_dir=info.is_dir)
         parsed = parse_name(info.name)
         if parsed:
             entry.prefix, entry.epoch, entry.step, entry.breakpoint = parsed
@@ -121,19 +121,19 @@ def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None 
         if verify and entry.valid:
             _read_whole(entry, dec_key)
         out.append(entry)
-    return sorted(out, key=Entry.order_key, reverse=True)
+    return sorted(out, key=ListedCheckpoint.order_key, reverse=True)
 
 
-def runs(entries: list[Entry]) -> dict[str, list[Entry]]:
+def runs(entries: list[ListedCheckpoint]) -> dict[str, list[ListedCheckpoint]]:
     """Resumable checkpoints by run prefix (best-model copies excluded), each newest first."""
-    out: dict[str, list[Entry]] = {}
+    out: dict[str, list[ListedCheckpoint]] = {}
     for e in entries:
         if e.prefix is not None and not e.prefix.endswith("-best"):
             out.setdefault(e.prefix, []).append(e)
     return out
 
 
-def select_run(entries: list[Entry], prefix: str, directory: str) -> list[Entry]:
+def select_run(entries: list[ListedCheckpoint], prefix: str, directory: str) -> list[ListedCheckpoint]:
     """The checkpoints of the run named ``prefix`` (newest first), never another run's.
 
     A directory holding no ``prefix`` checkpoints but runs started from it with
@@ -153,7 +153,7 @@ def select_run(entries: list[Entry], prefix: str, directory: str) -> list[Entry]
         f"prefix='{siblings[-1]}' (ModelCheckpoint's prefix), or start a new run with resume='none'")
 
 
-def _read_whole(entry: Entry, dec_key: bytes | None) -> None:
+def _read_whole(entry: ListedCheckpoint, dec_key: bytes | None) -> None:
     try:
         key = dec_key if dec_key is not None and _encrypted(entry.path) else None
         ckpt = files.read_checkpoint(entry.path, dec_key=key)
@@ -173,7 +173,7 @@ def _encrypted(path: str) -> bool:
         return False
 
 
-def _committed_manifest(entry: Entry) -> dict[str, Any] | None:
+def _committed_manifest(entry: ListedCheckpoint) -> dict[str, Any] | None:
     """The manifest of directory ``entry``; None when it is not committed, or damaged (``entry``
     then marked invalid, with the reason: listed, never resumed from)."""
     try:
@@ -191,7 +191,7 @@ def _manifest_facts(path: str, doc: dict[str, Any]) -> Any:
                              info=dict(doc.get("info", {})))
 
 
-def _read_header_facts(entry: Entry, headers: bool = True, manifest: dict[str, Any] | None = None) -> None:
+def _read_header_facts(entry: ListedCheckpoint, headers: bool = True, manifest: dict[str, Any] | None = None) -> None:
     try:
         if headers or manifest is None:
             desc = files.describe(entry.path)
@@ -219,8 +219,9 @@ def _read_header_facts(entry: Entry, headers: bool = True, manifest: dict[str, A
         entry.metrics = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float))}
 
 
-def newest_readable(candidates: list[Entry], directory: str, *, run: str | None = None,
-                    dec_key: bytes | None = None, require_finite: bool = False) -> tuple[Entry, Checkpoint] | None:
+def newest_readable(candidates: list[ListedCheckpoint], directory: str, *, run: str | None = None,
+                    dec_key: bytes | None = None,
+                    require_finite: bool = False) -> tuple[ListedCheckpoint, Checkpoint] | None:
     """The newest of ``candidates`` (newest first) that reads and verifies; bad ones are skipped and named.
 
     ``run``: only that run's checkpoints (select_run: never another run's). Best-model copies

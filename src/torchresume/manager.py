@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from torchresume import catalog, files, retention, run_lock, signals
-from torchresume.catalog import Entry
+from torchresume.catalog import ListedCheckpoint as Entry
 from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from torchresume import catalog, files
-from torchresume.catalog import Entry
+from torchresume.catalog import ListedCheckpoint
 
 
 class RetentionPolicy(Protocol):
-    def keep(self, entries: Sequence[Entry]) -> set[str]: ...
+    def keep(self, entries: Sequence[ListedCheckpoint]) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class KeepLast:
 
     n: int
 
-    def keep(self, entries: Sequence[Entry]) -> set[str]:
+    def keep(self, entries: Sequence[ListedCheckpoint]) -> set[str]:
         return {e.path for e in entries[-self.n:]} if self.n > 0 else set()
 
 
@@ -49,7 +49,7 @@ class KeepEveryNMinutes:
 
     minutes: float
 
-    def keep(self, entries: Sequence[Entry]) -> set[str]:
+    def keep(self, entries: Sequence[ListedCheckpoint]) -> set[str]:
         kept: set[str] = set()
         last = None
         for e in entries:
@@ -78,7 +78,7 @@ class KeepBest:
     metric: str
     mode: str = "max"
 
-    def keep(self, entries: Sequence[Entry]) -> set[str]:
+    def keep(self, entries: Sequence[ListedCheckpoint]) -> set[str]:
         scored = [e for e in entries if e.metrics.get(self.metric) is not None]
         scored.sort(key=lambda e: e.metrics[self.metric], reverse=self.mode == "max")
         return {e.path for e in scored[: self.n]}
@@ -91,20 +91,21 @@ class KeepNewestVerified:
 
     dec_key: bytes | None = None
 
-    def keep(self, entries: Sequence[Entry]) -> set[str]:
+    def keep(self, entries: Sequence[ListedCheckpoint]) -> set[str]:
         for e in reversed(entries):
             if e.valid and files.verify(e.path, self.dec_key).valid:
                 return {e.path}
         return set()
 
 
-def apply(entries: Sequence[Entry], policies: Sequence[RetentionPolicy], protect: str | None = None) -> list[str]:
+def apply(entries: Sequence[ListedCheckpoint], policies: Sequence[RetentionPolicy],
+          protect: str | None = None) -> list[str]:
     """Delete the checkpoints of one family (a prefix) that no policy keeps; returns their paths.
 
     Breakpoints are never retention's; the newest entry and ``protect`` (the checkpoint just
     committed, which a listing may not show yet) always stay.
     """
-    family = sorted((e for e in entries if not e.breakpoint), key=Entry.order_key)
+    family = sorted((e for e in entries if not e.breakpoint), key=ListedCheckpoint.order_key)
     if not policies or not family:
         return []
     kept = {family[-1].path, *([protect] if protect else [])}

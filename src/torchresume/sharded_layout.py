@@ -18,8 +18,8 @@ from typing import Any
 from torch import nn
 
 from torchresume.distributed.manager import ShardedStore
-from torchresume.distributed.reader import is_sharded
 from torchresume.errors import CheckpointConfigError
+from torchresume.files.sharded_reader import is_sharded
 from torchresume.log import log
 from torchresume.retention import RetentionPolicy
 from torchresume.state.registry import StateRegistry, capture_tree, restore_tree

@@ -30,6 +30,10 @@ The buffers are reused, so a snapshot is only valid until the next ``stage``:
 the caller (CheckpointManager, or ``save_checkpoint(..., async_save=True)`` with
 one module-level set) keeps at most one background save in flight per set of
 buffers and stages again only after it finished.
+
+Two things are called staging (docs/ARCHITECTURE.md, "Names"): here, the copy of live tensors
+into host memory that an async save writes from (``wait_staged``); in storage/staged.py, the
+durable local copy of a checkpoint bound for object storage (``TORCHRESUME_STAGING``).
 """
 
 from __future__ import annotations

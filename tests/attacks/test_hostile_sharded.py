@@ -22,9 +22,9 @@ import xxhash
 from torch import nn
 
 from torchresume.distributed import ShardedStore
-from torchresume.distributed.reader import read_part
 from torchresume.errors import CorruptCheckpointError, DamagedRunError
 from torchresume.files.directory import write_part
+from torchresume.files.sharded_reader import read_part
 from torchresume.format import native
 
 V1 = Path(__file__).parents[1] / "fixtures" / "sharded_v1"

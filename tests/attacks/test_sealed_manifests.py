@@ -52,7 +52,7 @@ def test_clearing_the_encrypted_flags_does_not_skip_the_hmac(tmp_path: Path) -> 
 
 
 def test_a_part_whose_encryption_differs_from_its_record_is_refused(tmp_path: Path) -> None:
-    from torchresume.distributed.reader import read_part
+    from torchresume.files.sharded_reader import read_part
     _, (path,) = _run(tmp_path, enc_key=KEY)
     doc = json.loads((Path(path) / "manifest.json").read_text())
     part = {**doc["parts"][0], "encrypted": False}

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from torchresume.distributed import ShardedStore
-from torchresume.distributed.reader import RestoreFailed
 from torchresume.errors import CorruptCheckpointError, DamagedRunError
+from torchresume.files.sharded_reader import RestoreFailed
 
 
 def _state(value: float) -> dict[str, dict[str, torch.Tensor]]:

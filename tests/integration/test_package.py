@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_import_loads_the_core_only() -> None:
     probe = ("import sys, torchresume; "
              "print(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'torchresume.train', "
-             "'torchresume.app', 'torchresume.data'))))")
+             "'torchresume.app', 'torchresume.data', 'torch.distributed.checkpoint'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     lazy = subprocess.run([sys.executable, "-c", "import torchresume as tr; print(tr.Model.__module__)"],

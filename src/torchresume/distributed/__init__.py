@@ -1,7 +1,9 @@
-"""Checkpoints for torch.distributed jobs: sharded parts, one global commit, resharding via DCP.
+"""The torch.distributed runtime of sharded checkpoints: sharded parts, one global commit, resharding via DCP.
 
-Not imported by ``import torchresume`` (it loads torch.distributed.checkpoint);
-import it as ``torchresume.distributed``.
+Reading a sharded checkpoint (as one, or a rank's share) is the file layer's
+(``files/sharded_reader.py``, ``files/consolidate.py``); this package holds what
+needs the process group. Not imported by ``import torchresume`` (it loads
+torch.distributed.checkpoint); import it as ``torchresume.distributed``.
 """
 
 from torchresume.distributed.ending import end_process

@@ -42,9 +42,8 @@ from torch.distributed.checkpoint.planner import SavePlanner
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
-from torchresume.catalog import Entry
+from torchresume.catalog import ListedCheckpoint as Entry
 from torchresume.distributed import plan_cache
-from torchresume.distributed.reader import PartReader, RankStates, RestoreFailed, restore_error, sharded_manifest
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
@@ -54,6 +53,7 @@ from torchresume.errors import (
     TorchResumeError,
 )
 from torchresume.files.directory import MANIFEST, is_committed
+from torchresume.files.sharded_reader import PartReader, RankStates, RestoreFailed, restore_error, sharded_manifest
 from torchresume.format.crypto import check_key
 from torchresume.log import log
 from torchresume.naming import check_prefix, checkpoint_name, parse_name

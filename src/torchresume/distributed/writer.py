@@ -38,10 +38,10 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from torch.distributed.checkpoint.storage import StorageWriter
 from torch.futures import Future
 
-from torchresume.distributed import metadata as dcp_json
-from torchresume.distributed.metadata import Location
 from torchresume.errors import CheckpointWriteError, SaveDeadlineError
 from torchresume.files import PartRecord, commit_directory, write_part
+from torchresume.files import dcp_metadata as dcp_json
+from torchresume.files.dcp_metadata import Location
 from torchresume.files.directory import PART_SUFFIX, Span
 from torchresume.files.sharded import LAYOUT, rank_part_info
 from torchresume.storage import resolve

@@ -201,7 +201,7 @@ def _storage_fault(s: Any) -> str:
 
 def check_metadata_schema(where: str, meta: Any) -> None:
     """Every field of the parsed ``dcp_metadata.json`` that a reader uses, typed: the one schema check
-    (``distributed/metadata.py`` decodes only what passed it). CorruptCheckpointError naming the fault."""
+    (``files/dcp_metadata.py`` decodes only what passed it). CorruptCheckpointError naming the fault."""
     def bad(why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{where}: {why}; the DCP metadata is damaged")
     if not isinstance(meta, dict) or meta.get("format") != "torchresume-dcp-metadata":

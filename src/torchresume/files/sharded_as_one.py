@@ -1,7 +1,7 @@
 """A sharded checkpoint read as one: the consolidated DCP state laid out as a single-process file.
 
 ``read_checkpoint`` of a sharded (torch.distributed) directory consolidates its
-shards (``distributed/consolidate.py``) and hands the result here, so every
+shards (``files/consolidate.py``) and hands the result here, so every
 reader above the file layer (``load_checkpoint``, eval, infer, convert, diff,
 a single-process resume) sees the tree a single-process training file of the
 same run holds (docs/FORMAT.md, "A sharded checkpoint read as one"):

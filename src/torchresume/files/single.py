@@ -67,7 +67,7 @@ def read_checkpoint(path: str, *, dec_key: bytes | None = None, dec_mode: str = 
 
 def _read_sharded(path: str, doc: dict[str, Any], dec_key: bytes | None, verify: bool) -> Checkpoint:
     """Sharded checkpoint ``path`` consolidated by DCP's planner, laid out as a one-process file."""
-    from torchresume.distributed.consolidate import consolidate  # loads torch.distributed.checkpoint
+    from torchresume.files.consolidate import consolidate  # loads torch.distributed.checkpoint
     state, info = consolidate(path, dec_key=dec_key, verify=verify)
     return sharded_as_one.checkpoint(path, state, info, doc)
 

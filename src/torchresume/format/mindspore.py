@@ -99,7 +99,7 @@ def looks_like(first: bytes) -> bool:
 # -- reading ------------------------------------------------------------------------------
 
 @dataclass
-class Entry:
+class MindSporeValue:
     """One tensor (its pieces joined) or string as the file describes it."""
 
     name: str
@@ -264,12 +264,12 @@ def read(f: BinaryIO, size: int, where: str, *, verify: bool = True) -> dict[str
     return out
 
 
-def scan(f: BinaryIO, size: int, where: str) -> list[Entry]:
+def scan(f: BinaryIO, size: int, where: str) -> list[MindSporeValue]:
     """The entries (names, types, dims, where their content lies) without reading content."""
     has_crc = crc_footer(f, size) is not None
     end = size - CRC_FOOTER if has_crc else size
     src = _Source(f, end, False)
-    entries: list[Entry] = []
+    entries: list[MindSporeValue] = []
     index = 0
     while src.pos < end:
         index += 1
@@ -280,7 +280,7 @@ def scan(f: BinaryIO, size: int, where: str) -> list[Entry]:
         if entries and entries[-1].name == name:
             entries[-1].pieces.append((src.pos, content_len))
         else:
-            entries.append(Entry(name, type_name, dims, [(src.pos, content_len)]))
+            entries.append(MindSporeValue(name, type_name, dims, [(src.pos, content_len)]))
         src.skip(content_len)
     return entries
 

@@ -52,7 +52,7 @@ MAX_DIMS = 64
 
 
 @dataclass(slots=True)
-class Entry:
+class TensorPlace:
     """One tensor's place in the file."""
 
     name: str
@@ -66,7 +66,7 @@ class Entry:
 class Header:
     """A parsed, validated header. ``meta`` is the torchresume JSON, or None for plain safetensors."""
 
-    entries: list[Entry]
+    entries: list[TensorPlace]
     data_start: int
     data_size: int
     meta: dict[str, Any] | None
@@ -232,7 +232,7 @@ def _check_count(tensors: int, size: int, where: str) -> None:
                                      f"bytes holds (one per {MIN_TENSOR_BYTES} bytes); the file is damaged or hostile")
 
 
-def _entry(name: str, spec: Any, where: str) -> Entry:
+def _entry(name: str, spec: Any, where: str) -> TensorPlace:
     bad = CorruptCheckpointError(f"{where}: tensor {name!r} has a malformed header entry")
     if not isinstance(spec, dict):
         raise bad
@@ -259,10 +259,10 @@ def _entry(name: str, spec: Any, where: str) -> Entry:
         raise CorruptCheckpointError(f"{where}: tensor {name!r} shape {shape} needs "
                                      f"{numel * itemsize(dtype)} bytes but its offsets span "
                                      f"{offsets[1] - offsets[0]}")
-    return Entry(name, dtype, shape, offsets[0], offsets[1])
+    return TensorPlace(name, dtype, shape, offsets[0], offsets[1])
 
 
-def _check_offsets(entries: list[Entry], data_size: int, where: str) -> None:
+def _check_offsets(entries: list[TensorPlace], data_size: int, where: str) -> None:
     end = 0
     for e in sorted(entries, key=lambda e: (e.begin, e.end)):
         if e.begin != end:
@@ -277,7 +277,7 @@ def _check_offsets(entries: list[Entry], data_size: int, where: str) -> None:
                                      "after the tensor data")
 
 
-def _parse_meta(raw_meta: dict[str, str], index: dict[str, Any], entries: list[Entry],
+def _parse_meta(raw_meta: dict[str, str], index: dict[str, Any], entries: list[TensorPlace],
                 where: str) -> dict[str, Any] | None:
     text = raw_meta.get(FORMAT_NAME)
     if text is None and "torchresume_check" not in raw_meta:
@@ -321,7 +321,7 @@ def read_tensors(f: BinaryIO, header: Header, where: str, *,
         return {e.name: _view(buf, e, typed) for e in header.entries}
 
 
-def _view(buf: torch.Tensor, e: Entry, typed: dict[torch.dtype, torch.Tensor | None]) -> torch.Tensor:
+def _view(buf: torch.Tensor, e: TensorPlace, typed: dict[torch.dtype, torch.Tensor | None]) -> torch.Tensor:
     """Tensor ``e`` as a view of the data: one strided view of the data seen as its dtype (one tensor
     made per entry, not three: a header of many small tensors loads in linear, small time)."""
     size = itemsize(e.dtype)

@@ -24,17 +24,37 @@ import contextlib
 import io
 import mmap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import torch
 import xxhash
 
 from torchresume.errors import CorruptCheckpointError
 
-if TYPE_CHECKING:  # native imports this module to read tensor data
-    from torchresume.format.native import Entry, Header
+
+class PlacedTensor(Protocol):
+    """One tensor's bytes ``[begin, end)`` in the data region (``native.TensorPlace``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def begin(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+
+
+class DataRegion(Protocol):
+    """Where the data region lies and its tensors (``native.Header``, which imports this module)."""
+
+    @property
+    def entries(self) -> Sequence[PlacedTensor]: ...
+    @property
+    def data_start(self) -> int: ...
+    @property
+    def data_size(self) -> int: ...
+
 
 CHUNK_BYTES = 16 * 1024 * 1024  # large enough for full-speed reads, small enough to stay in L2/L3
 # Slices of a mapped file hashed at once. 1: with few cores 2 threads were slower, warm and cold
@@ -45,7 +65,7 @@ HASH_THREADS = 1
 class _Hashers:
     """The per-tensor xxh3 states, fed chunk by chunk in file order; checks each tensor at its end."""
 
-    def __init__(self, entries: list[Entry], digests: dict[str, str], where: str) -> None:
+    def __init__(self, entries: Sequence[PlacedTensor], digests: dict[str, str], where: str) -> None:
         self._entries = sorted(entries, key=lambda e: e.begin)
         self._digests = digests
         self._where = where
@@ -76,13 +96,13 @@ class _Hashers:
             self._check(e, xxhash.xxh3_64_hexdigest(view[e.begin:e.end]))
         self._next = len(self._entries)
 
-    def _check(self, e: Entry, got: str) -> None:
+    def _check(self, e: PlacedTensor, got: str) -> None:
         if got != self._digests[e.name]:
             raise CorruptCheckpointError(f"{self._where}: checksum mismatch in tensor {e.name!r}; "
                                          "the data is damaged (bit flip or partial write)")
 
 
-def read_data(f: BinaryIO, header: Header, where: str, digests: dict[str, str] | None) -> torch.Tensor:
+def read_data(f: BinaryIO, header: DataRegion, where: str, digests: dict[str, str] | None) -> torch.Tensor:
     """The data region of ``f`` as one uint8 tensor; every tensor in ``digests`` verified on the way."""
     if not header.data_size:
         return torch.empty(0, dtype=torch.uint8)
@@ -99,7 +119,7 @@ def read_data(f: BinaryIO, header: Header, where: str, digests: dict[str, str] |
     return buf
 
 
-def _hash_mapped(view: memoryview, entries: list[Entry], digests: dict[str, str], where: str) -> None:
+def _hash_mapped(view: memoryview, entries: Sequence[PlacedTensor], digests: dict[str, str], where: str) -> None:
     """Hash a mapped data region in HASH_THREADS contiguous slices at once (xxhash releases the
     interpreter), each read front to back, so the kernel reads ahead on several streams."""
     threads = HASH_THREADS if view.nbytes >= 4 * CHUNK_BYTES else 1
@@ -113,7 +133,7 @@ def _hash_mapped(view: memoryview, entries: list[Entry], digests: dict[str, str]
             future.result()
 
 
-def _hash_slice(view: memoryview, entries: list[Entry], digests: dict[str, str], where: str) -> None:
+def _hash_slice(view: memoryview, entries: Sequence[PlacedTensor], digests: dict[str, str], where: str) -> None:
     hashers = _Hashers(entries, digests, where)
     begin, end = entries[0].begin, entries[-1].end
     for a in range(begin, end, CHUNK_BYTES):  # hashing faults the pages in
@@ -121,10 +141,10 @@ def _hash_slice(view: memoryview, entries: list[Entry], digests: dict[str, str],
     hashers.finish(view)
 
 
-def _slices(entries: list[Entry], n: int) -> list[list[Entry]]:
+def _slices(entries: Sequence[PlacedTensor], n: int) -> list[list[PlacedTensor]]:
     """``entries`` (in file order) cut into at most ``n`` runs of about equal bytes."""
     total = sum(e.end - e.begin for e in entries) or 1
-    groups: list[list[Entry]] = [[]]
+    groups: list[list[PlacedTensor]] = [[]]
     for e in entries:
         if groups[-1] and len(groups) < n and e.begin >= total * len(groups) / n:
             groups.append([])
@@ -149,7 +169,7 @@ def _pipeline(fill: Callable[[int, int], None], size: int, view: memoryview, has
     hashers.finish(view)
 
 
-def _map(f: BinaryIO, header: Header) -> tuple[mmap.mmap, torch.Tensor] | None:
+def _map(f: BinaryIO, header: DataRegion) -> tuple[mmap.mmap, torch.Tensor] | None:
     """Map a local file copy-on-write: pages come straight from the page cache, never copied.
 
     Checkpoint files are replaced by rename, never rewritten in place, so the
@@ -171,7 +191,7 @@ def _map(f: BinaryIO, header: Header) -> tuple[mmap.mmap, torch.Tensor] | None:
     return mm, whole[header.data_start:]
 
 
-def _stream_filler(f: BinaryIO, header: Header, view: memoryview, where: str) -> Callable[[int, int], None]:
+def _stream_filler(f: BinaryIO, header: DataRegion, view: memoryview, where: str) -> Callable[[int, int], None]:
     """Sequential ``readinto`` on any file object (chunks are asked for in order)."""
     f.seek(header.data_start)
 

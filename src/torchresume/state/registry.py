@@ -19,7 +19,9 @@ from torchresume.state.train_state import RESERVED as BUILTIN  # the manager's o
 
 
 @dataclass
-class Entry:
+class RegisteredState:
+    """One named Stateful object of a StateRegistry."""
+
     name: str
     obj: Stateful
     required: bool = True  # a checkpoint without it is reported as lacking it
@@ -29,7 +31,7 @@ class StateRegistry:
     """Named Stateful objects, in registration order."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, Entry] = {}
+        self._entries: dict[str, RegisteredState] = {}
 
     def register(self, name: str, obj: Any, *, required: bool = True) -> None:
         """Add ``obj`` (anything with state_dict/load_state_dict) under ``name``."""
@@ -40,12 +42,12 @@ class StateRegistry:
                             "implement the Stateful protocol to checkpoint it")
         if name in self._entries:
             raise ValueError(f"state name {name!r} is registered already")
-        self._entries[name] = Entry(name, obj, required)
+        self._entries[name] = RegisteredState(name, obj, required)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def __iter__(self) -> Iterator[Entry]:
+    def __iter__(self) -> Iterator[RegisteredState]:
         return iter(list(self._entries.values()))
 
 

@@ -17,12 +17,9 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torchresume.errors import CheckpointConfigError
-
-if TYPE_CHECKING:
-    from torchresume.storage.base import Buffer, Writer
 
 PACE_CHUNK = 8 * 1024 * 1024  # bytes passed on between two looks at the clock
 
@@ -53,6 +50,16 @@ class Pace:
     hurry: threading.Event = field(default_factory=threading.Event)
 
 
+class Sink(Protocol):
+    """What a PacedWriter wraps and is: storage/base.py's ``Writer`` (base imports this module)."""
+
+    path: str
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class PacedWriter:
     """Wraps a Writer: ``write`` hands on PACE_CHUNK-sized pieces, pausing to stay under the rate.
 
@@ -60,7 +67,7 @@ class PacedWriter:
     not followed by a pause. Commit and abort go straight through.
     """
 
-    def __init__(self, inner: Writer, pace: Pace) -> None:
+    def __init__(self, inner: Sink, pace: Pace) -> None:
         self.inner = inner
         self.path = inner.path
         self._pace = pace
@@ -68,7 +75,7 @@ class PacedWriter:
         self.sent = 0
         self.paused = 0.0  # seconds spent pausing, for tests and reports
 
-    def write(self, data: Buffer) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         for pos in range(0, view.nbytes, PACE_CHUNK):
             piece = view[pos:pos + PACE_CHUNK]

@@ -6,6 +6,9 @@ streamed to the remote directory in the background and committed there. The
 newest uploaded file stays as a local cache; older staged files are evicted
 once their upload committed. Files staged but never uploaded (the process
 died first) are found and uploaded by the next run.
+
+This staging directory (``staging_dir``, ``TORCHRESUME_STAGING``) is files on local disk; the
+host buffers an async save copies tensors into are staging.py's, another thing of the same name.
 """
 
 from __future__ import annotations

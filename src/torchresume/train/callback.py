@@ -1,4 +1,4 @@
-"""The Callback base (no-op hooks plus on_exception), the RunContext, and dispatch.
+"""The Callback base (no-op hooks plus on_exception) and dispatch; the hooks' RunContext is run_state.py's.
 
 Hooks are called only on callbacks that override them, so an unused hook
 costs nothing per step.
@@ -7,75 +7,12 @@ costs nothing per step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import nn
-
-if TYPE_CHECKING:
-    from torchresume.train.model import Model
-    from torchresume.train.run_state import RunState
+from torchresume.train.run_state import RunContext
 
 HOOKS = ("on_resume", "on_stop", "on_train_begin", "on_train_end", "on_train_epoch_begin", "on_train_epoch_end",
          "on_train_step_begin", "on_train_step_end", "on_eval_begin", "on_eval_end")
-
-
-@dataclass
-class RunContext:
-    """What callbacks see: the model, progress counters, the last loss and metrics.
-
-    ``epoch`` is 1-based; ``step`` counts completed steps in the current epoch;
-    ``global_step`` counts completed steps of the run.
-    """
-
-    model: Model
-    network: nn.Module
-    optimizer: torch.optim.Optimizer | None
-    epoch_num: int = 0
-    steps_per_epoch: int = 0
-    epoch: int = 0
-    step: int = 0
-    start_epoch: int = 0
-    global_step: int = 0
-    loss: torch.Tensor | None = None
-    outputs: Any = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    dataset: Any = None
-    resumed_from: str | None = None
-    resumed_prefix: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    stop_requested: bool = False
-    stop_signal: int | None = None
-    step_rng: dict[str, Any] | None = None  # torch RNG after the last completed step
-    in_step: bool = False  # between a step's start and its completion
-    feed: Any = None  # the training data's position keeper (torchresume.data.loader_state.Feed)
-    state: RunState | None = None  # what checkpoints are made from; set by Model.train/fit
-    resume: Any = None  # what Model.train/fit was asked to resume from (restored in on_resume)
-    world: Any = None  # under torchrun, this rank's train.distributed.World; None in one process
-    last_checkpoint: str | None = None  # the newest checkpoint a stop-signal save left (on_stop)
-
-    def run_state(self) -> RunState:
-        """The run's state provider; a clear error for a context that no training run made."""
-        if self.state is None:
-            raise RuntimeError("this RunContext has no run state: checkpoint callbacks save during "
-                               "Model.train/fit, not during eval or predict")
-        return self.state
-
-    def request_stop(self) -> None:
-        self.stop_requested = True
-
-    def original_args(self) -> RunContext:
-        """MindSpore's accessor for cb_params; here the context itself."""
-        return self
-
-    @property
-    def cur_epoch_num(self) -> int:
-        return self.epoch
-
-    @property
-    def cur_step_num(self) -> int:
-        return self.global_step
 
 
 class Callback:

@@ -20,9 +20,8 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,9 +31,7 @@ from torchresume.distributed.ending import end_process, leave_group
 from torchresume.log import log, monitor
 from torchresume.train import torchrun_options
 from torchresume.train.callback import Callback
-
-if TYPE_CHECKING:
-    from torchresume.train.model import Model
+from torchresume.train.run_state import TrainingModel, World
 
 COLLECTIVE_TIMEOUT_S = 600  # a rank that stops answering fails the others after this long
 _PR_SET_PDEATHSIG = 1
@@ -46,16 +43,6 @@ def launched() -> bool:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
         return False
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place in the job."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
 
 
 def init_world(device: torch.device) -> World:
@@ -170,7 +157,7 @@ def quiet() -> None:
     monitor.setLevel(logging.WARNING)
 
 
-def prepare(model: Model, dataset: Any, callbacks: Sequence[Callback] | Callback | None,
+def prepare(model: TrainingModel, dataset: Any, callbacks: Sequence[Callback] | Callback | None,
             handle_signals: bool) -> tuple[Any, list[Callback], World]:
     """This rank's data, the callbacks with StopAgreement first, and this rank's World.
 
@@ -184,7 +171,7 @@ def prepare(model: Model, dataset: Any, callbacks: Sequence[Callback] | Callback
     return shard_data(dataset, world), [StopAgreement(world.device, handle_signals), *items], world
 
 
-def _wrap(model: Model, world: World) -> None:
+def _wrap(model: TrainingModel, world: World) -> None:
     """Move the network to this rank's device; the steps run through DDP (gradients all-reduced)."""
     if model.device != world.device:
         model.device = world.device

@@ -1,17 +1,23 @@
-"""RunState: the state provider a training run's checkpoints are made from and restored into.
+"""What one training run is to its callbacks: RunContext (counters) and RunState (live objects).
 
-Model builds one per run and hands it to callbacks on ``RunContext.state``;
-ModelCheckpoint, BackupAndRestore and OnRequestExit save and restore through
-it rather than calling back into Model. It knows the live objects (network,
-optimizer, scheduler, stateful callbacks, the data feed) and turns a
-RunContext's counters into what a checkpoint holds besides the weights.
+``RunContext`` is what every hook gets: the model, the progress counters, the last loss and
+metrics, and under torchrun this rank's ``World``. ``RunState`` is the state provider a run's
+checkpoints are made from and restored into: Model builds one per run and hands it to
+callbacks on ``RunContext.state``; ModelCheckpoint, BackupAndRestore and OnRequestExit save and
+restore through it rather than calling back into Model. It knows the live objects (network,
+optimizer, scheduler, stateful callbacks, the data feed) and turns a RunContext's counters into
+what a checkpoint holds besides the weights.
+
+This module is the bottom of train/: the Model and the callback list it is handed are named by
+the protocols below (``TrainingModel``, ``StatefulCallbacks``), which train/model.py's Model and
+train/callback.py's CallbackList satisfy, so neither is imported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -24,11 +30,96 @@ from torchresume.state.registry import StateRegistry, capture_tree, restore_tree
 
 if TYPE_CHECKING:
     from torchresume.format.reader import Checkpoint
-    from torchresume.train.callback import CallbackList, RunContext
 
 # Settings that may change between a run and its resume without changing what it computes.
 _NOT_RUN_SETTINGS = ("resume", "storage_option", "print_every", "async_save", "write_mb_per_s", "device",
                      "overlap")
+
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun job (train/distributed.py's ``init_world`` makes it)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+class TrainingModel(Protocol):
+    """The Model running the hooks, as they see it (train/model.py's Model, which imports this module)."""
+
+    network: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    scheduler: Any
+    device: torch.device
+    step_network: nn.Module | None  # the DDP wrapper under torchrun, else None
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class StatefulCallbacks(Protocol):
+    """The run's callbacks, as their state is saved (train/callback.py's CallbackList)."""
+
+    def stateful(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class RunContext:
+    """What callbacks see: the model, progress counters, the last loss and metrics.
+
+    ``epoch`` is 1-based; ``step`` counts completed steps in the current epoch;
+    ``global_step`` counts completed steps of the run.
+    """
+
+    model: TrainingModel
+    network: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    epoch_num: int = 0
+    steps_per_epoch: int = 0
+    epoch: int = 0
+    step: int = 0
+    start_epoch: int = 0
+    global_step: int = 0
+    loss: torch.Tensor | None = None
+    outputs: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataset: Any = None
+    resumed_from: str | None = None
+    resumed_prefix: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    stop_requested: bool = False
+    stop_signal: int | None = None
+    step_rng: dict[str, Any] | None = None  # torch RNG after the last completed step
+    in_step: bool = False  # between a step's start and its completion
+    feed: Any = None  # the training data's position keeper (torchresume.data.loader_state.Feed)
+    state: RunState | None = None  # what checkpoints are made from; set by Model.train/fit
+    resume: Any = None  # what Model.train/fit was asked to resume from (restored in on_resume)
+    world: World | None = None  # under torchrun, this rank's place in the job; None in one process
+    last_checkpoint: str | None = None  # the newest checkpoint a stop-signal save left (on_stop)
+
+    def run_state(self) -> RunState:
+        """The run's state provider; a clear error for a context that no training run made."""
+        if self.state is None:
+            raise RuntimeError("this RunContext has no run state: checkpoint callbacks save during "
+                               "Model.train/fit, not during eval or predict")
+        return self.state
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def original_args(self) -> RunContext:
+        """MindSpore's accessor for cb_params; here the context itself."""
+        return self
+
+    @property
+    def cur_epoch_num(self) -> int:
+        return self.epoch
+
+    @property
+    def cur_step_num(self) -> int:
+        return self.global_step
 
 
 @dataclass
@@ -38,7 +129,7 @@ class RunState:
     network: nn.Module
     optimizer: torch.optim.Optimizer | None
     scheduler: Any
-    callbacks: CallbackList
+    callbacks: StatefulCallbacks
 
     def registry(self, sampler: Any = None) -> StateRegistry:
         """The run's Stateful entries beside the weights: optimizer, scheduler, data position."""

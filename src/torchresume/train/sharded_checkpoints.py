@@ -28,13 +28,13 @@ import torch.distributed as dist
 
 from torchresume import catalog, run_lock
 from torchresume.distributed import ShardedStore
-from torchresume.distributed.reader import is_sharded
 from torchresume.errors import (
     AsyncSaveError,
     CheckpointConfigError,
     CheckpointNotFoundError,
     SaveDeadlineError,
 )
+from torchresume.files.sharded_reader import is_sharded
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import BEST, best_prefix, parse_name, unique_prefix
@@ -45,8 +45,8 @@ from torchresume.train.checkpoint_config import CheckpointConfig
 from torchresume.train.file_checkpoints import is_directory_of_runs
 from torchresume.world import on_rank_0
 
-if TYPE_CHECKING:  # train.distributed imports torchrun_options -> model_checkpoint -> this module
-    from torchresume.train.distributed import World
+if TYPE_CHECKING:
+    from torchresume.train.run_state import World
 
 
 

@@ -4,7 +4,7 @@ DCP's own empty-state planner rebuilds every logical tensor at its global size
 from the metadata; the part reader fills it from the shards (checksums checked),
 without a process group. The result is the nested state that was saved, plus
 ``rank_states`` (every saving rank's own state) when any rank saved one.
-``files/directory.py`` calls ``consolidate`` (lazily) when it reads a sharded
+``files/single.py`` calls ``consolidate`` (lazily) when it reads a sharded
 checkpoint, and ``files/sharded_as_one.py`` lays the result out as a
 single-process file: every reader (load_checkpoint, eval, convert, diff, a
 single-process resume) goes through that one path.
@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from torchresume.distributed.reader import PartReader, part_header, read_rank_state, restore_error
+from torchresume.files.sharded_reader import PartReader, part_header, read_rank_state, restore_error
 
 RANK_STATES = "rank_states"
 

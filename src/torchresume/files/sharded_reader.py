@@ -35,8 +35,8 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
-from torchresume.distributed import metadata as dcp_json
 from torchresume.errors import CheckpointNotFoundError, CorruptCheckpointError, TorchResumeError
+from torchresume.files import dcp_metadata as dcp_json
 from torchresume.files import directory, seal, sharded
 from torchresume.format import checksum, native, reader
 from torchresume.state.tree import unflatten
