@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from torchresume import catalog, files, retention, run_lock, signals
-from torchresume.catalog import ListedCheckpoint as Entry
+from torchresume.catalog import ListedCheckpoint
 from torchresume.errors import (
     CheckpointConfigError,
     CheckpointWriteError,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from torchresume.sharded_layout import ShardedLayout
 
 
-def _encrypted(entry: Entry) -> bool:
+def _encrypted(entry: ListedCheckpoint) -> bool:
     try:
         return not entry.is_dir and files.describe(entry.path).encrypted
     except (TorchResumeError, OSError, ValueError):
@@ -403,29 +403,29 @@ class CheckpointManager:
             self.release_lock()
 
     # -- finding --------------------------------------------------------------------------
-    def checkpoints(self, *, all_prefixes: bool = False, verify: bool = False) -> list[Entry]:
+    def checkpoints(self, *, all_prefixes: bool = False, verify: bool = False) -> list[ListedCheckpoint]:
         """This prefix's (or every) checkpoint in the directory, newest first."""
         self.slot.settle()  # never list a checkpoint retention is deleting
         return catalog.list_checkpoints(self.directory, verify=verify,
                                         prefix=None if all_prefixes else self.prefix)
 
-    def _resume_candidates(self) -> list[Entry]:
+    def _resume_candidates(self) -> list[ListedCheckpoint]:
         """Every checkpoint in the directory and, for a remote one, staged files not uploaded yet
         (none older than the newest committed remotely)."""
         entries = self.checkpoints(all_prefixes=True)
         if self.staging:
             entries += self._staged_not_uploaded(entries, verify=False)
-            entries.sort(key=Entry.order_key, reverse=True)
+            entries.sort(key=ListedCheckpoint.order_key, reverse=True)
         return entries
 
-    def _staged_not_uploaded(self, remote: list[Entry], *, verify: bool, say: bool = False,
-                             prefix: str | None = None) -> list[Entry]:
+    def _staged_not_uploaded(self, remote: list[ListedCheckpoint], *, verify: bool, say: bool = False,
+                             prefix: str | None = None) -> list[ListedCheckpoint]:
         """Staged checkpoints the remote lacks and that are newer than the newest committed one of
         their own run (``prefix``: that run's alone); older ones are never uploaded (``say``: a line
         for each, and the stale copy leaves the staging cache)."""
         assert self.staging is not None
         names = {e.name for e in remote}
-        newest: dict[str | None, Entry] = {}  # each run's newest committed checkpoint
+        newest: dict[str | None, ListedCheckpoint] = {}  # each run's newest committed checkpoint
         for e in remote:
             if e.prefix not in newest or e.order_key() > newest[e.prefix].order_key():
                 newest[e.prefix] = e
@@ -441,7 +441,7 @@ class CheckpointManager:
             out.append(entry)
         return out
 
-    def _evict_stale(self, entry: Entry, newer: Entry) -> None:
+    def _evict_stale(self, entry: ListedCheckpoint, newer: ListedCheckpoint) -> None:
         """A staged checkpoint older than its run's newest committed one is never uploaded (it would
         bring back what retention pruned): it leaves the staging cache, with one line."""
         assert self.staging is not None
@@ -451,13 +451,13 @@ class CheckpointManager:
             log.warning("not uploading %s, staged by an earlier process: %s, committed there, is newer "
                         "(removed the staged copy from %s)", entry.name, newer.path, self.staging)
 
-    def _evict_uploaded(self, remote: list[Entry]) -> None:
+    def _evict_uploaded(self, remote: list[ListedCheckpoint]) -> None:
         """Staged copies of this run already committed remotely leave the staging cache (a kill, or
         another manager's upload, came before their eviction), but the newest: it stays as the
         local cache until this manager's next upload commits."""
         assert self.remote is not None and self.staging is not None
         names = {e.name for e in remote if e.prefix == self.prefix}
-        newest = max((e for e in remote if e.prefix == self.prefix), key=Entry.order_key, default=None)
+        newest = max((e for e in remote if e.prefix == self.prefix), key=ListedCheckpoint.order_key, default=None)
         for entry in catalog.list_checkpoints(self.staging, verify=False, prefix=self.prefix):
             if entry.name not in names or newest is None:
                 continue
@@ -489,7 +489,7 @@ class CheckpointManager:
         return queued
 
     def newest_readable(self, run: str | None = None, *,
-                        require_finite: bool = False) -> tuple[Entry, Checkpoint] | None:
+                        require_finite: bool = False) -> tuple[ListedCheckpoint, Checkpoint] | None:
         """The newest resumable checkpoint here (staged copies included), read and verified once.
 
         See catalog.newest_readable: bad ones are skipped and named; ``run`` limits it to one run.

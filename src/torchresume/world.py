@@ -9,6 +9,7 @@ rank 0's answer on every rank, a flag true on any rank, one rank's error raised 
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ def process_group_up() -> bool:
 
 @dataclass(frozen=True)
 class World:
-    """Rank and size of this process's job; ``device`` is where small collective tensors live."""
+    """Rank and size of this process's job; ``device`` is where this rank trains and small collective
+    tensors live; ``local_rank``: its index on its node (torchrun's LOCAL_RANK)."""
 
     rank: int = 0
     size: int = 1
     device: torch.device = CPU
+    local_rank: int = 0
 
     @classmethod
     def current(cls, device: torch.device | None = None) -> World:
@@ -41,7 +44,7 @@ class World:
             return cls(device=device or CPU)
         if device is None:
             device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else CPU
-        return cls(dist.get_rank(), dist.get_world_size(), device)
+        return cls(dist.get_rank(), dist.get_world_size(), device, int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def distributed(self) -> bool:

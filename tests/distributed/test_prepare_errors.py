@@ -49,7 +49,7 @@ def test_prepare_shards_data_and_keeps_the_checkpoint_callback(one_rank: None, t
     assert isinstance(data, DistributedArrayDataset) and len(data) == 8
     assert [type(cb) for cb in callbacks] == [StopAgreement, LossMonitor, ModelCheckpoint]
     assert callbacks[2] is checkpoint  # no callback is swapped for another
-    assert (world.rank, world.world_size) == (0, 1)
+    assert (world.rank, world.size) == (0, 1)
     assert isinstance(model.step_network, nn.parallel.DistributedDataParallel)
 
 
@@ -82,7 +82,7 @@ def test_a_sharded_run_resumes_in_process_without_a_checkpoint_callback(torchrun
 
 
 def test_global_batch_must_split_over_the_ranks() -> None:
-    world = distributed.World(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
+    world = distributed.World(rank=0, size=3, device=torch.device("cpu"))
     with pytest.raises(DataError, match="global batch size 4 does not split evenly over 3 ranks"):
         distributed.shard_data(_data(4), world)
 

@@ -112,7 +112,7 @@ def test_a_torchrun_run_renews_its_remote_lock_at_each_save(bucket, tmp_path, mo
     directory = f"{bucket}/run"
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        checkpoints = ShardedCheckpoints(directory, CheckpointConfig(), [], World(0, 1, 0, torch.device("cpu")))
+        checkpoints = ShardedCheckpoints(directory, CheckpointConfig(), [], World(0, 1, torch.device("cpu")))
         checkpoints._lock()
         lock = checkpoints._run_lock
         assert lock is not None

@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.planner import SavePlanner
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
-from torchresume.catalog import ListedCheckpoint as Entry
+from torchresume.catalog import ListedCheckpoint
 from torchresume.distributed import plan_cache
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
@@ -554,12 +554,12 @@ class ShardedStore:
                 removed.append(entry.path)
         return removed
 
-    def checkpoints(self) -> list[Entry]:
+    def checkpoints(self) -> list[ListedCheckpoint]:
         """This prefix's committed sharded checkpoints, newest first (their manifests only: no part of
         any rank is opened, so listing costs the same at any world size but the manifest's length)."""
         return [e for e in self._listed() if e.valid]
 
-    def _listed(self) -> list[Entry]:
+    def _listed(self) -> list[ListedCheckpoint]:
         """This prefix's committed directories, newest first, a damaged manifest's too (invalid)."""
         with self._listing:  # never while background retention is deleting
             storage, where = resolve(self.directory)

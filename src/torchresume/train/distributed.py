@@ -31,7 +31,8 @@ from torchresume.distributed.ending import end_process, leave_group
 from torchresume.log import log, monitor
 from torchresume.train import torchrun_options
 from torchresume.train.callback import Callback
-from torchresume.train.run_state import TrainingModel, World
+from torchresume.train.run_state import TrainingModel
+from torchresume.world import World
 
 COLLECTIVE_TIMEOUT_S = 600  # a rank that stops answering fails the others after this long
 _PR_SET_PDEATHSIG = 1
@@ -62,7 +63,7 @@ def init_world(device: torch.device) -> World:
                                     world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
         atexit.register(leave_group)
         die_with_launcher()
-    world = World(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    world = World(dist.get_rank(), dist.get_world_size(), device, local_rank)
     if world.rank != 0:
         quiet()
     if not _peers:
@@ -76,7 +77,7 @@ _peers: list[tuple[str, int]] = []
 
 def _know_peers(world: World) -> None:
     import socket
-    found: list[Any] = [None] * world.world_size
+    found: list[Any] = [None] * world.size
     dist.all_gather_object(found, (socket.gethostname(), os.getpid()))
     _peers[:] = [tuple(p) for p in found]
 
@@ -187,7 +188,7 @@ def shard_data(dataset: Any, world: World) -> Any:
     if isinstance(dataset, DistributedArrayDataset):
         return dataset
     if isinstance(dataset, ArrayDataset):
-        return shard(dataset, world.rank, world.world_size)
+        return shard(dataset, world.rank, world.size)
     log.warning("under torchrun the training data (%s) is used as given: each rank must already "
                 "read its own share (use torchresume's ArrayDataset for an exact, elastic split)",
                 type(dataset).__name__)

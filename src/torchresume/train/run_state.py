@@ -27,6 +27,7 @@ from torchresume.errors import CheckpointConfigError
 from torchresume.log import log
 from torchresume.state import rng
 from torchresume.state.registry import StateRegistry, capture_tree, restore_tree
+from torchresume.world import World
 
 if TYPE_CHECKING:
     from torchresume.format.reader import Checkpoint
@@ -35,16 +36,6 @@ if TYPE_CHECKING:
 _NOT_RUN_SETTINGS = ("resume", "storage_option", "print_every", "async_save", "write_mb_per_s", "device",
                      "overlap")
 
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place in a torchrun job (train/distributed.py's ``init_world`` makes it)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
 
 
 class TrainingModel(Protocol):

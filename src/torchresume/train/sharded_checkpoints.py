@@ -46,7 +46,7 @@ from torchresume.train.file_checkpoints import is_directory_of_runs
 from torchresume.world import on_rank_0
 
 if TYPE_CHECKING:
-    from torchresume.train.run_state import World
+    from torchresume.world import World
 
 
 
@@ -176,7 +176,7 @@ class ShardedCheckpoints:
         assert manager is not None
         self._heartbeat()
         info = {"epoch": ctx.epoch, "step": step, "global_step": ctx.global_step,
-                **parts["info"], "world_size": self.world.world_size}
+                **parts["info"], "world_size": self.world.size}
         def save() -> str | None:
             return manager.save(model_state(ctx.network, ctx.optimizer), ctx.epoch, step,
                                 rank_state=rank_state(ctx, parts), info=_jsonable(info), append=append,
@@ -279,10 +279,10 @@ def restore_run(ctx: RunContext, manager: ShardedStore, world: World,
     if own and own.get("rng"):
         parts["rng"] = own["rng"]
     ctx.run_state().restore_parts(parts, found.path, ctx, found.info)
-    if found.world_size != world.world_size:
+    if found.world_size != world.size:
         log.info("resumed at %d ranks from a checkpoint of %d ranks: the data continues exactly "
                  "once; rank r < %d continues old rank r's RNG streams, any other keeps its seed",
-                 world.world_size, found.world_size, found.world_size)
+                 world.size, found.world_size, found.world_size)
     return True
 
 
