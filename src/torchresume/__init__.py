@@ -52,11 +52,8 @@ _HARNESS = {
 def __getattr__(name: str) -> Any:
     import importlib
     module = _HARNESS.get(name)
-    if module is None:  # a submodule not imported yet (torchresume.inspection, ...)
-        try:
-            return importlib.import_module(f"torchresume.{name}")
-        except ModuleNotFoundError:
-            raise AttributeError(f"module 'torchresume' has no attribute {name!r}") from None
+    if module is None:  # submodules are imported by name (``from torchresume import inspection``)
+        raise AttributeError(f"module 'torchresume' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

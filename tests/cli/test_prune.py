@@ -10,6 +10,7 @@ import time
 import torch
 
 import torchresume as tr
+from torchresume import inspection
 from torchresume.cli.main import main
 
 
@@ -96,4 +97,4 @@ def test_prune_never_deletes_the_only_good_checkpoint_of_an_encrypted_run(tmp_pa
     assert _names(tmp_path) == before
     assert main(["prune", str(tmp_path), "--keep", "1", "--dec-key-hex", key.hex()]) == 0
     assert {"e-1_1.ckpt", "e-2_2.ckpt"} <= _names(tmp_path)  # with the key: e-1_1 is the newest valid one
-    assert tr.inspection.verify(str(tmp_path / "e-1_1.ckpt"), key).valid
+    assert inspection.verify(str(tmp_path / "e-1_1.ckpt"), key).valid

@@ -22,7 +22,7 @@ from tests.distributed import deadline_worker
 from tests.distributed.conftest import free_port, torchrun
 from torchresume.data import ArrayDataset
 from torchresume.distributed import ShardedStore, writer
-from torchresume.distributed.manager import deadline_line
+from torchresume.distributed.save_failures import deadline_line
 from torchresume.errors import CheckpointConfigError, SaveDeadlineError
 from torchresume.train import CheckpointConfig, Model, ModelCheckpoint
 

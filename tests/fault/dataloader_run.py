@@ -61,7 +61,7 @@ class Progress(tr.Callback):
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def on_train_step_end(self, ctx: tr.train.callback.RunContext) -> None:
+    def on_train_step_end(self, ctx: tr.RunContext) -> None:
         with open(self.path, "a") as f:
             f.write(f"{ctx.global_step}\n")
 

@@ -16,6 +16,7 @@ import torch
 
 import torchresume as tr
 from tests.fault import killing
+from torchresume import inspection
 from torchresume.inspection import verify
 
 EPOCHS, STEPS = 3, 20
@@ -143,7 +144,7 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, reference, mode) 
     assert rc == 128 + signal.SIGTERM
     saved = [p for p in tmp_path.glob("lenet-*.ckpt")]
     assert len(saved) == 1 and verify(str(saved[0])).valid
-    step = tr.inspection.describe(str(saved[0])).info["global_step"]
+    step = inspection.describe(str(saved[0])).info["global_step"]
     assert 7 <= step < TOTAL
     out = _finish(tmp_path, cmd)
     assert f"global step {step})" in out

@@ -100,7 +100,7 @@ def test_adam_state_loads_into_torch_adam(stem: str, m1: str, m2: str) -> None:
 def test_momentum_state_refuses_adam() -> None:
     params = tr.load_checkpoint(str(FIXTURES / "bn_momentum.ckpt"))
     opt = torch.optim.Adam(TorchBNNet().parameters())
-    with pytest.raises(tr.errors.StateMismatchError,
+    with pytest.raises(tr.StateMismatchError,
                        match="the checkpoint holds MindSpore Momentum state, which maps to torch "
                              "SGD, not Adam; build a SGD"):
         tr.load_param_into_net(opt, params)

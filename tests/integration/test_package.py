@@ -22,6 +22,14 @@ def test_import_loads_the_core_only() -> None:
     assert lazy.strip() == "torchresume.train.model"
 
 
+def test_the_facade_names_its_public_api_and_no_submodule() -> None:
+    probe = ("import torchresume as tr\n"
+             "try:\n    tr.distributed\nexcept AttributeError as e:\n    print(e)\n"
+             "print(sorted(n for n in tr.__all__ if not hasattr(tr, n)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["module 'torchresume' has no attribute 'distributed'", "[]"]
+
+
 def test_wheel_ships_mnist_and_type_information(tmp_path) -> None:
     """Built from this checkout, unpacked elsewhere: the demo's data is found inside the package."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import torchresume as tr
+from torchresume import files
 from torchresume.storage import direct, local
 from torchresume.storage.local import LocalWriter
 
@@ -62,7 +63,7 @@ def test_checkpoint_written_direct_loads_bitwise(small_buffers, tmp_path) -> Non
     tr.save_checkpoint(state, path)
     loaded = tr.load_checkpoint(path)
     assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
-    assert tr.files.verify(path).valid
+    assert files.verify(path).valid
 
 
 def test_staged_state_is_written_from_memory_without_a_copy(tmp_path, monkeypatch) -> None:

@@ -46,7 +46,7 @@ def test_model_checkpoint_writes_mindspore_files(tmp_path: Path, extra: dict) ->
 
 def test_default_format_is_still_torchresume(tmp_path: Path) -> None:
     assert tr.CheckpointConfig().format is None
-    with pytest.raises(tr.errors.CheckpointConfigError, match="format must be 'ckpt' or "
+    with pytest.raises(tr.CheckpointConfigError, match="format must be 'ckpt' or "
                                                               "'safetensors', got 'onnx'"):
         tr.CheckpointConfig(format="onnx")
     with pytest.raises(ValueError, match="crc_check=True together with enc_key"):

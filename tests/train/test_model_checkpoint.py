@@ -10,7 +10,7 @@ import torch
 
 import torchresume as tr
 from tests.train.helpers import toy_data, toy_model
-from torchresume import CheckpointConfig, LambdaCallback, ModelCheckpoint
+from torchresume import CheckpointConfig, LambdaCallback, ModelCheckpoint, inspection
 from torchresume.files import verify
 
 
@@ -105,7 +105,7 @@ def test_keep_best_by_validation_metric(tmp_path) -> None:
     toy_model().fit(3, toy_data(), toy_data(), callbacks=[ModelCheckpoint("toy", str(tmp_path), cfg)])
     best = [f for f in _ckpts(tmp_path) if "-best-" in f]
     assert len(best) == 1
-    info = tr.inspection.describe(str(tmp_path / best[0])).info
+    info = inspection.describe(str(tmp_path / best[0])).info
     assert "loss" in info["metrics"]
 
 

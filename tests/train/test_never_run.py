@@ -17,7 +17,7 @@ import torch
 
 import torchresume as tr
 from tests.train.helpers import toy_data, toy_model
-from torchresume import Callback, CheckpointConfig, EarlyStopping, LambdaCallback, ModelCheckpoint
+from torchresume import Callback, CheckpointConfig, EarlyStopping, LambdaCallback, ModelCheckpoint, inspection
 from torchresume.catalog import list_checkpoints
 
 
@@ -35,7 +35,7 @@ def _best_files(directory) -> dict[str, float]:
     out = {}
     for name in sorted(os.listdir(directory)):
         if "-best-" in name and name.endswith(".ckpt"):
-            out[name] = tr.inspection.describe(str(directory / name)).info["metrics"]
+            out[name] = inspection.describe(str(directory / name)).info["metrics"]
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 
 import torchresume as tr
 from tests.train.helpers import toy_data, toy_model
-from torchresume import CheckpointConfig, CheckpointManager, History, LambdaCallback, ModelCheckpoint
+from torchresume import CheckpointConfig, CheckpointManager, History, LambdaCallback, ModelCheckpoint, inspection
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -34,7 +34,7 @@ def test_exception_breakpoint_resumes_exactly(tmp_path) -> None:
                                           LambdaCallback(on_train_step_begin=boom), History()])
     bp = tmp_path / "toy-2_5_breakpoint.ckpt"
     assert bp.exists()
-    assert tr.inspection.describe(str(bp)).info["global_step"] == 12
+    assert inspection.describe(str(bp)).info["global_step"] == 12
     resumed, h = toy_model(), History()
     summary = resumed.train(3, toy_data(), [ModelCheckpoint("toy", str(tmp_path), cfg), h], resume="auto")
     assert summary["resumed_from"] == str(bp)
@@ -109,7 +109,7 @@ def test_guard_records_the_true_global_step(tmp_path) -> None:
                 if (epoch, step) == (2, 6):
                     _ = 1 / 0
                 guard.step_done(epoch=epoch, step=step)
-    info = tr.inspection.describe(str(tmp_path / "run-2_5_breakpoint.ckpt")).info
+    info = inspection.describe(str(tmp_path / "run-2_5_breakpoint.ckpt")).info
     assert (info["epoch"], info["step"], info["global_step"]) == (2, 5, 13)
     fresh = toy_model()
     mgr2 = CheckpointManager(str(tmp_path), model=fresh.network, optimizer=fresh.optimizer, prefix="run")
@@ -117,7 +117,7 @@ def test_guard_records_the_true_global_step(tmp_path) -> None:
     with mgr2.guard() as guard:
         guard.step_done(epoch=2, step=6)
         path = mgr2.save(2, 6)
-    assert tr.inspection.describe(path).info["global_step"] == 14
+    assert inspection.describe(path).info["global_step"] == 14
 
 
 def test_fit_of_a_finished_run_returns_its_epoch(tmp_path) -> None:

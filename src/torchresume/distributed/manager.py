@@ -38,12 +38,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.planner import SavePlanner
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchresume import catalog, retention
 from torchresume.catalog import ListedCheckpoint
 from torchresume.distributed import plan_cache
+from torchresume.distributed.save_failures import below_timeout, deadline_line, failure_line, late_ranks, rank_errors
+from torchresume.distributed.shard_staging import ShardStager, layout_key, share_of
 from torchresume.distributed.writer import PartWriter
 from torchresume.errors import (
     CheckpointConfigError,
@@ -63,11 +64,7 @@ from torchresume.save_slot import (
     SaveSlot,
     check_on_busy,
     check_save_deadline,
-    is_default_deadline,
 )
-from torchresume.snapshot import Snapshot
-from torchresume.staging import StagingBuffers, is_stageable
-from torchresume.state.tree import map_tensors
 from torchresume.storage import resolve
 from torchresume.storage.local import LocalStorage
 from torchresume.world import World, process_group_up
@@ -111,188 +108,6 @@ def _single_process_quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         yield
-
-
-def _copy_leaves(node: Any) -> Any:
-    """``node`` with every non-tensor leaf deep-copied (tensors kept): the snapshot of the rest of the state."""
-    if isinstance(node, torch.Tensor):
-        return node
-    if isinstance(node, dict):
-        return {k: _copy_leaves(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return type(node)(_copy_leaves(v) for v in node)
-    return copy.deepcopy(node)
-
-
-class ShardStager:
-    """The save slot's stager for DCP state: DTensors staged as their local shards (``stage_state``).
-
-    ``share``: the positions of the tensors this rank's plan writes (None: every tensor), set by the
-    manager before each save; ``last``: the snapshot of the save in flight.
-    """
-
-    def __init__(self) -> None:
-        self.buffers = StagingBuffers()
-        self.share: frozenset[int] | None = None
-        self.last: Snapshot | None = None
-
-    def snapshot(self, tree: Any, deferred: frozenset[int] = frozenset()) -> Snapshot:
-        self.last = stage_state(self.buffers, tree, deferred, only=self.share)
-        return self.last
-
-    def release(self) -> None:
-        self.buffers.release()
-        self.last = None
-
-
-def layout_key(node: Any) -> Any:
-    """What a save plan depends on: the tree's keys and each tensor's shape, dtype, device and
-    DTensor placement, never a value. Equal keys on every rank: the cached plan is used again."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(node, DTensor):
-        return "S", tuple(node.shape), node.dtype, node.placements, node.device_mesh, tuple(node.to_local().shape)
-    if isinstance(node, torch.Tensor):
-        return "T", tuple(node.shape), node.dtype, node.device.type, node.layout
-    if isinstance(node, dict):
-        return "D", tuple((k, layout_key(v)) for k, v in node.items())
-    if isinstance(node, (list, tuple)):
-        return "L", tuple(layout_key(v) for v in node)
-    return "V"
-
-
-def stage_state(buffers: StagingBuffers, state: Any, deferred: frozenset[int] = frozenset(),
-                only: frozenset[int] | None = None) -> Snapshot:
-    """A snapshot of ``state`` in ``buffers``: plain tensors copied, DTensors as their staged local shard.
-
-    A top-level ``Stateful`` (a module, an optimizer) is replaced by its ``state_dict()`` first.
-    ``only``: the positions of the plain tensors to stage (``StagingBuffers.snapshot``), placeholders
-    for the rest; a DTensor's local shard is always staged (``from_local`` moves a tensor to the
-    mesh's device, so a placeholder there would be copied into a real tensor of zeros).
-    A DTensor is rebuilt around its staged local tensor with the same mesh, placements, global
-    shape and stride (no collective), so DCP plans the snapshot exactly as it would the live state.
-    """
-    from torch.distributed.tensor import DTensor
-
-    specs: list[tuple[Any, Any, Any, Any] | None] = []
-
-    def unwrap(t: torch.Tensor) -> torch.Tensor:
-        if isinstance(t, DTensor):
-            specs.append((t.device_mesh, t.placements, t.size(), t.stride()))
-            return t.to_local()
-        specs.append(None)
-        return t
-
-    if isinstance(state, dict):  # DCP calls a top-level Stateful's state_dict(): now, not in the background
-        state = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
-    unwrapped = map_tensors(state, unwrap)
-    if only is not None:
-        only = only | _dense_positions(unwrapped, [spec is not None for spec in specs])
-    snapshot = buffers.snapshot(unwrapped, deferred, only)
-    spec_iter = iter(specs)
-
-    def rewrap(t: torch.Tensor) -> torch.Tensor:
-        spec = next(spec_iter)
-        if spec is None:
-            return t
-        mesh, placements, size, stride = spec
-        return DTensor.from_local(t, mesh, placements, run_check=False, shape=size, stride=stride)
-
-    snapshot.tree = _copy_leaves(map_tensors(snapshot.tree, rewrap))  # the same buffers, rewrapped
-    return snapshot
-
-
-def _dense_positions(tree: Any, chosen: list[bool]) -> frozenset[int]:
-    """The positions, as ``StagingBuffers.snapshot`` counts them (its stageable tensors in tree
-    order), of the tensors of ``tree`` flagged in ``chosen`` (one flag per tensor, in tree order)."""
-    tensors: list[torch.Tensor] = []
-    map_tensors(tree, tensors.append)
-    flags = [c for t, c in zip(tensors, chosen, strict=True) if is_stageable(t)]
-    return frozenset(i for i, c in enumerate(flags) if c)
-
-
-def written_tensors(planner: SavePlanner) -> list[torch.Tensor]:
-    """The tensors (local shards) the finished plan of ``planner`` wrote on this rank, with those
-    inside a value DCP writes as bytes (a tuple of tensors, e.g. Adam's tensor ``betas``)."""
-    found: list[torch.Tensor] = []
-    for item in planner.plan.items:  # type: ignore[attr-defined]
-        map_tensors(planner.lookup_object(item.index), found.append)  # type: ignore[attr-defined]
-    return found
-
-
-def _share(layout: Any, buffers: StagingBuffers, planner: SavePlanner) -> tuple[Any, frozenset[int]] | None:
-    """What the next save with ``layout`` stages on this rank; None (everything) if it cannot be told.
-    The save is committed by now: nothing here may raise."""
-    try:
-        return layout, buffers.positions_of(written_tensors(planner))
-    except Exception as exc:  # a tensor without plain storage (sparse, a wrapper subclass)
-        log.debug("staging every tensor at the next save: %s", exc)
-        return None
-
-
-def _failures(exc: CheckpointException) -> dict[int, BaseException]:
-    """Each failed rank's exception."""
-    return {rank: failure[0] if isinstance(failure, tuple) else failure for rank, failure in exc.failures.items()}
-
-
-def _late_ranks(exc: CheckpointException) -> list[int]:
-    """The ranks that did not write their part within the save's deadline."""
-    return sorted(rank for rank, err in _failures(exc).items() if isinstance(err, SaveDeadlineError))
-
-
-def _rank_errors(exc: CheckpointException, skip: Sequence[int] = ()) -> str:
-    """Each failed rank but those in ``skip`` with its error's first line, ``; ``-separated."""
-    return "; ".join(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                     for rank, err in sorted(_failures(exc).items()) if rank not in skip)
-
-
-def failure_line(path: str, exc: CheckpointException) -> str:
-    """One line naming each failed rank and its error."""
-    return (f"{path}: sharded save failed ({_rank_errors(exc)}); nothing was committed and the previous "
-            "checkpoint stays the newest; fix the storage of the failing rank and save again")
-
-
-def deadline_line(path: str, late: Sequence[int], deadline_s: float, kept: str, others: str = "") -> str:
-    """One line for a save aborted because ranks ``late`` did not write their parts in time
-    (``kept``: what stays the newest, said by ``_newest_kept``)."""
-    one = len(late) == 1
-    who = (f"rank {late[0]} did not write its part" if one else
-           f"ranks {', '.join(map(str, late))} did not write their parts")
-    also = f" (also failed: {others})" if others else ""
-    its, whose = ("its", "that rank's") if one else ("their", "those ranks'")
-    return (f"{path}: save aborted: {who} within save_deadline_s={deadline_s:g} ({its} storage hung or is too "
-            f"slow){also}; nothing was committed and {kept}; check {whose} storage, or raise save_deadline_s "
-            f"if {its} writes are only slow")
-
-
-def _group_timeout_s() -> float | None:
-    """The default process group's timeout in seconds, where torch lets it be read (else None)."""
-    if not process_group_up():
-        return None
-    try:
-        pg = dist.distributed_c10d._get_default_group()
-        device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
-        return float(pg._get_backend(device).options._timeout.total_seconds())
-    except (AttributeError, RuntimeError, ValueError):
-        return None
-
-
-def _below_timeout(save_deadline_s: float | None) -> float | None:
-    """The deadline to use: the default is shortened to half a process-group timeout not longer than
-    it; a deadline passed explicitly that the timeout would cut short is refused (the ranks wait for a
-    late one in a collective, which would time out first and end the job)."""
-    timeout = _group_timeout_s()
-    if save_deadline_s is None or timeout is None or save_deadline_s < timeout:
-        return save_deadline_s
-    if is_default_deadline(save_deadline_s):
-        log.info("save_deadline_s: %g s, half the process group's timeout (%g s; the default %g s is not below it)",
-                 timeout / 2, timeout, save_deadline_s)
-        return timeout / 2
-    raise CheckpointConfigError(
-        f"save_deadline_s={save_deadline_s:g} is not below the process group's timeout ({timeout:g} s): "
-        "the ranks wait for a late one in a collective, which would time out first and end the job; "
-        f"pass a smaller save_deadline_s (default {DEFAULT_SAVE_DEADLINE_S:g}) or a longer timeout to "
-        "init_process_group")
 
 
 class ShardedStore:
@@ -346,7 +161,7 @@ class ShardedStore:
         self.retention: list[RetentionPolicy] = list(retention) if retention else [KeepLast(keep)]
         self.enc_key = check_key(enc_key, "AES-GCM", "enc_key") if enc_key is not None else None
         self.threads = threads
-        self.save_deadline_s = _below_timeout(check_save_deadline(save_deadline_s))
+        self.save_deadline_s = below_timeout(check_save_deadline(save_deadline_s))
         # At most one save in flight; async saves stage DTensors as their local shards.
         self._stager = ShardStager()
         self.slot = SaveSlot(async_save=async_save, on_busy=on_busy, stager=self._stager if async_save else None,
@@ -442,7 +257,7 @@ class ShardedStore:
                 dcp.save(state, storage_writer=writer, planner=planner, process_group=group,
                          no_dist=not process_group_up())
         except CheckpointException as exc:
-            self._failed(path, exc, _late_ranks(exc), group)
+            self._failed(path, exc, late_ranks(exc), group)
         except SaveDeadlineError as exc:  # one process: DCP runs write_data without its collectives
             self._failed(path, exc, [0], group)
         except (dist.DistError, RuntimeError) as exc:  # DCP wraps rank errors; these are from collectives
@@ -451,7 +266,7 @@ class ShardedStore:
                                        "nothing was committed; restart the job to resume from the "
                                        "newest committed checkpoint") from None
         if layout is not None:
-            self._written = _share(layout, self._stager.buffers, planner)
+            self._written = share_of(layout, self._stager.buffers, planner)
         try:
             if self.world.lead:  # a sync save's deletes run in the slot's thread (an async save is already there)
                 if group is None and not self.slot.async_save:
@@ -469,7 +284,7 @@ class ShardedStore:
         if late:
             assert self.save_deadline_s is not None  # only a writer with a deadline reports one
             kept = self.world.broadcast(self._newest_kept() if self.world.lead else None, group)  # every rank is here
-            others = _rank_errors(exc, skip=late) if isinstance(exc, CheckpointException) else ""
+            others = rank_errors(exc, skip=late) if isinstance(exc, CheckpointException) else ""
             raise SaveDeadlineError(deadline_line(path, late, self.save_deadline_s, kept, others)) from None
         assert isinstance(exc, CheckpointException)
         raise CheckpointWriteError(failure_line(path, exc)) from None
