@@ -249,11 +249,17 @@ class CheckpointManager:
             self.sharded.store.remove_unfinished()
 
     def _hold_lock(self) -> None:
-        """Take the run lock, or renew it (an object-storage lock's heartbeat) when held."""
+        """Take the run lock, or renew it (an object-storage lock's heartbeat) when held. Under torchrun
+        a failed renewal is said, never raised: the other ranks are on their way into the save."""
         if not self._locked:
             self.acquire_lock()
         elif self._lock is not None:
-            self._lock.refresh()
+            try:
+                self._lock.refresh()
+            except Exception as exc:
+                if not self.world.distributed:
+                    raise
+                log.warning("could not renew the run lock of %s: %s", self.directory, exc)
 
     def release_lock(self) -> None:
         self._locked = False

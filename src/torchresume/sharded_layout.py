@@ -11,6 +11,7 @@ module maps the manager's state onto it. Every method is collective.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -68,7 +69,7 @@ class ShardedLayout:
         own = capture_tree(None, self.registry, callbacks=callbacks, rng_state=rng_state,
                            sampler_state=sampler_state)
         full_info = {"global_step": global_step, "breakpoint": breakpoint, "time": time.time(),
-                     "world_size": self.world.size, **info}
+                     "world_size": self.world.size, **_jsonable(info)}
         return self.store.save(model_state(self.model, self.optimizer), epoch, step, rank_state=own,
                                info=full_info, append=append, on_busy=on_busy, breakpoint=breakpoint)
 
@@ -93,6 +94,19 @@ class ShardedLayout:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``info`` a manifest can hold (JSON); others (a tensor metric) are left out."""
+    return {k: v for k, v in info.items() if _json_ok(v)}
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 __all__ = ["ShardedLayout", "is_sharded", "refuse_file_options"]

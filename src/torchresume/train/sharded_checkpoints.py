@@ -1,11 +1,11 @@
 """ShardedCheckpoints: ModelCheckpoint's storage under torchrun, one sharded checkpoint per save.
 
 ``ModelCheckpoint`` picks this strategy when training begins under torchrun (its twin for one
-process is ``file_checkpoints.py``; both have the same methods). A save is collective, through
-``torchresume.distributed.ShardedStore``: the model and optimizer state go
-through DCP (the DDP replica written once), and each rank's own state (its RNG streams; the
-data position, scheduler and callback state, identical on every rank) is its ``rank_state``
-inside the same checkpoint. Restore loads the newest committed checkpoint at any world size;
+process is ``file_checkpoints.py``; both have the same methods, and both save through
+``CheckpointManager``). A save is collective, through the manager's sharded layout: the model and
+optimizer state go through DCP (the DDP replica written once), and each rank's own state (its RNG
+streams; the data position, scheduler and callback state, identical on every rank) is its own part
+of the same checkpoint. Restore loads the newest committed checkpoint at any world size;
 each rank takes back the RNG streams of the old rank with its number (exact at the same world
 size) and the data position (world-size free, alike on every rank) from its own old part, or
 from old rank 0's when the saving job had no rank with its number; no rank reads another's part
@@ -19,7 +19,6 @@ training goes on (the next save tries again), ``"stop"`` raises it.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +55,8 @@ class ShardedCheckpoints:
     def __init__(self, directory: str, config: CheckpointConfig, policies: list[RetentionPolicy],
                  world: World) -> None:
         self.directory, self.config, self.policies, self.world = directory, config, policies, world
-        self.manager: ShardedStore | None = None
-        self.best_manager: ShardedStore | None = None
+        self.manager: CheckpointManager | None = None  # the sharded layout's
+        self.best_manager: CheckpointManager | None = None
         self._locked = False
         self._taken = False  # every rank: the lock was taken for the job (by rank 0)
         self._run_lock: run_lock.RunLock | None = None  # rank 0's
@@ -113,20 +112,20 @@ class ShardedCheckpoints:
 
     # -- saving ---------------------------------------------------------------------------
     def begin(self, ctx: RunContext, prefix: str) -> None:
-        """The managers of this run (``prefix``) and the run lock (held by rank 0 for the job); then
-        rank 0 removes what saves of this run interrupted by a kill left (parts without a manifest)."""
+        """The managers of this run (``prefix``, sharded) and the run lock (held by rank 0 for the job):
+        each manager's lock removes what saves of its prefix interrupted by a kill left."""
         self.lock()
-        self.manager = self._manager(self.directory, prefix, self.policies)
-        cfg = self.config
+        cfg, live = self.config, ctx.run_state()
+        def manager(prefix: str, keep: list[RetentionPolicy]) -> CheckpointManager:
+            made = CheckpointManager(self.directory, model=ctx.network, optimizer=live.optimizer,
+                                     scheduler=live.scheduler, prefix=prefix, keep=keep,
+                                     async_save=bool(cfg.async_save), enc_key=cfg.enc_key, on_busy=cfg.on_busy,
+                                     overlap=cfg.overlap, save_deadline_s=cfg.save_deadline_s, layout="sharded")
+            made.acquire_lock()
+            return made
+        self.manager = manager(prefix, self.policies)
         if cfg.monitor:
-            self.best_manager = self._manager(self.directory, best_prefix(prefix),
-                                              [KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)])
-        managers = [m for m in (self.manager, self.best_manager) if m is not None]
-        on_rank_0(lambda: [m.remove_unfinished() for m in managers])
-        optimizer = ctx.run_state().optimizer
-        for manager in (self.manager, self.best_manager):
-            if manager is not None and optimizer is not None:  # overlap: its step waits for the copy
-                manager.guard_optimizer(optimizer)
+            self.best_manager = manager(best_prefix(prefix), [KeepBest(cfg.keep_best_max, cfg.monitor, cfg.mode)])
 
     def lock(self) -> None:
         """Take the run lock (once; collective) before anything of the run is read or deleted."""
@@ -140,17 +139,6 @@ class ShardedCheckpoints:
         on_rank_0(take)
         self._locked = self.world.rank == 0
         self._taken = True
-
-    def _heartbeat(self) -> None:
-        """Rank 0 renews the run lock (on object storage a heartbeat older than ``run_lock.STALE_S`` lets
-        another job take it, and that job's start would remove this run's save in flight). Said, never
-        raised: the other ranks are on their way into the save's collectives."""
-        if self._run_lock is None:
-            return
-        try:
-            self._run_lock.refresh()
-        except Exception as exc:
-            log.warning("could not renew the run lock of %s: %s", self.directory, exc)
 
     def lead(self) -> bool:
         """Whether this rank writes the run's own files (the graph): rank 0."""
@@ -174,22 +162,20 @@ class ShardedCheckpoints:
         """One collective save (``best``: into ``{prefix}-best``); None when every rank skipped it."""
         manager = self.best_manager if best else self.manager
         assert manager is not None
-        self._heartbeat()
-        info = {"epoch": ctx.epoch, "step": step, "global_step": ctx.global_step,
-                **parts["info"], "world_size": self.world.size}
         def save() -> str | None:
-            return manager.save(model_state(ctx.network, ctx.optimizer), ctx.epoch, step,
-                                rank_state=rank_state(ctx, parts), info=_jsonable(info), append=append,
-                                on_busy=on_busy)
+            return manager.save(ctx.epoch, step, ctx.global_step, breakpoint=breakpoint, info=parts["info"],
+                                append=append, callbacks=parts["callbacks"], rng_state=parts["rng"],
+                                sampler_state=parts["sampler"], on_busy=on_busy)
         try:
             path = save()
         except (SaveDeadlineError, AsyncSaveError) as exc:
             self._past_deadline(exc)
             # the background save before this one was aborted (its error raised now); this one saved nothing yet
             path = save() if isinstance(exc, AsyncSaveError) else None
+        background = manager.slot.async_save
         if path is not None:
-            log.info("%s %s", "saving" if manager.async_save else "saved", path +
-                     (" in the background (committed when every rank finished)" if manager.async_save else ""))
+            log.info("%s %s", "saving" if background else "saved", path +
+                     (" in the background (committed when every rank finished)" if background else ""))
         return path
 
     @property
@@ -243,25 +229,6 @@ def _newest_prefix(directory: str) -> str:
     return on_rank_0(newest) or "ckpt"
 
 
-def rank_state(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
-    """This rank's own state, stored in the same checkpoint: RNG, data position, callbacks, scheduler."""
-    scheduler = ctx.run_state().scheduler
-    return {"rng": parts["rng"], "sampler": parts["sampler"], "callbacks": parts["callbacks"],
-            "scheduler": scheduler.state_dict() if scheduler is not None else None}
-
-
-def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in info.items() if _json_ok(v)}
-
-
-def _json_ok(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def restore_run(ctx: RunContext, manager: ShardedStore, world: World,
                 path: str | None = None) -> bool:
     """Collective: load the newest committed checkpoint of ``manager`` (or the one at ``path``) and
@@ -286,4 +253,4 @@ def restore_run(ctx: RunContext, manager: ShardedStore, world: World,
     return True
 
 
-__all__ = ["ShardedCheckpoints", "model_state", "rank_state", "restore_run"]
+__all__ = ["ShardedCheckpoints", "model_state", "restore_run"]
