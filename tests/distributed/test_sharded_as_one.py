@@ -35,7 +35,7 @@ RANK_1 = sorted([
     "rank_states.1.rng.numpy.state.key", "rank_states.1.rng.numpy.state.pos", "rank_states.1.rng.python.0",
     "rank_states.1.rng.python.1", "rank_states.1.rng.python.2", "rank_states.1.rng.torch",
     "rank_states.1.sampler.consumed", "rank_states.1.sampler.epoch", "rank_states.1.sampler.global_batch_size",
-    "rank_states.1.sampler.length", "rank_states.1.sampler.seed", "rank_states.1.scheduler"])
+    "rank_states.1.sampler.length", "rank_states.1.sampler.seed"])
 
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

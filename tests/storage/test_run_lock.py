@@ -98,33 +98,33 @@ def test_remote_lock_names_the_holder_and_expires(bucket, monkeypatch) -> None:
 
 
 def test_a_torchrun_run_renews_its_remote_lock_at_each_save(bucket, tmp_path, monkeypatch) -> None:
-    """ShardedCheckpoints (torchrun): rank 0 renews the heartbeat before each save, so a second launch
+    """The sharded layout (torchrun): rank 0 renews the heartbeat at each save, so a second launch
     cannot take the lock of a long run (and then remove its save in flight as an interrupted one)."""
     import time
 
     import torch
     import torch.distributed as dist
 
-    from torchresume.train.checkpoint_config import CheckpointConfig
-    from torchresume.train.distributed import World
-    from torchresume.train.sharded_checkpoints import ShardedCheckpoints
+    from torchresume.manager import CheckpointManager
+    from torchresume.world import World
 
     directory = f"{bucket}/run"
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        checkpoints = ShardedCheckpoints(directory, CheckpointConfig(), [], World(0, 1, torch.device("cpu")))
-        checkpoints._lock()
-        lock = checkpoints._run_lock
+        manager = CheckpointManager(directory, model=torch.nn.Linear(2, 1), layout="sharded")
+        manager.acquire_lock()
+        lock = manager._lock
         assert lock is not None
         before = lock._read_remote()
         assert before is not None
         time.sleep(0.05)
-        checkpoints._heartbeat()
+        manager.save(epoch=1, step=1)
         after = lock._read_remote()
         assert after is not None and after["heartbeat"] > before["heartbeat"] and after["pid"] == before["pid"]
         monkeypatch.setattr(lock, "refresh", lambda: (_ for _ in ()).throw(OSError("gone")))
-        checkpoints._heartbeat()  # a failed renewal is said, not raised (the other ranks are saving)
-        checkpoints.close()
+        manager.world = World(rank=0, size=2)  # as rank 0 of two: the other rank is on its way into the save
+        manager._hold_lock()  # a failed renewal is said, not raised
+        manager.close()
         assert lock._read_remote() is None  # released
     finally:
         dist.destroy_process_group()
