@@ -32,7 +32,6 @@ resumed (its parts are checked as they are read).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +45,7 @@ from torchresume.errors import (
 )
 from torchresume.files import read_checkpoint
 from torchresume.format.reader import Checkpoint
+from torchresume.integrations import claim
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import check_prefix
@@ -157,6 +157,7 @@ class TorchResumeMixin:
         self.async_save, self.overlap = async_save, overlap
         self.checkpoint_store: FileStore | ShardStore = (
             ShardStore(self) if _distributed() else FileStore(self))
+        self.claimed: CheckpointManager | None = None  # holds the run lock while train() runs
         self._resume: _Resume | None = None
         self._steps_per_epoch = 0
 
@@ -164,14 +165,23 @@ class TorchResumeMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
               ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> Any:
         """Train; ``resume_from_checkpoint=True`` continues from the newest valid torchresume checkpoint
-        in ``output_dir`` (a fresh start when there is none), a path from that checkpoint."""
-        self._resume = self._find_resume(resume_from_checkpoint)
+        in ``output_dir`` (a fresh start when there is none), a path from that checkpoint.
+
+        ``output_dir`` is claimed first, before anything is read (``claim``: the run lock, held by
+        rank 0 for the job under torchrun, ``RunLockedError`` on every rank when another run holds
+        it; then a killed writer's temporaries and unfinished sharded parts are removed)."""
+        self.claimed = claim(self.args.output_dir, self.checkpoint_prefix)  # type: ignore[attr-defined]
         try:
+            self._resume = self._find_resume(resume_from_checkpoint)
             return super().train(resume_from_checkpoint=None, trial=trial,  # type: ignore[misc]
                                  ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
             self._resume = None
-            self.checkpoint_store.close()
+            try:
+                self.checkpoint_store.close()
+            finally:
+                self.claimed.close()
+                self.claimed = None
 
     def _find_resume(self, resume_from_checkpoint: str | bool | None) -> _Resume | None:
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
@@ -275,14 +285,7 @@ class FileStore:
         """The checkpoint ``path``, or (None) the newest of the run that reads and verifies."""
         if path is not None:
             return self._resume(path, read_checkpoint(path))
-        directory, prefix = self.trainer.args.output_dir, self.trainer.checkpoint_prefix
-        if "://" not in directory and not os.path.isdir(directory):
-            return None
-        probe = CheckpointManager(directory, prefix=prefix, keep=None)
-        try:
-            found = probe.newest_readable(run=prefix)
-        finally:
-            probe.close()
+        found = self.trainer.claimed.newest_readable(run=self.trainer.checkpoint_prefix)
         return None if found is None else self._resume(found[0].path, found[1])
 
     @staticmethod
