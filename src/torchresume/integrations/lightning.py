@@ -53,7 +53,7 @@ from torchresume.save_slot import SaveSlot
 from torchresume.state import rng
 from torchresume.state.tree import TreeError, flatten
 from torchresume.storage.pacing import Pace
-from torchresume.world import process_group_up
+from torchresume.world import World, process_group_up
 
 if TYPE_CHECKING:
     from torchresume.distributed import ShardedStore
@@ -77,16 +77,8 @@ LOADED = ("state_dict", "optimizer_states")  # what DCP writes (sharded, reshard
 EPOCH_OVER = "epoch_over"  # a DataLoader position saved at an epoch's end, resumed at another world size
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the joined process group; (0, 1) without one."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _refuse_distributed(where: str) -> None:
-    _, world = _world()
+    world = World.current().size
     if world > 1:
         raise UnsupportedStrategyError(
             f"{where}: under a {world}-process strategy Lightning hands a CheckpointIO the checkpoint on "
@@ -258,7 +250,8 @@ def _from_sharded(ckpt: Checkpoint, path: str) -> dict[str, Any]:
     ranks = tree.pop(sharded_as_one.RANK_STATES, None) or {}
     optimizer = tree.pop("optimizer", None)
     tree.pop("extra", None)
-    rank, world = _world()
+    here = World.current()
+    rank, world = here.rank, here.size
     state = _own_state(ranks, rank, path)
     saved_world = int(ckpt.info.get("world_size") or len(ranks))
     if saved_world != world:

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from torchresume.errors import (
     CheckpointConfigError,
@@ -51,6 +50,7 @@ from torchresume.manager import CheckpointManager
 from torchresume.naming import check_prefix
 from torchresume.save_slot import check_overlap
 from torchresume.state import rng
+from torchresume.world import World
 
 try:
     import transformers
@@ -156,7 +156,7 @@ class TorchResumeMixin:
         self.checkpoint_prefix = check_prefix(checkpoint_prefix)
         self.async_save, self.overlap = async_save, overlap
         self.checkpoint_store: FileStore | ShardStore = (
-            ShardStore(self) if _distributed() else FileStore(self))
+            ShardStore(self) if World.current().distributed else FileStore(self))
         self.claimed: CheckpointManager | None = None  # holds the run lock while train() runs
         self._resume: _Resume | None = None
         self._steps_per_epoch = 0
@@ -356,11 +356,11 @@ class ShardStore:
         if newest is None:
             return None
         found = manager.rank_states(newest)
-        world = torch.distributed.get_world_size()
-        if found.world_size != world:
+        world = self.trainer.claimed.world
+        if found.world_size != world.size:
             raise CheckpointConfigError(f"{newest} was saved by {found.world_size} processes, this run has "
-                                        f"{world}: resume the Trainer with the same number of processes")
-        shared, own = found.rank_states[0] or {}, found.rank_states[torch.distributed.get_rank()] or {}
+                                        f"{world.size}: resume the Trainer with the same number of processes")
+        shared, own = found.rank_states[0] or {}, found.rank_states[world.rank] or {}
         if not isinstance(shared.get("trainer_state"), dict):
             raise _no_trainer_state(newest)
         return _Resume(newest, shared["trainer_state"], own.get("rng"), shared=shared)
@@ -396,7 +396,7 @@ class ShardStore:
                "training_args": as_json(t.args.to_dict(), "training_args"),
                "callbacks": {name: cb.state_dict() for name, cb in t.stateful_callbacks().items()}}
         info = {**t.checkpoint_info(), "global_step": t.state.global_step,
-                "world_size": torch.distributed.get_world_size()}
+                "world_size": World.current().size}
         manager = self._manager()
         manager.guard_optimizer(t.optimizer)  # overlap: the step waits for the copy (once per optimizer)
         manager.save(self._state(), epoch, step, rank_state=own, info=info)
@@ -405,11 +405,6 @@ class ShardStore:
         manager, self.manager = self.manager, None
         if manager is not None:
             manager.close()
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        torch.distributed.get_world_size() > 1)
 
 
 def _as_list(value: Any) -> list[Any]:
