@@ -740,9 +740,8 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """One save; under DDP a collective one: every rank's state into one sharded checkpoint."""
         if trainer.world_size == 1:
-            lock = self._claim._lock if self._claim is not None else None  # no public refresh on the manager yet
-            if lock is not None:
-                lock.refresh()  # object storage: a heartbeat older than run_lock.STALE_S is taken over
+            if self._claim is not None:  # object storage: a heartbeat older than run_lock.STALE_S is taken over
+                self._claim._hold_lock()  # the manager's renewal (private there for now)
             super()._save_checkpoint(trainer, filepath)
             return
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
