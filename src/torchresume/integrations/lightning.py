@@ -812,9 +812,9 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         return self._claim
 
     def _release_lock(self) -> None:
-        claim, self._claim = self._claim, None
-        if claim is not None:
-            claim.close()
+        held, self._claim = self._claim, None
+        if held is not None:
+            held.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
