@@ -44,6 +44,7 @@ STRACE = "tests/storage/test_durability_syscalls.py"
 WRITE_ERR = ("tests/storage/test_write_errors.py", "tests/fault/test_out_of_space.py")
 RNG_KILLS = ("tests/fault/test_rng_kills.py",)
 INVARIANTS = "tests/integration/test_manager_invariants.py::test_lock_cleanup_damaged_newest_and_a_finished_run"
+TRAINERS = "tests/integration/test_trainer_run_lock.py::test_a_job_holds_its_directory_and_cleans_it_at_start"
 
 MUTATIONS: list[Mutation] = [
     Mutation("remove fsync of the file", "src/torchresume/storage/local.py",
@@ -100,6 +101,12 @@ MUTATIONS: list[Mutation] = [
     Mutation("the manager leaves a killed sharded save's parts", "src/torchresume/manager.py",
              "            self.sharded.store.remove_unfinished()\n", "            pass  # MUTATION\n",
              (INVARIANTS + "[torchrun]",)),
+    Mutation("the trainers' jobs take no run lock", "src/torchresume/manager.py",
+             "        self._lock = run_lock.acquire(self.directory, local_dir=self.staging)\n",
+             "        self._lock = None  # MUTATION\n", (TRAINERS,)),
+    Mutation("the trainers leave a killed sharded save's parts", "src/torchresume/integrations/__init__.py",
+             "        manager.world.on_rank_0(lambda: ShardedStore(directory, prefix=prefix).remove_unfinished())\n",
+             "        pass  # MUTATION\n", (TRAINERS,)),
     Mutation("the manager restores without taking the lock first", "src/torchresume/manager.py",
              "        self.acquire_lock()\n        if self.sharded is not None:\n            info = ",
              "        if self.sharded is not None:\n            info = ", (INVARIANTS,)),

@@ -37,6 +37,7 @@ PROCESS_MODULES = (
     "tests/fault/test_dataloader_resume.py",
     "tests/integration/test_lightning.py",
     "tests/integration/test_lightning_round_three.py",
+    "tests/integration/test_trainer_run_lock.py",
     "tests/storage/test_rclone_cli.py",
     "tests/fault/test_rng_kills.py",
     "tests/integration/test_s3_training.py",

@@ -258,8 +258,8 @@ def test_what_ddp_cannot_honour_is_refused_with_a_typed_error() -> None:
 
 
 def test_io_alone_under_ddp_is_a_typed_error(tmp_path, monkeypatch) -> None:
-    import torchresume.integrations.lightning as lit
-    monkeypatch.setattr(lit, "_world", lambda: (0, 2))
+    from torchresume.world import World
+    monkeypatch.setattr(World, "current", classmethod(lambda cls, device=None: cls(0, 2)))  # rank 0 of 2
     with pytest.raises(UnsupportedStrategyError, match="rank 0 alone.*TorchResumeCheckpoint"):
         TorchResumeIO().save_checkpoint({"state_dict": {}}, str(tmp_path / "x.ckpt"))
     assert os.listdir(tmp_path) == []

@@ -147,6 +147,17 @@ def test_the_end_of_training_is_saved_and_a_rerun_trains_nothing(tmp_path: Path,
     assert all(torch.equal(a, b) for a, b in zip(done.parameters(), again.parameters(), strict=True))
 
 
+def test_a_killed_writers_leftovers_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    """One process: a killed writer's temporary file and an unfinished sharded save's parts of the run
+    go at the next fit's start, once it holds the run lock; another run's parts stay."""
+    from tests.integration.test_trainer_run_lock import _leave_leftovers
+    left = _leave_leftovers(tmp_path, "end", 1)
+    (tmp_path / "other-9_2.ckpt").mkdir()
+    _fit(tmp_path, max_steps=1)
+    names = os.listdir(tmp_path)
+    assert not set(left) & set(names) and "other-9_2.ckpt" in names
+
+
 def test_save_last_false_leaves_the_end_to_the_schedule(tmp_path: Path) -> None:
     _fit(tmp_path, max_epochs=1, save_last=False)
     assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".ckpt")) == [

@@ -44,13 +44,16 @@ from torchresume.data.loader_state import FEED_KEY, DataLoaderFeed, check_feed_s
 from torchresume.errors import CheckpointConfigError, UnstorableStateError, UnsupportedStrategyError
 from torchresume.files import encode_state, read_checkpoint, sharded_as_one, write_encoded
 from torchresume.format.reader import Checkpoint
+from torchresume.integrations import claim
 from torchresume.log import log
+from torchresume.manager import CheckpointManager
 from torchresume.naming import check_prefix, checkpoint_name, parse_name
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.save_slot import SaveSlot
 from torchresume.state import rng
 from torchresume.state.tree import TreeError, flatten
 from torchresume.storage.pacing import Pace
+from torchresume.world import World, process_group_up
 
 if TYPE_CHECKING:
     from torchresume.distributed import ShardedStore
@@ -74,16 +77,8 @@ LOADED = ("state_dict", "optimizer_states")  # what DCP writes (sharded, reshard
 EPOCH_OVER = "epoch_over"  # a DataLoader position saved at an epoch's end, resumed at another world size
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the joined process group; (0, 1) without one."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _refuse_distributed(where: str) -> None:
-    _, world = _world()
+    world = World.current().size
     if world > 1:
         raise UnsupportedStrategyError(
             f"{where}: under a {world}-process strategy Lightning hands a CheckpointIO the checkpoint on "
@@ -255,7 +250,8 @@ def _from_sharded(ckpt: Checkpoint, path: str) -> dict[str, Any]:
     ranks = tree.pop(sharded_as_one.RANK_STATES, None) or {}
     optimizer = tree.pop("optimizer", None)
     tree.pop("extra", None)
-    rank, world = _world()
+    here = World.current()
+    rank, world = here.rank, here.size
     state = _own_state(ranks, rank, path)
     saved_world = int(ckpt.info.get("world_size") or len(ranks))
     if saved_world != world:
@@ -534,9 +530,10 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     (python, numpy, torch) and the training DataLoader's position (a DataLoader given to ``fit`` or
     made by ``train_dataloader()`` is made ``resumable``), so a resumed run sees the same batches and
     draws the same random numbers as an uninterrupted one. The end of training is saved when the
-    schedule did not save it, so a rerun of a finished command trains nothing. In one process the
-    directory's run lock is held from resume discovery to the end of ``fit`` (``RunLockedError``
-    when another live run holds it).
+    schedule did not save it, so a rerun of a finished command trains nothing. The directory's run
+    lock is held from resume discovery to the end of ``fit`` (under DDP by rank 0 for the job; every
+    rank raises the same ``RunLockedError`` when another live run holds it); only then are a killed
+    writer's temporary files and this run's unfinished sharded parts removed.
 
     Lightning's ``filename``, ``save_top_k``, ``save_weights_only``, ``save_on_exception``,
     ``auto_insert_metric_name`` and ``enable_version_counter`` are taken only at the value
@@ -588,7 +585,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         self._trainer: pl.Trainer | None = None
         self._deferred = False  # the last batch's save, taken at the epoch's end
         self._fork_warned: set[str] = set()  # fork_hazard warnings said (once each)
-        self._lock: run_lock.RunLock | None = None  # the directory's run lock, held from resume discovery to teardown
+        self._claim: CheckpointManager | None = None  # holds the run lock, from resume discovery to teardown
         self._sanity_steps: int | float | None = None  # the trainer's, while a finished run's sanity check is skipped
 
     def _io(self, trainer: pl.Trainer) -> TorchResumeIO:
@@ -606,10 +603,10 @@ class TorchResumeCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         io = self._io(trainer)
-        if trainer.world_size > 1:
+        if stage == "fit":
+            self._take_lock(trainer)  # a strategy torchresume cannot honour is refused first
+        elif trainer.world_size > 1:
             check_strategy(trainer, io)
-        elif stage == "fit":
-            self._take_lock()
         self._lightning_setup(trainer, pl_module, stage)
         self._trainer = trainer
         source = getattr(trainer.fit_loop._data_source, "instance", None)
@@ -743,8 +740,8 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """One save; under DDP a collective one: every rank's state into one sharded checkpoint."""
         if trainer.world_size == 1:
-            if self._lock is not None:
-                self._lock.refresh()  # object storage: a heartbeat older than run_lock.STALE_S is taken over
+            if self._claim is not None:  # object storage: a heartbeat older than run_lock.STALE_S is taken over
+                self._claim._hold_lock()  # the manager's renewal (private there for now)
             super()._save_checkpoint(trainer, filepath)
             return
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
@@ -767,10 +764,8 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
         """``ckpt_path="last"``: the newest checkpoint of ``prefix`` that reads and verifies (rank 0's
         choice on every rank under DDP; rank 0's failure raised on every rank)."""
-        from torchresume.train.sharded_checkpoints import on_rank_0
         io = self._io(trainer)
-        if trainer.world_size == 1:
-            self._take_lock()  # nothing is read before the lock is held
+        held = self._take_lock(trainer)  # nothing is read before the lock is held
 
         def newest() -> str | None:
             directory = str(self.dirpath)
@@ -783,7 +778,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
                 return None
             io.preload(found[0].path, found[1])
             return found[0].path
-        path = on_rank_0(newest)
+        path = held.world.on_rank_0(newest)
         if path is None:
             return set()
         if trainer.is_global_zero:
@@ -804,22 +799,28 @@ class TorchResumeCheckpoint(ModelCheckpoint):
         if "rng" in state_dict:
             rng.restore(state_dict["rng"])
 
-    def _take_lock(self) -> None:
-        """One process: make it the directory's only writer (``RunLockedError`` naming the holder if
-        another live run is), from ``ckpt_path="last"``'s discovery (before anything is read) on."""
-        if self._lock is None:
-            self._lock = run_lock.acquire(str(self.dirpath))
+    def _take_lock(self, trainer: pl.Trainer) -> CheckpointManager:
+        """The directory claimed for this fit (``claim``: the run lock, then a killed writer's leftovers
+        removed) from ``ckpt_path="last"``'s discovery on; under DDP in the process group, which
+        Lightning joins only after discovery."""
+        if self._claim is None:
+            if trainer.world_size > 1:
+                check_strategy(trainer, self._io(trainer))
+                if not process_group_up():  # the lock is collective
+                    trainer.strategy.setup_environment()
+            self._claim = claim(str(self.dirpath), self.prefix)
+        return self._claim
 
     def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock = None
-            run_lock.release(str(self.dirpath))
+        held, self._claim = self._claim, None
+        if held is not None:
+            held.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         io = trainer.strategy.checkpoint_io
         try:
-            if self._lock is not None and isinstance(io, TorchResumeIO):
+            if self._claim is not None and isinstance(io, TorchResumeIO):
                 io.wait()  # a background save ends before the lock goes
         except Exception as failed:  # the run's own exception goes on; this one is said
             log.warning("warning: a background save failed too: %s", failed)

@@ -32,12 +32,10 @@ resumed (its parts are checked as they are read).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from torchresume.errors import (
     CheckpointConfigError,
@@ -46,11 +44,13 @@ from torchresume.errors import (
 )
 from torchresume.files import read_checkpoint
 from torchresume.format.reader import Checkpoint
+from torchresume.integrations import claim
 from torchresume.log import log
 from torchresume.manager import CheckpointManager
 from torchresume.naming import check_prefix
 from torchresume.save_slot import check_overlap
 from torchresume.state import rng
+from torchresume.world import World
 
 try:
     import transformers
@@ -156,7 +156,8 @@ class TorchResumeMixin:
         self.checkpoint_prefix = check_prefix(checkpoint_prefix)
         self.async_save, self.overlap = async_save, overlap
         self.checkpoint_store: FileStore | ShardStore = (
-            ShardStore(self) if _distributed() else FileStore(self))
+            ShardStore(self) if World.current().distributed else FileStore(self))
+        self.claimed: CheckpointManager | None = None  # holds the run lock while train() runs
         self._resume: _Resume | None = None
         self._steps_per_epoch = 0
 
@@ -164,14 +165,23 @@ class TorchResumeMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
               ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> Any:
         """Train; ``resume_from_checkpoint=True`` continues from the newest valid torchresume checkpoint
-        in ``output_dir`` (a fresh start when there is none), a path from that checkpoint."""
-        self._resume = self._find_resume(resume_from_checkpoint)
+        in ``output_dir`` (a fresh start when there is none), a path from that checkpoint.
+
+        ``output_dir`` is claimed first, before anything is read (``claim``: the run lock, held by
+        rank 0 for the job under torchrun, ``RunLockedError`` on every rank when another run holds
+        it; then a killed writer's temporaries and unfinished sharded parts are removed)."""
+        self.claimed = claim(self.args.output_dir, self.checkpoint_prefix)  # type: ignore[attr-defined]
         try:
+            self._resume = self._find_resume(resume_from_checkpoint)
             return super().train(resume_from_checkpoint=None, trial=trial,  # type: ignore[misc]
                                  ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
             self._resume = None
-            self.checkpoint_store.close()
+            try:
+                self.checkpoint_store.close()
+            finally:
+                self.claimed.close()
+                self.claimed = None
 
     def _find_resume(self, resume_from_checkpoint: str | bool | None) -> _Resume | None:
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
@@ -275,14 +285,7 @@ class FileStore:
         """The checkpoint ``path``, or (None) the newest of the run that reads and verifies."""
         if path is not None:
             return self._resume(path, read_checkpoint(path))
-        directory, prefix = self.trainer.args.output_dir, self.trainer.checkpoint_prefix
-        if "://" not in directory and not os.path.isdir(directory):
-            return None
-        probe = CheckpointManager(directory, prefix=prefix, keep=None)
-        try:
-            found = probe.newest_readable(run=prefix)
-        finally:
-            probe.close()
+        found = self.trainer.claimed.newest_readable(run=self.trainer.checkpoint_prefix)
         return None if found is None else self._resume(found[0].path, found[1])
 
     @staticmethod
@@ -353,11 +356,11 @@ class ShardStore:
         if newest is None:
             return None
         found = manager.rank_states(newest)
-        world = torch.distributed.get_world_size()
-        if found.world_size != world:
+        world = self.trainer.claimed.world
+        if found.world_size != world.size:
             raise CheckpointConfigError(f"{newest} was saved by {found.world_size} processes, this run has "
-                                        f"{world}: resume the Trainer with the same number of processes")
-        shared, own = found.rank_states[0] or {}, found.rank_states[torch.distributed.get_rank()] or {}
+                                        f"{world.size}: resume the Trainer with the same number of processes")
+        shared, own = found.rank_states[0] or {}, found.rank_states[world.rank] or {}
         if not isinstance(shared.get("trainer_state"), dict):
             raise _no_trainer_state(newest)
         return _Resume(newest, shared["trainer_state"], own.get("rng"), shared=shared)
@@ -393,7 +396,7 @@ class ShardStore:
                "training_args": as_json(t.args.to_dict(), "training_args"),
                "callbacks": {name: cb.state_dict() for name, cb in t.stateful_callbacks().items()}}
         info = {**t.checkpoint_info(), "global_step": t.state.global_step,
-                "world_size": torch.distributed.get_world_size()}
+                "world_size": World.current().size}
         manager = self._manager()
         manager.guard_optimizer(t.optimizer)  # overlap: the step waits for the copy (once per optimizer)
         manager.save(self._state(), epoch, step, rank_state=own, info=info)
@@ -402,11 +405,6 @@ class ShardStore:
         manager, self.manager = self.manager, None
         if manager is not None:
             manager.close()
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        torch.distributed.get_world_size() > 1)
 
 
 def _as_list(value: Any) -> list[Any]:
