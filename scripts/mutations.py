@@ -99,7 +99,7 @@ MUTATIONS: list[Mutation] = [
              "        if isinstance(self.storage, LocalStorage):\n            clean_stale_temps(self._where)\n", "",
              (INVARIANTS,)),
     Mutation("the manager leaves a killed sharded save's parts", "src/torchresume/manager.py",
-             "            self.sharded.store.remove_unfinished()\n", "            pass  # MUTATION\n",
+             "        catalog.remove_unfinished(self.directory, self.prefix)", "        pass  # MUTATION",
              (INVARIANTS + "[torchrun]",)),
     Mutation("the trainers' jobs take no run lock", "src/torchresume/manager.py",
              "        self._lock = run_lock.acquire(self.directory, local_dir=self.staging)\n",

@@ -90,6 +90,24 @@ def delete(entry_or_path: ListedCheckpoint | str) -> None:
         storage.delete(where)
 
 
+def remove_unfinished(directory: str, prefix: str) -> list[str]:
+    """Delete the directories of ``prefix`` that an interrupted save left (parts, no manifest: never
+    committed, never resumed from); returns their paths. Only while no save of ``prefix`` can be in
+    flight anywhere: the manager calls it once it holds the run lock (rank 0 under torchrun)."""
+    storage, where = resolve(directory)
+    if not storage.isdir(where):
+        return []
+    removed = []
+    for entry in storage.list(where):
+        parsed = parse_name(entry.path.rstrip("/").rsplit("/", 1)[-1])
+        if (entry.is_dir and parsed is not None and parsed[0] == prefix
+                and not storage.exists(storage.join(entry.path, directory_layout.MANIFEST))):  # a damaged one stays
+            log.warning("removing %s: an interrupted save's parts (never committed, never resumed from)", entry.path)
+            storage.delete(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
 def list_checkpoints(directory: str, *, verify: bool = True, prefix: str | None = None, dec_key: bytes | None = None,
                      headers: bool = True, sharded_only: bool = False) -> list[ListedCheckpoint]:
     """Checkpoint files in ``directory``, newest first, each with its validity.

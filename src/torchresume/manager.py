@@ -245,8 +245,7 @@ class CheckpointManager:
         self._lock = run_lock.acquire(self.directory, local_dir=self.staging)
         if isinstance(self.storage, LocalStorage):
             clean_stale_temps(self._where)
-        if self.sharded is not None:
-            self.sharded.store.remove_unfinished()
+        catalog.remove_unfinished(self.directory, self.prefix)  # a killed directory or sharded save's parts
 
     def _hold_lock(self) -> None:
         """Take the run lock, or renew it (an object-storage lock's heartbeat) when held. Under torchrun

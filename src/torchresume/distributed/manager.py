@@ -53,11 +53,11 @@ from torchresume.errors import (
     SaveDeadlineError,
     TorchResumeError,
 )
-from torchresume.files.directory import MANIFEST, is_committed
+from torchresume.files.directory import is_committed
 from torchresume.files.sharded_reader import PartReader, RankStates, RestoreFailed, restore_error, sharded_manifest
 from torchresume.format.crypto import check_key
 from torchresume.log import log
-from torchresume.naming import check_prefix, checkpoint_name, parse_name
+from torchresume.naming import check_prefix, checkpoint_name
 from torchresume.retention import KeepLast, RetentionPolicy
 from torchresume.save_slot import (
     DEFAULT_SAVE_DEADLINE_S,
@@ -352,22 +352,8 @@ class ShardedStore:
             log.warning("could not remove the parts of the failed save %s: %s", path, exc)
 
     def remove_unfinished(self) -> list[str]:
-        """Delete the directories of this prefix that an interrupted save left (parts, no manifest);
-        returns their paths. Not collective: call it on one rank, and only while no save of this
-        prefix can be in flight anywhere (the trainer: rank 0, holding the run lock, before the first save)."""
-        storage, where = resolve(self.directory)
-        if not storage.isdir(where):
-            return []
-        removed = []
-        for entry in storage.list(where):
-            parsed = parse_name(entry.path.rstrip("/").rsplit("/", 1)[-1])
-            if (entry.is_dir and parsed is not None and parsed[0] == self.prefix
-                    and not storage.exists(storage.join(entry.path, MANIFEST))):  # a damaged manifest stays
-                log.warning("removing %s: an interrupted save's parts (never committed, never resumed from)",
-                            entry.path)
-                storage.delete(entry.path)
-                removed.append(entry.path)
-        return removed
+        """``catalog.remove_unfinished`` of this prefix (one rank, with the run lock held)."""
+        return catalog.remove_unfinished(self.directory, self.prefix)
 
     def checkpoints(self) -> list[ListedCheckpoint]:
         """This prefix's committed sharded checkpoints, newest first (their manifests only: no part of
