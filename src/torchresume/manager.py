@@ -174,7 +174,7 @@ class CheckpointManager:
         self.sharded: ShardedLayout | None = None
         if self.layout == "sharded":
             self.sharded = self._sharded_layout(save_deadline_s, file_format=file_format, write_mb_per_s=write_mb_per_s)
-        elif not is_default_deadline(save_deadline_s):
+        elif save_deadline_s is not None and not is_default_deadline(save_deadline_s):
             raise CheckpointConfigError(f"save_deadline_s={save_deadline_s!r}: a deadline applies to the ranks of a "
                                         "sharded save (under torchrun, or layout='sharded'); drop it here")
         if optimizer is not None:
@@ -299,6 +299,9 @@ class CheckpointManager:
                 epoch, step, global_step, breakpoint=breakpoint, info={"prefix": self.prefix, **(info or {})},
                 append=append, callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state,
                 on_busy="wait" if breakpoint else on_busy)
+            if self._verbose and self.last_saved is not None:
+                background = " in the background (committed when every rank finished)" if self.slot.async_save else ""
+                log.info("%s %s%s", "saving" if background else "saved", self.last_saved, background)
             return self.last_saved
         path = self.storage.join(self.directory, self.file_name(epoch, step, breakpoint))
         if not self.slot.claim(path, "wait" if breakpoint else on_busy):

@@ -174,12 +174,12 @@ class TorchResumeIO(CheckpointIO):
     def save_sharded(self, checkpoint: dict[str, Any], path: str, module: Any, optimizers: Sequence[Any]) -> None:
         """Collective (every rank, under DDP): ``checkpoint`` as torchresume's sharded checkpoint ``path``.
 
-        The weights and the optimizer state go through DCP (``train/sharded_checkpoints.model_state``,
+        The weights and the optimizer state go through DCP (``state/sharded.model_state``,
         the torchrun harness's own); the rest of this rank's Lightning dict (loops, callbacks with
         the RNG, the DataLoader's position) is this rank's part. ``path`` must carry a torchresume
         name (``{prefix}-{epoch}_{step}.ckpt``): the manager's naming and retention go by it.
         """
-        from torchresume.train.sharded_checkpoints import model_state
+        from torchresume.state.sharded import model_state
         parsed = parse_name(os.path.basename(path))
         if parsed is None:
             raise CheckpointConfigError(f"{path}: a sharded checkpoint needs a torchresume name "

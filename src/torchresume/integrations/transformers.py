@@ -369,7 +369,7 @@ class ShardStore:
         self._manager()
 
     def _state(self) -> dict[str, Any]:
-        from torchresume.train.sharded_checkpoints import model_state
+        from torchresume.state.sharded import model_state
         t = self.trainer
         return model_state(t.model, getattr(t.optimizer, "optimizer", t.optimizer))
 

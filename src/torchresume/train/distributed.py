@@ -6,9 +6,8 @@ the single-process loop: it joins the process group (gloo on CPU, nccl on
 CUDA with the device of ``LOCAL_RANK``), wraps the network in DDP for the
 steps, gives this rank its share of the training data, and puts a
 StopAgreement (ranks stop at the same step) before the user's callbacks.
-Checkpoint callbacks stay as they are: each picks its sharded storage
-(``sharded_checkpoints.py``) when training begins. Status lines are logged by
-rank 0 only.
+Checkpoint callbacks stay as they are: their managers pick the sharded layout
+from the world when training begins. Status lines are logged by rank 0 only.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""ModelCheckpoint: decides when to save; its storage strategy keeps the books.
+"""ModelCheckpoint: decides when to save; RunCheckpoints keeps the books.
 
 Files are ``{prefix}-{epoch}_{step}.ckpt`` (step within the epoch), a fresh
 run into a directory that already has the prefix uses ``{prefix}_N``, a
 resumed run keeps its prefix, and ``{prefix}-graph.json`` records the network.
-When training begins it picks its storage: ``FileCheckpoints`` in one process,
-``ShardedCheckpoints`` under torchrun (the same methods; no callback is
-swapped for another). It also finds what a run resumes from (``on_resume``)
+When training begins it opens the run's ``RunCheckpoints`` (the same in one
+process and under torchrun, where its manager saves sharded). It also finds what a run resumes from (``on_resume``)
 and saves on a stop signal (``on_stop``): Model only runs steps and hooks.
 """
 
@@ -25,7 +24,8 @@ from torchresume.retention import KeepEveryNMinutes, KeepLast, RetentionPolicy
 from torchresume.storage import resolve
 from torchresume.train.callback import Callback, RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
-from torchresume.train.file_checkpoints import FileCheckpoints
+from torchresume.train.run_checkpoints import RunCheckpoints
+from torchresume.world import World
 
 
 def graph_description(network: nn.Module) -> dict[str, Any]:
@@ -40,12 +40,10 @@ def graph_description(network: nn.Module) -> dict[str, Any]:
     }
 
 
-def storage_for(ctx: RunContext, directory: str, config: CheckpointConfig, policies: list[RetentionPolicy]) -> Any:
-    """The checkpoint storage of this run: sharded under torchrun (``ctx.world``), else files."""
-    if ctx.world is None:
-        return FileCheckpoints(directory, config, policies)
-    from torchresume.train.sharded_checkpoints import ShardedCheckpoints  # torch.distributed.checkpoint: only then
-    return ShardedCheckpoints(directory, config, policies, ctx.world)
+def storage_for(ctx: RunContext, directory: str, config: CheckpointConfig,
+                policies: list[RetentionPolicy]) -> RunCheckpoints:
+    """The books of this run: one process, or this rank's place in a torchrun job (``ctx.world``)."""
+    return RunCheckpoints(directory, config, policies, ctx.world or World())
 
 
 class ModelCheckpoint(Callback):
@@ -68,7 +66,7 @@ class ModelCheckpoint(Callback):
         self.prefix = prefix
         self.directory = str(directory) if directory is not None else os.getcwd()
         self.config = config or CheckpointConfig()
-        self.storage: Any = None  # FileCheckpoints or ShardedCheckpoints, from the run's start
+        self.storage: RunCheckpoints | None = None  # from the run's start
         self.latest_ckpt_file_name: str | None = None
         self.best: float | None = None
         self._last_saved_step = -1
@@ -98,7 +96,7 @@ class ModelCheckpoint(Callback):
             return [KeepLast(self.config.keep_checkpoint_max)]
         return [KeepEveryNMinutes(self.config.keep_checkpoint_per_n_minutes)]
 
-    def _open(self, ctx: RunContext) -> Any:
+    def _open(self, ctx: RunContext) -> RunCheckpoints:
         if self.storage is None:
             self.storage = storage_for(ctx, self.directory, self.config, self._policies())
         return self.storage
@@ -108,7 +106,7 @@ class ModelCheckpoint(Callback):
         if ctx.resumed_from is None:  # another checkpoint callback restored it already
             run = self.base_prefix if ctx.resume == "auto" else None  # the run this command names
             storage = self._open(ctx)
-            storage.lock()  # the run lock before anything reads, uploads or deletes
+            storage.lock(self.base_prefix)  # the run lock before anything reads, uploads or deletes
             try:
                 storage.resume(ctx, ctx.resume, run)
             except BaseException:
@@ -119,7 +117,7 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, ctx: RunContext) -> None:
         storage = self._open(ctx)
-        storage.lock()  # before fresh_prefix reads the directory
+        storage.lock(self.base_prefix)  # before fresh_prefix reads the directory
         self.prefix = ctx.resumed_prefix or storage.fresh_prefix(self.base_prefix)
         storage.begin(ctx, self.prefix)
         self._last_save_time = time.monotonic()
@@ -140,7 +138,7 @@ class ModelCheckpoint(Callback):
         if cfg.save_checkpoint_steps:
             due = ctx.global_step % cfg.save_checkpoint_steps == 0
         else:  # clocks differ per rank under torchrun: save when any rank's period is over
-            due = self.storage.agree(time.monotonic() - self._last_save_time >= cfg.save_checkpoint_seconds)
+            due = self._open(ctx).agree(time.monotonic() - self._last_save_time >= cfg.save_checkpoint_seconds)
         if due:
             self.save(ctx)
 
@@ -187,7 +185,7 @@ class ModelCheckpoint(Callback):
         if value is None:
             raise KeyError(f"ModelCheckpoint monitors {monitor!r} but eval returned "
                            f"{sorted(ctx.metrics)}; set monitor to one of them")
-        value = self.storage.agree_value(float(value))
+        value = self._open(ctx).agree_value(float(value))
         better = self.best is None or (value > self.best if self.config.mode == "max"
                                        else value < self.best)
         if better:

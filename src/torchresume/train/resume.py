@@ -1,8 +1,8 @@
 """Resume: restores a run before it begins when Model.train/fit is given ``resume`` and no
 ModelCheckpoint (which does it itself, with its own key and directory).
 
-It is the same restore: a checkpoint storage (``FileCheckpoints`` in one process,
-``ShardedCheckpoints`` under torchrun) finds what ``resume`` names and loads it.
+It is the same restore: the run's ``RunCheckpoints`` (one process or torchrun) finds what
+``resume`` names and loads it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which CheckpointConfig options a torchrun run honours, and the refusal of the others.
 
-Under torchrun (``WORLD_SIZE`` > 1) ``ModelCheckpoint`` saves sharded checkpoints through
-``ShardedCheckpoints`` (``torchresume.distributed``) instead of ``FileCheckpoints``. The
+Under torchrun (``WORLD_SIZE`` > 1) ``ModelCheckpoint``'s manager saves sharded checkpoints
+(``CheckpointManager``'s sharded layout) instead of one file per save. The
 project's rule: an option a mode cannot honour is refused with a typed error, never dropped.
 ``check(config)`` raises ``UnsupportedUnderTorchrunError`` (a ``CheckpointConfigError``) naming
 the first option set that the sharded path cannot honour yet, what to do instead, and nothing
