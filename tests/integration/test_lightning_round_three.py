@@ -79,7 +79,8 @@ def test_loader_made_in_train_dataloader_resumes_bitwise_after_sigkills(tmp_path
 
 def test_a_second_process_on_a_busy_directory_is_refused_before_it_reads(tmp_path: Path) -> None:
     """One process: a second Trainer.fit with TorchResumeCheckpoint on the directory a live run
-    writes is refused with RunLockedError naming the holder, before it reads or writes anything."""
+    writes is refused with RunLockedError naming the holder, before it reads or writes anything;
+    the first trains on to the end."""
     first = Child([sys.executable, SCRIPT, str(tmp_path), "0", str(EPOCHS)])
     try:
         assert first.wait_new_steps(3)
@@ -93,9 +94,13 @@ def test_a_second_process_on_a_busy_directory_is_refused_before_it_reads(tmp_pat
                 f"training run ({holder}") in second.stderr
         assert "resuming from" not in second.stderr and "step " not in second.stdout
         assert sorted(os.listdir(tmp_path)) == before
+        first.signal(signal.SIGCONT)
+        assert first.finish() == 0, first.stderr[-3000:]  # the first trains on to the end
+        assert f"finished {10 * EPOCHS}" in first.lines
     finally:
-        first.signal(signal.SIGKILL)
-        first.finish()
+        if first.proc.poll() is None:
+            first.signal(signal.SIGKILL)
+            first.finish()
 
 
 # -- in this process: a real Trainer, a tiny model -------------------------------------------------
