@@ -247,7 +247,7 @@ class CheckpointManager:
             clean_stale_temps(self._where)
         catalog.remove_unfinished(self.directory, self.prefix)  # a killed directory or sharded save's parts
 
-    def _hold_lock(self) -> None:
+    def hold_lock(self) -> None:
         """Take the run lock, or renew it (an object-storage lock's heartbeat) when held. Under torchrun
         a failed renewal is said, never raised: the other ranks are on their way into the save."""
         if not self._locked:
@@ -294,7 +294,7 @@ class CheckpointManager:
         if global_step is None:  # a guarded loop counts them; else the step is all we know
             global_step = self.global_step or step
         if self.sharded is not None:
-            self._hold_lock()
+            self.hold_lock()
             self.last_saved = self.sharded.save(
                 epoch, step, global_step, breakpoint=breakpoint, info={"prefix": self.prefix, **(info or {})},
                 append=append, callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state,
@@ -308,7 +308,7 @@ class CheckpointManager:
             return None
         if self.remote is not None:
             self.remote.raise_if_failed()
-        self._hold_lock()
+        self.hold_lock()
         tree = self.capture(callbacks=callbacks, rng_state=rng_state, sampler_state=sampler_state)
         full_info = {"epoch": epoch, "step": step, "global_step": global_step,
                      "prefix": self.prefix, "breakpoint": breakpoint, "time": time.time(),

@@ -123,7 +123,7 @@ def test_a_torchrun_run_renews_its_remote_lock_at_each_save(bucket, tmp_path, mo
         assert after is not None and after["heartbeat"] > before["heartbeat"] and after["pid"] == before["pid"]
         monkeypatch.setattr(lock, "refresh", lambda: (_ for _ in ()).throw(OSError("gone")))
         manager.world = World(rank=0, size=2)  # as rank 0 of two: the other rank is on its way into the save
-        manager._hold_lock()  # a failed renewal is said, not raised
+        manager.hold_lock()  # a failed renewal is said, not raised
         manager.close()
         assert lock._read_remote() is None  # released
     finally:

@@ -740,7 +740,7 @@ class TorchResumeCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """One save; under DDP a collective one: every rank's state into one sharded checkpoint."""
         if self._claim is not None:  # object storage: a heartbeat older than run_lock.STALE_S is taken over
-            self._claim._hold_lock()  # the manager's renewal (rank 0; under DDP a failure is said, not raised)
+            self._claim.hold_lock()  # the manager's renewal (rank 0; under DDP a failure is said, not raised)
         if trainer.world_size == 1:
             super()._save_checkpoint(trainer, filepath)
             return

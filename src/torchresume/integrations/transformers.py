@@ -398,7 +398,7 @@ class ShardStore:
         info = {**t.checkpoint_info(), "global_step": t.state.global_step,
                 "world_size": World.current().size}
         if t.claimed is not None:  # object storage: rank 0 renews the lock's heartbeat (a failure is said)
-            t.claimed._hold_lock()
+            t.claimed.hold_lock()
         manager = self._manager()
         manager.guard_optimizer(t.optimizer)  # overlap: the step waits for the copy (once per optimizer)
         manager.save(self._state(), epoch, step, rank_state=own, info=info)
