@@ -63,6 +63,11 @@ def _torchrun(line: str) -> None:
                      "test_readme_command_sigterm_to_launcher_then_same_command_finishes")
 
 
+def _manager_under_torchrun(line: str) -> None:
+    assert _has_test("tests/test_manager_layouts.py", "test_an_exception_on_one_rank_saves_no_breakpoint")
+    assert _has_test("tests/test_manager_layouts.py", "test_the_sharded_layout_writes_object_storage_directly")
+
+
 CHECKS = {
     "A CRC-less MindSpore `.ckpt` cut exactly between two entries": _mindspore_cut,
     "`Model` has no AMP GradScaler argument": _no_scaler,
@@ -70,6 +75,7 @@ CHECKS = {
     "S3 uploads are sent as UNSIGNED-PAYLOAD": _unsigned_payload,
     "CUDA paths": _cuda_untested,
     "Under torchrun:": _torchrun,
+    "`CheckpointManager` under torchrun:": _manager_under_torchrun,
 }
 
 

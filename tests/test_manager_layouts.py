@@ -154,3 +154,22 @@ def test_distributed_checkpoint_manager_is_a_deprecated_alias(tmp_path) -> None:
     assert str(caught[0].message).startswith("DistributedCheckpointManager is deprecated: use "
                                              "torchresume.CheckpointManager(directory, model=..., optimizer=...)")
     old.close()
+
+
+def test_an_exception_on_one_rank_saves_no_breakpoint(tmp_path, caplog) -> None:
+    mgr, _ = _manager(str(tmp_path), "file")
+    mgr.world = World(rank=1, size=2)  # as one rank of two: the other is not at a save
+    with pytest.raises(RuntimeError, match="^boom$"), mgr.guard() as guard:
+        guard.position = (1, 3, 3)
+        raise RuntimeError("boom")
+    mgr.world = World()
+    mgr.close()
+    assert list(tmp_path.iterdir()) == []
+    assert ("RuntimeError on rank 1: no breakpoint under torchrun (a save needs every rank); the rerun "
+            "resumes from the newest committed checkpoint") in caplog.text
+
+
+def test_the_sharded_layout_writes_object_storage_directly() -> None:
+    mgr = tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1), layout="sharded")
+    assert mgr.remote is None and mgr.staging is None  # no durable local copy first
+    assert tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1)).staging is not None
