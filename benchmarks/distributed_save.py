@@ -63,7 +63,10 @@ Pair = tuple[Callable[[int], Any], Callable[[int], Any]]
 def torchresume_pair(state: dict[str, Any], root: str) -> Pair:
     import logging
 
-    from torchresume.distributed import ShardedStore
+    try:
+        from torchresume.distributed import ShardedStore
+    except ImportError:  # a tree before 0.3's rename (benchmarks/before_after.py runs older trees)
+        from torchresume.distributed import DistributedCheckpointManager as ShardedStore
     logging.getLogger("torchresume").setLevel(logging.WARNING)  # no "resumed from" line per restore
     mgr = ShardedStore(os.path.join(root, "tr"), prefix="bench", keep=100)
     return (lambda i: mgr.save(state, epoch=1, step=i)), (lambda i: mgr.restore(state))
