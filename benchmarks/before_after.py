@@ -6,8 +6,11 @@ The ``--before`` commit is checked out into a temporary git worktree; this tree 
 round runs, for both trees in turn (the order swapped every round, so drift cancels), the same
 benchmark scripts of this tree with ``PYTHONPATH`` set to that tree's ``src``:
 ``epoch_time.py --no-full`` (Model.train ms/step and its ratio to a hand-written loop, measured
-side by side inside one process) and ``distributed_save.py`` at 1, 2 and 4 ranks (torchresume's
-sharded save and restore, seconds). Prints the medians over the rounds and after / before.
+side by side inside one process), ``distributed_save.py`` at 1, 2 and 4 ranks (torchresume's
+sharded save and restore, seconds), ``save_load.py`` (one process: a durable save and a verified
+load through the file layer, seconds) and ``overlap_staging.py`` (``CheckpointManager`` async and
+overlapped saves: the training stall and the time lost per save, ms). Prints the medians over the
+rounds and after / before.
 """
 
 from __future__ import annotations
@@ -51,12 +54,37 @@ def dist_figures(out: str) -> dict[str, float]:
     return figures
 
 
+def file_figures(out: str) -> dict[str, float]:
+    """torchresume's save (fsync) and load seconds, from save_load.py's two tables."""
+    save_part, load_part = out.split("save (fsync)", 1)[1].split("\nload", 1)
+    figures = {}
+    for op, part in (("save", save_part), ("load", load_part)):
+        row = re.search(r"^torchresume\s+([0-9.]+)", part, re.MULTILINE)
+        assert row, out
+        figures[f"file {op} (save_load.py), s"] = float(row[1])
+    return figures
+
+
+def async_figures(out: str) -> dict[str, float]:
+    """The stall and the time lost per save (ms) of CheckpointManager's async and overlapped saves."""
+    figures = {}
+    for method in ("torchresume async", "torchresume overlap"):
+        row = re.search(rf"^{method}\s+([0-9.]+)(?: \([^)]*\))?\s+[0-9.]+(?: \([^)]*\))?\s+[-0-9.]+"
+                        rf"(?: \([^)]*\))?\s+([-0-9.]+)", out, re.MULTILINE)
+        assert row, out
+        figures[f"{method.split()[1]} save: stall, ms"] = float(row[1])
+        figures[f"{method.split()[1]} save: lost, ms"] = float(row[2])
+    return figures
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="the commit to compare this tree with")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--gib", type=float, default=0.2, help="distributed_save.py's state size")
     p.add_argument("--chunk", type=int, default=100, help="epoch_time.py's steps per chunk")
+    p.add_argument("--mib", type=int, default=256, help="save_load.py's state size")
+    p.add_argument("--async-gib", type=float, default=0.25, help="overlap_staging.py's state size")
     args = p.parse_args()
     old = Path(tempfile.mkdtemp(prefix="before-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT, check=True,
@@ -69,7 +97,10 @@ def main() -> None:
                 got = {**epoch_figures(run(trees[name], "epoch_time.py", "--rounds", "4", "--chunk",
                                            str(args.chunk), "--no-full")),
                        **dist_figures(run(trees[name], "distributed_save.py", "--gib", str(args.gib),
-                                          "--ranks", "1", "2", "4", "--repeat", "1"))}
+                                          "--ranks", "1", "2", "4", "--repeat", "1")),
+                       **file_figures(run(trees[name], "save_load.py", "--sizes-mib", str(args.mib), "--runs", "3")),
+                       **async_figures(run(trees[name], "overlap_staging.py", "--sizes", str(args.async_gib),
+                                           "--rounds", "1"))}
                 for key, value in got.items():
                     figures[name].setdefault(key, []).append(value)
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in got.items()), flush=True)
