@@ -173,3 +173,32 @@ def test_the_sharded_layout_writes_object_storage_directly() -> None:
     mgr = tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1), layout="sharded")
     assert mgr.remote is None and mgr.staging is None  # no durable local copy first
     assert tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1)).staging is not None
+
+
+@pytest.mark.parametrize("layout", ["file", "sharded"])
+def test_a_resume_applies_the_retention_a_kill_cut_off(tmp_path, layout: str) -> None:
+    saver, _ = _manager(str(tmp_path), layout, keep=None)
+    for step in (1, 2, 3):
+        saver.save(epoch=1, step=step)
+    saver.close()  # three left, as after a kill between the third commit and its retention at keep=2
+    resumer, _ = _manager(str(tmp_path), layout, keep=2)
+    info = resumer.restore_latest()
+    resumer.close()
+    assert info is not None and info["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run-")) == ["run-1_2.ckpt", "run-1_3.ckpt"]
+
+
+def test_retention_at_resume_keeps_the_checkpoint_resumed_from_past_a_damaged_newest(tmp_path) -> None:
+    saver, _ = _manager(str(tmp_path), "file", keep=None)
+    for step in (1, 2):
+        saver.save(epoch=1, step=step)
+    saver.close()
+    newest = tmp_path / "run-1_2.ckpt"
+    data = bytearray(newest.read_bytes())
+    data[-40] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    resumer, _ = _manager(str(tmp_path), "file", keep=1)
+    info = resumer.restore_latest()
+    resumer.close()
+    assert info is not None and info["step"] == 1  # passed over the damaged newest
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run-")) == ["run-1_1.ckpt", "run-1_2.ckpt"]

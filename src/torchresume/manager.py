@@ -375,8 +375,8 @@ class CheckpointManager:
             log.info("%s %s (%s, %.2f s)%s", what, path, human_bytes(size), time.perf_counter() - start, tail)
 
     def _retain(self, path: str) -> None:
-        """Retention after a sync save's commit, in the shared deleter thread: a failure is said, not
-        raised (the committed checkpoint is good; older ones are kept)."""
+        """Retention protecting ``path`` (a commit's, in the shared deleter thread; or a resume's): a
+        failure is said, not raised (the checkpoint is good; older ones are kept)."""
         try:
             self.apply_retention(protect=path)
         except OSError as exc:
@@ -544,6 +544,7 @@ class CheckpointManager:
         if self.sharded is not None:
             info = self.sharded.restore(None, callbacks)
             if info is not None:
+                self.retain_after_resume(info["path"])
                 return self._restored(info)
             path = self.world.on_rank_0(self._newest_file)  # a one-process checkpoint of the run
             return None if path is None else self.restore(path, callbacks=callbacks)
@@ -552,7 +553,15 @@ class CheckpointManager:
         if found is None:
             return None
         entry, ckpt = found
-        return self.restore(entry.path, callbacks=callbacks, ckpt=ckpt)
+        info = self.restore(entry.path, callbacks=callbacks, ckpt=ckpt)
+        self.retain_after_resume(entry.path)
+        return info
+
+    def retain_after_resume(self, path: str) -> None:
+        """Retention as the run's last save would have applied it (a kill can come between a commit and
+        its retention, and a finished run saves nothing more), ``path``, the checkpoint just resumed from,
+        protected; the newest is never deleted. Collective under torchrun; call it holding the run lock."""
+        self.world.on_rank_0(lambda: self._retain(path))
 
     def _newest_file(self) -> str | None:
         """The newest readable one-process checkpoint here (a sharded one would have been restored)."""

@@ -313,6 +313,7 @@ class FileStore:
         assert self.manager is not None and resume.ckpt is not None
         self.manager.restore(resume.path, ckpt=resume.ckpt, restore_rng=False,
                              callbacks=self.trainer.stateful_callbacks())
+        self.manager.retain_after_resume(resume.path)  # a kill between a commit and its retention
 
     def save(self, epoch: int, step: int) -> None:
         if self.manager is None:
