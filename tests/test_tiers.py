@@ -44,5 +44,6 @@ def test_every_quick_id_names_a_test_and_only_those_process_tests_are_quick() ->
     unit = {t for t in every if t.split("::")[0] not in PROCESS_MODULES}
     assert unit <= quick, "every unit test is in the quick tier"
     fault_modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests" / "fault").glob("test_*.py")}
-    torchrun_kills = {"tests/fault/test_distributed_kills.py", "tests/fault/test_node_loss.py"}
+    torchrun_kills = {"tests/fault/test_distributed_kills.py", "tests/fault/test_node_loss.py",
+                      "tests/fault/test_readme_loop_torchrun.py"}
     assert fault_modules - torchrun_kills <= {t.split("::")[0] for t in QUICK}

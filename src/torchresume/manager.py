@@ -521,7 +521,7 @@ class CheckpointManager:
             ckpt = read_checkpoint(path, dec_key=self.enc_key)
         if ckpt.format == "mindspore":  # weights + optimizer state under MindSpore's names
             from torchresume.files import mindspore_io
-            return mindspore_io.restore(self, path, ckpt.tree)
+            return {**mindspore_io.restore(self, path, ckpt.tree), "path": path}
         lacking = restore_tree(ckpt.tree, path, self.model, self.state, callbacks=callbacks,
                                restore_rng=restore_rng)
         return self._restored({**ckpt.info, "path": path, "lacking": lacking})

@@ -72,6 +72,8 @@ def test_dead_writers_temporary_is_removed(tmp_path) -> None:
     assert temp in os.listdir(directory)
     net = torch.nn.Linear(2, 2)
     mgr = tr.CheckpointManager(str(directory), model=net, prefix="run")
+    assert temp in os.listdir(directory)  # nothing is removed before the manager holds the run lock
+    mgr.acquire_lock()
     assert temp not in os.listdir(directory)
     mgr.save(1, 1)
     mgr.close()  # releases the run lock, whose file is the only other dot-file
