@@ -93,14 +93,16 @@ def delete(entry_or_path: ListedCheckpoint | str) -> None:
 def remove_unfinished(directory: str, prefix: str) -> list[str]:
     """Delete the directories of ``prefix`` that an interrupted save left (parts, no manifest: never
     committed, never resumed from); returns their paths. Only while no save of ``prefix`` can be in
-    flight anywhere: the manager calls it once it holds the run lock (rank 0 under torchrun)."""
+    flight anywhere: the manager calls it once it holds the run lock (rank 0 under torchrun). An empty
+    directory is left alone: no save's parts are in it, so nothing of a save is lost by keeping it,
+    and what it is for is not ours to guess (a save of that name then says why it cannot write)."""
     storage, where = resolve(directory)
     if not storage.isdir(where):
         return []
     removed = []
     for entry in storage.list(where):
         parsed = parse_name(entry.path.rstrip("/").rsplit("/", 1)[-1])
-        if (entry.is_dir and parsed is not None and parsed[0] == prefix
+        if (entry.is_dir and parsed is not None and parsed[0] == prefix and storage.list(entry.path)
                 and not storage.exists(storage.join(entry.path, directory_layout.MANIFEST))):  # a damaged one stays
             log.warning("removing %s: an interrupted save's parts (never committed, never resumed from)", entry.path)
             storage.delete(entry.path)

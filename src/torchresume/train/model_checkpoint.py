@@ -25,7 +25,6 @@ from torchresume.storage import resolve
 from torchresume.train.callback import Callback, RunContext
 from torchresume.train.checkpoint_config import CheckpointConfig
 from torchresume.train.run_checkpoints import RunCheckpoints
-from torchresume.world import World
 
 
 def graph_description(network: nn.Module) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def graph_description(network: nn.Module) -> dict[str, Any]:
 def storage_for(ctx: RunContext, directory: str, config: CheckpointConfig,
                 policies: list[RetentionPolicy]) -> RunCheckpoints:
     """The books of this run: one process, or this rank's place in a torchrun job (``ctx.world``)."""
-    return RunCheckpoints(directory, config, policies, ctx.world or World())
+    return RunCheckpoints(directory, config, policies, ctx.world)
 
 
 class ModelCheckpoint(Callback):

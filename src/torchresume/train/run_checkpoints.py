@@ -47,9 +47,13 @@ class RunCheckpoints:
     """The checkpoints of one run in ``directory``; under torchrun every method is collective."""
 
     def __init__(self, directory: str, config: CheckpointConfig, policies: list[RetentionPolicy],
-                 world: World) -> None:
-        self.directory, self.config, self.policies, self.world = directory, config, policies, world
-        if not world.distributed:
+                 world: World | None) -> None:
+        """``world``: this rank's place in a torchrun job (sharded checkpoints, whatever its size), or
+        None in one process."""
+        self.directory, self.config, self.policies = directory, config, policies
+        self.torchrun = world is not None
+        self.world = world or World()
+        if not self.torchrun:
             refuse_deadline(config)
         self.manager: CheckpointManager | None = None
         self.best_manager: CheckpointManager | None = None
@@ -68,7 +72,7 @@ class RunCheckpoints:
     def resume(self, ctx: RunContext, target: Any, run: str | None) -> None:
         """Restore the run from ``target`` ("auto": this directory's run ``run``; a directory or URL
         of checkpoints: its newest; a CheckpointManager (one process): its newest; a file: that one)."""
-        if self.world.distributed:
+        if self.torchrun:
             self._resume_sharded(ctx, target, run)
         else:
             self._resume_one_process(ctx, target, run)
@@ -171,7 +175,8 @@ class RunCheckpoints:
                                      async_save=bool(cfg.async_save), enc_key=cfg.enc_key, enc_mode=cfg.enc_mode,
                                      saved_network=cfg.saved_network, file_format=cfg.format,
                                      crc_check=cfg.crc_check, on_busy=cfg.on_busy, write_mb_per_s=cfg.write_mb_per_s,
-                                     overlap=cfg.overlap, save_deadline_s=cfg.save_deadline_s)
+                                     overlap=cfg.overlap, save_deadline_s=cfg.save_deadline_s,
+                                     layout="sharded" if self.torchrun else "file")
             made.acquire_lock()
             made.verbose = True
             return made
@@ -247,7 +252,7 @@ class RunCheckpoints:
             for manager in (self.manager, self.best_manager):
                 if manager is None:
                     continue
-                if not self.world.distributed:
+                if not self.torchrun:
                     manager.release_lock()
                     continue
                 try:
