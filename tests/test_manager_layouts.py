@@ -170,9 +170,12 @@ def test_an_exception_on_one_rank_saves_no_breakpoint(tmp_path, caplog) -> None:
 
 
 def test_the_sharded_layout_writes_object_storage_directly() -> None:
-    mgr = tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1), layout="sharded")
-    assert mgr.remote is None and mgr.staging is None  # no durable local copy first
-    assert tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1)).staging is not None
+    sharded = tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1), layout="sharded")
+    one_file = tr.CheckpointManager("s3://bucket/run", model=nn.Linear(1, 1))
+    assert sharded.remote is None and sharded.staging is None  # no durable local copy first
+    assert one_file.staging is not None
+    sharded.close()
+    one_file.close()
 
 
 @pytest.mark.parametrize("layout", ["file", "sharded"])

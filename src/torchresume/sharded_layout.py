@@ -109,4 +109,4 @@ def _json_ok(value: Any) -> bool:
     return True
 
 
-__all__ = ["ShardedLayout", "is_sharded", "refuse_file_options"]
+__all__ = ["ShardedLayout", "refuse_file_options"]

@@ -111,11 +111,6 @@ class World:
         return box[0]
 
 
-def on_rank_0(work: Callable[[], T]) -> T:
-    """``work()`` run by rank 0 of the job as it is now; its result (or error) on every rank."""
-    return World.current().on_rank_0(work)
-
-
 def _travels(exc: BaseException) -> bool:
     try:
         pickle.loads(pickle.dumps(exc))
@@ -129,4 +124,4 @@ def _plain(exc: BaseException) -> Exception:
     return TorchResumeError(f"{type(exc).__name__}: {exc}")
 
 
-__all__ = ["World", "on_rank_0", "process_group_up"]
+__all__ = ["World", "process_group_up"]
